@@ -1,0 +1,69 @@
+"""Base classes: configurable components that can update themselves every training step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch.nn as nn
+
+from threestudio.utils.config import parse_structured
+
+
+class Updateable:
+    """Something whose behaviour depends on the training step (schedules, coarse-to-fine, ...).
+
+    ``do_update_step`` calls ``update_step`` on this object and, recursively, on every Updateable
+    attribute or child module; override ``update_step`` only.
+    """
+
+    def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        for attr in self.__dir__():
+            if attr.startswith("_"):
+                continue
+            try:
+                module = getattr(self, attr)
+            except Exception:
+                continue
+            if isinstance(module, Updateable) and module is not self:
+                module.do_update_step(epoch, global_step, on_load_weights=on_load_weights)
+        self.update_step(epoch, global_step, on_load_weights=on_load_weights)
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        """Called once per step (and after loading weights, with on_load_weights=True)."""
+
+
+class BaseObject(Updateable):
+    """A configurable non-module component. Subclasses define ``Config`` and ``configure``."""
+
+    @dataclass
+    class Config:
+        pass
+
+    cfg: Config
+
+    def __init__(self, cfg: Optional[Any] = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg)
+        self.configure(*args, **kwargs)
+
+    def configure(self, *args: Any, **kwargs: Any) -> None:
+        """Build the component from ``self.cfg``."""
+
+
+class BaseModule(nn.Module, Updateable):
+    """A configurable ``nn.Module``. Subclasses define ``Config`` and ``configure``."""
+
+    @dataclass
+    class Config:
+        weights: Optional[str] = None
+
+    cfg: Config
+
+    def __init__(self, cfg: Optional[Any] = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg)
+        self.configure(*args, **kwargs)
+
+    def configure(self, *args: Any, **kwargs: Any) -> None:
+        """Build the component from ``self.cfg``."""

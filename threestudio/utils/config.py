@@ -1,0 +1,163 @@
+"""Experiment configs: OmegaConf YAML + command-line dotlist, parsed into typed dataclasses.
+
+Every component has a nested ``@dataclass Config``; :func:`parse_structured` turns the user's dict into
+an instance-checked OmegaConf object and turns unknown keys and wrong types into one-line
+:class:`~threestudio.utils.errors.ConfigError` messages that name the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, List, Optional, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from threestudio.utils.errors import ConfigError, UserError
+
+
+def _register_resolvers() -> None:
+    resolvers = {
+        "add": lambda a, b: a + b,
+        "sub": lambda a, b: a - b,
+        "mul": lambda a, b: a * b,
+        "div": lambda a, b: a / b,
+        "idiv": lambda a, b: a // b,
+        "basename": lambda p: os.path.splitext(os.path.basename(str(p)))[0],
+        "rmspace": lambda s, sub="_": str(s).replace(" ", sub),
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+_register_resolvers()
+
+
+def _full_key(cfg: Any, key: str) -> str:
+    prefix = ""
+    if isinstance(cfg, DictConfig):
+        try:
+            prefix = cfg._get_full_key(None) or ""
+        except Exception:  # pragma: no cover - omegaconf internals
+            prefix = ""
+    return f"{prefix}.{key}" if prefix else key
+
+
+def parse_structured(fields: type, cfg: Optional[Any] = None) -> Any:
+    """Validate ``cfg`` (dict, DictConfig or None) against the dataclass ``fields``.
+
+    Returns a structured OmegaConf object with attribute access. Unknown keys and values of the
+    wrong type raise :class:`ConfigError` naming the full key and the valid keys.
+    """
+    if cfg is None:
+        cfg = {}
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return OmegaConf.structured(cfg)
+    if not isinstance(cfg, (dict, DictConfig)):
+        raise ConfigError(f"expected a mapping for {fields.__qualname__}, got {type(cfg).__name__}: {cfg!r}")
+    valid = [f.name for f in dataclasses.fields(fields)]
+    for key in cfg.keys():
+        if key not in valid:
+            raise ConfigError(f"unknown config key {_full_key(cfg, str(key))!r}; valid keys here: {', '.join(valid)}")
+    try:
+        return OmegaConf.merge(OmegaConf.structured(fields), cfg)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"bad value for config key {_full_key(cfg, str(key))!r}: {msg}") from None
+
+
+@dataclass
+class ExperimentConfig:
+    """Top level of every experiment YAML."""
+
+    name: str = "default"
+    description: str = ""
+    tag: str = ""
+    seed: int = 0
+    use_timestamp: bool = True
+    timestamp: Optional[str] = None
+    exp_root_dir: str = "outputs"
+    # derived by load_config; not meant to be set by hand
+    exp_dir: str = "outputs/default"
+    trial_name: str = "exp"
+    trial_dir: str = "outputs/default/exp"
+    n_gpus: int = 1
+    resume: Optional[str] = None
+
+    data_type: str = ""
+    data: dict = field(default_factory=dict)
+    system_type: str = ""
+    system: dict = field(default_factory=dict)
+    # passed to lightning.Trainer as keyword arguments
+    trainer: dict = field(default_factory=dict)
+    # passed to lightning's ModelCheckpoint
+    checkpoint: dict = field(default_factory=dict)
+
+
+_UNSAFE_FOLDER_CHARS = re.compile(r"[\[\]\s,{}'\"]+")
+
+
+def safe_folder_name(name: str) -> str:
+    """A folder name without brackets, spaces, commas or quotes (they break shells and globbing)."""
+    name = _UNSAFE_FOLDER_CHARS.sub("_", str(name)).strip("_")
+    return name or "default"
+
+
+def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **overrides: Any) -> Any:
+    """Load YAML files, merge the CLI dotlist ``key=value`` overrides, derive the trial folder.
+
+    Returns a structured :class:`ExperimentConfig`.
+    """
+    confs = []
+    for path in yamls:
+        if not os.path.isfile(path):
+            raise UserError(f"config file not found: {path}")
+        try:
+            confs.append(OmegaConf.load(path))
+        except Exception as e:
+            raise UserError(f"cannot read config {path}: {str(e).splitlines()[0]}") from None
+    for arg in cli_args:
+        if "=" not in arg:
+            raise ConfigError(f"command-line override {arg!r} is not of the form key=value")
+    try:
+        confs.append(OmegaConf.from_dotlist(list(cli_args)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot parse command-line overrides: {str(e).splitlines()[0]}") from None
+    confs.append(OmegaConf.create(overrides))
+    cfg = OmegaConf.merge(*confs)
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot resolve config: {str(e).splitlines()[0]}") from None
+    scfg = parse_structured(ExperimentConfig, cfg)
+    scfg.n_gpus = n_gpus
+    tag = safe_folder_name(scfg.tag) if scfg.tag else ""
+    if scfg.use_timestamp:
+        if scfg.timestamp is None:
+            scfg.timestamp = datetime.now().strftime("@%Y%m%d-%H%M%S")
+    else:
+        scfg.timestamp = ""
+    scfg.trial_name = (tag + scfg.timestamp) or "run"
+    scfg.exp_dir = os.path.join(scfg.exp_root_dir, safe_folder_name(scfg.name))
+    scfg.trial_dir = os.path.join(scfg.exp_dir, scfg.trial_name)
+    return scfg
+
+
+def dump_config(path: str, cfg: Any) -> None:
+    """Write ``cfg`` as YAML (the trial's ``configs/parsed.yaml``)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        OmegaConf.save(config=cfg, f=f)
+
+
+def config_to_primitive(cfg: Any, resolve: bool = True) -> Any:
+    """Plain Python containers from an OmegaConf node (anything else passes through)."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=resolve)
+    return cfg
