@@ -14,3 +14,7 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config key is unknown, mistyped or has a value of the wrong type."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stayed NaN/inf for too many steps in a row; the last good checkpoint is kept."""

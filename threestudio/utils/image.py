@@ -19,13 +19,37 @@ from threestudio.utils.errors import UserError
 CropMode = Literal["center_crop", "pad", "stretch"]
 
 
+EXAMPLE_PREFIX = "skimage:"
+
+
+def resolve_image_path(path: str) -> str:
+    """Map ``skimage:NAME`` to the sample image NAME.png that scikit-image ships (no download), else ``path``.
+
+    The default example, ``skimage:motorcycle_left``, is the left view of the Middlebury 2014 "Motorcycle"
+    stereo pair as bundled with scikit-image (see its ``skimage.data.stereo_motorcycle`` docs for credits).
+    """
+    if not path.startswith(EXAMPLE_PREFIX):
+        return path
+    import skimage.data
+
+    name = path[len(EXAMPLE_PREFIX) :]
+    folder = os.path.dirname(skimage.data.__file__)
+    candidate = os.path.join(folder, name + ".png")
+    if not os.path.isfile(candidate):
+        bundled = sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".png"))
+        raise UserError(f"no bundled scikit-image sample {name!r}; available: {', '.join(bundled)}")
+    return candidate
+
+
 def load_image(path: str) -> Tensor:
     """Read an RGB(A)/grey image file as float RGBA (H, W, 4) in [0, 1] (alpha 1 where the file has none).
 
+    ``path`` may be ``skimage:NAME`` for an image bundled with scikit-image (:func:`resolve_image_path`).
     Raises :class:`UserError` naming the file when it is missing or unreadable.
     """
     import imageio.v3 as iio
 
+    path = resolve_image_path(path)
     if not os.path.isfile(path):
         raise UserError(f"image not found: {path}")
     try:

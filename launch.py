@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Run a threestudio (ZeroNVS edition) experiment.
+
+    python launch.py --config configs/zeronvs.yaml --train [--gpu 0] [key=value ...]
+    python launch.py --config TRIAL/configs/parsed.yaml --test resume=TRIAL/ckpts/last.ckpt
+    python launch.py --config TRIAL/configs/parsed.yaml --export resume=TRIAL/ckpts/last.ckpt
+
+This file only parses the command line and wires the parts together; the work is in threestudio/.
+Bad input (a missing file, an unknown key, ...) ends with a one-line message and exit code 2
+(the traceback only with --verbose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+logger = logging.getLogger("launch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Any further key=value arguments override the config (OmegaConf dotlist), e.g. "
+        "system.loss.lambda_sds=0.2 data.random_camera.height=[64,128] trainer.max_steps=100. "
+        "Numbers may be schedules [start_step, start_value, end_value, end_step].",
+    )
+    parser.add_argument("--config", required=True, help="path to the experiment YAML")
+    parser.add_argument(
+        "--gpu",
+        default="0",
+        help="GPU(s) to use, e.g. 0 or 0,1 (sets CUDA_VISIBLE_DEVICES; ignored without CUDA). "
+        "Without CUDA the run uses the CPU.",
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--train", action="store_true", help="fit, then render the test orbit")
+    mode.add_argument("--validate", action="store_true", help="render the validation views")
+    mode.add_argument("--test", action="store_true", help="render the test views (video, frames, metrics)")
+    mode.add_argument("--export", action="store_true", help="export a mesh from the density field")
+    parser.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extras = build_parser().parse_known_args(argv)
+    unknown_flags = [e for e in extras if e.startswith("--")]
+    if unknown_flags:
+        print(f"error: unknown option(s) {' '.join(unknown_flags)}; see --help", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    # Must happen before torch initialises CUDA.
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+    n_gpus = len([g for g in args.gpu.split(",") if g.strip()])
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="[%(levelname)s] %(name)s: %(message)s",
+    )
+    from threestudio.utils.errors import TrainingDiverged, UserError
+
+    try:
+        from threestudio.runner import run
+
+        mode = next(m for m in ("train", "validate", "test", "export") if getattr(args, m))
+        run(args.config, mode, extras, n_gpus=n_gpus)
+    except UserError as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingDiverged as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Lightning systems: the training/rendering loop around geometry, renderer and guidance.
+
+:class:`BaseSystem` holds what every system needs (typed config, schedules, optimizers, NaN-step
+skipping, output folders); :class:`BaseLift3DSystem` adds the NeRF parts (geometry, material,
+background, renderer), validation/test renders and mesh export.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+import threestudio
+from threestudio.utils.base import Updateable
+from threestudio.utils.config import config_to_primitive, parse_structured
+from threestudio.utils.errors import ConfigError, TrainingDiverged, UserError
+from threestudio.utils.schedule import C
+
+logger = logging.getLogger(__name__)
+
+
+def build_optimizer(cfg: Dict[str, Any], param_groups: List[Dict[str, Any]]) -> torch.optim.Optimizer:
+    """``torch.optim.<cfg.name>(param_groups, **cfg.args)``; unknown optimizer names are a ConfigError."""
+    cfg = dict(config_to_primitive(cfg))
+    name = cfg.get("name", "Adam")
+    optim_cls = getattr(torch.optim, name, None)
+    if optim_cls is None or not isinstance(optim_cls, type):
+        raise ConfigError(f"unknown optimizer {name!r} in system.optimizer.name; use a torch.optim class name, e.g. Adam")
+    try:
+        return optim_cls(param_groups, **cfg.get("args", {}))
+    except TypeError as e:
+        raise ConfigError(f"bad optimizer arguments for {name}: {e}") from None
+
+
+class BaseSystem(pl.LightningModule, Updateable):
+    """Typed config, schedules, optimizer, non-finite-loss skipping and output paths."""
+
+    # Loss names this system implements: config keys are ``system.loss.lambda_<name>``.
+    LOSS_NAMES: Sequence[str] = ()
+    # Loss names accepted for compatibility with threestudio/ZeroNVS configs only while their weight is 0.
+    UNSUPPORTED_LOSS_NAMES: Sequence[str] = ()
+
+    @dataclass
+    class Config:
+        loss: dict = field(default_factory=dict)
+        optimizer: dict = field(default_factory=lambda: {"name": "Adam", "args": {"lr": 0.01}})
+        scheduler: Optional[dict] = None
+        # start from a checkpoint's weights (no optimizer state)
+        weights: Optional[str] = None
+        weights_ignore_modules: Optional[List[str]] = None
+        # "auto": CUDA fast paths (tinycudann, nerfacc, ...) when available; "off": pure PyTorch
+        fast_paths: str = "auto"
+        # stop after this many consecutive steps with a NaN/inf loss
+        max_nonfinite_steps: int = 20
+
+    cfg: Config
+
+    def __init__(self, cfg: Any, resumed: bool = False) -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg)
+        self._check_loss_config()
+        from threestudio.utils.fast_paths import set_fast_paths
+
+        if self.cfg.fast_paths not in ("auto", "off"):
+            raise ConfigError(f"system.fast_paths must be 'auto' or 'off', got {self.cfg.fast_paths!r}")
+        set_fast_paths(self.cfg.fast_paths)
+        self._save_dir: Optional[str] = None
+        self._resumed = resumed
+        self._nonfinite_in_a_row = 0
+        self._ckpt_global_step = 0
+        self._step_started = 0.0
+        self.configure()
+        if self.cfg.weights is not None:
+            self.load_weights(self.cfg.weights, self.cfg.weights_ignore_modules)
+
+    # ----- configuration -------------------------------------------------------------------------------------
+    def configure(self) -> None:
+        """Build the system's modules from ``self.cfg``."""
+
+    def prepare(self, mode: str, datamodule: Any) -> None:
+        """Load what ``mode`` needs (e.g. the guidance model) and fail early on bad input, before any write."""
+
+    def _check_loss_config(self) -> None:
+        for key, value in self.cfg.loss.items():
+            name = key[len("lambda_") :] if key.startswith("lambda_") else None
+            if name in self.LOSS_NAMES:
+                continue
+            if name in self.UNSUPPORTED_LOSS_NAMES:
+                if self._max_weight(value) > 0:
+                    raise ConfigError(
+                        f"system.loss.{key} is not supported by this system (it needs a part ZeroNVS's pipeline "
+                        f"does not have here); set it to 0"
+                    )
+                continue
+            valid = ", ".join(f"lambda_{n}" for n in self.LOSS_NAMES)
+            raise ConfigError(f"unknown config key 'system.loss.{key}'; valid keys: {valid}")
+
+    @staticmethod
+    def _max_weight(value: Any) -> float:
+        value = config_to_primitive(value)
+        if isinstance(value, (list, tuple)):
+            return max(abs(v) for v in value[1:3]) if len(value) == 4 else max(abs(v) for v in value[:2])
+        return abs(float(value))
+
+    def load_weights(self, path: str, ignore_modules: Optional[List[str]] = None) -> None:
+        """Load model weights (no optimizer state) from a Lightning checkpoint."""
+        if not os.path.isfile(path):
+            raise UserError(f"system.weights checkpoint not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        state_dict = state.get("state_dict", state)
+        ignore = tuple(f"{m}." for m in (ignore_modules or []))
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(ignore)}
+        missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        if unexpected:
+            raise UserError(f"system.weights {path} holds keys this system does not have, e.g. {unexpected[:3]}")
+        if missing:
+            logger.warning("system.weights: %d parameters not in %s kept their initial values", len(missing), path)
+        self._ckpt_global_step = int(state.get("global_step", 0))
+        self.do_update_step(int(state.get("epoch", 0)), self._ckpt_global_step, on_load_weights=True)
+
+    # ----- steps and schedules -------------------------------------------------------------------------------
+    @property
+    def true_global_step(self) -> int:
+        """Optimizer steps taken: the trainer's during fitting, the loaded checkpoint's when only rendering."""
+        trainer_step = self._trainer.global_step if self._trainer is not None else 0
+        return max(trainer_step, self._ckpt_global_step)
+
+    def C(self, value: Any) -> float:
+        """Resolve a schedulable config value at the current step."""
+        return C(value, self.current_epoch if self._trainer is not None else 0, self.true_global_step)
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        self._ckpt_global_step = int(checkpoint.get("global_step", 0))
+        self.do_update_step(int(checkpoint.get("epoch", 0)), self._ckpt_global_step, on_load_weights=True)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        dataset = getattr(self.trainer.datamodule, "train_dataset", None)
+        if isinstance(dataset, Updateable):
+            dataset.do_update_step(self.current_epoch, self.true_global_step)
+        self.do_update_step(self.current_epoch, self.true_global_step)
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._step_started:
+            self.log("timing/step_s", time.perf_counter() - self._step_started, prog_bar=False)
+
+    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Optional[Tensor]:
+        terms = self.training_losses(batch)
+        total: Tensor = sum(terms.values())  # type: ignore[assignment]
+        if not torch.isfinite(total):
+            self._nonfinite_in_a_row += 1
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+            logger.warning(
+                "step %d: non-finite loss (%s); step skipped (%d in a row)",
+                self.true_global_step,
+                ", ".join(bad) or "total",
+                self._nonfinite_in_a_row,
+            )
+            if self._nonfinite_in_a_row >= self.cfg.max_nonfinite_steps:
+                raise TrainingDiverged(
+                    f"the loss was NaN/inf for {self._nonfinite_in_a_row} steps in a row at step "
+                    f"{self.true_global_step} ({', '.join(bad) or 'total'}); the last checkpoint is kept. "
+                    "Try a lower learning rate or loss weights."
+                )
+            return None
+        self._nonfinite_in_a_row = 0
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach())
+        self.log("train/loss", total.detach(), prog_bar=True)
+        return total
+
+    def training_losses(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
+        """Weighted loss terms of one step, by name (their sum is minimised)."""
+        raise NotImplementedError
+
+    def weighted(self, name: str, value: Tensor, terms: Dict[str, Tensor]) -> None:
+        """Add ``lambda_<name> × value`` to ``terms`` when that weight is non-zero (also logs the raw value)."""
+        weight = self.C(self.cfg.loss.get(f"lambda_{name}", 0.0))
+        if weight == 0:
+            return
+        self.log(f"train/raw_{name}", value.detach())
+        terms[f"loss_{name}"] = terms.get(f"loss_{name}", 0.0) + weight * value
+
+    def loss_enabled(self, name: str) -> bool:
+        return self.C(self.cfg.loss.get(f"lambda_{name}", 0.0)) != 0
+
+    # ----- optimisation --------------------------------------------------------------------------------------
+    def optimizer_param_groups(self) -> List[Dict[str, Any]]:
+        """Parameter groups: ``system.optimizer.params`` maps module paths to per-group options."""
+        groups_cfg = dict(config_to_primitive(self.cfg.optimizer.get("params", None)) or {})
+        groups, claimed = [], set()
+        for path, options in groups_cfg.items():
+            module = self
+            for part in path.split("."):
+                module = getattr(module, part, None)
+                if module is None:
+                    raise ConfigError(f"system.optimizer.params.{path}: no such module in this system")
+            params = [p for p in module.parameters() if p.requires_grad and id(p) not in claimed]
+            claimed.update(id(p) for p in params)
+            groups.append({"params": params, "name": path, **(options or {})})
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
+        if rest:
+            groups.append({"params": rest, "name": "default"})
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        opt_cfg = {k: v for k, v in config_to_primitive(self.cfg.optimizer).items() if k != "params"}
+        optimizer = build_optimizer(opt_cfg, self.optimizer_param_groups())
+        if self.cfg.scheduler is None:
+            return optimizer
+        sched_cfg = dict(config_to_primitive(self.cfg.scheduler))
+        name = sched_cfg.get("name")
+        sched_cls = getattr(torch.optim.lr_scheduler, str(name), None)
+        if sched_cls is None:
+            raise ConfigError(f"unknown scheduler {name!r} in system.scheduler.name; use a torch.optim.lr_scheduler class")
+        scheduler = sched_cls(optimizer, **sched_cfg.get("args", {}))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----- outputs -------------------------------------------------------------------------------------------
+    def set_save_dir(self, path: str) -> None:
+        self._save_dir = path
+
+    def save_path(self, relative: str) -> str:
+        """Absolute path of ``relative`` inside the trial's ``save/`` folder (parent folders created)."""
+        if self._save_dir is None:
+            raise RuntimeError("set_save_dir() was not called")
+        path = os.path.join(self._save_dir, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+
+def visualize_depth(depth: Tensor, opacity: Tensor) -> Tensor:
+    """(H, W, 1) depth → (H, W, 3) grey image in [0, 1] (near = bright), normalised over confident pixels."""
+    d = depth[..., 0]
+    valid = opacity[..., 0] > 0.5
+    values = d[valid] if valid.any() else d.flatten()
+    lo, hi = torch.quantile(values.float(), 0.02), torch.quantile(values.float(), 0.98)
+    img = 1.0 - ((d - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
+    img = img * (opacity[..., 0] > 0.05)
+    return img[..., None].expand(*img.shape, 3)
+
+
+class BaseLift3DSystem(BaseSystem):
+    """A NeRF (geometry + material + background + renderer) with validation/test renders and mesh export."""
+
+    @dataclass
+    class Config(BaseSystem.Config):
+        geometry_type: str = "implicit-volume"
+        geometry: dict = field(default_factory=dict)
+        material_type: str = "no-material"
+        material: dict = field(default_factory=dict)
+        background_type: str = "solid-color-background"
+        background: dict = field(default_factory=dict)
+        renderer_type: str = "nerf-volume-renderer"
+        renderer: dict = field(default_factory=dict)
+        guidance_type: str = ""
+        guidance: dict = field(default_factory=dict)
+        exporter_type: str = "mesh-exporter"
+        exporter: dict = field(default_factory=dict)
+        test_video_fps: int = 30
+
+    cfg: Config
+
+    def configure(self) -> None:
+        self.geometry = threestudio.find(self.cfg.geometry_type)(self.cfg.geometry)
+        self.material = threestudio.find(self.cfg.material_type)(self.cfg.material)
+        self.background = threestudio.find(self.cfg.background_type)(self.cfg.background)
+        self.renderer = threestudio.find(self.cfg.renderer_type)(
+            self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background
+        )
+
+    def optimizer_param_groups(self) -> List[Dict[str, Any]]:
+        """The proposal networks (if any) get ``renderer.prop_optimizer_config``'s options."""
+        groups = super().optimizer_param_groups()
+        proposal = getattr(self.renderer, "proposal_networks", None)
+        prop_cfg = getattr(self.renderer.cfg, "prop_optimizer_config", None)
+        if proposal is None or prop_cfg is None:
+            return groups
+        prop_ids = {id(p) for p in proposal.parameters()}
+        for g in groups:
+            g["params"] = [p for p in g["params"] if id(p) not in prop_ids]
+        groups = [g for g in groups if g["params"]]
+        prop_args = dict(config_to_primitive(prop_cfg).get("args", {}))
+        groups.append({"params": list(proposal.parameters()), "name": "proposal", **prop_args})
+        return groups
+
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
+        return self.renderer(**batch)
+
+    # ----- validation / test ---------------------------------------------------------------------------------
+    def _visual_row(self, out: Dict[str, Tensor], extra: Sequence[Tensor] = ()) -> Tensor:
+        """(H, k·W, 3) row: [extra…, rgb, (normal), depth, opacity] of the first view."""
+        rgb = out["comp_rgb"][0].clamp(0, 1)
+        panels = [*extra, rgb]
+        if "comp_normal" in out:
+            panels.append(out["comp_normal"][0].clamp(0, 1))
+        panels.append(visualize_depth(out["depth"][0], out["opacity"][0]))
+        panels.append(out["opacity"][0].clamp(0, 1).expand(*rgb.shape[:2], 3))
+        return torch.cat([p.to(rgb) for p in panels], dim=1)
+
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        from threestudio.utils.image import save_image
+
+        out = self(batch)
+        extra = [batch["rgb"][0]] if "rgb" in batch else []
+        index = int(batch["index"][0]) if "index" in batch else batch_idx
+        save_image(self.save_path(f"it{self.true_global_step}-val/{index:04d}.png"), self._visual_row(out, extra))
+
+    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        from threestudio.utils.image import save_image
+
+        out = self(batch)
+        index = int(batch["index"][0]) if "index" in batch else batch_idx
+        # test frames: rgb | depth | opacity side by side
+        rgb = out["comp_rgb"][0].clamp(0, 1)
+        row = torch.cat(
+            [rgb, visualize_depth(out["depth"][0], out["opacity"][0]), out["opacity"][0].expand_as(rgb)], dim=1
+        )
+        save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), row)
+
+    def on_test_epoch_end(self) -> None:
+        if self.trainer.global_rank != 0:
+            return
+        from threestudio.utils.image import load_image, save_video
+
+        folder = self.save_path(f"it{self.true_global_step}-test/x")[:-2]
+        frames = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
+        if frames:
+            video = self.save_path(f"it{self.true_global_step}-test.mp4")
+            save_video(video, (load_image(os.path.join(folder, f))[..., :3] for f in frames), fps=self.cfg.test_video_fps)
+            logger.info("test video: %s (%d frames)", video, len(frames))
+
+    # ----- export --------------------------------------------------------------------------------------------
+    def predict_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        return None
+
+    def on_predict_epoch_end(self) -> None:
+        if self.trainer.global_rank != 0:
+            return
+        exporter = threestudio.find(self.cfg.exporter_type)(self.cfg.exporter, self.geometry, self.material)
+        folder = self.save_path(f"it{self.true_global_step}-export/x")[:-2]
+        for path in exporter.export(folder):
+            logger.info("exported %s", path)

@@ -1,0 +1,123 @@
+"""ZeroNVS: SDS distillation of a NeRF from one image (``system_type: zeronvs-system``).
+
+Each step renders the datamodule's random views and scores them with the guidance (SDS), renders the
+reference view and compares it with the input image (RGB/mask losses), and adds the geometry
+regularisers. All weights are ``system.loss.lambda_*`` and may be schedules.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import threestudio
+from threestudio.systems.base import BaseLift3DSystem
+from threestudio.utils.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def normal_smoothness_2d(comp_normal: Tensor) -> Tensor:
+    """Mean squared difference of neighbouring pixels of rendered normals (B, H, W, 3)."""
+    return (comp_normal[:, 1:] - comp_normal[:, :-1]).square().mean() + (
+        comp_normal[:, :, 1:] - comp_normal[:, :, :-1]
+    ).square().mean()
+
+
+def orientation_loss(weights: Tensor, normal: Tensor, t_dirs: Tensor, opacity: Tensor) -> Tensor:
+    """Penalise normals facing away from the camera (Ref-NeRF): Σ w·max(0, n·d)² / #rays with opacity > 0.
+
+    weights (N, 1), normal (N, 3), t_dirs (N, 3) per sample; opacity (B, H, W, 1).
+    """
+    facing = (normal * t_dirs).sum(-1, keepdim=True).clamp_min(0.0) ** 2
+    return (weights.detach() * facing).sum() / (opacity > 0).sum().clamp_min(1)
+
+
+def sparsity_loss(opacity: Tensor) -> Tensor:
+    return (opacity**2 + 0.01).sqrt().mean()
+
+
+def opaque_loss(opacity: Tensor) -> Tensor:
+    """Binary entropy of the opacity: pushes every ray to fully opaque or fully empty."""
+    o = opacity.clamp(1e-3, 1 - 1e-3)
+    return F.binary_cross_entropy(o, o)
+
+
+@threestudio.register("zeronvs-system")
+class ZeroNVSSystem(BaseLift3DSystem):
+    LOSS_NAMES = ("sds", "rgb", "mask", "normal_smooth", "orient", "sparsity", "opaque")
+    UNSUPPORTED_LOSS_NAMES = ("depth", "depth_rel", "normal", "3d_normal_smooth", "distortion", "clip")
+
+    @dataclass
+    class Config(BaseLift3DSystem.Config):
+        guidance_type: str = "zeronvs-guidance"
+        # ZeroNVS's `system.freq`: ref_only_steps = steps with the reference-view loss only
+        freq: dict = field(default_factory=lambda: {"ref_only_steps": 0})
+
+    cfg: Config
+
+    def configure(self) -> None:
+        super().configure()
+        unknown = set(self.cfg.freq) - {"ref_only_steps", "guidance_eval"}
+        if unknown:
+            raise ConfigError(f"unknown config key 'system.freq.{sorted(unknown)[0]}'; valid keys: ref_only_steps")
+        if self.cfg.freq.get("guidance_eval", 0):
+            raise ConfigError("system.freq.guidance_eval is not supported; set it to 0")
+        self._guidance = None  # not an nn.Module child: its weights never go into checkpoints
+
+    def prepare(self, mode: str, datamodule: Any) -> None:
+        if mode == "train":
+            self._guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
+            cond = datamodule.conditioning()
+            self._guidance.set_conditions(cond["images"], cond["c2w"], cond["fov_deg"])
+
+    def on_fit_start(self) -> None:
+        if self._guidance is None:
+            raise RuntimeError("prepare('train', datamodule) must run before fitting")
+        self._guidance.to(self.device)
+        self._guidance.set_save_dir(self.save_path("anchors/x")[:-2])
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        self._guidance.update_step(self.current_epoch, self.true_global_step)
+
+    def _regularisers(self, out: Dict[str, Tensor], terms: Dict[str, Tensor], is_reference: bool) -> None:
+        if self.loss_enabled("normal_smooth"):
+            if "comp_normal" not in out:
+                raise ConfigError("system.loss.lambda_normal_smooth needs system.renderer.return_comp_normal=true")
+            self.weighted("normal_smooth", normal_smoothness_2d(out["comp_normal"]), terms)
+        if self.loss_enabled("orient"):
+            if "normal" not in out:
+                raise ConfigError("system.loss.lambda_orient needs normals: set system.geometry.normal_type")
+            self.weighted("orient", orientation_loss(out["weights"], out["normal"], out["t_dirs"], out["opacity"]), terms)
+        if not is_reference and self.loss_enabled("sparsity"):
+            self.weighted("sparsity", sparsity_loss(out["opacity"]), terms)
+        if self.loss_enabled("opaque"):
+            self.weighted("opaque", opaque_loss(out["opacity"]), terms)
+        if "loss_proposal" in out:
+            terms["loss_proposal"] = terms.get("loss_proposal", 0.0) + out["loss_proposal"]
+
+    def training_losses(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
+        terms: Dict[str, Tensor] = {}
+        if self.true_global_step >= int(self.cfg.freq.get("ref_only_steps", 0)):
+            views = batch["random_camera"]
+            out = self(views)
+            guidance_out = self._guidance(out["comp_rgb"], views)
+            self.weighted("sds", guidance_out["loss_sds"], terms)
+            for key, value in guidance_out.items():
+                if key != "loss_sds" and isinstance(value, (Tensor, float, int)):
+                    self.log(f"guidance/{key}", value if isinstance(value, Tensor) else float(value))
+            self._regularisers(out, terms, is_reference=False)
+
+        out = self(batch)
+        mask = batch["mask"].float()
+        gt_rgb = batch["rgb"] * mask + out["comp_rgb_bg"] * (1 - mask)
+        self.weighted("rgb", F.mse_loss(out["comp_rgb"], gt_rgb), terms)
+        self.weighted("mask", F.mse_loss(out["opacity"], mask), terms)
+        self._regularisers(out, terms, is_reference=True)
+        return terms
