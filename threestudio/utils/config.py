@@ -100,12 +100,12 @@ class ExperimentConfig:
     checkpoint: dict = field(default_factory=dict)
 
 
-_UNSAFE_FOLDER_CHARS = re.compile(r"[\[\]\s,{}'\"]+")
+_UNSAFE_FOLDER_CHARS = re.compile(r"[\[\]\s,{}:'\"]+")
 
 
 def safe_folder_name(name: str) -> str:
-    """A folder name without brackets, spaces, commas or quotes (they break shells and globbing)."""
-    name = _UNSAFE_FOLDER_CHARS.sub("_", str(name)).strip("_")
+    """A folder name without brackets, spaces, commas, colons or quotes (they break shells and globbing)."""
+    name = re.sub("_+", "_", _UNSAFE_FOLDER_CHARS.sub("_", str(name))).strip("_")
     return name or "default"
 
 

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# ZeroNVS one-image inference with the paper's settings: SDS distillation of a NeRF, then test renders.
+#
+#   bash launch_inference.sh [IMAGE] [--fov DEG] [--elevation DEG] [--scale S] [--ckpt PATH]
+#                            [--model-config YAML] [--config PIPELINE_YAML] [--gpu IDS] [key=value ...]
+#
+# IMAGE           input image (RGB or RGBA); default: the bundled example skimage:motorcycle_left
+# --fov DEG       vertical field of view of the (centre-cropped, square) image; default 52.55
+#                 (28.2 for the bundled example, whose calibration is known)
+# --elevation DEG elevation of the input camera above the ground plane; default 31.0
+# --scale S       how close the content is to the camera (smaller is closer; see the paper); default 0.7
+# --ckpt PATH     zeronvs.ckpt or a folder converted with `python -m zeronvs_diffusion.convert`; default ./zeronvs.ckpt
+# --model-config  the checkpoint's latent-diffusion YAML; default ./zeronvs_config.yaml (optional for a converted folder)
+# --config        pipeline config; default configs/zeronvs.yaml
+# key=value       any further config override, e.g. trainer.max_steps=1000
+set -euo pipefail
+cd "$(dirname "$0")"
+
+IMAGE=""
+FOV=""
+ELEVATION_DEG=31.0
+SCALE=0.7
+CKPT_PATH=zeronvs.ckpt
+CONFIG_PATH=zeronvs_config.yaml
+PIPELINE_CONFIG=configs/zeronvs.yaml
+GPU=0
+EXTRA=()
+
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+need_value() { if [ $# -lt 2 ]; then echo "error: $1 needs a value" >&2; exit 2; fi; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --fov) need_value "$@"; FOV="$2"; shift 2 ;;
+    --elevation) need_value "$@"; ELEVATION_DEG="$2"; shift 2 ;;
+    --scale) need_value "$@"; SCALE="$2"; shift 2 ;;
+    --ckpt) need_value "$@"; CKPT_PATH="$2"; shift 2 ;;
+    --model-config) need_value "$@"; CONFIG_PATH="$2"; shift 2 ;;
+    --config) need_value "$@"; PIPELINE_CONFIG="$2"; shift 2 ;;
+    --gpu) need_value "$@"; GPU="$2"; shift 2 ;;
+    --*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *=*) EXTRA+=("$1"); shift ;;
+    *) if [ -n "$IMAGE" ]; then echo "error: more than one image given ($IMAGE, $1)" >&2; exit 2; fi
+       IMAGE="$1"; shift ;;
+  esac
+done
+
+if [ -z "$IMAGE" ]; then
+  IMAGE="skimage:motorcycle_left"
+  FOV="${FOV:-28.2}"
+fi
+FOV="${FOV:-52.55}"
+
+if [[ "$IMAGE" != skimage:* && ! -f "$IMAGE" ]]; then
+  echo "error: input image not found: $IMAGE" >&2
+  exit 2
+fi
+
+missing=()
+if [ "$CKPT_PATH" != "random" ] && [ ! -e "$CKPT_PATH" ]; then missing+=("checkpoint $CKPT_PATH"); fi
+if [ ! -d "$CKPT_PATH" ] && [ ! -f "$CONFIG_PATH" ]; then missing+=("model config $CONFIG_PATH"); fi
+if [ ${#missing[@]} -gt 0 ]; then
+  {
+    joined="${missing[0]}"; [ ${#missing[@]} -gt 1 ] && joined="$joined and ${missing[1]}"
+    echo "error: missing $joined."
+    echo "  ZeroNVS needs its released weights: put zeronvs.ckpt (15.5 GB) and zeronvs_config.yaml from the ZeroNVS"
+    echo "  release (github.com/kylesargent/ZeroNVS, README 'Inference') in $(pwd), or pass --ckpt/--model-config."
+    echo "  Without them, the CPU demo runs the same pipeline with a tiny random model:"
+    echo "    python launch.py --config configs/smoke.yaml --train"
+  } >&2
+  exit 2
+fi
+
+MODEL_CONFIG_ARG=()
+if [ -f "$CONFIG_PATH" ]; then MODEL_CONFIG_ARG=("system.guidance.pretrained_config=$CONFIG_PATH"); fi
+
+exec python launch.py --config "$PIPELINE_CONFIG" --train --gpu "$GPU" \
+  data.image_path="$IMAGE" \
+  system.guidance.pretrained_model_name_or_path="$CKPT_PATH" \
+  "${MODEL_CONFIG_ARG[@]}" \
+  data.default_elevation_deg="$ELEVATION_DEG" \
+  data.default_fovy_deg="$FOV" \
+  system.guidance.precomputed_scale="$SCALE" \
+  "${EXTRA[@]}"
