@@ -18,10 +18,14 @@ def C(value: Any, epoch: int, global_step: int) -> float:
     """Resolve a schedulable ``value`` at ``global_step`` (``epoch`` is accepted for threestudio parity)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return value
+    if isinstance(value, (str, bytes)):
+        raise ConfigError(f"schedule {value!r} is neither a number nor a list")
     try:
         value = list(value)
     except TypeError:
         raise ConfigError(f"schedule {value!r} is neither a number nor a list") from None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"schedule {value!r} must hold numbers only")
     if len(value) == 3:
         value = [0] + value
     if len(value) != 4:

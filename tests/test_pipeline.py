@@ -1,0 +1,157 @@
+"""End to end on the CPU: the smoke config (tiny random diffusion model) through launch.py.
+
+One short smoke trial is shared by the tests that need it (train → test video → export → resume).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_STEPS = 12
+
+
+def launch(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def smoke_args(root: Path, *extra: str) -> list:
+    return [
+        "--config",
+        str(ROOT / "configs" / "smoke.yaml"),
+        f"exp_root_dir={root}",
+        "use_timestamp=false",
+        f"system.guidance.pretrained_config={ROOT / 'configs' / 'diffusion_tiny.yaml'}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def smoke_trial(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("smoke")
+    res = launch(
+        "--train",
+        *smoke_args(root, f"trainer.max_steps={SMOKE_STEPS}", "trainer.val_check_interval=6", "checkpoint.every_n_train_steps=6"),
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    trials = glob.glob(str(root / "smoke" / "*"))
+    assert len(trials) == 1, trials
+    return Path(trials[0])
+
+
+def test_train_writes_checkpoint_config_logs_and_test_video(smoke_trial: Path):
+    ckpt = smoke_trial / "ckpts" / "last.ckpt"
+    assert ckpt.is_file()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == SMOKE_STEPS
+    assert not any(k.startswith("_guidance") or "unet" in k for k in state["state_dict"]), "guidance weights leaked"
+    assert (smoke_trial / "configs" / "parsed.yaml").is_file()
+    video = smoke_trial / "save" / f"it{SMOKE_STEPS}-test.mp4"
+    assert video.is_file() and video.stat().st_size > 1000
+    frames = sorted((smoke_trial / "save" / f"it{SMOKE_STEPS}-test").glob("*.png"))
+    assert [f.name for f in frames] == [f"{k:04d}.png" for k in range(8)]
+    from threestudio.utils.image import load_image
+
+    frame = load_image(str(frames[0]))
+    assert frame.shape[:2] == (32, 3 * 32)  # rgb | depth | opacity
+    assert list((smoke_trial / "save").glob("it6-val/*.png")), "validation renders missing"
+    rows = list(csv.DictReader(open(smoke_trial / "csv_logs" / "metrics.csv")))
+    assert any(r.get("train/loss_sds") for r in rows) and any(r.get("train/loss_rgb") for r in rows)
+
+
+def test_export_mesh(smoke_trial: Path):
+    res = launch(
+        "--config", str(smoke_trial / "configs" / "parsed.yaml"), "--export", f"resume={smoke_trial}/ckpts/last.ckpt"
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    import trimesh
+
+    folder = smoke_trial / "save" / f"it{SMOKE_STEPS}-export"
+    mesh = trimesh.load(folder / "model.obj", force="mesh")
+    assert len(mesh.faces) > 100
+    ply = trimesh.load(folder / "model.ply", force="mesh")
+    assert len(ply.faces) == len(mesh.faces)
+    assert ply.visual.vertex_colors.shape[0] == len(ply.vertices)
+
+
+def test_resume_continues_from_saved_step(smoke_trial: Path):
+    res = launch(
+        "--config",
+        str(smoke_trial / "configs" / "parsed.yaml"),
+        "--train",
+        f"resume={smoke_trial}/ckpts/last.ckpt",
+        f"trainer.max_steps={SMOKE_STEPS + 3}",
+        "data.random_camera.n_test_views=2",
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    state = torch.load(smoke_trial / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == SMOKE_STEPS + 3
+    assert (smoke_trial / "save" / f"it{SMOKE_STEPS + 3}-test.mp4").is_file()
+
+
+def test_nonfinite_loss_stops_after_limit_and_keeps_last_checkpoint(tmp_path: Path):
+    res = launch(
+        "--train",
+        *smoke_args(
+            tmp_path,
+            "trainer.max_steps=30",
+            "trainer.val_check_interval=100",
+            "checkpoint.every_n_train_steps=3",
+            "system.loss.lambda_rgb=[3,1500.0,nan,4]",  # NaN weight from step 4 on
+            "system.max_nonfinite_steps=3",
+        ),
+    )
+    assert res.returncode == 3, res.stderr[-3000:]
+    assert "NaN/inf for 3 steps in a row" in res.stderr
+    assert "Traceback" not in res.stderr
+    (trial,) = glob.glob(str(tmp_path / "smoke" / "*"))
+    state = torch.load(Path(trial) / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("system.loss.lambda_sdss=1", "system.loss.lambda_sdss"),
+        ("data.image_path=/nonexistent/image.png", "/nonexistent/image.png"),
+        ("system.guidance.pretrained_model_name_or_path=/nonexistent/zeronvs.ckpt", "/nonexistent/zeronvs.ckpt"),
+        ("system.guidance.precomputed_scale=null", "precomputed_scale"),
+        ("resume=/nonexistent/last.ckpt", "/nonexistent/last.ckpt"),
+        ("trainer.max_stepz=3", "trainer.max_stepz"),
+        ("seed=abc", "seed"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, override: str, expected: str):
+    res = launch("--train", *smoke_args(tmp_path, override))
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "smoke").exists(), "a failed start must not create the trial folder"
+
+
+def test_existing_trial_folder_is_not_overwritten(smoke_trial: Path):
+    res = launch("--train", *smoke_args(smoke_trial.parent.parent, "trainer.max_steps=1"))
+    assert res.returncode == 2
+    assert "already exists" in res.stderr
+
+
+def test_cli_help_and_mode_flags():
+    res = launch("--help")
+    assert res.returncode == 0 and "--export" in res.stdout
+    res = launch("--config", "configs/smoke.yaml")  # no mode
+    assert res.returncode == 2
+    res = launch("--config", "configs/smoke.yaml", "--train", "--test")
+    assert res.returncode == 2
