@@ -1,0 +1,266 @@
+"""The single-image datamodule: one input view (image + camera) plus random views for score distillation.
+
+Train batches (one per step, drawn when the loader asks, at the state of the last ``update_step``):
+the reference view at the current stage resolution, with the keys of docs/DESIGN.md —
+``rays_o``, ``rays_d`` (1, H, W, 3), ``c2w`` and ``canonical_c2w`` (1, 4, 4), ``fov_deg``,
+``elevation_deg``, ``azimuth_deg``, ``camera_distance`` (1,), ``height``, ``width`` (ints),
+``rgb`` (1, H, W, 3), ``mask`` (1, H, W, 1), ``light_positions`` (1, 3) — and, unless
+``use_random_camera`` is false, ``"random_camera"``: a batch of random views from
+:class:`~threestudio.data.random_camera.RandomCameraSampler`.
+
+Validation/test batches: one view of an orbit around the origin per item (see ``random_camera.eval_*``)
+with the camera keys, ``rays_o``/``rays_d`` at ``eval_height`` × ``eval_width`` and ``index`` (1,) long.
+
+Image handling: RGB(A) files are read as straight-alpha RGBA; ``mask = alpha > 0.5`` (all ones for RGB).
+A non-square image is made square by ``crop_mode`` (``center_crop``, ``pad`` with transparent pixels, or
+``stretch``); ``default_fovy_deg`` is the vertical field of view of that square. ``rgb`` holds the straight
+colour (resized premultiplied, so transparent neighbours do not bleed in) and white where alpha is 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+import threestudio
+from threestudio.data.random_camera import (
+    OrbitCameraDataset,
+    RandomCameraConfig,
+    RandomCameraSampler,
+    ReferenceCamera,
+    camera_rays,
+)
+from threestudio.data.utils import StagedResolution
+from threestudio.utils.base import Updateable
+from threestudio.utils.config import parse_structured
+from threestudio.utils.errors import ConfigError
+from threestudio.utils.image import composite, crop_to_square, load_image, resize_image
+
+logger = logging.getLogger(__name__)
+
+CROP_MODES = ("center_crop", "pad", "stretch")
+
+
+@dataclass
+class SingleImageDataModuleConfig:
+    """Config of ``single-image-datamodule`` (key names as in ZeroNVS's ``data/image.py``)."""
+
+    # an int or one size per stage, switched at resolution_milestones (global steps)
+    height: Any = 96
+    width: Any = 96
+    resolution_milestones: List[int] = field(default_factory=list)
+    # the input view's camera: z-up world, looking at the origin; vertical fov of the (square) image
+    default_elevation_deg: float = 0.0
+    default_azimuth_deg: float = 0.0
+    default_camera_distance: float = 1.0
+    default_fovy_deg: float = 60.0
+    image_path: str = ""
+    crop_mode: str = "center_crop"  # how a non-square image is made square: center_crop | pad | stretch
+    use_random_camera: bool = True
+    random_camera: RandomCameraConfig = field(default_factory=RandomCameraConfig)
+    # std of one random shift of the reference rays' origins and directions, redrawn every training step
+    rays_noise_scale: float = 2e-3
+    batch_size: int = 1  # the reference view is one image
+    # kept for configs written for ZeroNVS; there is no depth/normal estimator here, so they must stay false
+    requires_depth: bool = False
+    requires_normal: bool = False
+    # conditioning() returns the square image at its own size, downsized to at most this many pixels a side
+    conditioning_max_size: int = 512
+
+
+def _check_config(cfg: SingleImageDataModuleConfig) -> None:
+    if not cfg.image_path:
+        raise ConfigError("config key data.image_path is empty; set it to the input image (RGB or RGBA file)")
+    if cfg.crop_mode not in CROP_MODES:
+        raise ConfigError(f"config key data.crop_mode is {cfg.crop_mode!r}; valid: {', '.join(CROP_MODES)}")
+    for key, what in (("requires_depth", "depth map"), ("requires_normal", "normal map")):
+        if getattr(cfg, key):
+            raise ConfigError(
+                f"config key data.{key}=true needs a {what} of the input, but this implementation has no "
+                f"{what} estimator; set data.{key}=false (and the matching system.loss weights to 0)"
+            )
+    if cfg.batch_size != 1:
+        raise ConfigError(f"config key data.batch_size must be 1 (there is one input view), got {cfg.batch_size}")
+    if not 0 < cfg.default_fovy_deg < 180:
+        raise ConfigError(f"config key data.default_fovy_deg must lie in (0, 180), got {cfg.default_fovy_deg}")
+    if cfg.default_camera_distance <= 0:
+        raise ConfigError(f"config key data.default_camera_distance must be positive, got {cfg.default_camera_distance}")
+    if cfg.conditioning_max_size < 1:
+        raise ConfigError(f"config key data.conditioning_max_size must be positive, got {cfg.conditioning_max_size}")
+
+
+def resize_rgba(rgba: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Straight-alpha RGBA (H, W, 4) → straight colour (h, w, 3) and alpha (h, w, 1), antialiased.
+
+    Colours are averaged weighted by alpha (premultiplied resize), so fully transparent pixels do not
+    bleed into the edges; where the resized alpha is 0 the colour is white.
+    """
+    alpha = rgba[..., 3:4]
+    resized = resize_image(torch.cat([rgba[..., :3] * alpha, alpha], dim=-1), height, width)
+    alpha_r = resized[..., 3:4].clamp(0.0, 1.0)
+    rgb = torch.where(alpha_r > 0, resized[..., :3] / alpha_r.clamp_min(1e-8), torch.ones_like(resized[..., :3]))
+    return rgb.clamp(0.0, 1.0), alpha_r
+
+
+class SingleImageIterableDataset(IterableDataset, Updateable):
+    """Endless training batches: the reference view at the current stage plus lazily drawn random views.
+
+    ``update_step(epoch, global_step)`` selects the resolution stage and forwards the step to the random
+    camera sampler; :meth:`collate` builds the batch from that state, so batches follow the current step.
+    """
+
+    def __init__(
+        self,
+        cfg: SingleImageDataModuleConfig,
+        rgba: Tensor,
+        reference: ReferenceCamera,
+        sampler: Optional[RandomCameraSampler] = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.rgba = rgba  # (S, S, 4) square (or, for crop_mode=stretch, the original) straight-alpha image
+        self.reference = reference
+        self.random_pose_generator = sampler
+        self.stages = StagedResolution(cfg.height, cfg.width, cfg.resolution_milestones, prefix="data")
+        self.reference_cameras = reference.cameras()
+        self._views: Dict[int, Dict[str, Tensor]] = {}
+        self.global_step = 0
+
+    @property
+    def height(self) -> int:
+        return self.stages.at(self.global_step).height
+
+    @property
+    def width(self) -> int:
+        return self.stages.at(self.global_step).width
+
+    def reference_view(self, stage_index: int) -> Dict[str, Tensor]:
+        """Noise-free rays, ``rgb`` and ``mask`` of the reference view at stage ``stage_index`` (cached)."""
+        if stage_index not in self._views:
+            stage = self.stages.stages[stage_index]
+            rgb, alpha = resize_rgba(self.rgba, stage.height, stage.width)
+            view = camera_rays(
+                self.reference_cameras, stage.height, stage.width, self.cfg.random_camera.rays_d_normalize
+            )
+            view.update(rgb=rgb[None].contiguous(), mask=(alpha > 0.5).float()[None].contiguous())
+            self._views[stage_index] = view
+            logger.debug("reference view at %dx%d", stage.height, stage.width)
+        return self._views[stage_index]
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        self.global_step = global_step
+        if self.random_pose_generator is not None:
+            self.random_pose_generator.update_step(epoch, global_step, on_load_weights)
+
+    def __iter__(self):
+        while True:
+            yield {}
+
+    def collate(self, _: Any = None) -> Dict[str, Any]:
+        """The training batch at the current step (see the module docstring for its keys)."""
+        stage_index = self.stages.index_at(self.global_step)
+        stage = self.stages.stages[stage_index]
+        view = self.reference_view(stage_index)
+        rays_o, rays_d = view["rays_o"], view["rays_d"]
+        if self.cfg.rays_noise_scale > 0:
+            rays_o = rays_o + torch.randn(3) * self.cfg.rays_noise_scale
+            rays_d = rays_d + torch.randn(3) * self.cfg.rays_noise_scale
+            if self.cfg.random_camera.rays_d_normalize:
+                rays_d = torch.nn.functional.normalize(rays_d, dim=-1)
+        batch: Dict[str, Any] = {k: v.clone() for k, v in self.reference_cameras.items()}
+        batch.update(
+            rays_o=rays_o,
+            rays_d=rays_d,
+            canonical_c2w=self.reference_cameras["c2w"].clone(),
+            height=stage.height,
+            width=stage.width,
+            rgb=view["rgb"],
+            mask=view["mask"],
+        )
+        if self.random_pose_generator is not None:
+            batch["random_camera"] = self.random_pose_generator.sample()
+        return batch
+
+
+@threestudio.register("single-image-datamodule")
+class SingleImageDataModule(LightningDataModule):
+    """One input image and its camera; random views for distillation; orbits for validation and testing."""
+
+    Config = SingleImageDataModuleConfig
+    cfg: SingleImageDataModuleConfig
+
+    def __init__(self, cfg: Optional[Any] = None) -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg)
+        _check_config(self.cfg)
+        self.reference = ReferenceCamera(
+            elevation_deg=float(self.cfg.default_elevation_deg),
+            azimuth_deg=float(self.cfg.default_azimuth_deg),
+            distance=float(self.cfg.default_camera_distance),
+            fovy_deg=float(self.cfg.default_fovy_deg),
+        )
+        # checks the random camera config early (before setup), so bad keys fail at construction
+        self.sampler = RandomCameraSampler(self.cfg.random_camera, self.reference)
+        # validated here too, so a bad data.height fails at construction
+        StagedResolution(self.cfg.height, self.cfg.width, self.cfg.resolution_milestones, prefix="data")
+        self.rgba = self._load_image()  # read now, so a missing file fails before any model is built
+
+    def _load_image(self) -> Tensor:
+        """The input as straight-alpha RGBA (S, S, 4) after ``crop_mode`` (for ``stretch``: as read)."""
+        image = load_image(self.cfg.image_path)
+        rgba = crop_to_square(image, self.cfg.crop_mode, pad_value=0.0).contiguous()
+        logger.info(
+            "single image %s: %dx%d, %dx%d after crop_mode=%s",
+            self.cfg.image_path,
+            image.shape[1],
+            image.shape[0],
+            rgba.shape[1],
+            rgba.shape[0],
+            self.cfg.crop_mode,
+        )
+        return rgba
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        rgba = self.rgba
+        if stage in (None, "fit"):
+            sampler = self.sampler if self.cfg.use_random_camera else None
+            self.train_dataset = SingleImageIterableDataset(self.cfg, rgba, self.reference, sampler)
+        if stage in (None, "fit", "validate"):
+            self.val_dataset = self.sampler.eval_dataset("val")
+        if stage in (None, "test", "predict"):
+            self.test_dataset = self.sampler.eval_dataset("test")
+
+    def _loader(self, dataset: Any, batch_size: Optional[int]) -> DataLoader:
+        # num_workers=0: update_step changes the dataset's state in the main process every step
+        return DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=dataset.collate)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, batch_size=self.cfg.random_camera.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, batch_size=self.cfg.random_camera.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def conditioning(self) -> Dict[str, Tensor]:
+        """The guidance's input view: ``images`` (1, S, S, 3) in [0, 1] composited on white, ``c2w`` (1, 4, 4),
+        ``fov_deg`` (1,). S is the square's own side (for ``stretch``, the longer side), capped at
+        ``conditioning_max_size`` by antialiased downsizing."""
+        rgba = self.rgba
+        side = min(max(rgba.shape[0], rgba.shape[1]), self.cfg.conditioning_max_size)
+        image = resize_image(composite(rgba, 1.0), side, side).clamp(0.0, 1.0)
+        return {
+            "images": image[None].contiguous(),
+            "c2w": self.reference.c2w(),
+            "fov_deg": torch.tensor([self.reference.fovy_deg], dtype=torch.float32),
+        }

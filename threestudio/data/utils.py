@@ -1,0 +1,96 @@
+"""Helpers shared by the datamodules: resolution stages switched at step milestones, config checks."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass
+from typing import Any, List, Sequence, Tuple
+
+from omegaconf import ListConfig
+
+from threestudio.utils.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def as_int_list(value: Any, key: str) -> List[int]:
+    """An int or a list of ints from a config value (``height: 64`` or ``height: [64, 128]``)."""
+    values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    if not values:
+        raise ConfigError(f"config key {key!r} is an empty list; give an int or a list of ints")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ConfigError(f"config key {key!r} must be a positive int or a list of positive ints, got {value!r}")
+        out.append(v)
+    return out
+
+
+def as_range(value: Any, key: str) -> Tuple[float, float]:
+    """A ``[low, high]`` pair from a config value, checked to have two numbers with low <= high."""
+    values = list(value)
+    if len(values) != 2 or values[0] > values[1]:
+        raise ConfigError(f"config key {key!r} must be [low, high] with low <= high, got {values!r}")
+    return float(values[0]), float(values[1])
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Image size and batch size of one training stage."""
+
+    height: int
+    width: int
+    batch_size: int = 1
+
+
+class StagedResolution:
+    """Training stages (height, width, batch size) switched at global-step milestones.
+
+    Stage ``i`` is active from step ``milestones[i - 1]`` on (stage 0 from the start). ``height``,
+    ``width`` and ``batch_size`` are an int (the same for every stage) or one value per stage; the
+    number of stages is the longest list and ``milestones`` must have one entry fewer.
+    ``prefix`` names the config section in error messages (e.g. ``"data.random_camera"``).
+    """
+
+    def __init__(
+        self,
+        height: Any,
+        width: Any,
+        milestones: Sequence[int] = (),
+        batch_size: Any = 1,
+        prefix: str = "data",
+    ) -> None:
+        lists = {
+            "height": as_int_list(height, f"{prefix}.height"),
+            "width": as_int_list(width, f"{prefix}.width"),
+            "batch_size": as_int_list(batch_size, f"{prefix}.batch_size"),
+        }
+        n_stages = max(len(v) for v in lists.values())
+        if any(len(v) not in (1, n_stages) for v in lists.values()):
+            counts = ", ".join(f"{prefix}.{name} has {len(v)}" for name, v in lists.items())
+            raise ConfigError(f"resolution stages disagree ({counts} values); give one value or one per stage")
+        lists = {name: v * n_stages if len(v) == 1 else v for name, v in lists.items()}
+        milestones = [int(m) for m in milestones]
+        if n_stages == 1 and milestones:
+            logger.warning("%s.resolution_milestones ignored: height, width and batch size do not change", prefix)
+            milestones = []
+        elif len(milestones) != n_stages - 1:
+            raise ConfigError(
+                f"config key {prefix}.resolution_milestones needs {n_stages - 1} step(s) for {n_stages} resolution "
+                f"stages, got {milestones!r}"
+            )
+        if any(b <= a for a, b in zip(milestones, milestones[1:])):
+            raise ConfigError(f"config key {prefix}.resolution_milestones must increase, got {milestones!r}")
+        self.milestones: List[int] = milestones
+        self.stages: List[Stage] = [
+            Stage(h, w, b) for h, w, b in zip(lists["height"], lists["width"], lists["batch_size"])
+        ]
+
+    def index_at(self, global_step: int) -> int:
+        """Index of the stage active at ``global_step``."""
+        return bisect.bisect_right(self.milestones, global_step)
+
+    def at(self, global_step: int) -> Stage:
+        """The stage active at ``global_step``."""
+        return self.stages[self.index_at(global_step)]
