@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Decode and inspect the cameras of an IDR/NeuS/DTU scene (cameras.npz).
+
+Usage: python read_camera.py SCENE_DIR_or_cameras.npz [--json] [--plot cameras.png] [--image-size W H] [--index I ...]
+The maths lives in threestudio/data/idr_cameras.py; this file only parses arguments and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from threestudio.data.idr_cameras import IDRCamera, load_idr_cameras
+from threestudio.utils.errors import UserError
+
+logger = logging.getLogger("read_camera")
+
+FORMAT_HELP = """\
+cameras.npz format (IDR / NeuS / DTU):
+  world_mat_i   4x4 (top 3 rows = P = K [R | t]): projects world points to pixels of image i,
+                OpenCV convention (x right, y down, z forward), pixel centres at integer coordinates.
+  scale_mat_i   4x4, optional: maps the unit sphere to the object (world = scale_mat . normalised point).
+                When present, P = world_mat . scale_mat projects normalised points, in which the object
+                fits the unit sphere ("normalized": true).
+
+Decomposition of P (3x4, known up to a scale and sign):
+  1. flip the sign of P if det(P[:, :3]) < 0 (P and -P are the same projection);
+  2. RQ-decompose P[:, :3] = K R (K upper triangular, R orthonormal);
+  3. fix signs so K has a positive diagonal (then det R = +1), t = K^-1 P[:, 3];
+  4. normalise K so that K[2,2] = 1;
+  5. camera-to-world (OpenCV) c2w = [R^T | -R^T t]; camera centre = -R^T t;
+     OpenGL camera-to-world (x right, y up, z backward) = c2w . diag(1, -1, -1, 1).
+  Fields of view use the real image size (W, H): fov_x = 2 atan(W / 2 / fx), fov_y = 2 atan(H / 2 / fy);
+  the size is read from the scene's image/ folder unless --image-size is given.
+
+Exit status: 0 on success, 2 for bad input (message on one line).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="read_camera.py",
+        description="Decode the cameras of an IDR/NeuS/DTU scene: intrinsics, camera-to-world (OpenCV and OpenGL), "
+        "camera centres, distances and fields of view.",
+        epilog=FORMAT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("path", help="scene folder (with cameras.npz and image/) or a cameras.npz file")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of camera records instead of a table")
+    parser.add_argument("--plot", metavar="PNG", help="draw the camera frusta (and the unit sphere) to this PNG")
+    parser.add_argument(
+        "--image-size", nargs=2, type=int, metavar=("W", "H"), help="image size for the fields of view"
+    )
+    parser.add_argument("--index", nargs="+", type=int, metavar="I", help="only these camera indices")
+    parser.add_argument("--no-normalize", action="store_true", help="ignore scale_mat (decode world_mat alone)")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _fmt(value: Optional[float], digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(cameras: Sequence[IDRCamera]) -> str:
+    """A human-readable table: one line per camera plus its OpenGL camera-to-world."""
+    header = (
+        f"{'idx':>4} {'fx':>9} {'fy':>9} {'cx':>8} {'cy':>8} {'center (x, y, z)':>30} {'dist':>7} "
+        f"{'fov_x':>7} {'fov_y':>7}"
+    )
+    lines = [header, "-" * len(header)]
+    for cam in cameras:
+        c = cam.center
+        center = f"({c[0]:8.4f}, {c[1]:8.4f}, {c[2]:8.4f})"
+        lines.append(
+            f"{cam.index:>4} {cam.K[0, 0]:9.3f} {cam.K[1, 1]:9.3f} {cam.K[0, 2]:8.3f} {cam.K[1, 2]:8.3f} "
+            f"{center:>30} {cam.distance:7.4f} {_fmt(cam.fov_x_deg, 2):>7} {_fmt(cam.fov_y_deg, 2):>7}"
+        )
+    if cameras:
+        first = cameras[0]
+        frame = "normalised world (scale_mat applied)" if first.normalized else "world (no scale_mat)"
+        size = "unknown (pass --image-size)" if first.image_size is None else f"{first.image_size[0]}x{first.image_size[1]}"
+        lines.append(f"coordinates: {frame}; image size: {size}; fov in degrees")
+    return "\n".join(lines)
+
+
+def plot_cameras(cameras: Sequence[IDRCamera], path: str) -> None:
+    """Draw camera frusta (OpenCV pinhole pyramids) and, for normalised cameras, the unit sphere."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(8, 8))
+    ax = fig.add_subplot(projection="3d")
+    centers = np.stack([cam.center for cam in cameras])
+    extent = max(float(np.abs(centers).max()), 1.0)
+    depth = 0.15 * extent
+    for cam in cameras:
+        w, h = cam.image_size or (2 * cam.K[0, 2], 2 * cam.K[1, 2])
+        pixels = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], dtype=np.float64)
+        corners_cam = (np.linalg.inv(cam.K) @ pixels.T).T * depth
+        corners = corners_cam @ cam.c2w_opencv[:3, :3].T + cam.center
+        for corner in corners:
+            ax.plot(*zip(cam.center, corner), color="tab:blue", linewidth=0.6)
+        ring = np.vstack([corners, corners[:1]])
+        ax.plot(ring[:, 0], ring[:, 1], ring[:, 2], color="tab:blue", linewidth=0.8)
+        ax.plot(*zip(corners[0], corners[1]), color="tab:red", linewidth=1.2)  # top edge of the image
+        ax.text(*cam.center, str(cam.index), fontsize=6)
+    if cameras[0].normalized:
+        u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 24), np.linspace(0, np.pi, 12))
+        ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="grey", linewidth=0.3)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_zlabel("z")
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_zlim(-extent, extent)
+    ax.set_box_aspect((1, 1, 1))
+    ax.set_title(f"{len(cameras)} cameras (blue frusta, red = image top edge)")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.image_size and min(args.image_size) <= 0:
+            raise UserError(f"--image-size must be two positive integers, got {args.image_size}")
+        cameras = load_idr_cameras(
+            args.path,
+            image_size=tuple(args.image_size) if args.image_size else None,
+            normalize=not args.no_normalize,
+            indices=args.index,
+        )
+        if args.json:
+            print(json.dumps([cam.to_dict() for cam in cameras], indent=1))
+        else:
+            print(format_table(cameras))
+        if args.plot:
+            plot_cameras(cameras, args.plot)
+            logger.info("wrote %s", args.plot)
+    except UserError as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

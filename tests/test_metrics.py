@@ -1,0 +1,102 @@
+"""PSNR/SSIM/LPIPS and metrics.json (threestudio/utils/metrics.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from threestudio.utils import metrics
+from threestudio.utils.metrics import compute_metrics, psnr, ssim, write_metrics_json
+
+
+def checker(h: int, w: int) -> np.ndarray:
+    """±1 checkerboard (H, W, 1)."""
+    return np.where((np.arange(h)[:, None] + np.arange(w)[None]) % 2 == 0, 1.0, -1.0)[..., None]
+
+
+@pytest.fixture
+def no_lpips(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips → ImportError
+    monkeypatch.setattr(metrics, "_lpips_model", None)
+
+
+def test_identical_images_give_inf_psnr_and_ssim_one(no_lpips):
+    img = np.random.default_rng(0).uniform(size=(24, 32, 3))
+    m = compute_metrics(img, img.copy())
+    assert m["psnr"] == math.inf and m["ssim"] == pytest.approx(1.0) and m["lpips"] is None
+
+
+def test_known_noise_level_gives_expected_psnr():
+    gt = np.full((32, 32, 3), 0.5)
+    pred = gt + 0.01 * checker(32, 32)  # every pixel off by exactly 0.01 → mse 1e-4 → 40 dB
+    assert psnr(pred, gt) == pytest.approx(40.0, abs=1e-6)
+    pred = gt + 0.1 * checker(32, 32)
+    assert psnr(torch.from_numpy(pred).float(), torch.from_numpy(gt).float()) == pytest.approx(20.0, abs=1e-4)
+
+
+def test_matches_skimage_on_random_images():
+    rng = np.random.default_rng(1)
+    gt = rng.uniform(size=(40, 30, 3))
+    pred = np.clip(gt + rng.normal(0, 0.05, gt.shape), 0, 1)
+    assert psnr(pred, gt) == pytest.approx(peak_signal_noise_ratio(gt, pred, data_range=1.0))
+    assert ssim(pred, gt) == pytest.approx(structural_similarity(gt, pred, data_range=1.0, channel_axis=-1))
+    assert 0.0 < ssim(pred, gt) < 1.0
+
+
+def test_masked_metrics_ignore_the_background():
+    rng = np.random.default_rng(2)
+    gt = rng.uniform(size=(32, 32, 3))
+    mask = np.zeros((32, 32, 1))
+    mask[8:24, 8:24] = 1.0
+    pred = gt.copy()
+    pred[mask[..., 0] == 0] = rng.uniform(size=(int((mask == 0).sum()), 3))  # wrong only outside the mask
+    assert psnr(pred, gt, mask) == math.inf
+    assert ssim(pred, gt, mask) == pytest.approx(1.0)
+    assert psnr(pred, gt) < 20  # unmasked, the background counts
+    inside = pred.copy()
+    inside[8:24, 8:24] += 0.01 * checker(16, 16)
+    assert psnr(inside, gt, mask[..., 0]) == pytest.approx(40.0, abs=1e-6)  # mse over the mask's pixels only
+    assert math.isnan(psnr(pred, gt, np.zeros((32, 32))))
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        psnr(np.zeros((8, 8, 3)), np.zeros((8, 9, 3)))
+    with pytest.raises(ValueError, match="mask"):
+        psnr(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)), np.ones((4, 4)))
+
+
+def test_lpips_is_none_without_the_package(no_lpips):
+    assert metrics.lpips_distance(np.zeros((8, 8, 3)), np.zeros((8, 8, 3))) is None
+    assert compute_metrics(np.zeros((8, 8, 3)), np.ones((8, 8, 3)))["lpips"] is None
+
+
+def test_write_metrics_json_atomic_strict_json(tmp_path):
+    per_view = [
+        {"target": 3, "psnr": 20.0, "ssim": 0.5, "lpips": None},
+        {"target": 9, "psnr": 30.0, "ssim": 0.7, "lpips": None},
+    ]
+    path = tmp_path / "save" / "metrics.json"
+    write_metrics_json(str(path), per_view)
+    data = json.loads(path.read_text())
+    assert data["psnr"] == pytest.approx(25.0) and data["ssim"] == pytest.approx(0.6) and data["lpips"] is None
+    assert data["per_view"] == [
+        {"target": 3, "psnr": 20.0, "ssim": 0.5, "lpips": None},
+        {"target": 9, "psnr": 30.0, "ssim": 0.7, "lpips": None},
+    ]
+    assert os.listdir(path.parent) == ["metrics.json"]  # no temporary file left behind
+
+    # an identical view has psnr inf: JSON has no infinity, so it is written as null (and so is the mean)
+    write_metrics_json(str(path), per_view + [{"target": 12, "psnr": math.inf, "ssim": 1.0, "lpips": 0.1}])
+    text = path.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    data = json.loads(text)
+    assert data["psnr"] is None and data["per_view"][2]["psnr"] is None and data["per_view"][2]["lpips"] == 0.1
+    assert data["ssim"] == pytest.approx(0.7333333, abs=1e-6)
