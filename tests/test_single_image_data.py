@@ -162,7 +162,8 @@ def test_rgb_image_has_a_full_mask(wide_rgb_path):
 
 
 def test_crop_modes(wide_rgb_path):
-    red, green, blue, white = (torch.tensor(c, dtype=torch.float32) for c in ([1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]))
+    colours = ([1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1])
+    red, green, blue, white = (torch.tensor(c, dtype=torch.float32) for c in colours)
 
     centre = _datamodule(wide_rgb_path, height=8, width=8, resolution_milestones=[])
     img = centre.conditioning()["images"][0]
@@ -257,7 +258,8 @@ def test_val_and_test_orbits(rgba_path):
     assert azimuths == pytest.approx([25.0, 115.0, -155.0, -65.0])
     torch.testing.assert_close(test[0]["c2w"], test[0]["canonical_c2w"])
 
-    wide = _datamodule(rgba_path, random_camera={"eval_batch_size": 2, "n_test_views": 4, "eval_height": 4, "eval_width": 4})
+    eval_cfg = {"eval_batch_size": 2, "n_test_views": 4, "eval_height": 4, "eval_width": 4}
+    wide = _datamodule(rgba_path, random_camera=eval_cfg)
     batch = next(iter(wide.test_dataloader()))
     assert batch["rays_d"].shape == (2, 4, 4, 3) and batch["index"].tolist() == [0, 1]
 
@@ -283,3 +285,41 @@ def test_user_errors(tmp_path, rgba_path):
         SingleImageDataModule(_config(rgba_path, resolution_milestones=[]))
     with pytest.raises(ConfigError, match="data.image_path"):
         SingleImageDataModule(_config(""))
+
+
+def test_lightning_fit_sees_stage_switch_at_the_milestone_step(rgba_path):
+    """Lightning fetches batches ahead; the datamodule redraws them at the step they are used."""
+    import lightning.pytorch as pl
+
+    class Recorder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.seen = []
+            self.val_shapes = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append((self.global_step, batch["height"], batch["random_camera"]["rays_d"].shape[0]))
+            return (self.weight * batch["rgb"].mean()).sum()
+
+        def validation_step(self, batch, batch_idx):
+            self.val_shapes.append(tuple(batch["rays_d"].shape))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = SingleImageDataModule(_config(rgba_path))
+    model = Recorder()
+    trainer = pl.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=1,
+        val_check_interval=6,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert model.seen == [(s, 8 if s < 4 else 16, 3 if s < 4 else 1) for s in range(6)]
+    assert model.val_shapes and all(shape == (1, 12, 12, 3) for shape in model.val_shapes)

@@ -32,6 +32,7 @@ from threestudio.utils.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 LIGHT_SAMPLE_STRATEGIES = ("dreamfusion", "magic3d")
+# the keys of every camera dict returned here
 CAMERA_KEYS = ("c2w", "fov_deg", "elevation_deg", "azimuth_deg", "camera_distance", "light_positions")
 
 

@@ -63,6 +63,7 @@ class SingleImageDataModuleConfig:
     image_path: str = ""
     crop_mode: str = "center_crop"  # how a non-square image is made square: center_crop | pad | stretch
     use_random_camera: bool = True
+    # random training views and val/test orbits; its rays_d_normalize also applies to the reference view
     random_camera: RandomCameraConfig = field(default_factory=RandomCameraConfig)
     # std of one random shift of the reference rays' origins and directions, redrawn every training step
     rays_noise_scale: float = 2e-3
@@ -90,7 +91,9 @@ def _check_config(cfg: SingleImageDataModuleConfig) -> None:
     if not 0 < cfg.default_fovy_deg < 180:
         raise ConfigError(f"config key data.default_fovy_deg must lie in (0, 180), got {cfg.default_fovy_deg}")
     if cfg.default_camera_distance <= 0:
-        raise ConfigError(f"config key data.default_camera_distance must be positive, got {cfg.default_camera_distance}")
+        raise ConfigError(
+            f"config key data.default_camera_distance must be positive, got {cfg.default_camera_distance}"
+        )
     if cfg.conditioning_max_size < 1:
         raise ConfigError(f"config key data.conditioning_max_size must be positive, got {cfg.conditioning_max_size}")
 
@@ -251,6 +254,19 @@ class SingleImageDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """In a Lightning fit, redraw the training batch at the trainer's current step.
+
+        Lightning fetches a batch ahead (and calls ``on_train_batch_start`` only after fetching), so a batch
+        drawn by the loader reflects the state of an earlier step. This hook runs for the batch of the step
+        about to be taken, so stage switches and progressive ranges happen exactly at their steps.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training and isinstance(batch, dict) and "rgb" in batch:
+            self.train_dataset.update_step(trainer.current_epoch, trainer.global_step)
+            batch = self.train_dataset.collate(None)
+        return batch
 
     def conditioning(self) -> Dict[str, Tensor]:
         """The guidance's input view: ``images`` (1, S, S, 3) in [0, 1] composited on white, ``c2w`` (1, 4, 4),
