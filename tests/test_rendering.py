@@ -1,0 +1,224 @@
+"""Volume-rendering primitives, samplers and the nerf-volume-renderer end to end on tiny fields (CPU)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import threestudio
+from threestudio.models.renderers.rendering import (
+    accumulate,
+    interlevel_loss,
+    render_weights,
+    sample_pdf,
+    spacing_to_distance,
+    stratified_samples,
+)
+from threestudio.utils.errors import ConfigError
+
+TINY_GRID = {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2, "log2_hashmap_size": 10,
+             "base_resolution": 4, "per_level_scale": 1.5}
+TINY_MLP = {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 16,
+            "n_hidden_layers": 1}
+
+
+def make_renderer(estimator="proposal", geometry=None, material="no-material", background=None, **renderer_cfg):
+    geometry_cfg = {"radius": 1.0, "normal_type": "analytic", "density_bias": "blob_magic3d",
+                    "density_blob_scale": 5.0, "density_blob_std": 0.5,
+                    "pos_encoding_config": TINY_GRID, "mlp_network_config": TINY_MLP, **(geometry or {})}
+    geo = threestudio.find("implicit-volume")(geometry_cfg)
+    mat_cfg = {"ambient_only_steps": 0} if material == "diffuse-with-point-light-material" else {}
+    mat = threestudio.find(material)(mat_cfg)
+    bg = threestudio.find("solid-color-background")(background or {"color": [0.2, 0.4, 0.6]})
+    cfg = {"radius": 1.0, "estimator": estimator, "near_plane": 0.5, "far_plane": 6.0, "sampling_type": "uniform",
+           "num_samples_per_ray": 16, "num_samples_per_ray_importance": 8, "num_samples_per_ray_proposal": 16,
+           "proposal_network_config": {"n_input_dims": 3, "n_output_dims": 1, "encoding_config": TINY_GRID,
+                                       "network_config": TINY_MLP},
+           **renderer_cfg}
+    return threestudio.find("nerf-volume-renderer")(cfg, geo, mat, bg)
+
+
+def camera_rays(n_views=1, height=4, width=5, distance=3.0, spread=0.1):
+    """Rays (B, H, W, 3) from +x·distance looking at the origin, fanning out by ``spread``."""
+    ys = torch.linspace(-spread, spread, height)
+    zs = torch.linspace(-spread, spread, width)
+    d = torch.stack([-torch.ones(height, width), ys[:, None].expand(-1, width), zs[None, :].expand(height, -1)], -1)
+    d = torch.nn.functional.normalize(d, dim=-1)
+    rays_d = d.expand(n_views, -1, -1, -1).clone()
+    rays_o = torch.tensor([distance, 0.0, 0.0]).expand_as(rays_d).clone()
+    return rays_o, rays_d
+
+
+# ---------------------------------------------------------------- primitives
+def test_render_weights_sum_at_most_one_and_closed_form():
+    sigmas = torch.rand(7, 32) * 5
+    deltas = torch.rand(7, 32) * 0.2
+    weights, trans, alphas = render_weights(sigmas, deltas)
+    assert (weights >= 0).all() and (weights.sum(-1) <= 1 + 1e-6).all()
+    assert torch.allclose(weights.sum(-1), 1 - torch.exp(-(sigmas * deltas).sum(-1)), atol=1e-5)
+    assert torch.allclose(trans[:, 0], torch.ones(7)) and torch.allclose(weights, trans * alphas)
+
+
+def test_constant_density_slab_opacity_and_depth():
+    """Density σ on [a, b], 0 elsewhere: opacity 1 − e^{−σL}, depth ∫ t σ e^{−σ(t−a)} dt."""
+    sigma, a, b = 1.5, 2.0, 3.0
+    L = b - a
+    t = stratified_samples(0.0, 5.0, 5000, randomized=False)  # (1, 5001)
+    t_mid = 0.5 * (t[:, 1:] + t[:, :-1])
+    sigmas = torch.where((t_mid > a) & (t_mid < b), torch.tensor(sigma), torch.tensor(0.0)).double()
+    weights, _, _ = render_weights(sigmas, (t[:, 1:] - t[:, :-1]).double())
+    opacity = accumulate(weights)
+    depth = accumulate(weights, t_mid.double()[..., None])
+    assert opacity.item() == pytest.approx(1 - math.exp(-sigma * L), abs=1e-4)
+    expected_depth = a * (1 - math.exp(-sigma * L)) + 1 / sigma - math.exp(-sigma * L) * (L + 1 / sigma)
+    assert depth.item() == pytest.approx(expected_depth, abs=2e-3)
+
+
+def test_stratified_samples_cover_near_far_monotonically():
+    for sampling_type in ("uniform", "lindisp"):
+        t = stratified_samples(torch.full((9, 1), 0.5), torch.full((9, 1), 1000.0), 64, True, sampling_type)
+        assert t.shape == (9, 65)
+        assert torch.allclose(t[:, 0], torch.tensor(0.5)) and torch.allclose(t[:, -1], torch.tensor(1000.0))
+        assert (t[:, 1:] >= t[:, :-1]).all()
+    # lindisp puts half the samples before the harmonic midpoint ~ 1/(0.5·(1/0.5 + 1/1000)) ≈ 1.0
+    s_half = spacing_to_distance(torch.tensor([[0.5]]), 0.5, 1000.0, "lindisp")
+    assert s_half.item() == pytest.approx(1 / (0.5 * (2.0 + 0.001)), rel=1e-5)
+    with pytest.raises(ConfigError):
+        spacing_to_distance(torch.zeros(1, 1), 0.5, 1.0, "log")
+
+
+def test_sample_pdf_puts_samples_where_the_weights_are():
+    bins = torch.linspace(0, 1, 11).expand(3, -1)
+    weights = torch.zeros(3, 10)
+    weights[:, 7] = 1.0  # all mass in [0.7, 0.8]
+    new = sample_pdf(bins, weights, 64, randomized=True)
+    assert new.shape == (3, 65) and (new[:, 1:] >= new[:, :-1]).all()
+    mids = 0.5 * (new[:, 1:] + new[:, :-1])
+    assert ((mids > 0.7) & (mids < 0.8)).float().mean() > 0.9
+    assert torch.allclose(new[:, 0], torch.zeros(3)) and torch.allclose(new[:, -1], torch.ones(3))
+    # uniform weights → (nearly) uniform edges
+    uniform = sample_pdf(bins, torch.ones(3, 10), 20, randomized=False)
+    assert torch.allclose(uniform, torch.linspace(0, 1, 21).expand(3, -1), atol=1e-4)
+
+
+def test_interlevel_loss_zero_for_equal_and_positive_for_missed_mass():
+    t = torch.linspace(0, 1, 17).expand(4, -1)
+    w = torch.softmax(torch.randn(4, 16), -1) * 0.9
+    assert interlevel_loss(t, w, t, w).item() == pytest.approx(0.0, abs=1e-7)
+    # a coarser envelope with the same mass per coarse bin also bounds the fine weights
+    t_coarse = t[:, ::2]
+    w_coarse = w.reshape(4, 8, 2).sum(-1)
+    assert interlevel_loss(t, w, t_coarse, w_coarse).item() == pytest.approx(0.0, abs=1e-7)
+    # an envelope that puts its mass elsewhere is penalised, and the gradient reaches only the envelope
+    w_env = torch.zeros(4, 16)
+    w_env[:, 0] = 1.0
+    w_env.requires_grad_(True)
+    w_fine = w.clone().requires_grad_(True)
+    loss = interlevel_loss(t, w_fine, t, w_env)
+    assert loss.item() > 0
+    loss.backward()
+    assert w_fine.grad is None and w_env.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- renderer
+@pytest.mark.parametrize("estimator", ["proposal", "importance", "stratified"])
+def test_renderer_outputs_train_and_eval(estimator):
+    renderer = make_renderer(estimator, material="diffuse-with-point-light-material", return_comp_normal=True)
+    rays_o, rays_d = camera_rays(n_views=2)
+    renderer.train()
+    out = renderer(rays_o, rays_d, light_positions=torch.tensor([[3.0, 1.0, 1.0]] * 2))
+    samples_per_ray = {"proposal": 16, "stratified": 16, "importance": 8 + 16 + 1}[estimator]  # merged edge sets
+    n = 2 * 4 * 5 * samples_per_ray
+    for key, channels in [("comp_rgb", 3), ("comp_rgb_fg", 3), ("comp_rgb_bg", 3), ("opacity", 1), ("depth", 1),
+                          ("comp_normal", 3)]:
+        assert out[key].shape == (2, 4, 5, channels), key
+    for key, channels in [("weights", 1), ("normal", 3), ("t_dirs", 3), ("points", 3)]:
+        assert out[key].shape == (n, channels), key
+    assert ("loss_proposal" in out) == (estimator == "proposal")
+    assert (out["opacity"] <= 1 + 1e-5).all() and out["opacity"].max() > 0.5  # the blob is hit
+    renderer.eval()
+    with torch.no_grad():
+        ev = renderer(rays_o, rays_d)
+    assert set(ev) >= {"comp_rgb", "opacity", "depth", "comp_normal"} and "weights" not in ev
+    assert ev["comp_rgb"].shape == (2, 4, 5, 3)
+
+
+def test_background_composited_where_nothing_is_hit():
+    renderer = make_renderer("stratified", geometry={"density_bias": -30.0})  # empty space
+    rays_o, rays_d = camera_rays()
+    renderer.eval()
+    with torch.no_grad():
+        out = renderer(rays_o, rays_d)
+        override = renderer(rays_o, rays_d, bg_color=torch.tensor([[1.0, 0.0, 0.0]]))
+    assert out["opacity"].max() < 1e-4
+    assert torch.allclose(out["comp_rgb"], torch.tensor([0.2, 0.4, 0.6]).expand(1, 4, 5, 3), atol=1e-4)
+    assert torch.allclose(override["comp_rgb"], torch.tensor([1.0, 0.0, 0.0]).expand(1, 4, 5, 3), atol=1e-4)
+
+
+def test_random_background_augmentation_only_in_training():
+    bg = threestudio.find("solid-color-background")({"color": [0.5, 0.5, 0.5], "random_aug": True,
+                                                     "random_aug_prob": 1.0})
+    dirs = torch.randn(3, 2, 2, 3)
+    bg.train()
+    colors = bg(dirs)
+    assert not torch.allclose(colors, torch.full_like(colors, 0.5))
+    assert torch.allclose(colors, colors[:, :1, :1].expand_as(colors))  # one colour per view
+    bg.eval()
+    assert torch.allclose(bg(dirs), torch.full((3, 2, 2, 3), 0.5))
+
+
+def test_gradients_reach_the_hash_grid_and_proposal_loss_trains_only_proposal():
+    renderer = make_renderer("proposal")
+    geometry = renderer.geometry
+    rays_o, rays_d = camera_rays()
+    renderer.train()
+    out = renderer(rays_o, rays_d)
+    out["comp_rgb"].mean().backward(retain_graph=True)
+    assert geometry.encoding.params.grad.abs().sum() > 0
+    assert all(p.grad is None for p in renderer.proposal_networks.parameters())
+
+    geometry.zero_grad(set_to_none=True)
+    out["loss_proposal"].backward()
+    assert all(p.grad is None for p in geometry.parameters())
+    assert sum(p.grad.abs().sum() for p in renderer.proposal_networks.parameters()) > 0
+
+
+def test_chunked_eval_equals_unchunked():
+    renderer = make_renderer("proposal", material="diffuse-with-point-light-material", eval_chunk_size=7)
+    rays_o, rays_d = camera_rays(n_views=2)
+    renderer.eval()
+    with torch.no_grad():
+        chunked = renderer(rays_o, rays_d)
+        renderer.cfg.eval_chunk_size = 10_000
+        whole = renderer(rays_o, rays_d)
+    for key in ("comp_rgb", "opacity", "depth", "comp_normal"):
+        assert torch.allclose(chunked[key], whole[key], atol=1e-5), key
+
+
+def test_unknown_estimator_is_a_config_error():
+    with pytest.raises(ConfigError, match="estimator"):
+        make_renderer("occgrid")
+
+
+def test_tiny_fit_converges_to_colour_and_opacity():
+    """A few hundred Adam steps fit 8 rays to a target colour over a black background with full opacity."""
+    torch.manual_seed(0)
+    renderer = make_renderer("importance", geometry={"density_bias": 0.0, "normal_type": None},
+                             background={"color": [0.0, 0.0, 0.0]}, sampling_type="uniform")
+    rays_o, rays_d = camera_rays(height=2, width=4)
+    target = torch.tensor([0.9, 0.3, 0.1])
+    optimizer = torch.optim.Adam(renderer.geometry.parameters(), lr=0.03)
+    renderer.train()
+    for _ in range(200):
+        out = renderer(rays_o, rays_d)
+        loss = ((out["comp_rgb"] - target) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    renderer.eval()
+    with torch.no_grad():
+        out = renderer(rays_o, rays_d)
+    assert torch.allclose(out["comp_rgb"], target.expand_as(out["comp_rgb"]), atol=0.03)
+    assert out["opacity"].min() > 0.95

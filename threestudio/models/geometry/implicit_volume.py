@@ -1,0 +1,143 @@
+"""``implicit-volume``: a NeRF density field + albedo features on a shared hash-grid encoding.
+
+As in threestudio/ZeroNVS, world points are contracted (``unbounded: true``, the default: mip-NeRF 360 style, see
+:mod:`.contraction`) into [0, 1]^3 and encoded by one hash grid; two MLP heads predict the raw density and the
+features (albedo before the material's activation). A density bias in *world* coordinates shapes the
+initialisation: ``blob_magic3d`` adds ``scale · (1 − ‖x‖/std)`` (a ball of radius ``std``, strongly negative far
+away, so distant space starts empty), ``blob_dreamfusion`` adds ``scale · exp(−‖x‖²/(2 std²))``, a number adds a
+constant. ``density_activation`` maps it to a density ≥ 0 (softplus, exp, trunc_exp).
+
+Normals point outward (``−∇σ / ‖∇σ‖``): ``analytic`` differentiates the density with autograd (with
+``create_graph`` whenever gradients are enabled, so normal losses train the field); ``finite_difference``
+(alias ``finite_difference_laplacian``) uses central differences with step ``finite_difference_normal_eps``;
+``null`` computes none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import threestudio
+from threestudio.models.geometry.base import BaseImplicitGeometry
+from threestudio.models.geometry.contraction import contract_to_unisphere
+from threestudio.models.networks import get_activation, get_encoding, get_mlp
+from threestudio.utils.errors import ConfigError
+
+NORMAL_TYPES = (None, "analytic", "finite_difference", "finite_difference_laplacian")
+DENSITY_BIASES = ("blob_magic3d", "blob_dreamfusion")
+
+
+@threestudio.register("implicit-volume")
+class ImplicitVolume(BaseImplicitGeometry):
+    """Hash-grid NeRF field: ``forward(points (N, 3))`` → density (N, 1), features (N, n_feature_dims)."""
+
+    @dataclass
+    class Config(BaseImplicitGeometry.Config):
+        n_input_dims: int = 3
+        n_feature_dims: int = 3
+        density_activation: Optional[str] = "softplus"
+        # "blob_magic3d" | "blob_dreamfusion" | a number
+        density_bias: Any = "blob_magic3d"
+        density_blob_scale: float = 10.0
+        density_blob_std: float = 0.5
+        pos_encoding_config: dict = field(
+            default_factory=lambda: {
+                "otype": "HashGrid",
+                "n_levels": 16,
+                "n_features_per_level": 2,
+                "log2_hashmap_size": 19,
+                "base_resolution": 16,
+                "per_level_scale": 1.447269237440378,
+            }
+        )
+        mlp_network_config: dict = field(
+            default_factory=lambda: {
+                "otype": "VanillaMLP",
+                "activation": "ReLU",
+                "output_activation": "none",
+                "n_neurons": 64,
+                "n_hidden_layers": 1,
+            }
+        )
+        normal_type: Optional[str] = "finite_difference"
+        finite_difference_normal_eps: float = 0.01
+
+    cfg: Config
+
+    def configure(self) -> None:
+        super().configure()
+        if self.cfg.normal_type not in NORMAL_TYPES:
+            raise ConfigError(
+                f"geometry.normal_type {self.cfg.normal_type!r} is not supported; use one of {NORMAL_TYPES}"
+            )
+        bias = self.cfg.density_bias
+        if not (bias in DENSITY_BIASES or (isinstance(bias, (int, float)) and not isinstance(bias, bool))):
+            raise ConfigError(f"geometry.density_bias must be one of {DENSITY_BIASES} or a number, got {bias!r}")
+        self.density_activation = get_activation(self.cfg.density_activation)
+        self.encoding = get_encoding(self.cfg.n_input_dims, self.cfg.pos_encoding_config)
+        self.density_network = get_mlp(self.encoding.n_output_dims, 1, self.cfg.mlp_network_config)
+        if self.cfg.n_feature_dims > 0:
+            self.feature_network = get_mlp(
+                self.encoding.n_output_dims, self.cfg.n_feature_dims, self.cfg.mlp_network_config
+            )
+
+    def density_bias(self, points: Tensor) -> Tensor:
+        """The pre-activation density bias (N, 1) (or a scalar) at world points (N, 3)."""
+        bias = self.cfg.density_bias
+        if bias == "blob_magic3d":
+            return self.cfg.density_blob_scale * (1.0 - points.norm(dim=-1, keepdim=True) / self.cfg.density_blob_std)
+        if bias == "blob_dreamfusion":
+            sq = (points**2).sum(dim=-1, keepdim=True)
+            return self.cfg.density_blob_scale * torch.exp(-0.5 * sq / self.cfg.density_blob_std**2)
+        return torch.as_tensor(float(bias), dtype=points.dtype, device=points.device)
+
+    def _encode(self, points: Tensor) -> Tensor:
+        contracted = contract_to_unisphere(points, self.bbox.to(points.dtype), self.unbounded)
+        return self.encoding(contracted.reshape(-1, self.cfg.n_input_dims))
+
+    def _density_from_encoding(self, points: Tensor, enc: Tensor) -> Tensor:
+        raw = self.density_network(enc).reshape(*points.shape[:-1], 1)
+        return self.density_activation(raw + self.density_bias(points))
+
+    def forward_density(self, points: Tensor) -> Tensor:
+        """Density (..., 1) ≥ 0 at world points (..., 3)."""
+        return self._density_from_encoding(points, self._encode(points))
+
+    def forward(self, points: Tensor, output_normal: bool = False) -> Dict[str, Tensor]:
+        """World points (N, 3) → {"density": (N, 1), "features": (N, C), ["normal", "shading_normal": (N, 3)]}."""
+        grad_enabled = torch.is_grad_enabled()
+        analytic = output_normal and self.cfg.normal_type == "analytic"
+        with torch.set_grad_enabled(grad_enabled or analytic):
+            if analytic and not points.requires_grad:
+                points = points.detach().requires_grad_(True)
+            enc = self._encode(points)
+            density = self._density_from_encoding(points, enc)
+            out: Dict[str, Tensor] = {"density": density}
+            if self.cfg.n_feature_dims > 0:
+                out["features"] = self.feature_network(enc).reshape(*points.shape[:-1], self.cfg.n_feature_dims)
+            if output_normal:
+                normal = self._normal(points, density, create_graph=grad_enabled)
+                out["normal"] = normal
+                out["shading_normal"] = normal
+        if not grad_enabled:
+            out = {k: v.detach() for k, v in out.items()}
+        return out
+
+    def _normal(self, points: Tensor, density: Tensor, create_graph: bool) -> Tensor:
+        """Outward unit normals (N, 3) = −∇σ/‖∇σ‖."""
+        if self.cfg.normal_type is None:
+            raise ConfigError("normals were requested but geometry.normal_type is null; set it to 'analytic'")
+        if self.cfg.normal_type == "analytic":
+            (grad,) = torch.autograd.grad(density, points, torch.ones_like(density), create_graph=create_graph)
+        else:
+            eps = self.cfg.finite_difference_normal_eps
+            offsets = torch.eye(3, dtype=points.dtype, device=points.device) * eps  # (3, 3)
+            shifted = torch.cat([points[..., None, :] + offsets, points[..., None, :] - offsets], dim=-2)  # (N,6,3)
+            dens = self.forward_density(shifted)[..., 0]  # (N, 6)
+            grad = (dens[..., :3] - dens[..., 3:]) / (2.0 * eps)
+        return F.normalize(-grad, dim=-1)

@@ -1,0 +1,87 @@
+"""Where to put samples along rays: stratified, importance (coarse-to-fine on the field) or proposal networks.
+
+All samplers work in the normalised spacing s ∈ [0, 1] of :mod:`.rendering` and return interval edges
+(R, S+1); ``to_distance`` maps s to distances along the ray (near/far and uniform/lindisp spacing). The
+importance sampler follows ZeroNVS's ``ImportanceEstimator`` (coarse samples from the field itself, merged with
+the fine ones); the proposal sampler follows nerfacc's ``PropNetEstimator`` (a small density network proposes,
+only the fine samples are rendered).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from threestudio.models.renderers.rendering import render_weights, sample_pdf, unit_edges
+
+DensityFn = Callable[[Tensor], Tensor]  # points (..., 3) -> density (..., 1)
+ToDistance = Callable[[Tensor], Tensor]  # spacing s (R, K) -> distance t (R, K)
+
+
+def interval_midpoints(rays_o: Tensor, rays_d: Tensor, t_edges: Tensor) -> Tuple[Tensor, Tensor]:
+    """Points (R, S, 3) at the interval midpoints and the interval lengths (R, S), from edges t (R, S+1)."""
+    t_mid = 0.5 * (t_edges[:, 1:] + t_edges[:, :-1])
+    return rays_o[:, None, :] + rays_d[:, None, :] * t_mid[..., None], t_edges[:, 1:] - t_edges[:, :-1]
+
+
+def interval_weights(
+    rays_o: Tensor, rays_d: Tensor, s_edges: Tensor, density_fn: DensityFn, to_distance: ToDistance
+) -> Tensor:
+    """Compositing weights (R, S) of the density field ``density_fn`` on the intervals s_edges (R, S+1)."""
+    points, deltas = interval_midpoints(rays_o, rays_d, to_distance(s_edges))
+    sigmas = density_fn(points.reshape(-1, 3)).reshape(deltas.shape)
+    return render_weights(sigmas, deltas)[0]
+
+
+def sample_stratified(n_rays: int, n_samples: int, randomized: bool, device: torch.device) -> Tensor:
+    """Stratified edges s (n_rays, n_samples + 1)."""
+    return unit_edges(n_rays, n_samples, randomized, device=device)
+
+
+@torch.no_grad()
+def sample_importance(
+    rays_o: Tensor,
+    rays_d: Tensor,
+    density_fn: DensityFn,
+    n_coarse: int,
+    n_fine: int,
+    to_distance: ToDistance,
+    randomized: bool,
+) -> Tensor:
+    """Coarse stratified samples weighted by the field itself (no gradient), then ``n_fine`` importance samples;
+    returns the sorted union of both edge sets (R, n_coarse + n_fine + 2)."""
+    s_coarse = unit_edges(rays_o.shape[0], n_coarse, randomized, device=rays_o.device)
+    weights = interval_weights(rays_o, rays_d, s_coarse, density_fn, to_distance)
+    s_fine = sample_pdf(s_coarse, weights, n_fine, randomized)
+    return torch.sort(torch.cat([s_coarse, s_fine], dim=-1), dim=-1).values
+
+
+def sample_proposal(
+    rays_o: Tensor,
+    rays_d: Tensor,
+    proposal_density_fns: Sequence[DensityFn],
+    proposal_samples: Sequence[int],
+    n_fine: int,
+    to_distance: ToDistance,
+    randomized: bool,
+    requires_grad: bool,
+) -> Tuple[Tensor, List[Tuple[Tensor, Tensor]]]:
+    """Resample through each proposal density in turn, then draw ``n_fine`` intervals.
+
+    Returns the final edges s (R, n_fine + 1) and, per proposal level, its (edges (R, P+1), weights (R, P)) — with
+    a graph into the proposal network when ``requires_grad`` — for :func:`.rendering.interlevel_loss`.
+    """
+    if not proposal_density_fns or len(proposal_density_fns) != len(proposal_samples):
+        raise ValueError("sample_proposal needs one sample count per proposal density function")
+    levels: List[Tuple[Tensor, Tensor]] = []
+    for density_fn, n_samples in zip(proposal_density_fns, proposal_samples):
+        if levels:
+            s = sample_pdf(s, weights, n_samples, randomized)
+        else:
+            s = unit_edges(rays_o.shape[0], n_samples, randomized, device=rays_o.device)
+        with torch.set_grad_enabled(requires_grad):
+            weights = interval_weights(rays_o, rays_d, s, density_fn, to_distance)
+        levels.append((s, weights))
+    return sample_pdf(s, weights, n_fine, randomized), levels
