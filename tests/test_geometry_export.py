@@ -1,0 +1,148 @@
+"""implicit-volume geometry (contraction, density bias, normals), materials and the mesh exporter (CPU)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import threestudio
+from threestudio.models.geometry.contraction import contract_to_unisphere
+from threestudio.utils.errors import ConfigError, UserError
+
+TINY_GRID = {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2, "log2_hashmap_size": 10,
+             "base_resolution": 4, "per_level_scale": 1.5}
+TINY_MLP = {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 16,
+            "n_hidden_layers": 1}
+
+
+def make_geometry(**overrides):
+    cfg = {"radius": 1.0, "normal_type": "analytic", "density_bias": "blob_magic3d", "density_activation": "softplus",
+           "density_blob_scale": 5.0, "density_blob_std": 0.5, "pos_encoding_config": TINY_GRID,
+           "mlp_network_config": TINY_MLP, **overrides}
+    return threestudio.find("implicit-volume")(cfg)
+
+
+def random_directions(n):
+    return torch.nn.functional.normalize(torch.randn(n, 3), dim=-1)
+
+
+def test_contraction_bounded_and_unbounded():
+    bbox = torch.tensor([[-2.0] * 3, [2.0] * 3])
+    inside = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [-1.0, 1.0, 0.0]])
+    assert torch.allclose(contract_to_unisphere(inside, bbox, False), (inside + 2) / 4)
+    # the inner ball (|x| <= radius) maps linearly onto the ball of radius 1/4 about the cube's centre
+    assert torch.allclose(contract_to_unisphere(inside, bbox, True), inside / 8 + 0.5)
+    far = random_directions(100) * 1e4
+    contracted = contract_to_unisphere(far, bbox, True)
+    assert ((contracted >= 0) & (contracted <= 1)).all()
+    # infinity lies on the sphere of radius 1/2 about the centre
+    assert torch.allclose((contracted - 0.5).norm(dim=-1), torch.full((100,), 0.5), atol=1e-3)
+
+
+def test_forward_shapes_and_density_bias_variants():
+    geo = make_geometry()
+    pts = torch.randn(20, 3) * 0.5
+    out = geo(pts, output_normal=True)
+    assert out["density"].shape == (20, 1) and out["features"].shape == (20, 3)
+    assert out["normal"].shape == (20, 3) and torch.equal(out["normal"], out["shading_normal"])
+    assert torch.allclose(geo.forward_density(pts), out["density"], atol=1e-6)
+    assert (out["density"] >= 0).all()
+    # blob_magic3d: the network starts ~0, so density ≈ softplus(5·(1 − |x|/0.5))
+    expected = torch.nn.functional.softplus(5.0 * (1 - pts.norm(dim=-1, keepdim=True) / 0.5))
+    assert torch.allclose(out["density"], expected, atol=1e-2)
+    assert geo.forward_density(torch.tensor([[500.0, 0.0, 0.0]])).item() < 1e-6  # far space starts empty
+    dreamfusion = make_geometry(density_bias="blob_dreamfusion", density_activation="exp")
+    assert dreamfusion.forward_density(torch.zeros(1, 3)).item() == pytest.approx(math.exp(5.0), rel=1e-2)
+    constant = make_geometry(density_bias=-1, density_activation="trunc_exp")
+    assert constant.forward_density(torch.ones(1, 3) * 0.3).item() == pytest.approx(math.exp(-1.0), rel=1e-2)
+    with pytest.raises(ConfigError, match="density_bias"):
+        make_geometry(density_bias="blob")
+    with pytest.raises(ConfigError, match="normal_type"):
+        make_geometry(normal_type="pred")
+
+
+@pytest.mark.parametrize("normal_type", ["analytic", "finite_difference"])
+def test_normals_point_outward(normal_type):
+    geo = make_geometry(normal_type=normal_type, finite_difference_normal_eps=1e-3)
+    dirs = random_directions(50)
+    pts = dirs * 0.4
+    with torch.no_grad():
+        normal = geo(pts, output_normal=True)["normal"]
+    assert not normal.requires_grad
+    assert torch.allclose(normal.norm(dim=-1), torch.ones(50), atol=1e-4)
+    assert (torch.sum(normal * dirs, dim=-1) > 0.99).all()
+
+
+def test_analytic_normals_are_differentiable_in_training():
+    geo = make_geometry()
+    geo.train()
+    pts = torch.randn(30, 3) * 0.4
+    normal = geo(pts, output_normal=True)["normal"]
+    assert normal.requires_grad
+    normal[:, 0].sum().backward()  # a normal loss must reach the hash grid and the density MLP
+    assert geo.encoding.params.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in geo.density_network.parameters())
+
+
+def test_materials():
+    feats = torch.tensor([[0.0, 10.0, -10.0]])
+    no_mat = threestudio.find("no-material")({})
+    assert torch.allclose(no_mat(feats), torch.sigmoid(feats))
+    diffuse = threestudio.find("diffuse-with-point-light-material")({"ambient_only_steps": 10})
+    assert diffuse.requires_normal and not no_mat.requires_normal
+    pos, normal = torch.zeros(1, 3), torch.tensor([[0.0, 0.0, 1.0]])
+    light = torch.tensor([[0.0, 0.0, 5.0]])
+    diffuse.eval()
+    diffuse.do_update_step(0, 5)
+    assert torch.allclose(diffuse(feats, positions=pos, shading_normal=normal, light_positions=light),
+                          torch.sigmoid(feats))  # ambient-only phase: albedo
+    diffuse.do_update_step(0, 10)
+    lit = diffuse(feats, positions=pos, shading_normal=normal, light_positions=light)
+    assert torch.allclose(lit, torch.sigmoid(feats) * 1.0, atol=1e-6)  # ambient 0.1 + diffuse 0.9·cos 0
+    away = diffuse(feats, positions=pos, shading_normal=-normal, light_positions=light)
+    assert torch.allclose(away, torch.sigmoid(feats) * 0.1, atol=1e-6)
+    textureless = diffuse(feats, positions=pos, shading_normal=normal, light_positions=light, shading="textureless")
+    assert torch.allclose(textureless, torch.ones(1, 3))
+    with pytest.raises(UserError, match="normal"):
+        diffuse(feats)
+
+
+def make_exporter(geo, **cfg):
+    material = threestudio.find("no-material")({})
+    return threestudio.find("mesh-exporter")({"resolution": 40, **cfg}, geo, material)
+
+
+def test_export_sphere_obj_and_ply(tmp_path):
+    trimesh = pytest.importorskip("trimesh")
+    geo = make_geometry()
+    # isosurface softplus(5·(1 − 2r)) = 2  ⇔  r = 0.5·(1 − ln(e²−1)/5)
+    radius = 0.5 * (1 - math.log(math.exp(2.0) - 1) / 5)
+    paths = make_exporter(geo, threshold=2.0).export(str(tmp_path / "export"))
+    assert [os.path.basename(p) for p in paths] == ["model.obj", "model.ply"]
+    for path in paths:
+        mesh = trimesh.load(path, process=False, force="mesh")
+        assert len(mesh.faces) > 100
+        r = np.linalg.norm(mesh.vertices, axis=1)
+        assert np.allclose(r, radius, atol=0.03)
+        assert mesh.visual.kind == "vertex" and mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
+        assert mesh.volume > 0  # faces wind outwards
+        assert mesh.volume == pytest.approx(4 / 3 * math.pi * radius**3, rel=0.1)
+    with open(paths[0]) as f:
+        vertex_line = next(line for line in f if line.startswith("v "))
+    assert len(vertex_line.split()) == 7  # v x y z r g b
+    assert not [p for p in os.listdir(tmp_path / "export") if p.startswith(".tmp")]
+
+
+def test_export_auto_threshold_and_empty_mesh_error(tmp_path):
+    pytest.importorskip("trimesh")
+    geo = make_geometry()
+    exporter = make_exporter(geo, threshold="auto", formats=["ply"], resolution=24)
+    assert [os.path.basename(p) for p in exporter.export(str(tmp_path))] == ["model.ply"]
+    with pytest.raises(UserError, match="range from"):
+        make_exporter(geo, threshold=25.0, resolution=16).export(str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="formats"):
+        make_exporter(geo, formats=["glb"])
