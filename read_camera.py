@@ -84,7 +84,9 @@ def format_table(cameras: Sequence[IDRCamera]) -> str:
     if cameras:
         first = cameras[0]
         frame = "normalised world (scale_mat applied)" if first.normalized else "world (no scale_mat)"
-        size = "unknown (pass --image-size)" if first.image_size is None else f"{first.image_size[0]}x{first.image_size[1]}"
+        size = "unknown (pass --image-size)"
+        if first.image_size is not None:
+            size = f"{first.image_size[0]}x{first.image_size[1]}"
         lines.append(f"coordinates: {frame}; image size: {size}; fov in degrees")
     return "\n".join(lines)
 

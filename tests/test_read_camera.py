@@ -135,7 +135,8 @@ def test_cli_json_view25(dtu_scan24, capsys):
     records = json.loads(capsys.readouterr().out)
     assert [r["index"] for r in records] == [25, 31]
     r = records[0]
-    assert {"index", "K", "c2w_opencv", "c2w_opengl", "center", "distance", "fov_x_deg", "fov_y_deg", "normalized"} <= set(r)
+    keys = {"index", "K", "c2w_opencv", "c2w_opengl", "center", "distance", "fov_x_deg", "fov_y_deg", "normalized"}
+    assert keys <= set(r)
     assert r["normalized"] is True
     assert r["fov_y_deg"] == pytest.approx(23.51, abs=0.01)
     np.testing.assert_allclose(r["center"], [2.1545, 0.8778, -1.7730], atol=1e-4)
@@ -170,5 +171,6 @@ def test_cli_help_explains_the_format():
     out = subprocess.run(
         [sys.executable, "read_camera.py", "--help"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True
     ).stdout
-    for phrase in ("world_mat", "K [R | t]", "scale_mat", "unit sphere", "RQ", "positive diagonal", "K[2,2] = 1", "-R^T t"):
+    phrases = ("world_mat", "K [R | t]", "scale_mat", "unit sphere", "RQ", "positive diagonal", "K[2,2] = 1", "-R^T t")
+    for phrase in phrases:
         assert phrase in out, phrase

@@ -33,7 +33,9 @@ def pairwise_view_distances(input_c2w: Tensor, target_c2w: Tensor) -> Tuple[Tens
     return angles, distances
 
 
-def selection_scores(angles_deg: Tensor, distances: Tensor, rule: str = "angle", distance_weight: float = 1.0) -> Tensor:
+def selection_scores(
+    angles_deg: Tensor, distances: Tensor, rule: str = "angle", distance_weight: float = 1.0
+) -> Tensor:
     """Scores (lower is nearer) of the given rule for pairwise ``angles_deg`` and ``distances`` (same shape)."""
     if rule == "angle":
         return angles_deg

@@ -102,7 +102,8 @@ def _get_lpips_model() -> Any:
                 raise FileNotFoundError(f"AlexNet weights {backbone} are not cached and nothing is downloaded")
             _lpips_model = lpips.LPIPS(net="alex", verbose=False).eval()
         except Exception as e:  # not installed, or weights would need a download
-            logger.info("LPIPS unavailable (%s); reporting null", str(e).splitlines()[0] if str(e) else type(e).__name__)
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            logger.info("LPIPS unavailable (%s); reporting null", reason)
             _lpips_model = _LPIPS_UNAVAILABLE
     return None if _lpips_model is _LPIPS_UNAVAILABLE else _lpips_model
 
