@@ -1,0 +1,276 @@
+"""ZeroNVS SDS guidance on the tiny checkpoint fixture: loss/gradient identity, timestep schedules (plain and
+anisotropic), configuration errors, and SDS anchoring."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import threestudio
+from threestudio.utils.camera import orbit_c2w, rotation_angle_deg
+from threestudio.utils.errors import ConfigError, UserError
+
+INPUT_ELEVATION, INPUT_AZIMUTH, INPUT_DISTANCE, FOV = 20.0, 30.0, 1.5, 40.0
+
+
+def make_guidance(tiny_dir, **overrides):
+    cfg = {
+        "pretrained_model_name_or_path": str(tiny_dir / "model.ckpt"),
+        "pretrained_config": str(tiny_dir / "config.yaml"),
+        "precomputed_scale": 0.7,
+        "guidance_scale": 5.0,
+    }
+    cfg.update(overrides)
+    guidance = threestudio.find("zeronvs-guidance")(cfg)
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 40, 40, 3, generator=generator)
+    guidance.set_conditions(image, input_c2w(), torch.tensor([FOV]))
+    return guidance.to("cpu")
+
+
+def input_c2w():
+    return orbit_c2w(torch.tensor([INPUT_ELEVATION]), torch.tensor([INPUT_AZIMUTH]), torch.tensor([INPUT_DISTANCE]))
+
+
+def views(relative_azimuths, elevation=10.0, distance=1.2):
+    """A batch of target views at azimuths relative to the input view."""
+    azimuth = torch.tensor(relative_azimuths, dtype=torch.float32)
+    n = azimuth.shape[0]
+    return {
+        "c2w": orbit_c2w(torch.full((n,), elevation), azimuth + INPUT_AZIMUTH, torch.full((n,), distance)),
+        "fov_deg": torch.full((n,), FOV),
+        "azimuth_deg": azimuth,
+        "elevation_deg": torch.full((n,), elevation),
+        "camera_distance": torch.full((n,), distance),
+    }
+
+
+class Recorder:
+    """Wraps a guidance method and keeps its arguments and result."""
+
+    def __init__(self, guidance, name):
+        self.fn = getattr(guidance, name)
+        self.calls = []
+        setattr(guidance, name, self)
+
+    def __call__(self, *args, **kwargs):
+        out = self.fn(*args, **kwargs)
+        self.calls.append((args, kwargs, out))
+        return out
+
+
+def test_sds_loss_is_finite_and_reaches_the_render(zeronvs_tiny_dir):
+    guidance = make_guidance(zeronvs_tiny_dir)
+    guidance.update_step(0, 0)
+    rgb = torch.rand(2, 24, 24, 3, requires_grad=True)
+    out = guidance(rgb, views([45.0, -120.0]))
+    assert out["loss_sds"].dim() == 0 and torch.isfinite(out["loss_sds"])
+    assert out["loss_sds"] > 0 and torch.isfinite(out["grad_norm"]) and out["grad_norm"] > 0
+    assert 20 <= out["min_step"] <= out["t_mean"] <= out["max_step"] <= 980
+    assert out["aux_fraction"] == 0.0
+    for key, value in out.items():  # the system logs every value: they must be scalars
+        assert isinstance(value, (int, float)) or value.dim() == 0, key
+    out["loss_sds"].backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in guidance.model.parameters())
+
+
+@pytest.mark.parametrize("grad_clip", [None, 0.002])
+def test_loss_gradient_equals_sds_gradient(zeronvs_tiny_dir, grad_clip):
+    guidance = make_guidance(zeronvs_tiny_dir, grad_clip=grad_clip, guidance_scale=50.0)
+    guidance.update_step(0, 0)
+    encode, sds_grad = Recorder(guidance, "encode_rgb"), Recorder(guidance, "sds_grad")
+    rgb = torch.rand(2, 32, 32, 3, requires_grad=True)
+    out = guidance(rgb, views([60.0, 170.0]))
+    latents = encode.calls[0][2]
+    (lat_in, t, noise, c_crossattn, c_concat, scale), _, grad = sds_grad.calls[0]
+    assert torch.equal(lat_in, latents.detach())
+
+    # ∂loss/∂latents = grad / B
+    (latent_grad,) = torch.autograd.grad(out["loss_sds"], latents)
+    torch.testing.assert_close(latent_grad * 2, grad)
+    assert torch.isclose(out["grad_norm"], grad.norm())
+
+    # grad = w(t)(ε̂ − ε), recomputed here: CFG on [uncond; cond] with zeros for both unconditional inputs
+    alpha_bar = guidance.model.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    noisy = alpha_bar.sqrt() * latents.detach() + (1 - alpha_bar).sqrt() * noise
+    model = guidance.model
+    with torch.no_grad():
+        eps_c = model.predict_eps(noisy, t, c_crossattn, c_concat)
+        eps_u = model.predict_eps(noisy, t, torch.zeros_like(c_crossattn), torch.zeros_like(c_concat))
+    expected = (1 - alpha_bar) * (eps_u + 50.0 * (eps_c - eps_u) - noise)
+    if grad_clip is None:
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-5)
+    else:
+        assert grad.abs().max() <= grad_clip + 1e-8
+        assert expected.abs().max() > grad_clip  # the clamp is active
+        torch.testing.assert_close(grad, expected.clamp(-grad_clip, grad_clip), rtol=1e-4, atol=1e-5)
+
+    # the conditioning is cc_projection of the input view's CLIP embedding and the relative camera
+    import zeronvs_diffusion
+
+    batch = views([60.0, 170.0])
+    camera = zeronvs_diffusion.camera_embedding(input_c2w().expand(2, -1, -1), batch["c2w"], batch["fov_deg"], 0.7)
+    bank = guidance.conditioning_bank()
+    torch.testing.assert_close(c_crossattn, model.project(bank.clip_raw[[0, 0]], camera))
+    torch.testing.assert_close(c_concat, bank.c_concat[[0, 0]])
+
+
+def test_grad_clip_is_schedulable(zeronvs_tiny_dir):
+    guidance = make_guidance(zeronvs_tiny_dir, grad_clip=[0, 0.5, 2.5, 100])
+    guidance.update_step(0, 0)
+    assert guidance.grad_clip_val == pytest.approx(0.5)
+    guidance.update_step(0, 50)
+    assert guidance.grad_clip_val == pytest.approx(1.5)
+
+
+def test_timesteps_stay_in_the_scheduled_bounds(zeronvs_tiny_dir):
+    guidance = make_guidance(zeronvs_tiny_dir, min_step_percent=[0, 0.5, 0.02, 100], max_step_percent=[0, 0.98, 0.3, 100])
+    delta = torch.zeros(64)
+    guidance.update_step(0, 0)
+    lo, hi = guidance.timestep_bounds(delta)
+    assert lo.unique().tolist() == [500] and hi.unique().tolist() == [980]
+    t = guidance.sample_timesteps(lo, hi)
+    assert t.dtype == torch.long and (t >= 500).all() and (t <= 980).all() and t.unique().numel() > 10
+
+    guidance.update_step(0, 100)
+    lo, hi = guidance.timestep_bounds(delta)
+    assert lo.unique().tolist() == [20] and hi.unique().tolist() == [300]
+    t = guidance.sample_timesteps(lo, hi)
+    assert (t >= 20).all() and (t <= 300).all()
+    out = guidance(torch.rand(2, 32, 32, 3), views([10.0, 180.0]))
+    assert (out["min_step"], out["max_step"]) == (20, 300)
+    assert 20 <= out["t_mean"] <= 300
+
+
+def test_anisotropic_schedule_delays_views_far_from_the_input(zeronvs_tiny_dir):
+    guidance = make_guidance(
+        zeronvs_tiny_dir,
+        use_anisotropic_schedule=True,
+        anisotropic_offset=1000,
+        min_step_percent=0.02,
+        max_step_percent=[1000, 0.98, 0.02, 2000],
+    )
+    guidance.update_step(0, 2000)
+    relative = [0.0, 90.0, -90.0, 180.0, 270.0]
+    delta = guidance.input_azimuth_distance(views(relative)["c2w"])
+    torch.testing.assert_close(delta, torch.tensor([0.0, 90.0, 90.0, 180.0, 90.0]), atol=1e-3, rtol=0)
+
+    lo, hi = guidance.timestep_bounds(torch.tensor([0.0, 90.0, 180.0]))
+    # effective steps 2000, 1500, 1000 → max percent 0.02, 0.50, 0.98
+    assert hi.tolist() == [20, 500, 980]
+    assert lo.tolist() == [20, 20, 20]
+    # the same bounds without the anisotropic schedule: all at step 2000
+    guidance.cfg.use_anisotropic_schedule = False
+    assert guidance.timestep_bounds(torch.tensor([0.0, 90.0, 180.0]))[1].tolist() == [20, 20, 20]
+
+
+def test_precomputed_scale_null_is_a_user_error(zeronvs_tiny_dir):
+    with pytest.raises(UserError, match="precomputed_scale is null.*0.7"):
+        make_guidance(zeronvs_tiny_dir, precomputed_scale=None)
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path):
+    cfg = {"pretrained_model_name_or_path": str(tmp_path / "zeronvs.ckpt"), "precomputed_scale": 0.7}
+    with pytest.raises(UserError, match="zeronvs.ckpt"):
+        threestudio.find("zeronvs-guidance")(cfg)
+
+
+@pytest.mark.parametrize("key", ["vram_O", "cond_image_path", "depth_threshold_for_anchor_guidance", "no_such_key"])
+def test_unused_or_unknown_keys_are_config_errors(tmp_path, key):
+    cfg = {"pretrained_model_name_or_path": str(tmp_path / "x.ckpt"), "precomputed_scale": 0.7, key: 1}
+    with pytest.raises(ConfigError, match=key):
+        threestudio.find("zeronvs-guidance")(cfg)
+
+
+def test_weights_dtype_resolution():
+    from threestudio.models.guidance.zeronvs_guidance import resolve_weights_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_weights_dtype("auto", True, cpu) == torch.float32
+    assert resolve_weights_dtype("bf16", False, cpu) == torch.float32
+    assert resolve_weights_dtype("fp16", False, cuda) == torch.float16
+    assert resolve_weights_dtype("auto", False, cuda) == torch.float32
+    with pytest.raises(ConfigError, match="dtype"):
+        resolve_weights_dtype("half", False, cpu)
+
+
+def test_anchor_poses_split_the_input_orbit():
+    from threestudio.models.guidance.zeronvs_guidance import anchor_poses
+
+    c2w, elevation, azimuth, distance = anchor_poses(input_c2w()[0], 3)
+    torch.testing.assert_close(azimuth, torch.tensor([120.0, -150.0, -60.0]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(elevation, torch.full((3,), INPUT_ELEVATION), atol=1e-3, rtol=0)
+    torch.testing.assert_close(c2w[:, :3, 3].norm(dim=-1), torch.full((3,), INPUT_DISTANCE))
+    forward = -c2w[:, :3, 2]  # OpenGL cameras look down −z: towards the origin
+    torch.testing.assert_close(forward, -c2w[:, :3, 3] / INPUT_DISTANCE, atol=1e-5, rtol=0)
+
+
+def test_sds_anchoring(zeronvs_tiny_dir, tmp_path):
+    import zeronvs_diffusion
+
+    guidance = make_guidance(
+        zeronvs_tiny_dir, n_aux_c2w=2, anchor_ddim_steps=2, p_use_aux_cameras=[0, 1.0, 0.0, 10], guidance_scale_aux=2.0
+    )
+    save_dir = tmp_path / "save" / "anchors"
+    guidance.set_save_dir(str(save_dir))
+    sampler = Recorder(zeronvs_diffusion, "sample_views")  # counts the DDIM calls
+    try:
+        sds_grad = Recorder(guidance, "sds_grad")
+        guidance.update_step(0, 0)
+        # anchors at input azimuth + 120° and + 240°; targets near anchor 0, anchor 1 and the input view
+        batch = views([115.0, 245.0, 5.0])
+        out = guidance(torch.rand(3, 32, 32, 3), batch)
+        guidance(torch.rand(3, 32, 32, 3), batch)
+    finally:
+        zeronvs_diffusion.sample_views = sampler.fn
+    assert len(sampler.calls) == 1  # generated once, on the first call
+    assert sampler.calls[0][1]["steps"] == 2
+
+    files = sorted(p.name for p in save_dir.iterdir())
+    assert files == ["anchor_00.png", "anchor_01.png", "anchors.json"]
+    record = json.loads((save_dir / "anchors.json").read_text())
+    assert [round(a["azimuth_deg"]) for a in record["anchors"]] == [150, -90]
+    assert record["anchors"][0]["file"] == "anchor_00.png" and len(record["anchors"][1]["c2w"]) == 4
+
+    bank = guidance.conditioning_bank()
+    assert bank.is_anchor.tolist() == [False, True, True]
+    assert guidance.anchor_images.shape == (2, 32, 32, 3)
+    # nearest-view conditioning with p_use_aux_cameras = 1 at step 0
+    assert guidance.select_conditioning(batch["c2w"]).tolist() == [1, 2, 0]
+    assert out["aux_fraction"] == pytest.approx(2 / 3)
+    (_, _, _, c_crossattn, c_concat, scale), _, _ = sds_grad.calls[0]
+    assert scale.tolist() == [2.0, 2.0, 5.0]
+    torch.testing.assert_close(c_concat, bank.c_concat[[1, 2, 0]])
+    camera = zeronvs_diffusion.camera_embedding(bank.c2w[[1, 2, 0]], batch["c2w"], batch["fov_deg"], 0.7)
+    torch.testing.assert_close(c_crossattn, guidance.model.project(bank.clip_raw[[1, 2, 0]], camera))
+    # the anchors' angles to their targets are the smallest in the bank
+    angles = rotation_angle_deg(bank.c2w[None, :, :3, :3], batch["c2w"][:, None, :3, :3])
+    assert angles.argmin(dim=1).tolist() == [1, 2, 0]
+
+    # the probability is schedulable: at step 10 it is 0 and every sample uses its input view
+    guidance.update_step(0, 10)
+    assert guidance.select_conditioning(batch["c2w"]).tolist() == [0, 0, 0]
+
+
+def test_several_input_views_follow_cond_index(zeronvs_tiny_dir):
+    guidance = make_guidance(zeronvs_tiny_dir)
+    second_c2w = orbit_c2w(torch.tensor([0.0]), torch.tensor([INPUT_AZIMUTH + 90.0]), torch.tensor([2.0]))
+    guidance.set_conditions(torch.rand(2, 32, 32, 3), torch.cat([input_c2w(), second_c2w]), torch.tensor([FOV, 50.0]))
+    guidance.update_step(0, 0)
+    sds_grad = Recorder(guidance, "sds_grad")
+    batch = views([90.0, 90.0])
+    batch["cond_index"] = torch.tensor([1, 0])
+    guidance(torch.rand(2, 32, 32, 3), batch)
+    (_, _, _, _, c_concat, _), _, _ = sds_grad.calls[0]
+    bank = guidance.conditioning_bank()
+    assert len(bank) == 2 and not torch.allclose(bank.c_concat[0], bank.c_concat[1])
+    torch.testing.assert_close(c_concat, bank.c_concat[[1, 0]])
+    # azimuth distances are measured from each sample's own input view
+    torch.testing.assert_close(guidance.input_azimuth_distance(batch["c2w"], batch["cond_index"]),
+                               torch.tensor([0.0, 90.0]), atol=1e-3, rtol=0)
+    batch["cond_index"] = torch.tensor([2, 0])
+    with pytest.raises(ValueError, match="cond_index"):
+        guidance(torch.rand(2, 32, 32, 3), batch)
