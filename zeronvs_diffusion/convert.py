@@ -19,7 +19,7 @@ from typing import List, Optional, Union
 
 import torch
 
-from zeronvs_diffusion.errors import CheckpointError, UserError
+from zeronvs_diffusion.errors import UserError
 from zeronvs_diffusion.model import MODEL_INDEX, load_model
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         out = convert(args.ckpt, args.config, args.out, dtype=args.dtype, overwrite=args.overwrite)
-    except (UserError, CheckpointError) as e:
+    except UserError as e:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from zeronvs_diffusion.ldm_config import CLIP_VISUAL_PREFIX, LdmArchitecture
 
@@ -245,10 +245,11 @@ class ConversionPlan:
     ignored: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
 
-    def problems(self, limit: int = 8) -> List[str]:
-        """Human-readable descriptions of the first ``limit`` missing keys and shape mismatches."""
-        lines = [f"missing {src} (for {comp}.{tgt})" for comp, tgt, src in self.missing[:limit]]
-        for comp, tgt, src, got, want in self.mismatched[: max(0, limit - len(lines))]:
+    def problems(self, limit: int = 6) -> List[str]:
+        """The first missing keys and shape mismatches (up to ``limit``, both kinds when both occur)."""
+        n_mismatched = min(len(self.mismatched), max(limit // 2, limit - len(self.missing)))
+        lines = [f"missing {src} (for {comp}.{tgt})" for comp, tgt, src in self.missing[: limit - n_mismatched]]
+        for comp, tgt, src, got, want in self.mismatched[:n_mismatched]:
             lines.append(f"{src} has shape {list(got)} but {comp}.{tgt} needs {list(want)}")
         return lines
 
@@ -298,13 +299,3 @@ def plan_conversion(
         else:
             plan.unexpected.append(key)
     return plan
-
-
-def target_keys_fit(plan: ConversionPlan) -> bool:
-    return not plan.missing and not plan.mismatched
-
-
-def iter_sources(plan: ConversionPlan) -> Iterable[Tuple[str, str, TensorSource]]:
-    for component, sources in plan.sources.items():
-        for key, source in sources.items():
-            yield component, key, source
