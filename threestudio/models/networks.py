@@ -11,10 +11,11 @@ densely, larger levels use the spatial hash ``xor_d(x_d · π_d) mod T`` with th
 interpolated (d-)linearly between the ``2^d`` cell corners, so the output is differentiable w.r.t. both the table and
 the input coordinates (to any order: analytic normals backpropagate through it).
 
-Memory: all levels are evaluated at once with a single gather. The autograd graph keeps, per input point, the
-int64 corner indices (``L·2^d·8`` bytes) and the interpolation weights (``L·2^d·4`` bytes) — 1.5 KiB per point for
-the paper grid (16 levels, 3-D), plus the gathered features (``L·2^d·F·4`` bytes, another 1 KiB) when the input
-needs gradients (analytic normals). 98k rays × 128 samples thus need ~19–31 GB: on GPUs prefer tiny-cuda-nn.
+Memory: all levels are evaluated at once with a single gather, then interpolated by successive lerps. For the
+table gradient the autograd graph keeps, per input point, the int64 corner indices (``L·2^d·8`` bytes: 1 KiB for
+the paper grid, 16 levels in 3-D); when the input needs gradients too (analytic normals) it also keeps the corner
+feature differences (about ``L·2^d·F·4`` bytes, another 1 KiB). 98k rays × 128 samples thus need ~13–26 GB for
+the encoding alone: on GPUs prefer tiny-cuda-nn (``fast_paths: auto``).
 """
 
 from __future__ import annotations
@@ -136,29 +137,27 @@ class HashGrid(nn.Module):
         self.params = nn.Parameter(torch.empty(offsets[-1] * n_features_per_level))
         nn.init.uniform_(self.params, -init_scale, init_scale)
 
-    def corner_indices_and_weights(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Table rows (N, L, 2^d) int64 and interpolation weights (N, L, 2^d) for points x (N, d) in [0, 1]."""
+    def corner_indices(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Table rows (N, L, 2^d) int64 of the cell corners around points x (N, d) in [0, 1], and the position
+        inside the cell (N, L, d) in [0, 1) (differentiable w.r.t. x). Corner c has bit k of c set when it is the
+        upper vertex along axis k."""
         pos = x[:, None, :] * self.scales[None, :, None].to(x.dtype) + 0.5  # (N, L, d)
         cell = torch.floor(pos)
-        frac = pos - cell  # gradient flows to x through frac
+        frac = pos - cell  # the gradient reaches x through frac
         cell = cell.long()
         max_vertex = (self.resolutions - 1)[None, :, None]  # (1, L, 1)
         dense_index = torch.zeros((), dtype=torch.int64, device=x.device)
         hash_index = torch.zeros((), dtype=torch.int64, device=x.device)
-        weights = torch.ones((), dtype=x.dtype, device=x.device)
         stride = torch.ones_like(self.resolutions)[None, :, None]
         for d in range(self.n_input_dims):
-            bit = self.corner_bits[:, d]  # (C,)
-            vertex = torch.minimum(cell[..., d : d + 1] + bit, max_vertex)  # (N, L, C)
+            vertex = torch.minimum(cell[..., d : d + 1] + self.corner_bits[:, d], max_vertex)  # (N, L, C)
             dense_index = dense_index + vertex * stride
             stride = stride * self.resolutions[None, :, None]
             hash_index = hash_index ^ (vertex * _HASH_PRIMES[d])
-            f = frac[..., d : d + 1]
-            weights = weights * torch.where(bit.bool(), f, 1.0 - f)
         level_index = torch.where(
             self.is_dense[None, :, None], dense_index, hash_index % self.level_sizes_t[None, :, None]
         )
-        return level_index + self.level_offsets[None, :, None], weights
+        return level_index + self.level_offsets[None, :, None], frac
 
     def forward(self, x: Tensor) -> Tensor:
         """Encode x (N, n_input_dims) in [0, 1] → (N, n_levels · n_features_per_level)."""
@@ -166,14 +165,17 @@ class HashGrid(nn.Module):
             raise ValueError(f"HashGrid expects (..., {self.n_input_dims}) inputs, got {tuple(x.shape)}")
         lead = x.shape[:-1]
         x = x.reshape(-1, self.n_input_dims).clamp(0.0, 1.0)
-        index, weights = self.corner_indices_and_weights(x)
+        index, frac = self.corner_indices(x)
         n, n_levels, n_corners = index.shape
         table = self.params.view(-1, self.n_features_per_level).to(x.dtype)
         # one gather for every level and corner (int64 rows: its backward is ~3x faster on CPU than with int32)
-        feats = table.index_select(0, index.reshape(-1))
-        feats = feats.view(n, n_levels, n_corners, self.n_features_per_level)
-        out = (weights[..., None] * feats).sum(dim=2)  # (N, L, F)
-        return out.reshape(*lead, self.n_output_dims)
+        feats = table.index_select(0, index.reshape(-1)).view(n, n_levels, n_corners, self.n_features_per_level)
+        # d-linear interpolation as successive lerps, the highest axis (the corners' top bit) first
+        for d in reversed(range(self.n_input_dims)):
+            half = feats.shape[2] // 2
+            lower, upper = feats[:, :, :half], feats[:, :, half:]
+            feats = lower + (upper - lower) * frac[:, :, d, None, None]
+        return feats.reshape(*lead, self.n_output_dims)
 
 
 class VanillaMLP(nn.Module):
