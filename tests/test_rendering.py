@@ -202,18 +202,21 @@ def test_unknown_estimator_is_a_config_error():
         make_renderer("occgrid")
 
 
-def test_tiny_fit_converges_to_colour_and_opacity():
-    """A few hundred Adam steps fit 8 rays to a target colour over a black background with full opacity."""
+@pytest.mark.parametrize("estimator", ["importance", "proposal"])
+def test_tiny_fit_converges_to_colour_and_opacity(estimator):
+    """A few hundred Adam steps fit 8 rays to a target colour over a black background with full opacity (the
+    proposal estimator trains its network jointly through loss_proposal)."""
     torch.manual_seed(0)
-    renderer = make_renderer("importance", geometry={"density_bias": 0.0, "normal_type": None},
+    renderer = make_renderer(estimator, geometry={"density_bias": 0.0, "normal_type": None},
                              background={"color": [0.0, 0.0, 0.0]}, sampling_type="uniform")
     rays_o, rays_d = camera_rays(height=2, width=4)
     target = torch.tensor([0.9, 0.3, 0.1])
-    optimizer = torch.optim.Adam(renderer.geometry.parameters(), lr=0.03)
+    params = list(renderer.geometry.parameters()) + list(renderer.proposal_networks.parameters())
+    optimizer = torch.optim.Adam(params, lr=0.03)
     renderer.train()
-    for _ in range(200):
+    for _ in range(150):
         out = renderer(rays_o, rays_d)
-        loss = ((out["comp_rgb"] - target) ** 2).mean()
+        loss = ((out["comp_rgb"] - target) ** 2).mean() + out.get("loss_proposal", 0.0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
