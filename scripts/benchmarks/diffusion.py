@@ -1,0 +1,138 @@
+"""ZeroNVS diffusion throughput: CFG noise predictions/s, DDIM novel views/s, one SDS step (random full-size weights).
+
+Builds the full-size model from zeronvs_config.yaml with random weights (no checkpoint needed), then times
+  * UNet classifier-free-guidance noise predictions (cond + uncond in one batch) per second, per batch size;
+  * DDIM novel views per second at 50 steps (measured with --steps, extrapolated from the per-step time);
+  * one SDS step: VAE-encode a rendered 256² image, CFG noise prediction, backward of the latent gradient
+    into the image; its time and peak memory.
+CPU defaults are small (batch 1, 2 steps) so the run takes a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+from typing import Any, Callable, Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CONFIG = os.path.join(
+    os.environ.get("ZERONVS_SHARED_DIR", os.path.join(os.path.dirname(ROOT), "shared")), "fixtures", "zeronvs_config.yaml"
+)
+DDIM_STEPS = 50
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="latent-diffusion YAML (zeronvs_config.yaml)")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps to run (default: 2 on CPU, 50 on CUDA)")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1 on CPU, 1,4,16 on CUDA)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="default: fp32 CPU, fp16 CUDA")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats per measurement (after one warm-up)")
+
+
+def _timer(device: str) -> Callable[[], float]:
+    import torch
+
+    def now() -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    return now
+
+
+def _peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    import torch
+
+    from zeronvs_diffusion import load_model
+    from zeronvs_diffusion.errors import CheckpointError
+    from zeronvs_diffusion.sampling import ddim_sample_latents
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    on_cpu = device == "cpu"
+    steps = args.steps or (2 if on_cpu else DDIM_STEPS)
+    batches: List[int] = [int(b) for b in (args.batches or ("1" if on_cpu else "1,4,16")).split(",")]
+    dtype_name = args.dtype or ("fp32" if on_cpu else "fp16")
+    if not os.path.isfile(args.config):
+        raise CheckpointError(f"{args.config} not found; pass --config zeronvs_config.yaml (shipped with the checkpoint)")
+    now = _timer(device)
+
+    t0 = now()
+    model = load_model("random", args.config, dtype=dtype_name, device=device)
+    load_s = now() - t0
+    res = model.conditioning.vae_resolution
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    result: Dict[str, Any] = {
+        "device": device, "dtype": dtype_name, "steps": steps, "batches": batches,
+        "random_model_build_s": round(load_s, 2), "cfg_predictions_per_s": {}, "ddim_views_per_s_50_steps": {},
+    }
+    print(f"[diffusion] {device} {dtype_name}: built random full-size model in {load_s:.1f}s")
+
+    for batch in batches:
+        img = torch.rand(1, res, res, 3, generator=gen)
+        cond_c2w = torch.eye(4)[None]
+        target_c2w = torch.eye(4).repeat(batch, 1, 1)
+        target_c2w[:, 0, 3] = torch.linspace(-0.5, 0.5, batch)
+        with torch.no_grad():
+            c_crossattn, c_concat = model.conditionings(img, cond_c2w, target_c2w, 50.0, 1.0)
+            cross2 = torch.cat([torch.zeros_like(c_crossattn), c_crossattn])
+            concat2 = torch.cat([torch.zeros_like(c_concat), c_concat])
+            x = torch.randn((2 * batch,) + tuple(c_concat.shape[1:]), generator=gen).to(device)
+            t = torch.full((2 * batch,), 500, device=device)
+            model.predict_eps(x, t, cross2, concat2)  # warm-up
+            t0 = now()
+            for _ in range(args.repeats):
+                model.predict_eps(x, t, cross2, concat2)
+            per_call = (now() - t0) / args.repeats
+            result["cfg_predictions_per_s"][batch] = round(batch / per_call, 3)
+
+            t0 = now()
+            latents = ddim_sample_latents(model, c_crossattn, c_concat, steps=steps, eta=1.0, guidance_scale=3.0,
+                                          generator=gen)
+            model.decode(latents)
+            sample_s = now() - t0
+        total_50 = sample_s + max(0, DDIM_STEPS - steps) * per_call
+        result["ddim_views_per_s_50_steps"][batch] = round(batch / total_50, 4)
+        print(f"[diffusion] batch {batch}: {batch / per_call:.2f} CFG predictions/s; DDIM {steps} steps + decode "
+              f"{sample_s:.1f}s → {DDIM_STEPS}-step views/s ≈ {batch / total_50:.4f}")
+
+    # one SDS step at the first batch size
+    batch = batches[0]
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rgb = torch.rand(batch, res, res, 3, generator=gen).to(device).requires_grad_(True)
+    with torch.no_grad():
+        c_crossattn, c_concat = model.conditionings(rgb.detach()[:1], torch.eye(4)[None],
+                                                    torch.eye(4).repeat(batch, 1, 1), 50.0, 1.0)
+    t0 = now()
+    for _ in range(args.repeats):
+        latents = model.encode_latents(rgb)
+        with torch.no_grad():
+            t = torch.randint(20, 980, (batch,), generator=gen).to(device)
+            noise = torch.randn(latents.shape, generator=gen).to(device=device, dtype=latents.dtype)
+            noisy = model.scheduler.add_noise(latents.detach(), noise, t)
+            eps = model.predict_eps(torch.cat([noisy, noisy]), torch.cat([t, t]),
+                                    torch.cat([torch.zeros_like(c_crossattn), c_crossattn]),
+                                    torch.cat([torch.zeros_like(c_concat), c_concat]))
+            eps_u, eps_c = eps.chunk(2)
+            grad = eps_u + 3.0 * (eps_c - eps_u) - noise
+        (latents * grad).sum().backward()
+        rgb.grad = None
+    sds_s = (now() - t0) / args.repeats
+    result["sds_step_s"] = round(sds_s, 3)
+    result["sds_batch"] = batch
+    result["peak_memory_mb"] = round(_peak_memory_mb(device), 1)
+    result["peak_memory_kind"] = "torch.cuda.max_memory_allocated" if device == "cuda" else "process ru_maxrss"
+    print(f"[diffusion] SDS step (batch {batch}, {res}² image): {sds_s:.2f}s; peak memory "
+          f"{result['peak_memory_mb']:.0f} MiB ({result['peak_memory_kind']})")
+    return result
