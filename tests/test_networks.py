@@ -76,8 +76,8 @@ def test_hash_grid_interpolates_vertices_exactly():
 def test_hashed_level_matches_dense_level_without_collisions():
     """A level hashed into a table large enough to hold every vertex behaves like a dense one (same interpolation,
     different row order): fill both tables from the same per-vertex values and compare outputs."""
-    dense = HashGrid(2, n_levels=1, n_features_per_level=2, log2_hashmap_size=10, base_resolution=6, per_level_scale=1.0)
-    hashed = HashGrid(2, n_levels=1, n_features_per_level=2, log2_hashmap_size=10, base_resolution=6, per_level_scale=1.0)
+    level = dict(n_levels=1, n_features_per_level=2, log2_hashmap_size=10, base_resolution=6, per_level_scale=1.0)
+    dense, hashed = HashGrid(2, **level), HashGrid(2, **level)
     # force the spatial hash, into a 1024-row table
     hashed.is_dense.fill_(False)
     hashed.level_sizes_t.fill_(1024)

@@ -84,8 +84,11 @@ class MeshExporter(BaseObject):
             raise ConfigError(f"exporter.chunk_size must be >= 1, got {cfg.chunk_size}")
         bad = [f for f in cfg.formats if f not in FORMATS]
         if bad or not cfg.formats:
-            raise ConfigError(f"exporter.formats must be a non-empty subset of {list(FORMATS)}, got {list(cfg.formats)}")
-        if not (cfg.threshold == "auto" or (isinstance(cfg.threshold, (int, float)) and not isinstance(cfg.threshold, bool))):
+            raise ConfigError(
+                f"exporter.formats must be a non-empty subset of {list(FORMATS)}, got {list(cfg.formats)}"
+            )
+        is_number = isinstance(cfg.threshold, (int, float)) and not isinstance(cfg.threshold, bool)
+        if not (cfg.threshold == "auto" or is_number):
             raise ConfigError(f"exporter.threshold must be a number or 'auto', got {cfg.threshold!r}")
         if cfg.radius is not None and cfg.radius <= 0:
             raise ConfigError(f"exporter.radius must be positive, got {cfg.radius}")
@@ -100,7 +103,8 @@ class MeshExporter(BaseObject):
         return self.geometry.isosurface_bbox().float()
 
     def _chunked(self, fn, points: Tensor) -> Tensor:
-        return torch.cat([fn(points[i : i + self.cfg.chunk_size]) for i in range(0, points.shape[0], self.cfg.chunk_size)])
+        step = self.cfg.chunk_size
+        return torch.cat([fn(points[i : i + step]) for i in range(0, points.shape[0], step)])
 
     @torch.no_grad()
     def density_grid(self) -> Tuple[np.ndarray, np.ndarray]:
