@@ -22,7 +22,7 @@ Ray directions need not be unit length; distances and depth are in units of ``â€
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Dict, List, Optional
 
@@ -55,6 +55,14 @@ from threestudio.utils.config import config_to_primitive
 from threestudio.utils.errors import ConfigError
 
 ESTIMATORS = ("proposal", "importance", "stratified")
+DEFAULT_PROPOSAL_NETWORK = {
+    "n_input_dims": 3,
+    "n_output_dims": 1,
+    "encoding_config": {"otype": "HashGrid", "n_levels": 5, "n_features_per_level": 2, "log2_hashmap_size": 17,
+                        "base_resolution": 16, "per_level_scale": 1.681792830507429},
+    "network_config": {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 64,
+                       "n_hidden_layers": 1},
+}
 # per-sample outputs returned in training (for regularisers); everything else is per ray
 _SAMPLE_KEYS = ("weights", "t_points", "t_intervals", "t_dirs", "ray_indices", "points", "density", "features",
                 "normal", "shading_normal", "normal_perturb")
@@ -68,15 +76,16 @@ class NeRFVolumeRenderer(BaseModule):
         num_samples_per_ray: int = 64
         num_samples_per_ray_importance: int = 64
         num_samples_per_ray_proposal: int = 64
-        near_plane: float = 0.0
-        far_plane: float = 1e10
+        near_plane: float = 0.1
+        far_plane: float = 1000.0
         estimator: str = "proposal"
         sampling_type: str = "lindisp"
         randomized: bool = True
         eval_chunk_size: int = 4096
         return_comp_normal: bool = False
         return_normal_perturb: bool = False
-        proposal_network_config: Optional[dict] = None
+        # default: ZeroNVS's proposal network (5-level hash grid up to 128Â³, one 64-wide hidden layer)
+        proposal_network_config: Optional[dict] = field(default_factory=lambda: dict(DEFAULT_PROPOSAL_NETWORK))
         prop_optimizer_config: Optional[dict] = None
         prop_scheduler_config: Optional[dict] = None
         proposal_loss_weight: float = 1.0
