@@ -116,8 +116,8 @@ class HashGrid(nn.Module):
             resolution = int(math.ceil(scale)) + 1
             dense_size = resolution**n_input_dims
             is_dense = dense_size <= hashmap_size
-            size = dense_size if is_dense else hashmap_size
-            size = (size + 7) // 8 * 8  # tcnn aligns every level to 8 entries
+            # tcnn aligns every level to 8 entries (hashed levels stay powers of two)
+            size = (dense_size + 7) // 8 * 8 if is_dense else max(hashmap_size, 8)
             scales.append(scale)
             resolutions.append(resolution)
             sizes.append(size)
@@ -131,9 +131,9 @@ class HashGrid(nn.Module):
         self.register_buffer("level_offsets", torch.tensor(offsets[:-1], dtype=torch.int64), persistent=False)
         self.register_buffer("level_sizes_t", torch.tensor(sizes, dtype=torch.int64), persistent=False)
         self.register_buffer("is_dense", torch.tensor(dense, dtype=torch.bool), persistent=False)
-        # corner c of a cell: bit d of c says whether it is the upper vertex along axis d
-        corners = [[(c >> d) & 1 for d in range(n_input_dims)] for c in range(2**n_input_dims)]
-        self.register_buffer("corner_bits", torch.tensor(corners, dtype=torch.int64), persistent=False)
+        # dense row of vertex v in level l: Σ_d v_d · resolution_l^d
+        strides = [[r**d for d in range(n_input_dims)] for r in resolutions]
+        self.register_buffer("axis_strides", torch.tensor(strides, dtype=torch.int64), persistent=False)
         self.params = nn.Parameter(torch.empty(offsets[-1] * n_features_per_level))
         nn.init.uniform_(self.params, -init_scale, init_scale)
 
@@ -146,17 +146,22 @@ class HashGrid(nn.Module):
         frac = pos - cell  # the gradient reaches x through frac
         cell = cell.long()
         max_vertex = (self.resolutions - 1)[None, :, None]  # (1, L, 1)
-        dense_index = torch.zeros((), dtype=torch.int64, device=x.device)
-        hash_index = torch.zeros((), dtype=torch.int64, device=x.device)
-        stride = torch.ones_like(self.resolutions)[None, :, None]
-        for d in range(self.n_input_dims):
-            vertex = torch.minimum(cell[..., d : d + 1] + self.corner_bits[:, d], max_vertex)  # (N, L, C)
-            dense_index = dense_index + vertex * stride
-            stride = stride * self.resolutions[None, :, None]
-            hash_index = hash_index ^ (vertex * _HASH_PRIMES[d])
-        level_index = torch.where(
-            self.is_dense[None, :, None], dense_index, hash_index % self.level_sizes_t[None, :, None]
-        )
+        lower_upper = torch.arange(2, device=x.device)
+        dense_index = hash_index = None
+        # per axis only the 2 vertex coordinates (N, L, 2); combined into the 2^d corners by broadcasting, the
+        # highest axis first so that it ends up as the corners' top bit
+        for d in reversed(range(self.n_input_dims)):
+            vertex = torch.minimum(cell[..., d : d + 1] + lower_upper, max_vertex)  # (N, L, 2)
+            dense_d = vertex * self.axis_strides[None, :, d : d + 1]
+            hash_d = vertex * _HASH_PRIMES[d]
+            if dense_index is None:
+                dense_index, hash_index = dense_d, hash_d
+            else:
+                dense_index = (dense_index[..., :, None] + dense_d[..., None, :]).flatten(-2)
+                hash_index = (hash_index[..., :, None] ^ hash_d[..., None, :]).flatten(-2)
+        # hashed levels have a power-of-two size: the modulo is a mask
+        hashed = hash_index & (self.level_sizes_t - 1)[None, :, None]
+        level_index = torch.where(self.is_dense[None, :, None], dense_index, hashed)
         return level_index + self.level_offsets[None, :, None], frac
 
     def forward(self, x: Tensor) -> Tensor:
