@@ -262,3 +262,19 @@ def test_convert_cli(tmp_path, capsys):
     assert main(args) == 2  # refuses to overwrite without --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".convert-")] == []
+
+
+def test_lightning_pickle_with_hyper_parameters_falls_back_with_a_warning(tmp_path, caplog):
+    import argparse
+    import logging
+
+    from zeronvs_diffusion.checkpoint import read_state_dict
+
+    fixture = require_shared("fixtures", "zeronvs_tiny")
+    state = torch.load(fixture / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    small = {k: v for k, v in list(state.items())[:4]}
+    torch.save({"state_dict": small, "hyper_parameters": argparse.Namespace(lr=1e-4)}, tmp_path / "l.ckpt")
+    with caplog.at_level(logging.WARNING, logger="zeronvs_diffusion.checkpoint"):
+        loaded = read_state_dict(str(tmp_path / "l.ckpt"))
+    assert "weights_only=False" in caplog.text
+    assert loaded.keys() == small.keys() and all(torch.equal(loaded[k], small[k]) for k in small)

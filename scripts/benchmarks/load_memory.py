@@ -52,7 +52,7 @@ def _zero_tensor(shape, dtype, zero_file: str):
     return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
 
 
-def _write_checkpoint(path: str, manifest: Dict[str, Tuple[list, str]], optimizer_dtype: str) -> int:
+def _write_checkpoint(path: str, manifest: Dict[str, Tuple[list, str]], optimizer_dtype: str) -> None:
     import torch
 
     zero_file = path + ".zeros"
@@ -81,7 +81,18 @@ def _write_checkpoint(path: str, manifest: Dict[str, Tuple[list, str]], optimize
         torch.save(checkpoint, path)
     finally:
         os.remove(zero_file)
-    return os.path.getsize(path)
+
+
+def _vm_hwm() -> int:
+    """This process's own peak RSS (VmHWM, bytes) from /proc; 0 where unavailable."""
+    try:
+        with open("/proc/self/status", "r", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _child(ckpt: str, config: str) -> None:
@@ -95,7 +106,11 @@ def _child(ckpt: str, config: str) -> None:
 
     from zeronvs_diffusion import load_model
 
-    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # noqa: E731  (bytes; KiB on Linux)
+    def rss() -> int:
+        """Peak RSS in bytes: ru_maxrss (KiB on Linux), or VmHWM where ru_maxrss still holds the parent's peak."""
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return min(maxrss, _vm_hwm()) if _vm_hwm() else maxrss
+
     baseline = rss()
     t0 = time.perf_counter()
     model = load_model(ckpt, config, dtype="fp32", device="cpu")
@@ -107,7 +122,8 @@ def _child(ckpt: str, config: str) -> None:
     touch_s = time.perf_counter() - t0
     kept = sum(p.numel() * p.element_size() for p in model.parameters())
     print(json.dumps({"baseline_rss": baseline, "load_s": load_s, "rss_after_load": after_load,
-                      "touch_s": touch_s, "peak_rss": rss(), "weights_kept": kept, "checksum": total}))
+                      "touch_s": touch_s, "peak_rss": rss(), "weights_kept": kept, "checksum": total,
+                      "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "vm_hwm": _vm_hwm()}))
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -129,10 +145,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix="zeronvs-load-memory-", dir=args.dir)
     try:
         path = os.path.join(tmp, "zeronvs.ckpt")
-        t0 = time.perf_counter()
-        size = _write_checkpoint(path, manifest, opt)
-        write_s = time.perf_counter() - t0
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1")
+        t0 = time.perf_counter()
+        # written in a subprocess: on Linux a child's ru_maxrss starts at its parent's peak
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--write", path, args.manifest, opt],
+                       check=True, env=env, cwd=ROOT)
+        size = os.path.getsize(path)
+        write_s = time.perf_counter() - t0
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", path, args.config],
                               capture_output=True, text=True, env=env, cwd=ROOT)
         if proc.returncode != 0:
@@ -146,6 +165,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "load_s": round(child["load_s"], 2), "touch_all_weights_s": round(child["touch_s"], 2),
         "weights_kept_gb": gb(child["weights_kept"]), "baseline_rss_gb": gb(child["baseline_rss"]),
         "rss_after_load_gb": gb(child["rss_after_load"]), "peak_rss_gb": gb(child["peak_rss"]),
+        "ru_maxrss_gb": gb(child["ru_maxrss"]), "vm_hwm_gb": gb(child["vm_hwm"]),
         "peak_rss_over_weights": round(child["peak_rss"] / child["weights_kept"], 3),
         "peak_rss_minus_baseline_over_weights": round(
             (child["peak_rss"] - child["baseline_rss"]) / child["weights_kept"], 3),
@@ -160,6 +180,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         _child(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 5 and sys.argv[1] == "--write":
+        with open(sys.argv[3], "r", encoding="utf-8") as f:
+            _write_checkpoint(sys.argv[2], json.load(f), sys.argv[4])
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         add_arguments(parser)
