@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="[%(levelname)s] %(name)s: %(message)s",
     )
+    logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own messages
     from threestudio.utils.errors import TrainingDiverged, UserError
 
     try:

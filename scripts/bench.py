@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--json", default=None, help="also write the result as JSON to this file")
     args = parser.parse_args(argv)
     result = {"benchmark": args.benchmark, **environment(), "result": modules[args.benchmark].run(args)}
+    print(json.dumps(result, indent=2))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -47,6 +47,8 @@ def trainer_kwargs(cfg_trainer: dict, n_gpus: int) -> dict:
         kwargs["accelerator"] = "gpu" if torch.cuda.is_available() else "cpu"
     if "devices" not in kwargs:
         kwargs["devices"] = n_gpus if kwargs["accelerator"] in ("gpu", "cuda") else 1
+    # analytic normals need autograd while rendering validation/test views
+    kwargs.setdefault("inference_mode", False)
     on_cpu = kwargs["accelerator"] == "cpu" or (kwargs["accelerator"] == "auto" and not torch.cuda.is_available())
     if on_cpu and str(kwargs.get("precision", "32")) in ("16-mixed", "16", "16-true"):
         logger.info("precision %s needs CUDA; using 32-bit on the CPU", kwargs["precision"])

@@ -8,7 +8,6 @@ background, renderer), validation/test renders and mesh export.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -69,9 +68,12 @@ class BaseSystem(pl.LightningModule, Updateable):
         self._check_loss_config()
         from threestudio.utils.fast_paths import set_fast_paths
 
-        if self.cfg.fast_paths not in ("auto", "off"):
+        # YAML reads a bare `off` as false: accept it
+        mode = {"false": "off", "off": "off", "auto": "auto", "true": "auto"}.get(str(self.cfg.fast_paths).lower())
+        if mode is None:
             raise ConfigError(f"system.fast_paths must be 'auto' or 'off', got {self.cfg.fast_paths!r}")
-        set_fast_paths(self.cfg.fast_paths)
+        self.cfg.fast_paths = mode
+        set_fast_paths(mode)
         self._save_dir: Optional[str] = None
         self._resumed = resumed
         self._nonfinite_in_a_row = 0
@@ -90,6 +92,7 @@ class BaseSystem(pl.LightningModule, Updateable):
 
     def _check_loss_config(self) -> None:
         for key, value in self.cfg.loss.items():
+            C(config_to_primitive(value), 0, 0)  # a number or a schedule, else ConfigError now
             name = key[len("lambda_") :] if key.startswith("lambda_") else None
             if name in self.LOSS_NAMES:
                 continue
@@ -238,8 +241,11 @@ class BaseSystem(pl.LightningModule, Updateable):
 
 
 def visualize_depth(depth: Tensor, opacity: Tensor) -> Tensor:
-    """(H, W, 1) depth → (H, W, 3) grey image in [0, 1] (near = bright), normalised over confident pixels."""
-    d = depth[..., 0]
+    """(H, W, 1) depth → (H, W, 3) grey image in [0, 1] (near = bright), normalised over confident pixels.
+
+    The renderer's depth is Σ wᵢtᵢ (not divided by the opacity); it is divided here for display.
+    """
+    d = depth[..., 0] / opacity[..., 0].clamp_min(1e-6)
     valid = opacity[..., 0] > 0.5
     values = d[valid] if valid.any() else d.flatten()
     lo, hi = torch.quantile(values.float(), 0.02), torch.quantile(values.float(), 0.98)

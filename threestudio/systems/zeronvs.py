@@ -8,6 +8,7 @@ regularisers. All weights are ``system.loss.lambda_*`` and may be schedules.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
@@ -80,7 +81,7 @@ class ZeroNVSSystem(BaseLift3DSystem):
         if self._guidance is None:
             raise RuntimeError("prepare('train', datamodule) must run before fitting")
         self._guidance.to(self.device)
-        self._guidance.set_save_dir(self.save_path("anchors/x")[:-2])
+        self._guidance.set_save_dir(os.path.join(self._save_dir, "anchors"))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)

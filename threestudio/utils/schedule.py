@@ -34,8 +34,9 @@ def C(value: Any, epoch: int, global_step: int) -> float:
             "[start_step, start_value, end_value, end_step]"
         )
     start_step, start_value, end_value, end_step = value
-    if end_step <= start_step:
-        return end_value if global_step >= end_step else start_value
+    if global_step >= end_step:
+        return end_value
+    if global_step <= start_step:
+        return start_value
     frac = (global_step - start_step) / (end_step - start_step)
-    frac = min(max(frac, 0.0), 1.0)
     return start_value + (end_value - start_value) * frac
