@@ -1,0 +1,313 @@
+"""Diffusion-only novel view synthesis (``system_type: nvs-system``): ZeroNVS sampled directly, no SDS, no NeRF.
+
+Run with ``--test`` (there is nothing to train) on the ``multiview-datamodule``. For every target view the
+datamodule names the nearest input view (``cond_index``, :meth:`MultiviewDataModule.selection`); the diffusion
+model is conditioned on that single image with the camera embedding of (source → target) and sampled with DDIM
+and classifier-free guidance. Several targets go through one forward pass (``system.sampling.targets_per_batch``):
+the system collects the datamodule's one-target test batches and samples them together.
+
+Reproducibility: the initial latent of target ``i`` is drawn from ``seed + i`` alone, so it does not depend on
+the batching or on the number of processes; with ``eta > 0`` DDIM also draws noise at every step, from a
+generator seeded with ``seed`` + the first target index of the batch, so bit-identical results need the same
+``targets_per_batch`` and device count (or ``eta: 0``).
+
+Many processes (``trainer.devices=N trainer.strategy=ddp``): target ``k`` of the test loader belongs to rank
+``k mod world_size`` (no padding, so every target is written exactly once). The config sets
+``trainer.use_distributed_sampler: false`` so that Lightning does not shard (and pad) the loader itself; a
+sharded loader is refused. Each rank writes its results to ``save/.partial/``; after a barrier rank 0 merges them.
+
+Outputs in ``save/``: ``nvs/target_{i:03d}.png`` (``i`` = the dataset view index; the image at the datamodule's
+``height`` × ``width``), ``selection.json``, ``metrics.json`` (when the targets have ground truth) and
+``contact_sheet.png`` (one row per target: source | generated | ground truth when present). Every file is
+written atomically (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+import threestudio
+from threestudio.systems.base import BaseSystem
+from threestudio.utils.config import parse_structured
+from threestudio.utils.errors import ConfigError, UserError
+
+logger = logging.getLogger(__name__)
+
+PARTIAL_DIR = ".partial"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers shared with the multi-view NeRF system: atomic JSON, sharded test passes
+def write_json_atomic(path: str, payload: Any) -> str:
+    """Write ``payload`` as JSON to ``path`` atomically (temporary file in the same folder, then rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def owns_batch(trainer: Any, batch_idx: int) -> bool:
+    """Whether this process handles test batch ``batch_idx`` (batch k belongs to rank k mod world_size)."""
+    return trainer.world_size <= 1 or batch_idx % trainer.world_size == trainer.global_rank
+
+
+def check_unsharded_test_loader(trainer: Any) -> None:
+    """Refuse a test loader that Lightning sharded with a DistributedSampler (it pads: targets would repeat)."""
+    if trainer.world_size <= 1:
+        return
+    from torch.utils.data import DistributedSampler
+
+    loaders = trainer.test_dataloaders
+    for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+        if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+            raise UserError(
+                "the test targets are split across processes by the system itself; set "
+                "trainer.use_distributed_sampler=false (a DistributedSampler pads and would repeat targets)"
+            )
+
+
+def gather_records(system: BaseSystem, name: str, records: List[Dict[str, Any]]) -> Optional[List[Dict[str, Any]]]:
+    """Collect per-target ``records`` (dicts with ``target``) of every process; rank 0 gets them all.
+
+    Each rank writes ``save/.partial/{name}_rank{r}.json``; after a barrier rank 0 reads and deletes them and
+    returns the records sorted by target (other ranks get None). A single process returns its own records.
+    """
+    trainer = system.trainer
+    if trainer.world_size <= 1:
+        return sorted(records, key=lambda r: r["target"])
+    partial = system.save_path(os.path.join(PARTIAL_DIR, f"{name}_rank{trainer.global_rank}.json"))
+    write_json_atomic(partial, records)
+    trainer.strategy.barrier(f"{name}_partials")
+    if trainer.global_rank != 0:
+        return None
+    merged: List[Dict[str, Any]] = []
+    for rank in range(trainer.world_size):
+        path = system.save_path(os.path.join(PARTIAL_DIR, f"{name}_rank{rank}.json"))
+        with open(path) as f:
+            merged.extend(json.load(f))
+        os.remove(path)
+    try:
+        os.rmdir(os.path.dirname(partial))
+    except OSError:
+        pass  # other partial files still there
+    return sorted(merged, key=lambda r: r["target"])
+
+
+def check_every_target_once(records: List[Dict[str, Any]], expected: List[int]) -> None:
+    """Raise RuntimeError when the merged records miss a target or hold one twice."""
+    got = [int(r["target"]) for r in records]
+    if sorted(got) != sorted(int(i) for i in expected):
+        missing = sorted(set(expected) - set(got))
+        repeated = sorted({i for i in got if got.count(i) > 1})
+        raise RuntimeError(f"sharded test pass is incomplete: missing targets {missing}, repeated {repeated}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class NVSModelConfig:
+    """``system.guidance``: the diffusion model (same key names as ``zeronvs-guidance``)."""
+
+    # ldm .ckpt (with pretrained_config), a folder written by zeronvs_diffusion.convert, or "random"
+    pretrained_model_name_or_path: str = "zeronvs.ckpt"
+    pretrained_config: Optional[str] = None
+    precomputed_scale: Optional[float] = None  # scene scale of the camera embedding (required)
+    guidance_scale: float = 3.0  # classifier-free guidance of the sampler
+    dtype: Optional[str] = None  # null: fp32 on the CPU, fp16 on CUDA; or fp32 | fp16 | bf16
+
+
+@dataclass
+class NVSSamplingConfig:
+    """``system.sampling``: DDIM settings (ZeroNVS's direct sampling: 50 steps, eta 1) and batching."""
+
+    steps: int = 50
+    eta: float = 1.0
+    seed: int = 0
+    targets_per_batch: int = 4
+
+
+@threestudio.register("nvs-system")
+class NVSSystem(BaseSystem):
+    """Sample each target view from the ZeroNVS diffusion model conditioned on its nearest input view."""
+
+    @dataclass
+    class Config(BaseSystem.Config):
+        guidance: dict = field(default_factory=dict)
+        sampling: dict = field(default_factory=dict)
+        metrics_use_mask: bool = False  # PSNR over the object mask only (the ZeroNVS DTU protocol uses full images)
+        contact_sheet: bool = True
+
+    cfg: Config
+
+    def configure(self) -> None:
+        self.model_cfg: NVSModelConfig = parse_structured(NVSModelConfig, self.cfg.guidance)
+        self.sampling_cfg: NVSSamplingConfig = parse_structured(NVSSamplingConfig, self.cfg.sampling)
+        m, s = self.model_cfg, self.sampling_cfg
+        if m.precomputed_scale is None:
+            raise UserError(
+                "system.guidance.precomputed_scale is null; set the scene scale of the camera embedding "
+                "(e.g. 0.7 as in the paper)"
+            )
+        if m.precomputed_scale <= 0:
+            raise ConfigError(f"system.guidance.precomputed_scale must be positive, got {m.precomputed_scale}")
+        if m.dtype not in (None, "fp32", "fp16", "bf16"):
+            raise ConfigError(f"system.guidance.dtype is {m.dtype!r}; valid: null, fp32, fp16, bf16")
+        if s.steps < 1 or s.targets_per_batch < 1:
+            raise ConfigError("system.sampling.steps and system.sampling.targets_per_batch must be >= 1")
+        if not 0.0 <= s.eta <= 1.0:
+            raise ConfigError(f"system.sampling.eta must be in [0, 1], got {s.eta}")
+        self._model = None  # not an nn.Module child: never saved, never moved by Lightning
+        self._pending: List[Dict[str, Any]] = []
+        self._records: List[Dict[str, Any]] = []
+
+    def prepare(self, mode: str, datamodule: Any) -> None:
+        if mode != "test":
+            raise UserError(f"nvs-system only samples views: run launch.py with --test (not --{mode})")
+        if not hasattr(datamodule, "conditioning") or not hasattr(datamodule, "selection"):
+            raise ConfigError("nvs-system needs data_type: multiview-datamodule (input views and target poses)")
+        import zeronvs_diffusion
+
+        m = self.model_cfg
+        logger.info("loading the ZeroNVS diffusion model from %s", m.pretrained_model_name_or_path)
+        self._model = zeronvs_diffusion.load_model(
+            m.pretrained_model_name_or_path, config=m.pretrained_config, dtype=torch.float32, device="cpu"
+        )
+        self._conditioning = datamodule.conditioning()
+        self._selection = datamodule.selection()
+        self._target_indices = [int(i) for i in datamodule.targets.indices.tolist()]
+
+    # ------------------------------------------------------------------ sampling
+    def on_test_start(self) -> None:
+        if self._model is None:
+            raise RuntimeError("prepare('test', datamodule) must run before testing")
+        check_unsharded_test_loader(self.trainer)
+        from zeronvs_diffusion.model import resolve_dtype
+
+        self._model.to(device=self.device, dtype=resolve_dtype(self.model_cfg.dtype, self.device))
+        self._pending, self._records = [], []
+
+    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        if not owns_batch(self.trainer, batch_idx):
+            return
+        for k in range(batch["index"].shape[0]):
+            item = {
+                "index": int(batch["index"][k]),
+                "cond_index": int(batch["cond_index"][k]),
+                "c2w": batch["c2w"][k].float().cpu(),
+                "height": int(batch["height"]),
+                "width": int(batch["width"]),
+            }
+            if "rgb" in batch:
+                item["rgb"] = batch["rgb"][k].float().cpu()
+                item["mask"] = batch["mask"][k].float().cpu()
+            self._pending.append(item)
+        if len(self._pending) >= self.sampling_cfg.targets_per_batch:
+            self._sample_pending()
+
+    def _initial_latents(self, indices: List[int]) -> Tensor:
+        """(N, C, h, w) initial noise, target ``i`` drawn from ``seed + i`` (independent of batching)."""
+        size = self._model.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (self._model.latent_channels, h, w)
+        seed = self.sampling_cfg.seed
+        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in indices])
+
+    @torch.no_grad()
+    def sample(self, items: List[Dict[str, Any]]) -> Tensor:
+        """Sample the views of ``items`` (dicts with ``index``, ``cond_index``, ``c2w`` (4, 4)) in one batch.
+
+        Returns (N, R, R, 3) in [0, 1] at the model's resolution. The camera embedding uses the source view's
+        vertical field of view.
+        """
+        import zeronvs_diffusion
+
+        cond = self._conditioning
+        src = torch.tensor([it["cond_index"] for it in items], dtype=torch.long)
+        indices = [it["index"] for it in items]
+        device = self.device
+        generator = torch.Generator().manual_seed(self.sampling_cfg.seed + indices[0])
+        images = zeronvs_diffusion.sample_views(
+            self._model,
+            cond["images"][src].to(device),
+            cond["c2w"][src].to(device),
+            torch.stack([it["c2w"] for it in items]).to(device),
+            cond["fov_deg"][src].to(device),
+            self.model_cfg.precomputed_scale,
+            steps=self.sampling_cfg.steps,
+            eta=self.sampling_cfg.eta,
+            guidance_scale=self.model_cfg.guidance_scale,
+            generator=generator,
+            x_T=self._initial_latents(indices),
+        )
+        return images.float().permute(0, 2, 3, 1).cpu()
+
+    def _sample_pending(self) -> None:
+        if not self._pending:
+            return
+        from threestudio.utils.image import resize_image, save_image
+        from threestudio.utils.metrics import compute_metrics
+
+        items, self._pending = self._pending, []
+        images = self.sample(items)
+        for item, image in zip(items, images):
+            h, w = item["height"], item["width"]
+            if image.shape[:2] != (h, w):
+                image = resize_image(image, h, w).clamp(0.0, 1.0)
+            save_image(self.save_path(f"nvs/target_{item['index']:03d}.png"), image)
+            record: Dict[str, Any] = {"target": item["index"], "source_position": item["cond_index"]}
+            if "rgb" in item:
+                mask = item["mask"] if self.cfg.metrics_use_mask else None
+                record.update(compute_metrics(image, item["rgb"], mask))
+            self._records.append(record)
+        logger.info("sampled target view(s) %s", [it["index"] for it in items])
+
+    def on_test_epoch_end(self) -> None:
+        self._sample_pending()
+        records = gather_records(self, "nvs", self._records)
+        self._records = []
+        if records is None:
+            return
+        check_every_target_once(records, self._target_indices)
+        write_json_atomic(self.save_path("selection.json"), self._selection)
+        has_gt = bool(records) and "psnr" in records[0]
+        if has_gt:
+            from threestudio.utils.metrics import write_metrics_json
+
+            payload = write_metrics_json(self.save_path("metrics.json"), records)
+            logger.info("NVS metrics over %d targets: PSNR %s, SSIM %s", len(records), payload["psnr"], payload["ssim"])
+        if self.cfg.contact_sheet and records:
+            self._write_contact_sheet(records)
+
+    def _write_contact_sheet(self, records: List[Dict[str, Any]]) -> None:
+        """``contact_sheet.png``: one row per target, source | generated | ground truth (when present)."""
+        from threestudio.utils.image import load_image, resize_image, save_image
+
+        datamodule = self.trainer.datamodule
+        targets = datamodule.targets
+        position = {int(i): k for k, i in enumerate(targets.indices.tolist())}
+        rows = []
+        for rec in records:
+            generated = load_image(self.save_path(f"nvs/target_{rec['target']:03d}.png"))[..., :3]
+            h, w = generated.shape[:2]
+            source = resize_image(self._conditioning["images"][rec["source_position"]], h, w).clamp(0, 1)
+            panels = [source, generated]
+            if targets.rgb is not None:
+                panels.append(targets.rgb[position[rec["target"]]].float())
+            rows.append(torch.cat(panels, dim=1))
+        save_image(self.save_path("contact_sheet.png"), torch.cat(rows, dim=0))
