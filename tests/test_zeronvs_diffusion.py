@@ -102,11 +102,11 @@ def test_sample_views_batch_range_and_determinism(tiny):
     from zeronvs_diffusion import sample_views
 
     img = torch.rand(1, 40, 40, 3)  # resized to the VAE's 32 px
-    targets = torch.cat([orbit(0, 30, 2.0), orbit(10, -30, 2.0), orbit(20, 90, 2.5)])
+    targets = torch.cat([orbit(0, 30, 2.0), orbit(20, 90, 2.5)])
     kwargs = dict(fov_deg=50.0, scale=1.0, steps=2, eta=1.0, guidance_scale=3.0)
     a = sample_views(tiny, img, orbit(0, 0, 2.0), targets, generator=torch.Generator().manual_seed(3), **kwargs)
     b = sample_views(tiny, img, orbit(0, 0, 2.0), targets, generator=torch.Generator().manual_seed(3), **kwargs)
-    assert a.shape == (3, 3, 32, 32) and torch.isfinite(a).all()
+    assert a.shape == (2, 3, 32, 32) and torch.isfinite(a).all()
     assert a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="x_T must have shape"):

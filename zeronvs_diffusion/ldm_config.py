@@ -6,7 +6,6 @@ released model is hard-coded except the CLIP ViT-L/14 default used when neither 
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -16,7 +15,6 @@ import yaml
 
 from zeronvs_diffusion.errors import HOW_TO_GET_WEIGHTS, CheckpointError, UnsupportedConfigError
 
-logger = logging.getLogger(__name__)
 
 # conditioning mode -> length of the camera embedding it produces
 SUPPORTED_CONDITIONING_MODES: Dict[str, int] = {
