@@ -136,6 +136,10 @@ class BaseSystem(pl.LightningModule, Updateable):
         trainer_step = self._trainer.global_step if self._trainer is not None else 0
         return max(trainer_step, self._ckpt_global_step)
 
+    def set_global_step(self, step: int) -> None:
+        """Set the step seen by schedules when the system is driven without a Trainer (benchmarks, tools)."""
+        self._ckpt_global_step = int(step)
+
     def C(self, value: Any) -> float:
         """Resolve a schedulable config value at the current step."""
         return C(value, self.current_epoch if self._trainer is not None else 0, self.true_global_step)
