@@ -1,0 +1,204 @@
+"""A NeRF fitted to posed views (``system_type: nerf-multiview-system``), on the ``multiview-datamodule``.
+
+Training batches are random rays across the training views (the input views, plus the NVS step's generated
+views when ``data.generated_views_dir`` is set): the photometric loss is the per-ray-weighted squared error
+``Σ wᵣ‖ĉᵣ − cᵣ‖² / (3 Σ wᵣ)`` (``weight`` = 1 for real views, ``data.generated_weight`` for generated ones),
+``system.loss.lambda_rgb``. Optional terms: ``lambda_mask`` (opacity against the mask, for masked scenes),
+``lambda_sparsity``, ``lambda_opaque``, ``lambda_distortion`` (mip-NeRF 360's distortion loss in the renderer's
+normalised ray spacing: pulls each ray's weights together, removes floaters), the proposal network's interlevel loss, and ``lambda_sds``: score
+distillation from the ZeroNVS guidance on random views (``system.random_camera``, the keys of
+:class:`threestudio.data.random_camera.RandomCameraConfig`, around the canonical input camera; needs
+``data.canonicalize: true`` so the frame matches the diffusion model's).
+
+``--test`` renders every held-out target view, writes ``save/it{step}-test/{index:04d}.png`` (rgb | depth |
+opacity), the test video, and ``save/metrics.json`` (PSNR/SSIM/LPIPS against the ground truth, see
+:mod:`threestudio.utils.metrics`). With several processes the targets are split as in the NVS system
+(:mod:`threestudio.systems.nvs`): set ``trainer.use_distributed_sampler: false``. ``--export`` is
+:class:`~threestudio.systems.base.BaseLift3DSystem`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+import threestudio
+from threestudio.systems.base import BaseLift3DSystem, visualize_depth
+from threestudio.systems.nvs import check_every_target_once, check_unsharded_test_loader, gather_records, owns_batch
+from threestudio.systems.zeronvs import opaque_loss, sparsity_loss
+from threestudio.utils.errors import ConfigError, UserError
+
+logger = logging.getLogger(__name__)
+
+
+def weighted_mse(pred: Tensor, target: Tensor, weight: Optional[Tensor]) -> Tensor:
+    """Σ w‖pred − target‖² / (C Σ w) over rays; pred, target (..., C), weight (..., 1) or None (all ones)."""
+    se = (pred - target).square()
+    if weight is None:
+        return se.mean()
+    weight = weight.to(se.dtype)
+    return (se * weight).sum() / (weight.sum() * se.shape[-1]).clamp_min(1e-8)
+
+
+def distortion_loss(weights: Tensor, s_mid: Tensor, s_delta: Tensor) -> Tensor:
+    """mip-NeRF 360's distortion loss, mean over rays: Σᵢⱼ wᵢwⱼ|sᵢ − sⱼ| + ⅓ Σᵢ wᵢ²Δsᵢ.
+
+    weights, s_mid (interval midpoints), s_delta (interval lengths): (R, S), in the normalised ray spacing s ∈ [0, 1].
+    """
+    w_before = torch.cumsum(weights, dim=-1) - weights  # Σ_{j<i} w_j
+    ws_before = torch.cumsum(weights * s_mid, dim=-1) - weights * s_mid  # Σ_{j<i} w_j s_j
+    inter = 2.0 * (weights * (s_mid * w_before - ws_before)).sum(dim=-1)
+    intra = (weights.square() * s_delta).sum(dim=-1) / 3.0
+    return (inter + intra).mean()
+
+
+def normalized_spacing(t_mid: Tensor, t_delta: Tensor, near: float, far: float, sampling_type: str):
+    """Distances t (midpoints, lengths) → the renderer's normalised spacing s ∈ [0, 1] (uniform or lindisp)."""
+    if sampling_type == "lindisp":
+        scale = 1.0 / (1.0 / near - 1.0 / far)
+        return (1.0 / near - 1.0 / t_mid) * scale, t_delta / t_mid.square() * scale
+    return (t_mid - near) / (far - near), t_delta / (far - near)
+
+
+@threestudio.register("nerf-multiview-system")
+class NeRFMultiviewSystem(BaseLift3DSystem):
+    LOSS_NAMES = ("rgb", "mask", "sparsity", "opaque", "distortion", "sds")
+
+    @dataclass
+    class Config(BaseLift3DSystem.Config):
+        guidance_type: str = "zeronvs-guidance"  # used only when system.loss.lambda_sds > 0
+        random_camera: dict = field(default_factory=dict)  # SDS views (RandomCameraConfig keys)
+        metrics_use_mask: bool = False  # PSNR over the object mask only
+
+    cfg: Config
+
+    def configure(self) -> None:
+        super().configure()
+        self._guidance = None  # not an nn.Module child: its weights never go into checkpoints
+        self._random_cameras = None
+        self._records: List[Dict[str, Any]] = []
+
+    def _sds_enabled(self) -> bool:
+        return self._max_weight(self.cfg.loss.get("lambda_sds", 0.0)) > 0
+
+    def prepare(self, mode: str, datamodule: Any) -> None:
+        if not hasattr(datamodule, "targets") or not hasattr(datamodule, "conditioning"):
+            raise ConfigError("nerf-multiview-system needs data_type: multiview-datamodule")
+        if mode == "train" and datamodule.inputs.rgb is None:
+            raise UserError("nerf-multiview-system trains on posed images; the input views have none")
+        self._target_indices = [int(i) for i in datamodule.targets.indices.tolist()]
+        if mode == "train" and self._sds_enabled():
+            self._prepare_sds(datamodule)
+
+    def _prepare_sds(self, datamodule: Any) -> None:
+        from threestudio.data.random_camera import RandomCameraConfig, RandomCameraSampler, ReferenceCamera
+        from threestudio.utils.camera import c2w_to_spherical
+        from threestudio.utils.config import parse_structured
+
+        if not datamodule.cfg.canonicalize:
+            raise ConfigError("system.loss.lambda_sds > 0 needs data.canonicalize=true (the diffusion model's frame)")
+        cond = datamodule.conditioning()
+        elevation, azimuth, distance = (float(v) for v in c2w_to_spherical(cond["c2w"][:1]))
+        reference = ReferenceCamera(elevation, azimuth, distance, float(cond["fov_deg"][0]))
+        camera_cfg = parse_structured(RandomCameraConfig, self.cfg.random_camera)
+        self._random_cameras = RandomCameraSampler(camera_cfg, reference, prefix="system.random_camera")
+        self._guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
+        self._guidance.set_conditions(cond["images"], cond["c2w"], cond["fov_deg"])
+
+    # ------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        if self._guidance is not None:
+            self._guidance.to(self.device)
+            self._guidance.set_save_dir(os.path.join(self._save_dir, "anchors"))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        if self._guidance is not None:
+            self._random_cameras.update_step(self.current_epoch, self.true_global_step)
+            self._guidance.update_step(self.current_epoch, self.true_global_step)
+
+    def _to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    def training_losses(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
+        terms: Dict[str, Tensor] = {}
+        out = self(batch)
+        weight = batch.get("weight")
+        self.weighted("rgb", weighted_mse(out["comp_rgb"], batch["rgb"], weight), terms)
+        if self.loss_enabled("mask"):
+            self.weighted("mask", weighted_mse(out["opacity"], batch["mask"].float(), weight), terms)
+        if self.loss_enabled("sparsity"):
+            self.weighted("sparsity", sparsity_loss(out["opacity"]), terms)
+        if self.loss_enabled("opaque"):
+            self.weighted("opaque", opaque_loss(out["opacity"]), terms)
+        if self.loss_enabled("distortion"):
+            self.weighted("distortion", self._distortion(out), terms)
+        if "loss_proposal" in out:
+            terms["loss_proposal"] = out["loss_proposal"]
+        if self._guidance is not None and self.loss_enabled("sds"):
+            views = self._to_device(self._random_cameras.sample())
+            sds_out = self(views)
+            guidance_out = self._guidance(sds_out["comp_rgb"], views)
+            self.weighted("sds", guidance_out["loss_sds"], terms)
+            if "loss_proposal" in sds_out:
+                terms["loss_proposal"] = terms["loss_proposal"] + sds_out["loss_proposal"]
+        return terms
+
+    def _distortion(self, out: Dict[str, Tensor]) -> Tensor:
+        n_rays = out["opacity"].numel()
+        rcfg = self.renderer.cfg
+        s_mid, s_delta = normalized_spacing(
+            out["t_points"].reshape(n_rays, -1), out["t_intervals"].reshape(n_rays, -1),
+            rcfg.near_plane, rcfg.far_plane, rcfg.sampling_type,
+        )
+        return distortion_loss(out["weights"].reshape(n_rays, -1), s_mid, s_delta)
+
+    # ------------------------------------------------------------------ validation / test
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+
+    def on_test_start(self) -> None:
+        check_unsharded_test_loader(self.trainer)
+        self._records = []
+
+    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        if not owns_batch(self.trainer, batch_idx):
+            return
+        from threestudio.utils.image import save_image
+        from threestudio.utils.metrics import compute_metrics
+
+        out = self(batch)
+        for k in range(out["comp_rgb"].shape[0]):
+            index = int(batch["index"][k])
+            rgb = out["comp_rgb"][k].clamp(0, 1)
+            row = torch.cat(
+                [rgb, visualize_depth(out["depth"][k], out["opacity"][k]), out["opacity"][k].expand_as(rgb)], dim=1
+            )
+            save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), row)
+            if "rgb" in batch:
+                mask = batch["mask"][k] if self.cfg.metrics_use_mask else None
+                self._records.append({"target": index, **compute_metrics(rgb, batch["rgb"][k], mask)})
+
+    def on_test_epoch_end(self) -> None:
+        records = gather_records(self, "nerf_test", self._records)
+        self._records = []
+        if records is None:
+            return
+        super().on_test_epoch_end()  # the test video (rank 0)
+        if records:
+            from threestudio.utils.metrics import write_metrics_json
+
+            check_every_target_once(records, self._target_indices)
+            payload = write_metrics_json(self.save_path("metrics.json"), records)
+            logger.info(
+                "held-out views (%d): PSNR %s, SSIM %s, LPIPS %s",
+                len(records),
+                payload["psnr"],
+                payload["ssim"],
+                payload["lpips"],
+            )
