@@ -61,6 +61,7 @@ SDS_OVERRIDES = [
     "system.loss.lambda_rgb=1000.0",
     "system.loss.lambda_sds=0.1",
     "system.loss.lambda_opaque=0.1",
+    "system.guidance.precomputed_scale=0.7",
     "system.guidance.guidance_scale=7.5",
     "system.guidance.min_step_percent=[0,0.75,0.02,2000]",
     "system.guidance.max_step_percent=[0,0.98,0.5,2000]",
@@ -115,7 +116,8 @@ def _list(values: Sequence[int]) -> str:
 def _model_overrides(args: argparse.Namespace) -> List[str]:
     out = []
     if args.ckpt:
-        out.append(f"system.guidance.pretrained_model_name_or_path={os.path.abspath(args.ckpt)}")
+        ckpt = args.ckpt if args.ckpt == "random" else os.path.abspath(args.ckpt)  # "random": tiny test models
+        out.append(f"system.guidance.pretrained_model_name_or_path={ckpt}")
     if args.model_config:
         out.append(f"system.guidance.pretrained_config={os.path.abspath(args.model_config)}")
     return out
@@ -174,7 +176,9 @@ def evaluate_scan(scan: int, mode: str, pose_scale: float, args: argparse.Namesp
             row["error"] = f"NVS run failed, see {os.path.join(logs, f'nvs_{tag}.log')}"
             return row
     if mode == "nvs+nerf":
-        overrides = common + [
+        # the NeRF stays in the normalised world (pose_scale 1): the generated views sit at the targets' poses
+        # whatever the frame, and the config's near/far planes are set for that scale
+        overrides = [o for o in common if not o.startswith("data.pose_scale=")] + [
             f"data.generated_views_dir={os.path.join(save, 'nvs')}",
             f"data.generated_weight={args.generated_weight}",
         ]

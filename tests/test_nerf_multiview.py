@@ -69,3 +69,36 @@ def test_short_fit_raises_held_out_psnr_and_exports(tmp_path, dtu_scan24):
 
     run("export", f"resume={trial}/ckpts/last.ckpt", config=str(Path(trial, "configs", "parsed.yaml")))
     assert Path(trial, "save", "it100-export", "model.obj").is_file()
+
+
+def test_sds_option_trains_without_saving_the_diffusion_model(tmp_path, dtu_scan24):
+    trial = run(
+        "train",
+        *tiny_overrides(
+            tmp_path, dtu_scan24, "data.input_views=[25]", "data.canonicalize=true", "data.pose_scale=0.495",
+            "data.train_rays_per_batch=128", "system.renderer.near_plane=0.05",
+            "system.loss.lambda_sds=0.1", "system.loss.lambda_opaque=0.1",
+            "system.guidance.pretrained_model_name_or_path=random",
+            f"system.guidance.pretrained_config={ROOT / 'configs' / 'diffusion_tiny.yaml'}",
+            "system.guidance.precomputed_scale=0.7",
+            "system.random_camera.height=32", "system.random_camera.width=32",
+            "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
+        ),
+    )
+    state = torch.load(Path(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
+    assert not any("unet" in k or k.startswith("_guidance") for k in state["state_dict"]), "guidance weights leaked"
+    logged = Path(trial, "csv_logs", "metrics.csv").read_text()
+    assert "train/loss_sds" in logged and "train/loss_rgb" in logged
+    assert held_out_psnr(trial) > 0
+
+
+def test_sds_needs_the_canonical_frame(tmp_path, dtu_scan24):
+    from threestudio.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="canonicalize"):
+        run("train", *tiny_overrides(tmp_path, dtu_scan24, "system.loss.lambda_sds=0.1",
+                                     "system.guidance.pretrained_model_name_or_path=random",
+                                     f"system.guidance.pretrained_config={ROOT / 'configs' / 'diffusion_tiny.yaml'}",
+                                     "system.guidance.precomputed_scale=0.7"))
+    assert not (tmp_path / "nerf_multiview").exists()
