@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader, IterableDataset
 
 import threestudio
 from threestudio.data.random_camera import (
-    OrbitCameraDataset,
     RandomCameraConfig,
     RandomCameraSampler,
     ReferenceCamera,

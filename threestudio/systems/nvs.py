@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -38,6 +37,7 @@ import threestudio
 from threestudio.systems.base import BaseSystem
 from threestudio.utils.config import parse_structured
 from threestudio.utils.errors import ConfigError, UserError
+from threestudio.utils.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -46,23 +46,6 @@ PARTIAL_DIR = ".partial"
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers shared with the multi-view NeRF system: atomic JSON, sharded test passes
-def write_json_atomic(path: str, payload: Any) -> str:
-    """Write ``payload`` as JSON to ``path`` atomically (temporary file in the same folder, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def owns_batch(trainer: Any, batch_idx: int) -> bool:
     """Whether this process handles test batch ``batch_idx`` (batch k belongs to rank k mod world_size)."""
     return trainer.world_size <= 1 or batch_idx % trainer.world_size == trainer.global_rank

@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

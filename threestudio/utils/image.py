@@ -6,7 +6,6 @@ Images inside the pipeline are float tensors in [0, 1], channels last: (H, W, C)
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Iterable, Literal, Sequence
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from threestudio.utils.errors import UserError
+from threestudio.utils.io import atomic_path
 
 CropMode = Literal["center_crop", "pad", "stretch"]
 
@@ -119,16 +119,6 @@ def to_uint8(img: Tensor | np.ndarray) -> np.ndarray:
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _atomic_target(path: str) -> tuple[str, str]:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=directory)
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    return tmp, path
-
-
 def save_image(path: str, img: Tensor | np.ndarray) -> str:
     """Write an (H, W, 3|4|1) [0, 1] image atomically (temporary name, then rename). Returns ``path``."""
     import imageio.v3 as iio
@@ -136,13 +126,8 @@ def save_image(path: str, img: Tensor | np.ndarray) -> str:
     arr = to_uint8(img)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    tmp, final = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         iio.imwrite(tmp, arr, extension=os.path.splitext(path)[1] or ".png")
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
@@ -150,8 +135,7 @@ def save_video(path: str, frames: Iterable[Tensor | np.ndarray], fps: int = 30) 
     """Write [0, 1] frames (H, W, 3) to an H.264 mp4 atomically. Sizes are padded to even numbers."""
     import imageio.v2 as imageio
 
-    tmp, final = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", macro_block_size=1)
         with writer:
             for frame in frames:
@@ -159,8 +143,4 @@ def save_video(path: str, frames: Iterable[Tensor | np.ndarray], fps: int = 30) 
                 h, w = arr.shape[:2]
                 arr = np.pad(arr, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
                 writer.append_data(arr)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -18,14 +18,14 @@ Masks are binarised at 0.5.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
+
+from threestudio.utils.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -170,16 +170,5 @@ def write_metrics_json(path: str, per_view: List[Dict[str, Any]]) -> Dict[str, A
     Returns the written payload (see :func:`summarize_metrics`).
     """
     payload = summarize_metrics(per_view)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".json.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_json_atomic(path, payload)
     return payload

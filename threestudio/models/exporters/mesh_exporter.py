@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
@@ -28,24 +27,12 @@ from torch import Tensor
 import threestudio
 from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import ConfigError, UserError
+from threestudio.utils.io import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("obj", "ply")
 AUTO_THRESHOLD_EPS = 1e-5
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def obj_bytes(vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray]) -> bytes:
@@ -168,7 +155,7 @@ class MeshExporter(BaseObject):
                 vertex_colors = None if colors is None else np.round(colors * 255).astype(np.uint8)
                 mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=vertex_colors, process=False)
                 data = mesh.export(file_type="ply")
-            _write_atomic(path, data)
+            write_bytes_atomic(path, data)
             paths.append(path)
         logger.info("exported a mesh with %d vertices and %d faces to %s", len(vertices), len(faces), paths)
         return paths

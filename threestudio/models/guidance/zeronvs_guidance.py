@@ -13,10 +13,8 @@ every target view.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -29,6 +27,7 @@ from threestudio.utils.base import BaseObject
 from threestudio.utils.camera import c2w_to_spherical, orbit_c2w, rotation_angle_deg
 from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.image import resize_image, save_image
+from threestudio.utils.io import write_json_atomic
 from threestudio.utils.schedule import C
 
 logger = logging.getLogger(__name__)
@@ -338,10 +337,7 @@ class ZeroNVSGuidance(BaseObject):
             "precomputed_scale": self.cfg.precomputed_scale,
             "anchors": anchors,
         }
-        fd, tmp = tempfile.mkstemp(prefix=".anchors.", suffix=".json", dir=self.save_dir)
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2)
-        os.replace(tmp, os.path.join(self.save_dir, "anchors.json"))
+        write_json_atomic(os.path.join(self.save_dir, "anchors.json"), record)
         logger.info("saved %d SDS anchor views to %s", c2w.shape[0], self.save_dir)
 
     def select_conditioning(self, target_c2w: Tensor, cond_index: Optional[Tensor] = None) -> Tensor:
