@@ -70,6 +70,7 @@ SDS_OVERRIDES = [
     "system.random_camera.batch_size=1",
     "system.random_camera.elevation_range=[-10,80]",
     "system.random_camera.camera_distance_range=[0.8,1.2]",
+    "system.scheduler=null",  # constant learning rates, as ZeroNVS
     "trainer.max_steps=10000",
     "trainer.val_check_interval=2500",
 ]
@@ -183,7 +184,11 @@ def evaluate_scan(scan: int, mode: str, pose_scale: float, args: argparse.Namesp
             f"data.generated_weight={args.generated_weight}",
         ]
         if args.steps:
-            overrides += [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}"]
+            overrides += [
+                f"trainer.max_steps={args.steps}",
+                f"trainer.val_check_interval={args.steps}",
+                f"system.scheduler.args.gamma={0.1 ** (1.0 / args.steps)}",  # the config's ×0.1 decay over the run
+            ]
         save = _launch(NERF_CONFIG, "--train", "nvs_nerf", tag, overrides, args, os.path.join(logs, f"nvs_nerf_{tag}.log"))
     elif mode == "sds":
         overrides = common + SDS_OVERRIDES + _model_overrides(args)

@@ -159,9 +159,6 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
         return distortion_loss(out["weights"].reshape(n_rays, -1), s_mid, s_delta)
 
     # ------------------------------------------------------------------ validation / test
-    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
-
     def on_test_start(self) -> None:
         check_unsharded_test_loader(self.trainer)
         self._records = []
