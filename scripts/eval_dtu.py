@@ -28,18 +28,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch.py")
+if ROOT not in sys.path:  # run as a script: make the repository's packages importable
+    sys.path.insert(0, ROOT)
 NVS_CONFIG = os.path.join(ROOT, "configs", "zeronvs_nvs.yaml")
 NERF_CONFIG = os.path.join(ROOT, "configs", "nerf_multiview.yaml")
 
@@ -135,7 +137,9 @@ def _run(cmd: List[str], log_path: str) -> int:
         return subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def _launch(config: str, mode_flag: str, name: str, tag: str, overrides: List[str], args, log_path: str) -> Optional[str]:
+def _launch(
+    config: str, mode_flag: str, name: str, tag: str, overrides: List[str], args: argparse.Namespace, log_path: str
+) -> Optional[str]:
     """One launch.py run; returns its ``save/`` folder, or None when it failed."""
     runs = os.path.join(os.path.abspath(args.out), "runs")
     cmd = [
@@ -189,7 +193,8 @@ def evaluate_scan(scan: int, mode: str, pose_scale: float, args: argparse.Namesp
                 f"trainer.val_check_interval={args.steps}",
                 f"system.scheduler.args.gamma={0.1 ** (1.0 / args.steps)}",  # the config's ×0.1 decay over the run
             ]
-        save = _launch(NERF_CONFIG, "--train", "nvs_nerf", tag, overrides, args, os.path.join(logs, f"nvs_nerf_{tag}.log"))
+        log_path = os.path.join(logs, f"nvs_nerf_{tag}.log")
+        save = _launch(NERF_CONFIG, "--train", "nvs_nerf", tag, overrides, args, log_path)
     elif mode == "sds":
         overrides = common + SDS_OVERRIDES + _model_overrides(args)
         if args.steps:
@@ -213,7 +218,8 @@ def evaluate_scan(scan: int, mode: str, pose_scale: float, args: argparse.Namesp
 
 def mean_row(rows: List[Dict[str, object]], mode: str) -> Dict[str, object]:
     done = [r for r in rows if "error" not in r]
-    out: Dict[str, object] = {"scan": "mean", "mode": mode, "pose_scale": "", "n_views": sum(r["n_views"] for r in done)}
+    n_views = sum(r["n_views"] for r in done)
+    out: Dict[str, object] = {"scan": "mean", "mode": mode, "pose_scale": "", "n_views": n_views}
     for key in ("psnr", "ssim", "lpips"):
         values = [r[key] for r in done]
         out[key] = None if not values or any(v is None for v in values) else sum(values) / len(values)
@@ -231,32 +237,18 @@ def _fmt(value: object, digits: int = 4) -> str:
 COLUMNS = ("scan", "mode", "pose_scale", "psnr", "ssim", "lpips", "n_views", "run", "error")
 
 
-def _atomic_write(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_tables(out: str, mode: str, rows: List[Dict[str, object]], args: argparse.Namespace) -> Dict[str, str]:
     """Write ``dtu_{mode}.md`` and ``dtu_{mode}.csv`` in ``out``; returns their paths."""
     table = rows + [mean_row(rows, mode)]
-    stem = os.path.join(out, f"dtu_{mode.replace('+', '_')}")
-    import io
+    from threestudio.utils.io import write_bytes_atomic
 
+    stem = os.path.join(out, f"dtu_{mode.replace('+', '_')}")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in table:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in COLUMNS})
-    _atomic_write(stem + ".csv", buf.getvalue())
+    write_bytes_atomic(stem + ".csv", buf.getvalue().encode())
 
     lines = [
         f"# DTU novel view synthesis: mode `{mode}`",
@@ -276,7 +268,7 @@ def write_tables(out: str, mode: str, rows: List[Dict[str, object]], args: argpa
                 f"| {row['scan']} | {_fmt(row['pose_scale'])} | {_fmt(row['psnr'], 2)} | {_fmt(row['ssim'])} | "
                 f"{_fmt(row['lpips'])} | {row['n_views']} | {row.get('run', '')} |"
             )
-    _atomic_write(stem + ".md", "\n".join(lines) + "\n")
+    write_bytes_atomic(stem + ".md", ("\n".join(lines) + "\n").encode())
     return {"csv": stem + ".csv", "md": stem + ".md"}
 
 
@@ -288,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder (tables, runs/, logs/)")
     parser.add_argument("--ckpt", help="ZeroNVS checkpoint or converted folder (system.guidance.pretrained_...)")
     parser.add_argument("--model-config", help="the checkpoint's latent-diffusion YAML")
-    parser.add_argument("--pose-scale", nargs="+", help=f"one value, or SCAN=VALUE pairs (default 1/2.02 ≈ {DEFAULT_POSE_SCALE:.3f})")
+    parser.add_argument(
+        "--pose-scale", nargs="+", help=f"one value, or SCAN=VALUE pairs (default 1/2.02 ≈ {DEFAULT_POSE_SCALE:.3f})"
+    )
     parser.add_argument("--steps", type=int, help="DDIM steps (nvs) / training steps (sds, nvs+nerf)")
     parser.add_argument("--generated-weight", type=float, default=0.5, help="loss weight of generated views (nvs+nerf)")
     parser.add_argument("--extra", nargs="*", default=[], help="key=value overrides for every launch.py run")

@@ -41,7 +41,8 @@ def test_nvs_mode_tiny_writes_markdown_and_csv(tmp_path, dtu_scan24, zeronvs_tin
         "--root", str(dtu_scan24.parent), "--scans", "24", "--mode", "nvs", "--out", str(out),
         "--ckpt", str(zeronvs_tiny_dir / "model.ckpt"), "--model-config", str(zeronvs_tiny_dir / "config.yaml"),
         "--pose-scale", "24=0.5", "--steps", "2",
-        "--extra", "data.height=32", "data.width=32", "data.target_views=[31,13]", "system.sampling.targets_per_batch=2",
+        "--extra", "data.height=32", "data.width=32", "data.target_views=[31,13]",
+        "system.sampling.targets_per_batch=2",
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     rows = list(csv.DictReader(open(out / "dtu_nvs.csv")))

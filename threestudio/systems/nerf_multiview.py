@@ -5,8 +5,8 @@ views when ``data.generated_views_dir`` is set): the photometric loss is the per
 ``Σ wᵣ‖ĉᵣ − cᵣ‖² / (3 Σ wᵣ)`` (``weight`` = 1 for real views, ``data.generated_weight`` for generated ones),
 ``system.loss.lambda_rgb``. Optional terms: ``lambda_mask`` (opacity against the mask, for masked scenes),
 ``lambda_sparsity``, ``lambda_opaque``, ``lambda_distortion`` (mip-NeRF 360's distortion loss in the renderer's
-normalised ray spacing: pulls each ray's weights together, removes floaters), the proposal network's interlevel loss, and ``lambda_sds``: score
-distillation from the ZeroNVS guidance on random views (``system.random_camera``, the keys of
+normalised ray spacing: pulls each ray's weights together, removes floaters), the proposal network's interlevel
+loss, and ``lambda_sds``: score distillation from the ZeroNVS guidance on random views (``system.random_camera``, the keys of
 :class:`threestudio.data.random_camera.RandomCameraConfig`, around the canonical input camera; needs
 ``data.canonicalize: true`` so the frame matches the diffusion model's).
 
