@@ -154,3 +154,31 @@ def test_bad_input_fails_before_writing(tmp_path, dtu_scan24, zeronvs_tiny_dir):
     )
     assert res.returncode == 2 and "precomputed_scale" in res.stderr
     assert not (tmp_path / "zeronvs_nvs").exists()
+
+
+def test_no_scene_target_poses_file(tmp_path, zeronvs_tiny_dir):
+    """Target poses given relative to the input camera: the identity is the input view itself."""
+    import torch
+
+    from threestudio.utils.camera import orbit_c2w
+
+    rel = torch.eye(4).repeat(2, 1, 1)
+    turned = orbit_c2w(torch.tensor([0.0]), torch.tensor([30.0]), torch.tensor([1.0]))[0]
+    base = orbit_c2w(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([1.0]))[0]
+    rel[1] = torch.linalg.inv(base) @ turned  # 30° around the object, in the input camera's frame
+    poses = tmp_path / "poses.npy"
+    np.save(poses, rel.numpy())
+    res = launch(*nvs_args(tmp_path, zeronvs_tiny_dir, "data.image_path=skimage:motorcycle_left",
+                           f"data.target_c2w_path={poses}", "tag=poses"))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    save = tmp_path / "zeronvs_nvs" / "poses" / "save"
+    assert sorted(p.name for p in (save / "nvs").iterdir()) == ["target_000.png", "target_001.png"]
+    angles = [s["angle_deg"] for s in load_json(save / "selection.json")]
+    assert angles[0] == pytest.approx(0.0, abs=1e-3) and angles[1] == pytest.approx(30.0, abs=0.05)
+
+
+def test_non_square_size_is_refused(tmp_path, dtu_scan24, zeronvs_tiny_dir):
+    res = launch(*nvs_args(tmp_path, zeronvs_tiny_dir, f"data.scene_dir={dtu_scan24}", "data.target_views=[31]",
+                           "data.width=40", "data.crop_square=false"))
+    assert res.returncode == 2 and "data.height" in res.stderr
+    assert not (tmp_path / "zeronvs_nvs").exists()

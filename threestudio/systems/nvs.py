@@ -164,6 +164,12 @@ class NVSSystem(BaseSystem):
             raise UserError(f"nvs-system only samples views: run launch.py with --test (not --{mode})")
         if not hasattr(datamodule, "conditioning") or not hasattr(datamodule, "selection"):
             raise ConfigError("nvs-system needs data_type: multiview-datamodule (input views and target poses)")
+        height, width = datamodule.cfg.height, datamodule.cfg.width
+        if height != width:
+            raise ConfigError(
+                f"nvs-system samples square views but data.height × data.width is {height}×{width}; set both to the "
+                "model's resolution (256 for the released model) with data.crop_square=true"
+            )
         import zeronvs_diffusion
 
         m = self.model_cfg
