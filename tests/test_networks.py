@@ -120,6 +120,7 @@ def test_factories_build_torch_modules_without_tcnn():
 
 
 def test_fast_paths_fall_back_when_tcnn_missing(monkeypatch):
+    monkeypatch.setattr(fast_paths, "_mode", "auto")  # earlier tests may have built systems with fast_paths off
     monkeypatch.setattr(fast_paths, "_cuda_available", lambda: True)
     monkeypatch.setattr(fast_paths, "_probe_cache", {"tinycudann": False, "nerfacc": False})
     assert fast_paths.use_tcnn() is False and fast_paths.use_nerfacc() is False
@@ -131,7 +132,7 @@ def test_fast_paths_fall_back_when_tcnn_missing(monkeypatch):
         assert fast_paths.fast_paths_mode() == "off" and fast_paths.use_tcnn() is False
         assert isinstance(networks.get_encoding(3, {"otype": "HashGrid", **TINY_GRID}), HashGrid)
     finally:
-        fast_paths.set_fast_paths("auto")
+        fast_paths.set_fast_paths("auto")  # monkeypatch restores the mode found before the test
     with pytest.raises(ConfigError):
         fast_paths.set_fast_paths("fast")
 
