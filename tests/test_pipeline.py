@@ -157,3 +157,30 @@ def test_cli_help_and_mode_flags():
     assert res.returncode == 2
     res = launch("--config", "configs/smoke.yaml", "--train", "--test")
     assert res.returncode == 2
+
+
+def test_system_weights_start_from_a_checkpoint_without_optimizer_state(smoke_trial: Path):
+    import threestudio
+    from threestudio.utils.config import load_config
+
+    ckpt = smoke_trial / "ckpts" / "last.ckpt"
+    cfg = load_config(str(smoke_trial / "configs" / "parsed.yaml"), cli_args=[f"system.weights={ckpt}"])
+    system = threestudio.find(cfg.system_type)(cfg.system)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    own = system.state_dict()
+    assert set(own) == set(saved)
+    assert all(torch.equal(own[k], saved[k]) for k in saved)
+    fresh = threestudio.find(cfg.system_type)(load_config(str(smoke_trial / "configs" / "parsed.yaml"), cli_args=["system.weights=null"]).system)
+    assert not all(torch.equal(fresh.state_dict()[k], saved[k]) for k in saved), "weights were not loaded"
+
+
+def test_launch_inference_without_weights_stops_with_exit_2(tmp_path: Path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    res = subprocess.run(
+        ["bash", str(ROOT / "launch_inference.sh"), "--ckpt", str(tmp_path / "zeronvs.ckpt"),
+         "--model-config", str(tmp_path / "zeronvs_config.yaml")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert res.returncode == 2
+    assert "zeronvs.ckpt" in res.stderr and "configs/smoke.yaml" in res.stderr
+    assert list(tmp_path.iterdir()) == []

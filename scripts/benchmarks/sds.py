@@ -180,10 +180,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     n_test = len(test_loader.dataset) if hasattr(test_loader, "dataset") else args.test_views
     timer.sync()
     t0 = time.perf_counter()
-    for i, batch in enumerate(test_loader):
-        if i >= args.test_views:
-            break
-        system(_to_device(batch, device))
+    with torch.no_grad():  # as Lightning's test loop (analytic normals switch autograd on locally)
+        for i, batch in enumerate(test_loader):
+            if i >= args.test_views:
+                break
+            system(_to_device(batch, device))
     timer.sync()
     per_view = (time.perf_counter() - t0) / max(1, min(args.test_views, n_test))
     val_every = config_to_primitive(cfg.trainer).get("val_check_interval", max_steps) or max_steps

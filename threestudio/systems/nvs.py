@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 import threestudio
+from threestudio.models.guidance.zeronvs_guidance import check_precomputed_scale
 from threestudio.systems.base import BaseSystem
 from threestudio.utils.config import parse_structured
 from threestudio.utils.errors import ConfigError, UserError
@@ -142,13 +143,7 @@ class NVSSystem(BaseSystem):
         self.model_cfg: NVSModelConfig = parse_structured(NVSModelConfig, self.cfg.guidance)
         self.sampling_cfg: NVSSamplingConfig = parse_structured(NVSSamplingConfig, self.cfg.sampling)
         m, s = self.model_cfg, self.sampling_cfg
-        if m.precomputed_scale is None:
-            raise UserError(
-                "system.guidance.precomputed_scale is null; set the scene scale of the camera embedding "
-                "(e.g. 0.7 as in the paper)"
-            )
-        if m.precomputed_scale <= 0:
-            raise ConfigError(f"system.guidance.precomputed_scale must be positive, got {m.precomputed_scale}")
+        check_precomputed_scale(m.precomputed_scale)
         if m.dtype not in (None, "fp32", "fp16", "bf16"):
             raise ConfigError(f"system.guidance.dtype is {m.dtype!r}; valid: null, fp32, fp16, bf16")
         if s.steps < 1 or s.targets_per_batch < 1:

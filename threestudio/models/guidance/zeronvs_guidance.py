@@ -115,6 +115,18 @@ class ConditioningBank:
         return self.c2w.shape[0]
 
 
+
+def check_precomputed_scale(scale: Optional[float]) -> float:
+    """The scene scale of the camera embedding (``system.guidance.precomputed_scale``); errors say what to set."""
+    if scale is None:
+        raise UserError(
+            "system.guidance.precomputed_scale is null, but there is no depth model to estimate the scene "
+            "scale here; set it, e.g. 0.7 as in the paper"
+        )
+    if scale <= 0:
+        raise ConfigError(f"system.guidance.precomputed_scale must be positive, got {scale}")
+    return float(scale)
+
 @threestudio.register("zeronvs-guidance")
 class ZeroNVSGuidance(BaseObject):
     """SDS with the ZeroNVS diffusion model (a BaseObject: its weights never enter the system's checkpoints).
@@ -159,13 +171,7 @@ class ZeroNVSGuidance(BaseObject):
 
     def configure(self) -> None:
         cfg = self.cfg
-        if cfg.precomputed_scale is None:
-            raise UserError(
-                "system.guidance.precomputed_scale is null, but there is no depth model to estimate the scene "
-                "scale here; set it, e.g. 0.7 as in the paper"
-            )
-        if cfg.precomputed_scale <= 0:
-            raise ConfigError(f"system.guidance.precomputed_scale must be positive, got {cfg.precomputed_scale}")
+        check_precomputed_scale(cfg.precomputed_scale)
         if cfg.dtype not in DTYPE_CHOICES:
             raise ConfigError(f"system.guidance.dtype is {cfg.dtype!r}; valid: {', '.join(DTYPE_CHOICES)}")
         if cfg.n_aux_c2w < 0:
