@@ -12,21 +12,6 @@ from threestudio.data.single_image import SingleImageDataModule
 from threestudio.utils.camera import orbit_c2w
 from threestudio.utils.errors import ConfigError, UserError
 
-REFERENCE_KEYS = {
-    "rays_o",
-    "rays_d",
-    "c2w",
-    "canonical_c2w",
-    "fov_deg",
-    "elevation_deg",
-    "azimuth_deg",
-    "camera_distance",
-    "height",
-    "width",
-    "rgb",
-    "mask",
-    "light_positions",
-}
 RANDOM_KEYS = {
     "rays_o",
     "rays_d",
@@ -40,6 +25,7 @@ RANDOM_KEYS = {
     "width",
     "light_positions",
 }
+REFERENCE_KEYS = RANDOM_KEYS | {"rgb", "mask"}
 EVAL_KEYS = RANDOM_KEYS | {"index"}
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

@@ -33,8 +33,8 @@ class Updateable:
         """Called once per step (and after loading weights, with on_load_weights=True)."""
 
 
-class BaseObject(Updateable):
-    """A configurable non-module component. Subclasses define ``Config`` and ``configure``."""
+class Configurable(Updateable):
+    """A component with a nested dataclass ``Config``: parsed from the user's dict, then ``configure()`` builds it."""
 
     @dataclass
     class Config:
@@ -42,8 +42,7 @@ class BaseObject(Updateable):
 
     cfg: Config
 
-    def __init__(self, cfg: Optional[Any] = None, *args: Any, **kwargs: Any) -> None:
-        super().__init__()
+    def _configure_from(self, cfg: Optional[Any], *args: Any, **kwargs: Any) -> None:
         self.cfg = parse_structured(self.Config, cfg)
         self.configure(*args, **kwargs)
 
@@ -51,19 +50,17 @@ class BaseObject(Updateable):
         """Build the component from ``self.cfg``."""
 
 
-class BaseModule(nn.Module, Updateable):
-    """A configurable ``nn.Module``. Subclasses define ``Config`` and ``configure``."""
-
-    @dataclass
-    class Config:
-        weights: Optional[str] = None
-
-    cfg: Config
+class BaseObject(Configurable):
+    """A configurable non-module component: ``Cls(cfg_dict, *args)`` parses ``cfg`` and calls ``configure(*args)``."""
 
     def __init__(self, cfg: Optional[Any] = None, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        self.cfg = parse_structured(self.Config, cfg)
-        self.configure(*args, **kwargs)
+        self._configure_from(cfg, *args, **kwargs)
 
-    def configure(self, *args: Any, **kwargs: Any) -> None:
-        """Build the component from ``self.cfg``."""
+
+class BaseModule(nn.Module, Configurable):
+    """A configurable ``nn.Module``: ``Cls(cfg_dict, *args)`` parses ``cfg`` and calls ``configure(*args)``."""
+
+    def __init__(self, cfg: Optional[Any] = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self._configure_from(cfg, *args, **kwargs)
