@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="path to the experiment YAML")
     parser.add_argument(
         "--gpu",
-        default="0",
-        help="GPU(s) to use, e.g. 0 or 0,1 (sets CUDA_VISIBLE_DEVICES; ignored without CUDA). "
-        "Without CUDA the run uses the CPU.",
+        default=None,
+        help="GPU(s) to use, e.g. 0 or 0,1: sets CUDA_VISIBLE_DEVICES and uses that many devices (default: "
+        "the visible GPUs as trainer.devices says, 1 unless set). Without CUDA the run uses the CPU.",
     )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--train", action="store_true", help="fit, then render the test orbit")
@@ -53,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown option(s) {' '.join(unknown_flags)}; see --help", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    # Must happen before torch initialises CUDA.
-    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-    os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
-    n_gpus = len([g for g in args.gpu.split(",") if g.strip()])
+    n_gpus = 1
+    if args.gpu is not None:
+        # Must happen before torch initialises CUDA.
+        os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+        n_gpus = max(1, len([g for g in args.gpu.split(",") if g.strip()]))
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
