@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     import warnings
 
     import torch
+    from lightning.fabric.utilities.apply_func import move_data_to_device
 
     warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer here: LightningModule.log is a no-op
 
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         system.set_global_step(global_step)
         system.do_update_step(0, global_step)
         guidance.update_step(0, global_step)
-        batch = _to_device(dataset.collate(), device)
+        batch = move_data_to_device(dataset.collate(), device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
             terms = system.training_losses(batch)
             loss = sum(terms.values())
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         for i, batch in enumerate(test_loader):
             if i >= args.test_views:
                 break
-            system(_to_device(batch, device))
+            system(move_data_to_device(batch, device))
     timer.sync()
     per_view = (time.perf_counter() - t0) / max(1, min(args.test_views, n_test))
     val_every = config_to_primitive(cfg.trainer).get("val_check_interval", max_steps) or max_steps
@@ -211,12 +212,3 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     print(f"extrapolated {max_steps}-step run: {result['extrapolated']['total_min']:.1f} min (not measured end to end)")
     return result
 
-
-def _to_device(batch: Any, device: Any) -> Any:
-    import torch
-
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch

@@ -280,12 +280,30 @@ class BaseLift3DSystem(BaseSystem):
     cfg: Config
 
     def configure(self) -> None:
+        # The SDS guidance, when a system uses one (see load_guidance). Not an nn.Module child: the diffusion
+        # weights never go into checkpoints and Lightning never moves them; on_fit_start does.
+        self._guidance = None
         self.geometry = threestudio.find(self.cfg.geometry_type)(self.cfg.geometry)
         self.material = threestudio.find(self.cfg.material_type)(self.cfg.material)
         self.background = threestudio.find(self.cfg.background_type)(self.cfg.background)
         self.renderer = threestudio.find(self.cfg.renderer_type)(
             self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background
         )
+
+    def load_guidance(self, conditioning: Dict[str, Tensor]) -> None:
+        """Build ``guidance_type`` from ``system.guidance`` and give it the conditioning view(s) of the datamodule."""
+        self._guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
+        self._guidance.set_conditions(conditioning["images"], conditioning["c2w"], conditioning["fov_deg"])
+
+    def on_fit_start(self) -> None:
+        if self._guidance is not None:
+            self._guidance.to(self.device)
+            self._guidance.set_save_dir(os.path.join(self._save_dir, "anchors"))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        if self._guidance is not None:
+            self._guidance.update_step(self.current_epoch, self.true_global_step)
 
     def optimizer_param_groups(self) -> List[Dict[str, Any]]:
         """The proposal networks (if any) get ``renderer.prop_optimizer_config``'s options."""

@@ -20,11 +20,11 @@ opacity), the test video, and ``save/metrics.json`` (PSNR/SSIM/LPIPS against the
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
 import threestudio
@@ -79,7 +79,6 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
 
     def configure(self) -> None:
         super().configure()
-        self._guidance = None  # not an nn.Module child: its weights never go into checkpoints
         self._random_cameras = None
         self._records: List[Dict[str, Any]] = []
 
@@ -107,23 +106,13 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
         reference = ReferenceCamera(elevation, azimuth, distance, float(cond["fov_deg"][0]))
         camera_cfg = parse_structured(RandomCameraConfig, self.cfg.random_camera)
         self._random_cameras = RandomCameraSampler(camera_cfg, reference, prefix="system.random_camera")
-        self._guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
-        self._guidance.set_conditions(cond["images"], cond["c2w"], cond["fov_deg"])
+        self.load_guidance(cond)
 
     # ------------------------------------------------------------------ training
-    def on_fit_start(self) -> None:
-        if self._guidance is not None:
-            self._guidance.to(self.device)
-            self._guidance.set_save_dir(os.path.join(self._save_dir, "anchors"))
-
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)
-        if self._guidance is not None:
+        if self._random_cameras is not None:
             self._random_cameras.update_step(self.current_epoch, self.true_global_step)
-            self._guidance.update_step(self.current_epoch, self.true_global_step)
-
-    def _to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
-        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def training_losses(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         terms: Dict[str, Tensor] = {}
@@ -141,7 +130,7 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
         if "loss_proposal" in out:
             terms["loss_proposal"] = out["loss_proposal"]
         if self._guidance is not None and self.loss_enabled("sds"):
-            views = self._to_device(self._random_cameras.sample())
+            views = move_data_to_device(self._random_cameras.sample(), self.device)
             sds_out = self(views)
             guidance_out = self._guidance(sds_out["comp_rgb"], views)
             self.weighted("sds", guidance_out["loss_sds"], terms)

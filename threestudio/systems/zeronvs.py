@@ -8,7 +8,6 @@ regularisers. All weights are ``system.loss.lambda_*`` and may be schedules.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
@@ -68,23 +67,15 @@ class ZeroNVSSystem(BaseLift3DSystem):
             raise ConfigError(f"unknown config key 'system.freq.{sorted(unknown)[0]}'; valid keys: ref_only_steps")
         if self.cfg.freq.get("guidance_eval", 0):
             raise ConfigError("system.freq.guidance_eval is not supported; set it to 0")
-        self._guidance = None  # not an nn.Module child: its weights never go into checkpoints
 
     def prepare(self, mode: str, datamodule: Any) -> None:
         if mode == "train":
-            self._guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
-            cond = datamodule.conditioning()
-            self._guidance.set_conditions(cond["images"], cond["c2w"], cond["fov_deg"])
+            self.load_guidance(datamodule.conditioning())
 
     def on_fit_start(self) -> None:
         if self._guidance is None:
             raise RuntimeError("prepare('train', datamodule) must run before fitting")
-        self._guidance.to(self.device)
-        self._guidance.set_save_dir(os.path.join(self._save_dir, "anchors"))
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        self._guidance.update_step(self.current_epoch, self.true_global_step)
+        super().on_fit_start()
 
     def _regularisers(self, out: Dict[str, Tensor], terms: Dict[str, Tensor], is_reference: bool) -> None:
         if self.loss_enabled("normal_smooth"):
