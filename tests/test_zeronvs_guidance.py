@@ -1,8 +1,10 @@
 """ZeroNVS SDS guidance on the tiny checkpoint fixture: loss/gradient identity, timestep schedules (plain and
-anisotropic), configuration errors, and SDS anchoring."""
+anisotropic, tensor-valued and equal to the Python schedule), a step that reads nothing back from the device,
+VAE gradient checkpointing, configuration errors, and SDS anchoring."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 import threestudio
 from threestudio.utils.camera import orbit_c2w, rotation_angle_deg
 from threestudio.utils.errors import ConfigError, UserError
+from threestudio.utils.schedule import C, C_tensor
 
 INPUT_ELEVATION, INPUT_AZIMUTH, INPUT_DISTANCE, FOV = 20.0, 30.0, 1.5, 40.0
 
@@ -70,8 +73,9 @@ def test_sds_loss_is_finite_and_reaches_the_render(zeronvs_tiny_dir):
     assert out["loss_sds"] > 0 and torch.isfinite(out["grad_norm"]) and out["grad_norm"] > 0
     assert 20 <= out["min_step"] <= out["t_mean"] <= out["max_step"] <= 980
     assert out["aux_fraction"] == 0.0
-    for key, value in out.items():  # the system logs every value: they must be scalars
-        assert isinstance(value, (int, float)) or value.dim() == 0, key
+    for key, value in out.items():  # the system logs every value: 0-dim tensors, never host numbers
+        assert isinstance(value, torch.Tensor) and value.dim() == 0, key
+    assert out["min_step"].dtype == out["max_step"].dtype == torch.long
     out["loss_sds"].backward()
     assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in guidance.model.parameters())
@@ -165,6 +169,175 @@ def test_anisotropic_schedule_delays_views_far_from_the_input(zeronvs_tiny_dir):
     # the same bounds without the anisotropic schedule: all at step 2000
     guidance.cfg.use_anisotropic_schedule = False
     assert guidance.timestep_bounds(torch.tensor([0.0, 90.0, 180.0]))[1].tolist() == [20, 20, 20]
+
+
+def reference_timestep_bounds(cfg, t_count, delta_azimuth_deg, step):
+    """The bounds as the guidance computed them on the host before: a Python loop over C, sample by sample."""
+    if cfg.use_anisotropic_schedule:
+        diff = torch.remainder(delta_azimuth_deg.float(), 360.0)
+        frac = torch.minimum(diff, 360.0 - diff) / 180.0
+        steps = (step - cfg.anisotropic_offset * frac).clamp_min(0).floor().long().tolist()
+    else:
+        steps = [step] * delta_azimuth_deg.shape[0]
+    lows, highs = [], []
+    for s in steps:
+        lo = min(max(int(t_count * C(cfg.min_step_percent, 0, s)), 0), t_count - 1)
+        hi = int(t_count * C(cfg.max_step_percent, 0, s))
+        lows.append(lo)
+        highs.append(min(max(hi, lo), t_count - 1))
+    return lows, highs
+
+
+SCHEDULES = [  # (min_step_percent, max_step_percent): ZeroNVS-like, ramps off 0, clamping, max < min, degenerate
+    (0.02, [0, 0.98, 0.02, 2000]),
+    ([100, 0.5, 0.02, 1100], [1000, 0.98, 0.3, 3000]),
+    ([0, 0.0, 1.0, 3], [0.1, 0.7, 7]),
+    (-0.1, 1.2),
+    (0.6, [0, 0.9, 0.3, 1000]),
+    ([500, 0.9, 0.1, 500], [700, 0.3, 0.95, 400]),
+]
+
+
+def test_tensor_schedule_equals_the_python_schedule():
+    steps = torch.tensor([0, 1, 2, 3, 7, 99, 100, 101, 333, 499, 500, 501, 1099, 1100, 1101, 2000, 5000])
+    for value in [0.3, 2, [0, 0.5, 0.02, 100], [0.98, 0.1, 7], [500, 0.9, 0.1, 500], [700, 0.3, 0.95, 400]]:
+        got = C_tensor(value, steps)
+        assert got.dtype == torch.float64 and got.shape == steps.shape
+        assert got.tolist() == [C(value, 0, s) for s in steps.tolist()], value  # exactly, not approximately
+    assert C_tensor([0, 1.0, 0.0, 10], torch.zeros(2, 3, device="meta")).device.type == "meta"
+    with pytest.raises(ConfigError):
+        C_tensor([1, 2], steps)
+
+
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_timestep_bounds_equal_the_per_sample_python_loop(zeronvs_tiny_dir, anisotropic):
+    guidance = make_guidance(zeronvs_tiny_dir, use_anisotropic_schedule=anisotropic, anisotropic_offset=1000)
+    cfg, t_count = guidance.cfg, guidance.num_train_timesteps
+    generator = torch.Generator().manual_seed(0)
+    delta = torch.cat([torch.linspace(-400.0, 400.0, 33), torch.rand(31, generator=generator) * 720 - 360])
+    for offset in (1000, 333.3):
+        cfg.anisotropic_offset = offset
+        for cfg.min_step_percent, cfg.max_step_percent in SCHEDULES:
+            for step in [0, 1, 2, 3, 50, 99, 333, 500, 999, 1000, 1100, 1500, 2000, 2001, 3000, 4000]:
+                lo, hi = guidance.timestep_bounds(delta, step)
+                assert lo.dtype == hi.dtype == torch.long
+                assert (lo.tolist(), hi.tolist()) == reference_timestep_bounds(cfg, t_count, delta, step)
+                assert (0 <= lo).all() and (lo <= hi).all() and (hi <= t_count - 1).all()
+    # the bounds stay on the input's device (here the data-less meta device: nothing is read back)
+    lo, hi = guidance.timestep_bounds(delta.to("meta"), 1000)
+    assert lo.device.type == hi.device.type == "meta"
+
+
+@contextlib.contextmanager
+def refuse_host_device_traffic(monkeypatch):
+    """Inside: host→device copies and torch.linalg.inv (it checks its result on the host) raise.
+
+    Used with the meta device (tensors without data), where every read of a value on the host (.item(), bool(),
+    .cpu(), .tolist(), int(), a Python loop over a tensor) raises as well: together, what on CUDA would wait
+    for the GPU.
+    """
+    real_to, real_copy = torch.Tensor.to, torch.Tensor.copy_
+
+    def checked_to(self, *args, **kwargs):
+        out = real_to(self, *args, **kwargs)
+        if self.device.type == "cpu" and out.device.type != "cpu":
+            raise AssertionError(f"host→device copy of a {tuple(self.shape)} tensor inside the SDS step")
+        return out
+
+    def checked_copy(self, src, *args, **kwargs):
+        if src.device.type == "cpu" and self.device.type != "cpu":
+            raise AssertionError(f"host→device copy_ of a {tuple(src.shape)} tensor inside the SDS step")
+        return real_copy(self, src, *args, **kwargs)
+
+    def checked_factory(factory):
+        def make(data, *args, **kwargs):
+            device = kwargs.get("device", args[1] if len(args) > 1 else None)
+            on_host = not isinstance(data, torch.Tensor) or data.device.type == "cpu"
+            if device is not None and torch.device(device).type != "cpu" and on_host:
+                raise AssertionError(f"{factory.__name__}(host data, device={device}) inside the SDS step")
+            return factory(data, *args, **kwargs)
+
+        return make
+
+    def linalg_inv(*args, **kwargs):
+        raise AssertionError("torch.linalg.inv inside the SDS step (use linalg.inv_ex)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "to", checked_to)
+        patch.setattr(torch.Tensor, "copy_", checked_copy)
+        patch.setattr(torch, "tensor", checked_factory(torch.tensor))
+        patch.setattr(torch, "as_tensor", checked_factory(torch.as_tensor))
+        patch.setattr(torch.linalg, "inv", linalg_inv)
+        yield
+
+
+@pytest.mark.parametrize("vae_gradient_checkpointing", [False, True])
+def test_sds_step_reads_nothing_back_from_the_device(zeronvs_tiny_dir, monkeypatch, vae_gradient_checkpointing):
+    guidance = make_guidance(
+        zeronvs_tiny_dir, n_aux_c2w=1, anchor_ddim_steps=1, p_use_aux_cameras=0.5, guidance_scale_aux=2.0,
+        use_anisotropic_schedule=True, anisotropic_offset=500, max_step_percent=[0, 0.98, 0.5, 100], grad_clip=0.1,
+        vae_gradient_checkpointing=vae_gradient_checkpointing,
+    )
+    guidance.update_step(0, 50)
+    guidance.conditioning_bank()  # the input view's embeddings and the anchors: once, before training
+    guidance.to("meta")
+    batch = {key: value.to("meta") for key, value in views([30.0, 100.0]).items()}
+    batch["cond_index"] = torch.zeros(2, dtype=torch.long, device="meta")
+    rgb = torch.rand(2, 32, 32, 3, device="meta", requires_grad=True)
+    with refuse_host_device_traffic(monkeypatch):
+        out = guidance._sds(rgb, batch)  # __call__ adds only torch.autocast(enabled=False), which meta lacks
+        out["loss_sds"].backward()
+    assert sorted(out) == ["aux_fraction", "grad_norm", "loss_sds", "max_step", "min_step", "t_mean"]
+    assert all(value.device.type == "meta" and value.dim() == 0 for value in out.values())
+    assert rgb.grad.shape == rgb.shape
+
+
+def test_the_readback_check_catches_a_host_read(zeronvs_tiny_dir, monkeypatch):
+    """The check above can fail: a step that reads t back (as the guidance once did) raises."""
+    guidance = make_guidance(zeronvs_tiny_dir)
+    guidance.conditioning_bank()
+    guidance.to("meta")
+    batch = {key: value.to("meta") for key, value in views([30.0]).items()}
+    rgb = torch.rand(1, 32, 32, 3, device="meta", requires_grad=True)
+    monkeypatch.setattr(guidance, "sample_timesteps", lambda lo, hi: torch.tensor([int(lo.max())], device="meta"))
+    with refuse_host_device_traffic(monkeypatch), pytest.raises(RuntimeError, match="item.*meta tensors"):
+        guidance._sds(rgb, batch)
+    with refuse_host_device_traffic(monkeypatch), pytest.raises(AssertionError, match="host→device"):
+        torch.zeros(2).to("meta")
+
+
+def saved_activation_bytes(fn):
+    """Bytes of the tensors autograd keeps for the backward while ``fn()`` runs."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return total
+
+
+def test_vae_gradient_checkpointing_keeps_the_gradient_and_saves_less(zeronvs_tiny_dir):
+    assert not make_guidance(zeronvs_tiny_dir).model.vae.encoder.gradient_checkpointing  # off by default
+    guidance = make_guidance(zeronvs_tiny_dir, vae_gradient_checkpointing=True)
+    guidance.update_step(0, 0)
+    rgb, batch = torch.rand(2, 32, 32, 3), views([45.0, -120.0])
+
+    def sds_gradient_and_saved_bytes():
+        x = rgb.clone().requires_grad_(True)
+        torch.manual_seed(3)  # the same t, noise and posterior sample in both runs
+        guidance(x, batch)["loss_sds"].backward()
+        return x.grad, saved_activation_bytes(lambda: guidance.encode_rgb(rgb.clone().requires_grad_(True)))
+
+    grad_checkpointed, bytes_checkpointed = sds_gradient_and_saved_bytes()
+    guidance.model.vae.disable_gradient_checkpointing()
+    grad_plain, bytes_plain = sds_gradient_and_saved_bytes()
+    assert grad_plain.abs().sum() > 0
+    torch.testing.assert_close(grad_checkpointed, grad_plain, rtol=1e-6, atol=1e-9)
+    assert bytes_checkpointed < 0.3 * bytes_plain  # only the blocks' inputs are kept, not their activations
 
 
 def test_precomputed_scale_null_is_a_user_error(zeronvs_tiny_dir):

@@ -37,9 +37,13 @@ def _as_c2w_batch(c2w: Tensor) -> Tensor:
 
 
 def relative_pose(cond_c2w: Tensor, target_c2w: Tensor) -> Tensor:
-    """inv(cond) @ target (B,4,4): the target camera expressed in the condition camera's frame."""
+    """inv(cond) @ target (B,4,4): the target camera expressed in the condition camera's frame.
+
+    A singular ``cond`` raises on the CPU; on CUDA the check is skipped (``linalg.inv`` would wait for the GPU).
+    """
     cond, target = torch.broadcast_tensors(_as_c2w_batch(cond_c2w), _as_c2w_batch(target_c2w))
-    return torch.linalg.inv(cond.double()) @ target.double()
+    inverse = torch.linalg.inv_ex(cond.double(), check_errors=cond.device.type == "cpu").inverse
+    return inverse @ target.double()
 
 
 def _spherical(c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:

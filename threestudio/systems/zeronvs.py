@@ -101,8 +101,10 @@ class ZeroNVSSystem(BaseLift3DSystem):
             guidance_out = self._guidance(out["comp_rgb"], views)
             self.weighted("sds", guidance_out["loss_sds"], terms)
             for key, value in guidance_out.items():
-                if key != "loss_sds" and isinstance(value, (Tensor, float, int)):
-                    self.log(f"guidance/{key}", value if isinstance(value, Tensor) else float(value))
+                # 0-dim device tensors, logged as they are: Lightning reads them when it writes the logs, so the
+                # step never waits for the GPU (a Python number would be copied to the device, which syncs)
+                if key != "loss_sds" and isinstance(value, Tensor):
+                    self.log(f"guidance/{key}", value if value.is_floating_point() else value.float())
             self._regularisers(out, terms, is_reference=False)
 
         out = self(batch)

@@ -28,7 +28,7 @@ from threestudio.utils.camera import c2w_to_spherical, orbit_c2w, rotation_angle
 from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.image import resize_image, save_image
 from threestudio.utils.io import write_json_atomic
-from threestudio.utils.schedule import C
+from threestudio.utils.schedule import C, C_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,8 @@ class ZeroNVSGuidance(BaseObject):
         grad_clip: Optional[Any] = None  # null or schedulable: clamp of the SDS gradient
         half_precision_weights: bool = False
         dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (CUDA only; CPU is always fp32)
+        # recompute the VAE encoder's activations in the SDS backward instead of keeping them (less memory)
+        vae_gradient_checkpointing: bool = False
         # SDS anchoring
         n_aux_c2w: int = 0  # number of anchor views; 0 = off
         p_use_aux_cameras: Any = 0.0  # schedulable probability of conditioning on the nearest view
@@ -190,6 +192,10 @@ class ZeroNVSGuidance(BaseObject):
             cfg.pretrained_model_name_or_path, config=cfg.pretrained_config, dtype=torch.float32, device="cpu"
         )
         self.model.eval().requires_grad_(False)
+        if cfg.vae_gradient_checkpointing:
+            # diffusers checkpoints the encoder's down/mid blocks whenever autograd records (eval mode included);
+            # the decoder only ever runs without gradients here, so the switch only affects the SDS encode.
+            self.model.vae.enable_gradient_checkpointing()
         self.device = torch.device("cpu")
         self.weights_dtype = torch.float32
 
@@ -198,7 +204,8 @@ class ZeroNVSGuidance(BaseObject):
         self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float32)
 
         self.save_dir: Optional[str] = None
-        self._input_images: Optional[Tensor] = None  # (N, R, R, 3) in [0, 1] at the VAE resolution
+        # the input views, kept on the guidance's device: (N, R, R, 3) in [0, 1] at the VAE resolution, (N, 4, 4), (N,)
+        self._input_images: Optional[Tensor] = None
         self._input_c2w: Optional[Tensor] = None
         self._input_fov_deg: Optional[Tensor] = None
         self._bank: Optional[ConditioningBank] = None
@@ -224,9 +231,10 @@ class ZeroNVSGuidance(BaseObject):
                 f"c2w must be ({n}, 4, 4) and fov_deg ({n},), got {tuple(c2w.shape)} and {tuple(fov_deg.shape)}"
             )
         size = self.vae_resolution
-        self._input_images = resize_image(images.detach().float().cpu(), size, size).clamp(0.0, 1.0)
-        self._input_c2w = c2w.detach().float().cpu()
-        self._input_fov_deg = fov_deg.detach().float().reshape(-1).cpu()
+        images = resize_image(images.detach().float().cpu(), size, size).clamp(0.0, 1.0)
+        self._input_images = images.to(self.device)
+        self._input_c2w = c2w.detach().float().to(self.device)
+        self._input_fov_deg = fov_deg.detach().float().reshape(-1).to(self.device)
         self._bank = None
         self.anchor_images = None
 
@@ -238,6 +246,10 @@ class ZeroNVSGuidance(BaseObject):
         self.weights_dtype = resolve_weights_dtype(self.cfg.dtype, self.cfg.half_precision_weights, device)
         self.model.to(device=device, dtype=self.weights_dtype)
         self.alphas_cumprod = self.alphas_cumprod.to(device)
+        if self._input_images is not None:
+            self._input_images = self._input_images.to(device)
+            self._input_c2w = self._input_c2w.to(device)
+            self._input_fov_deg = self._input_fov_deg.to(device)
         if self._bank is not None:
             self._bank = self._bank.to(device)
         self.device = device
@@ -353,9 +365,9 @@ class ZeroNVSGuidance(BaseObject):
         probability ``p_use_aux_cameras``, the bank view (input or anchor) nearest by rotation angle.
         """
         bank = self.conditioning_bank()
-        n_inputs = int((~bank.is_anchor).sum())
+        n_inputs = self._input_c2w.shape[0]  # the bank holds the input views first, then the anchors
         base = self._base_index(target_c2w.shape[0], cond_index, n_inputs)
-        if not bank.is_anchor.any():
+        if len(bank) == n_inputs:
             return base
         angles = rotation_angle_deg(bank.c2w[None, :, :3, :3], target_c2w[:, None, :3, :3].to(bank.c2w))  # (B, K)
         nearest = angles.argmin(dim=1)
@@ -363,11 +375,23 @@ class ZeroNVSGuidance(BaseObject):
         return torch.where(use_nearest, nearest, base)
 
     def _base_index(self, batch_size: int, cond_index: Optional[Tensor], n_inputs: int) -> Tensor:
+        """Input view index (B,) long on the guidance's device: ``cond_index`` checked, or zeros.
+
+        On the CPU a bad index raises ValueError; on an accelerator the check is an asynchronous device assert
+        (reading the values on the host would wait for every queued kernel).
+        """
         if cond_index is None:
             return torch.zeros(batch_size, dtype=torch.long, device=self.device)
         cond_index = cond_index.to(self.device, torch.long).reshape(-1)
-        if cond_index.shape[0] != batch_size or cond_index.min() < 0 or cond_index.max() >= n_inputs:
-            raise ValueError(f"cond_index must be ({batch_size},) in [0, {n_inputs}), got {cond_index.tolist()}")
+        message = f"cond_index must be ({batch_size},) in [0, {n_inputs})"
+        if cond_index.shape[0] != batch_size:
+            raise ValueError(f"{message}, got shape {tuple(cond_index.shape)}")
+        valid = ((cond_index >= 0) & (cond_index < n_inputs)).all()
+        if cond_index.device.type == "cpu":
+            if not valid:
+                raise ValueError(f"{message}, got {cond_index.tolist()}")
+        else:
+            torch._assert_async(valid, message)
         return cond_index
 
     def cross_attention_conditioning(self, bank_index: Tensor, target_c2w: Tensor, fov_deg: Tensor) -> Tensor:
@@ -375,11 +399,13 @@ class ZeroNVSGuidance(BaseObject):
         import zeronvs_diffusion
 
         bank = self.conditioning_bank()
+        # the scale as a device tensor: torch.as_tensor(python_float, device="cuda") would synchronise
+        scale = torch.full((bank_index.shape[0],), self.cfg.precomputed_scale, device=self.device)
         camera = zeronvs_diffusion.camera_embedding(
             bank.c2w[bank_index],
             target_c2w.to(self.device, torch.float32),
             fov_deg.to(self.device, torch.float32),
-            self.cfg.precomputed_scale,
+            scale,
             mode=self.model.conditioning.mode,
         )
         dtype = self.weights_dtype
@@ -387,42 +413,43 @@ class ZeroNVSGuidance(BaseObject):
 
     # ------------------------------------------------------------------ timesteps
     def timestep_bounds(self, delta_azimuth_deg: Tensor, global_step: Optional[int] = None) -> Tuple[Tensor, Tensor]:
-        """Per-sample timestep bounds ``(min_step, max_step)``, each (B,) long, at ``global_step``.
+        """Per-sample timestep bounds ``(min_step, max_step)``, each (B,) long on ``delta_azimuth_deg``'s device.
 
         Without the anisotropic schedule every sample gets ``int(T · percent)`` of the min/max schedules at
         ``global_step``. With it, sample i evaluates the schedules at
-        ``max(0, global_step − anisotropic_offset · |Δazimuth_i| / 180)``, so views far from the input view
-        follow a delayed schedule. ``delta_azimuth_deg`` (B,): azimuth distance from the input view in degrees.
+        ``max(0, floor(global_step − anisotropic_offset · |Δazimuth_i| / 180))``, so views far from the input view
+        follow a delayed schedule. Bounds are clamped to ``0 ≤ min_step ≤ max_step ≤ T − 1``.
+        ``delta_azimuth_deg`` (B,): azimuth distance from the input view in degrees. Tensor ops only (no host
+        synchronisation); the values equal those of :func:`~threestudio.utils.schedule.C` step by step.
         """
         step = self.global_step if global_step is None else int(global_step)
-        delta = delta_azimuth_deg.detach().float().cpu().reshape(-1)
+        delta = delta_azimuth_deg.detach().float().reshape(-1)
         if self.cfg.use_anisotropic_schedule:
-            frac = azimuth_distance_deg(delta, torch.zeros(())) / 180.0
-            steps = (step - self.cfg.anisotropic_offset * frac).clamp_min(0).floor().long().tolist()
+            frac = azimuth_distance_deg(delta, 0.0) / 180.0
+            steps = (step - self.cfg.anisotropic_offset * frac).clamp_min(0).floor()
         else:
-            steps = [step] * delta.shape[0]
+            steps = torch.full(delta.shape, step, dtype=torch.float64, device=delta.device)
         t_count = self.num_train_timesteps
-        min_steps, max_steps = [], []
-        for s in steps:
-            lo = int(t_count * C(self.cfg.min_step_percent, 0, s))
-            hi = int(t_count * C(self.cfg.max_step_percent, 0, s))
-            lo = min(max(lo, 0), t_count - 1)
-            min_steps.append(lo)
-            max_steps.append(min(max(hi, lo), t_count - 1))
-        return torch.tensor(min_steps, dtype=torch.long), torch.tensor(max_steps, dtype=torch.long)
+        min_step = (t_count * C_tensor(self.cfg.min_step_percent, steps)).trunc().long().clamp(0, t_count - 1)
+        max_step = (t_count * C_tensor(self.cfg.max_step_percent, steps)).trunc().long()
+        return min_step, torch.maximum(max_step, min_step).clamp_max(t_count - 1)
 
     def input_azimuth_distance(self, target_c2w: Tensor, cond_index: Optional[Tensor] = None) -> Tensor:
-        """|Δazimuth| (B,) in degrees between target cameras and their input view, about the world z axis."""
-        base = self._base_index(target_c2w.shape[0], cond_index, self._input_c2w.shape[0]).cpu()
-        _, target_azimuth, _ = c2w_to_spherical(target_c2w.detach().float().cpu())
+        """|Δazimuth| (B,) in degrees, on the guidance's device, between target cameras ``target_c2w`` (B, 4, 4)
+        and their input view, about the world z axis."""
+        if self._input_c2w is None:
+            raise RuntimeError("call set_conditions(images, c2w, fov_deg) before using the guidance")
+        base = self._base_index(target_c2w.shape[0], cond_index, self._input_c2w.shape[0])
+        _, target_azimuth, _ = c2w_to_spherical(target_c2w.detach().to(self.device, torch.float32))
         _, input_azimuth, _ = c2w_to_spherical(self._input_c2w[base])
         return azimuth_distance_deg(target_azimuth, input_azimuth)
 
     def sample_timesteps(self, min_step: Tensor, max_step: Tensor) -> Tensor:
-        """t (B,) long, uniform over the integers in [min_step, max_step] per sample (global torch RNG)."""
-        u = torch.rand(min_step.shape[0])
+        """t (B,) long on the bounds' device, uniform over the integers in [min_step, max_step] per sample
+        (global torch RNG of that device)."""
+        u = torch.rand(min_step.shape[0], device=min_step.device)
         t = min_step + (u * (max_step - min_step + 1).float()).floor().long()
-        return torch.minimum(t, max_step).to(self.device)
+        return torch.minimum(t, max_step)
 
     # ------------------------------------------------------------------ SDS
     def encode_rgb(self, rgb: Tensor) -> Tensor:
@@ -465,9 +492,11 @@ class ZeroNVSGuidance(BaseObject):
     def __call__(self, rgb: Tensor, batch: Dict[str, Any], **kwargs: Any) -> Dict[str, Any]:
         """SDS loss of renders ``rgb`` (B, H, W, 3) in [0, 1] seen from ``batch["c2w"]`` (B, 4, 4).
 
-        ``batch`` also needs ``fov_deg`` (B,) and may hold ``cond_index`` (B,). Returns ``loss_sds`` (scalar, its
-        gradient w.r.t. the latents is grad / B), ``grad_norm``, ``min_step`` / ``max_step`` (ints, over the
-        batch), ``t_mean`` and ``aux_fraction`` (share of samples conditioned on an anchor).
+        ``batch`` also needs ``fov_deg`` (B,) and may hold ``cond_index`` (B,). Returns 0-dim tensors on the
+        guidance's device: ``loss_sds`` (its gradient w.r.t. the latents is grad / B), ``grad_norm``, ``min_step``
+        / ``max_step`` (long: smallest lower and largest upper bound in the batch), ``t_mean`` and
+        ``aux_fraction`` (share of samples conditioned on an anchor). Nothing is read back to the host, so on CUDA
+        the step queues its kernels without waiting for them.
         """
         with torch.autocast(device_type=self.device.type, enabled=False):
             return self._sds(rgb, batch)
@@ -481,7 +510,7 @@ class ZeroNVSGuidance(BaseObject):
         latents = self.encode_rgb(rgb)
         delta_azimuth = self.input_azimuth_distance(target_c2w, cond_index)
         min_step, max_step = self.timestep_bounds(delta_azimuth)
-        t = self.sample_timesteps(min_step, max_step)
+        t = self.sample_timesteps(min_step, max_step).to(self.device)
         noise = torch.randn_like(latents)
 
         with torch.no_grad():
@@ -501,8 +530,8 @@ class ZeroNVSGuidance(BaseObject):
         return {
             "loss_sds": loss_sds,
             "grad_norm": grad.norm(),
-            "min_step": int(min_step.min()),
-            "max_step": int(max_step.max()),
-            "t_mean": float(t.float().mean()),
-            "aux_fraction": float(on_anchor.float().mean()),
+            "min_step": min_step.min(),
+            "max_step": max_step.max(),
+            "t_mean": t.float().mean(),
+            "aux_fraction": on_anchor.float().mean(),
         }
