@@ -154,6 +154,24 @@ def test_bf16_weights_run(tiny):
     assert eps.dtype == torch.float32 and torch.isfinite(eps).all()
 
 
+def test_diffusion_benchmark_half_precision_error_against_fp32(tiny):
+    """bench.py diffusion --dtype bf16: ‖ε_bf16 − ε_fp32‖ / ‖ε_fp32‖ on the same seeded CFG batch and weights."""
+    import argparse
+    import importlib.util
+
+    from zeronvs_diffusion import load_model
+
+    spec = importlib.util.spec_from_file_location("bench_diffusion", REPO_ROOT / "scripts" / "benchmarks" / "diffusion.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(config=str(TINY_YAML))
+    assert bench.half_precision_error(args, tiny, 2, "cpu") == (0.0, (4, 4, 16, 16))  # same inputs, same weights
+    error, _ = bench.half_precision_error(args, load_model("random", str(TINY_YAML), dtype="bf16"), 2, "cpu")
+    assert 1e-4 < error < 0.1  # bf16 rounding, not another model
+    with pytest.raises(RuntimeError, match="weights"):
+        bench.half_precision_error(args, load_model("random", str(TINY_YAML), dtype="bf16", seed=1), 1, "cpu")
+
+
 # ---------------------------------------------------------------------------- 3dof (Zero-1-to-3) family
 def test_zero123_style_3dof_checkpoint_loads_and_samples(tmp_path):
     from zeronvs_diffusion import load_model, sample_views

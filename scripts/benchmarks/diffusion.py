@@ -4,7 +4,10 @@ Builds the full-size model from zeronvs_config.yaml with random weights (no chec
   * UNet classifier-free-guidance noise predictions (cond + uncond in one batch) per second, per batch size;
   * DDIM novel views per second at 50 steps (measured with --steps, extrapolated from the per-step time);
   * one SDS step: VAE-encode a rendered 256² image, CFG noise prediction, backward of the latent gradient
-    into the image; its time and peak memory.
+    into the image; its time and peak memory;
+  * with --dtype bf16 or fp16: the relative error ‖ε_half − ε_fp32‖ / ‖ε_fp32‖ of the CFG noise prediction
+    (conditioning included) against the same random weights in fp32 (must be ≤ 2e-2), run after the timings so
+    that the reported peak memory is the half-precision model's.
 CPU defaults are small (batch 1, 2 steps) so the run takes a few minutes on 2 cores.
 """
 
@@ -14,13 +17,14 @@ import argparse
 import os
 import resource
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(
     os.environ.get("ZERONVS_SHARED_DIR", os.path.join(os.path.dirname(ROOT), "shared")), "fixtures", "zeronvs_config.yaml"
 )
 DDIM_STEPS = 50
+HALF_PRECISION_MAX_REL_ERROR = 2e-2  # issue 5: bf16/fp16 noise predictions within 2% of fp32
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +53,45 @@ def _peak_memory_mb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _cfg_eps(model: Any, batch: int, device: str, seed: int = 0) -> Any:
+    """UNet noise prediction (2·batch, C, h, w) fp32 on the SDS's CFG batch [uncond; cond] at seeded inputs.
+
+    The condition image, target cameras, noisy latents and timesteps (in [20, 980)) are drawn on the CPU from
+    ``seed``, so every model sees the same inputs; the conditionings are computed by ``model`` itself.
+    """
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    res = model.conditioning.vae_resolution
+    img = torch.rand(1, res, res, 3, generator=gen)
+    target_c2w = torch.eye(4).repeat(batch, 1, 1)
+    target_c2w[:, :3, 3] = torch.rand(batch, 3, generator=gen) - 0.5
+    t = torch.randint(20, 980, (batch,), generator=gen).repeat(2).to(device)
+    with torch.no_grad():
+        c_crossattn, c_concat = model.conditionings(img, torch.eye(4)[None], target_c2w, 50.0, 0.7)
+        x = torch.randn((2 * batch, model.latent_channels) + tuple(c_concat.shape[2:]), generator=gen).to(device)
+        cross2 = torch.cat([torch.zeros_like(c_crossattn), c_crossattn])
+        concat2 = torch.cat([torch.zeros_like(c_concat), c_concat])
+        return model.predict_eps(x, t, cross2, concat2).float()
+
+
+def half_precision_error(args: argparse.Namespace, half_model: Any, batch: int, device: str) -> Tuple[float, Any]:
+    """‖ε_half − ε_fp32‖ / ‖ε_fp32‖ of :func:`_cfg_eps` for ``half_model`` and the same random weights in fp32,
+    and the shape of ε."""
+    import torch
+
+    from zeronvs_diffusion import load_model
+
+    reference = load_model("random", args.config, dtype="fp32", device=device)
+    probe_fp32, probe_half = reference.unet.conv_in.weight, half_model.unet.conv_in.weight
+    if not torch.equal(probe_fp32.to(probe_half.dtype), probe_half):
+        raise RuntimeError("the fp32 reference model does not hold the half-precision model's weights")
+    eps_fp32 = _cfg_eps(reference, batch, device)
+    del reference
+    eps_half = _cfg_eps(half_model, batch, device)
+    return float((eps_half - eps_fp32).norm() / eps_fp32.norm()), tuple(eps_fp32.shape)
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -135,4 +178,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     result["peak_memory_kind"] = "torch.cuda.max_memory_allocated" if device == "cuda" else "process ru_maxrss"
     print(f"[diffusion] SDS step (batch {batch}, {res}² image): {sds_s:.2f}s; peak memory "
           f"{result['peak_memory_mb']:.0f} MiB ({result['peak_memory_kind']})")
+
+    if dtype_name != "fp32":
+        error, eps_shape = half_precision_error(args, model, batch, device)
+        ok = error <= HALF_PRECISION_MAX_REL_ERROR
+        result.update(eps_rel_error_vs_fp32=error, eps_rel_error_max=HALF_PRECISION_MAX_REL_ERROR,
+                      eps_rel_error_ok=ok)
+        print(f"[diffusion] {dtype_name} noise prediction vs fp32 (CFG batch, ε {eps_shape}): "
+              f"relative error {error:.2e} {'≤' if ok else '>'} {HALF_PRECISION_MAX_REL_ERROR:g} "
+              f"({'ok' if ok else 'TOO LARGE'})")
     return result
