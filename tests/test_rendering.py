@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -195,6 +196,55 @@ def test_chunked_eval_equals_unchunked():
         whole = renderer(rays_o, rays_d)
     for key in ("comp_rgb", "opacity", "depth", "comp_normal"):
         assert torch.allclose(chunked[key], whole[key], atol=1e-5), key
+
+
+def _saved_bytes_and_grads(renderer, rays_o, rays_d):
+    """Bytes of the distinct storages that the autograd graph still holds after one training render (parameters
+    excluded), and the gradients of a loss using rgb, normals and the proposal loss (same random samples)."""
+    saved = []
+
+    def pack(t):
+        kept = t.detach()  # (returning t itself would make saved outputs and their nodes a reference cycle)
+        saved.append(weakref.ref(kept))
+        return kept
+
+    renderer.train()
+    renderer.zero_grad(set_to_none=True)
+    renderer.geometry.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = renderer(rays_o, rays_d, shading="diffuse")  # (the random shading choice uses Python's RNG)
+    params = list(renderer.geometry.named_parameters()) + list(renderer.proposal_networks.named_parameters())
+    param_storages = {p.untyped_storage().data_ptr() for _, p in params}
+    alive = {}
+    for ref in saved:
+        t = ref()
+        if t is not None and t.untyped_storage().data_ptr() not in param_storages:
+            alive[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    facing = (out["normal"] * out["t_dirs"]).sum(-1, keepdim=True).clamp_min(0.0)
+    loss = out["comp_rgb"].square().mean() + out["loss_proposal"] + (out["weights"] * facing**2).sum()
+    loss.backward()
+    return sum(alive.values()), {name: p.grad.clone() for name, p in params}
+
+
+def test_recomputed_fields_give_the_same_gradients_with_far_less_saved():
+    renderer = make_renderer("proposal", material="diffuse-with-point-light-material")
+    rays_o, rays_d = camera_rays(n_views=2)
+    whole_bytes, whole = _saved_bytes_and_grads(renderer, rays_o, rays_d)
+    renderer.cfg.grad_checkpoint_chunk_size = 100  # 2·4·5 rays × 16 samples = 640 samples: 7 chunks, the last short
+    chunked_bytes, chunked = _saved_bytes_and_grads(renderer, rays_o, rays_d)
+    assert whole.keys() == chunked.keys()
+    for name in whole:
+        assert whole[name].abs().sum() > 0, name
+        assert torch.allclose(chunked[name], whole[name], rtol=1e-5, atol=1e-9), name
+    # the hash grids' corner indices and lerp differences (and the analytic normals' second graph) are no longer
+    # kept until the backward: only the fields' inputs and outputs
+    assert chunked_bytes < 0.25 * whole_bytes, (chunked_bytes, whole_bytes)
+
+
+def test_negative_checkpoint_chunk_is_a_config_error():
+    with pytest.raises(ConfigError, match="grad_checkpoint_chunk_size"):
+        make_renderer("proposal", grad_checkpoint_chunk_size=-1)
 
 
 def test_unknown_estimator_is_a_config_error():

@@ -15,8 +15,13 @@ Pure PyTorch on dense (n_rays, n_samples) tensors (no nerfacc needed). Samples l
   then ``num_samples_per_ray`` importance samples; both sets are rendered.
 - ``stratified``: ``num_samples_per_ray`` stratified samples.
 
-Training renders all rays at once (keeping the graph); evaluation and no-grad renders go in chunks of
-``eval_chunk_size`` *rays* (ZeroNVS chunks points; here the unit is rays).
+Training renders all rays at once; evaluation and no-grad renders go in chunks of ``eval_chunk_size`` *rays*
+(ZeroNVS chunks points; here the unit is rays). Memory in training: with ``grad_checkpoint_chunk_size`` > 0 the
+geometry and the proposal networks run on chunks of that many *samples* without an autograd graph
+(:func:`threestudio.utils.recompute.recomputed_map`): only their inputs and outputs (a few floats per sample) are
+kept instead of the hash grid's and MLPs' intermediate tensors (kilobytes per sample with analytic normals), and
+the backward recomputes the graph one chunk at a time. Gradients are the same; the render costs one more forward of the fields. 0 keeps the whole graph
+(threestudio's behaviour).
 Ray directions need not be unit length; distances and depth are in units of ``‖rays_d‖``.
 """
 
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -53,6 +58,7 @@ from threestudio.models.renderers.samplers import (
 from threestudio.utils.base import BaseModule
 from threestudio.utils.config import config_to_primitive
 from threestudio.utils.errors import ConfigError
+from threestudio.utils.recompute import FieldOutput, recomputed_map
 
 ESTIMATORS = ("proposal", "importance", "stratified")
 DEFAULT_PROPOSAL_NETWORK = {
@@ -82,6 +88,8 @@ class NeRFVolumeRenderer(BaseModule):
         sampling_type: str = "lindisp"
         randomized: bool = True
         eval_chunk_size: int = 4096
+        # samples per gradient-checkpointed chunk of the fields in training; 0 keeps the whole graph
+        grad_checkpoint_chunk_size: int = 0
         return_comp_normal: bool = False
         return_normal_perturb: bool = False
         # default: ZeroNVS's proposal network (5-level hash grid up to 128³, one 64-wide hidden layer)
@@ -107,6 +115,10 @@ class NeRFVolumeRenderer(BaseModule):
             raise ConfigError("renderer num_samples_per_ray* must be >= 1")
         if cfg.eval_chunk_size < 1:
             raise ConfigError("renderer.eval_chunk_size must be >= 1 (rays per evaluation chunk)")
+        if cfg.grad_checkpoint_chunk_size < 0:
+            raise ConfigError(
+                "renderer.grad_checkpoint_chunk_size must be >= 0 (samples per checkpointed chunk; 0 = off)"
+            )
         # kept in a list so that they are not registered twice as sub-modules (the system owns them)
         self._components: Dict[str, nn.Module] = {"geometry": geometry, "material": material, "background": background}
         r = float(cfg.radius)
@@ -157,8 +169,14 @@ class NeRFVolumeRenderer(BaseModule):
         else:
             x = scale_to_unit_cube(points, bbox)
             inside = ((x > 0.0) & (x < 1.0)).all(dim=-1, keepdim=True).to(points.dtype)
-        raw = network(x.clamp(0.0, 1.0)).reshape(*points.shape[:-1], 1).to(points.dtype)
+        raw = self._map_samples(network, x.clamp(0.0, 1.0), network).reshape(*points.shape[:-1], 1).to(points.dtype)
         return self.proposal_density_activation(raw) * inside
+
+    def _map_samples(self, fn: Callable[[Tensor], FieldOutput], points: Tensor, owner: nn.Module) -> FieldOutput:
+        """``fn(points)`` for a field of ``owner`` evaluated per sample; in training with
+        ``grad_checkpoint_chunk_size`` > 0 its graph is recomputed chunk by chunk in the backward (module doc)."""
+        chunk = self.cfg.grad_checkpoint_chunk_size if self.training else 0
+        return recomputed_map(fn, points, list(owner.parameters()), chunk)
 
     def _sample(self, rays_o: Tensor, rays_d: Tensor, with_loss: bool):
         """Edges s (R, S+1) of the rendered intervals and, for the proposal estimator, its levels."""
@@ -198,7 +216,9 @@ class NeRFVolumeRenderer(BaseModule):
         t_dirs = rays_d[:, None, :].expand(-1, n_samples, -1).reshape(-1, 3)
         t_lights = light_positions[:, None, :].expand(-1, n_samples, -1).reshape(-1, 3)
 
-        geo_out = self.geometry(flat_points, output_normal=self._needs_normal())
+        geo_out = self._map_samples(
+            partial(self.geometry, output_normal=self._needs_normal()), flat_points, self.geometry
+        )
         rgb = self.material(
             viewdirs=t_dirs, positions=flat_points, light_positions=t_lights, features=geo_out["features"],
             shading_normal=geo_out.get("shading_normal"), **kwargs,
@@ -232,7 +252,8 @@ class NeRFVolumeRenderer(BaseModule):
             )
             if self.cfg.return_normal_perturb and "normal" in geo_out:
                 perturbed = flat_points + torch.randn_like(flat_points) * 1e-2
-                out["normal_perturb"] = self.geometry(perturbed, output_normal=True)["normal"]
+                perturbed_out = self._map_samples(partial(self.geometry, output_normal=True), perturbed, self.geometry)
+                out["normal_perturb"] = perturbed_out["normal"]
             if proposal_levels:
                 loss = sum(interlevel_loss(s_edges, weights, s_env, w_env) for s_env, w_env in proposal_levels)
                 out["loss_proposal"] = loss * self.cfg.proposal_loss_weight
