@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 from typing import Any, Dict
 
@@ -25,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--fast-paths", choices=["auto", "off"], default="auto",
                         help="off = pure PyTorch even where tiny-cuda-nn is installed")
+    parser.add_argument("--grad-checkpoint-chunk", type=int, default=None,
+                        help="renderer.grad_checkpoint_chunk_size (samples per checkpointed chunk; 0 = keep the "
+                             "whole graph; default: the config's)")
     parser.add_argument("--normal-type", default="analytic", choices=["analytic", "finite_difference", "none"],
                         help="geometry.normal_type (analytic = paper: double backward through the hash grid)")
 
@@ -62,7 +66,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     # shading is timed, as after ZeroNVS's ambient-only phase
     material = threestudio.find(system["material_type"])(dict(system["material"], ambient_only_steps=0))
     background = threestudio.find(system["background_type"])(system["background"])
-    renderer = threestudio.find(system["renderer_type"])(system["renderer"], geometry, material, background)
+    renderer_cfg = dict(system["renderer"])
+    if args.grad_checkpoint_chunk is not None:
+        renderer_cfg["grad_checkpoint_chunk_size"] = args.grad_checkpoint_chunk
+    renderer = threestudio.find(system["renderer_type"])(renderer_cfg, geometry, material, background)
     for module in (geometry, material, background, renderer):
         module.to(device).train()
     params = list(geometry.parameters()) + list(renderer.proposal_networks.parameters())
@@ -102,10 +109,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "rays_per_step": n_rays,
         "config": args.config,
         "samples_per_ray": renderer.cfg.num_samples_per_ray + renderer.cfg.num_samples_per_ray_proposal,
+        "grad_checkpoint_chunk_size": renderer.cfg.grad_checkpoint_chunk_size,
         "timed_steps": iters,
         "seconds_per_step": round(seconds, 4),
         "rays_per_second": round(n_rays / seconds, 1),
     }
     if on_gpu:
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    else:  # the whole process's peak resident memory (KiB on Linux)
+        result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     return result

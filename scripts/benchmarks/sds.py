@@ -174,7 +174,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process ru_maxrss",
         }
         stages.append(stage)
-        print(f"stage {stage_index} (from step {start}): {per_step:.3f} s/step, parts " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+        print(
+            f"stage {stage_index} (from step {start}): {per_step:.3f} s/step ({1.0 / per_step:.2f} it/s), peak "
+            f"{stage['peak_memory_gb']:.2f} GB ({stage['peak_memory_kind']}), parts "
+            + ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
+        )
 
     system.eval()
     test_loader = datamodule.test_dataloader()
