@@ -30,7 +30,7 @@ HALF_PRECISION_MAX_REL_ERROR = 2e-2  # issue 5: bf16/fp16 noise predictions with
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="latent-diffusion YAML (zeronvs_config.yaml)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps to run (default: 2 on CPU, 50 on CUDA)")
-    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1 on CPU, 1,4,16 on CUDA)")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes, views per batch (default: 1 on CPU, 1,16,32,64 on CUDA)")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="default: fp32 CPU, fp16 CUDA")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per measurement (after one warm-up)")
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     on_cpu = device == "cpu"
     steps = args.steps or (2 if on_cpu else DDIM_STEPS)
-    batches: List[int] = [int(b) for b in (args.batches or ("1" if on_cpu else "1,4,16")).split(",")]
+    batches: List[int] = [int(b) for b in (args.batches or ("1" if on_cpu else "1,16,32,64")).split(",")]
     dtype_name = args.dtype or ("fp32" if on_cpu else "fp16")
     if not os.path.isfile(args.config):
         raise CheckpointError(f"{args.config} not found; pass --config zeronvs_config.yaml (shipped with the checkpoint)")
