@@ -21,10 +21,12 @@ run() { echo "== $*"; timeout 240 python3 scripts/bench.py "$@" 2>&1 | tail -40;
 # most important first: the lease is short (one call of at most 10 minutes)
 run sds --model-config "$MODEL_CFG" --steps "$STEPS" --json "$OUT/sds.json"
 run diffusion --config "$MODEL_CFG" --dtype bf16 --json "$OUT/diffusion_bf16.json"
+run diffusion --config "$MODEL_CFG" --dtype bf16 --compile-unet reduce-overhead --json "$OUT/diffusion_bf16_graphs.json"
 # the paper's stage-1 ray count (6 random views + the reference view at 128²): chunks whose graphs are recomputed
 # in the backward (renderer.grad_checkpoint_chunk_size; the paper config uses 524288) vs the whole graph
 for chunk in 524288 1048576 0; do
   run nerf --rays 114688 --iters 5 --grad-checkpoint-chunk "$chunk" --json "$OUT/nerf_chunk$chunk.json"
 done
-run sds --model-config "$MODEL_CFG" --steps "$STEPS" --json "$OUT/sds_bf16.json" system.guidance.dtype=bf16
+run sds --model-config "$MODEL_CFG" --steps "$STEPS" --json "$OUT/sds_bf16_graphs.json" system.guidance.dtype=bf16 \
+  system.guidance.compile_unet=reduce-overhead
 run diffusion --config "$MODEL_CFG" --dtype fp32 --json "$OUT/diffusion_fp32.json"

@@ -8,6 +8,7 @@ import pytest
 
 import threestudio
 from threestudio.utils.config import load_config, parse_structured
+from threestudio.utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 # configs that are not pipeline configs (the tiny latent-diffusion YAML)
@@ -31,3 +32,11 @@ def test_paper_config_keeps_memory_savers_on():
     cfg = load_config(str(ROOT / "configs" / "zeronvs.yaml"))
     assert cfg.system.renderer.grad_checkpoint_chunk_size > 0
     assert cfg.system.guidance.vae_gradient_checkpointing is True
+
+
+@pytest.mark.parametrize("name", ["zeronvs_nvs.yaml"])
+def test_unknown_unet_compile_mode_is_a_config_error(name):
+    cfg = load_config(str(ROOT / "configs" / name), cli_args=["data.image_path=unused.png",
+                                                                "system.guidance.compile_unet=fast"])
+    with pytest.raises(ConfigError, match="compile_unet.*reduce-overhead"):
+        threestudio.find(cfg.system_type)(cfg.system)

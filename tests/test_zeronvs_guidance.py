@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -338,6 +339,33 @@ def test_vae_gradient_checkpointing_keeps_the_gradient_and_saves_less(zeronvs_ti
     assert grad_plain.abs().sum() > 0
     torch.testing.assert_close(grad_checkpointed, grad_plain, rtol=1e-6, atol=1e-9)
     assert bytes_checkpointed < 0.3 * bytes_plain  # only the blocks' inputs are kept, not their activations
+
+
+@pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None,
+    reason="torch.compile's CPU backend (inductor) needs a C++ compiler on PATH",
+)
+def test_compiled_unet_gives_the_eager_sds_gradient(zeronvs_tiny_dir):
+    """compile_unet (torch.compile, inductor on the CPU: about half a minute to compile) keeps the SDS gradient."""
+    rgb, batch = torch.rand(2, 32, 32, 3), views([45.0, -120.0])
+
+    def sds_gradient(guidance):
+        guidance.update_step(0, 0)
+        x = rgb.clone().requires_grad_(True)
+        torch.manual_seed(3)
+        guidance(x, batch)["loss_sds"].backward()
+        return x.grad
+
+    eager = sds_gradient(make_guidance(zeronvs_tiny_dir))
+    compiled_guidance = make_guidance(zeronvs_tiny_dir, compile_unet="default")
+    assert compiled_guidance.model.unet._compiled_call_impl is not None  # the UNet really goes through torch.compile
+    assert eager.abs().sum() > 0
+    torch.testing.assert_close(sds_gradient(compiled_guidance), eager, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_compile_mode_is_a_config_error(zeronvs_tiny_dir):
+    with pytest.raises(ConfigError, match="compile_unet.*reduce-overhead"):
+        make_guidance(zeronvs_tiny_dir, compile_unet="fast")
 
 
 def test_precomputed_scale_null_is_a_user_error(zeronvs_tiny_dir):

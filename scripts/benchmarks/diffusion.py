@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes, views per batch (default: 1 on CPU, 1,16,32,64 on CUDA)")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="default: fp32 CPU, fp16 CUDA")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--compile-unet", default=None, metavar="MODE",
+                        help="torch.compile mode for the UNet (default, reduce-overhead, ...); the warm-up compiles")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per measurement (after one warm-up)")
 
 
@@ -120,6 +122,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "random_model_build_s": round(load_s, 2), "cfg_predictions_per_s": {}, "ddim_views_per_s_50_steps": {},
     }
     print(f"[diffusion] {device} {dtype_name}: built random full-size model in {load_s:.1f}s")
+    if args.compile_unet:
+        model.compile_unet(args.compile_unet)
+        result["compile_unet"] = args.compile_unet
 
     for batch in batches:
         img = torch.rand(1, res, res, 3, generator=gen)
@@ -139,6 +144,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             per_call = (now() - t0) / args.repeats
             result["cfg_predictions_per_s"][batch] = round(batch / per_call, 3)
 
+            if args.compile_unet:  # compile for the sampler's inputs before timing it
+                ddim_sample_latents(model, c_crossattn, c_concat, steps=1, eta=1.0, guidance_scale=3.0, generator=gen)
             t0 = now()
             latents = ddim_sample_latents(model, c_crossattn, c_concat, steps=steps, eta=1.0, guidance_scale=3.0,
                                           generator=gen)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 import threestudio
-from threestudio.models.guidance.zeronvs_guidance import check_precomputed_scale
+from threestudio.models.guidance.zeronvs_guidance import check_compile_mode, check_precomputed_scale
 from threestudio.systems.base import BaseSystem
 from threestudio.utils.config import parse_structured
 from threestudio.utils.errors import ConfigError, UserError
@@ -114,6 +114,8 @@ class NVSModelConfig:
     precomputed_scale: Optional[float] = None  # scene scale of the camera embedding (required)
     guidance_scale: float = 3.0  # classifier-free guidance of the sampler
     dtype: Optional[str] = None  # null: fp32 on the CPU, fp16 on CUDA; or fp32 | fp16 | bf16
+    # null, or a torch.compile mode for the UNet ("reduce-overhead": CUDA-graph replay on GPUs)
+    compile_unet: Optional[str] = None
 
 
 @dataclass
@@ -144,6 +146,7 @@ class NVSSystem(BaseSystem):
         self.sampling_cfg: NVSSamplingConfig = parse_structured(NVSSamplingConfig, self.cfg.sampling)
         m, s = self.model_cfg, self.sampling_cfg
         check_precomputed_scale(m.precomputed_scale)
+        check_compile_mode(m.compile_unet)
         if m.dtype not in (None, "fp32", "fp16", "bf16"):
             raise ConfigError(f"system.guidance.dtype is {m.dtype!r}; valid: null, fp32, fp16, bf16")
         if s.steps < 1 or s.targets_per_batch < 1:
@@ -172,6 +175,8 @@ class NVSSystem(BaseSystem):
         self._model = zeronvs_diffusion.load_model(
             m.pretrained_model_name_or_path, config=m.pretrained_config, dtype=torch.float32, device="cpu"
         )
+        if m.compile_unet is not None:
+            self._model.compile_unet(m.compile_unet)
         self._conditioning = datamodule.conditioning()
         self._selection = datamodule.selection()
         self._target_indices = [int(i) for i in datamodule.targets.indices.tolist()]

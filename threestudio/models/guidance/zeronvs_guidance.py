@@ -127,6 +127,15 @@ def check_precomputed_scale(scale: Optional[float]) -> float:
         raise ConfigError(f"system.guidance.precomputed_scale must be positive, got {scale}")
     return float(scale)
 
+
+def check_compile_mode(mode: Optional[str]) -> None:
+    """``system.guidance.compile_unet``: null or one of zeronvs_diffusion's torch.compile modes."""
+    from zeronvs_diffusion.model import COMPILE_MODES
+
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ConfigError(f"system.guidance.compile_unet is {mode!r}; valid: null, {', '.join(COMPILE_MODES)}")
+
+
 @threestudio.register("zeronvs-guidance")
 class ZeroNVSGuidance(BaseObject):
     """SDS with the ZeroNVS diffusion model (a BaseObject: its weights never enter the system's checkpoints).
@@ -152,6 +161,8 @@ class ZeroNVSGuidance(BaseObject):
         dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (CUDA only; CPU is always fp32)
         # recompute the VAE encoder's activations in the SDS backward instead of keeping them (less memory)
         vae_gradient_checkpointing: bool = False
+        # null, or a torch.compile mode for the UNet ("reduce-overhead": CUDA-graph replay on GPUs)
+        compile_unet: Optional[str] = None
         # SDS anchoring
         n_aux_c2w: int = 0  # number of anchor views; 0 = off
         p_use_aux_cameras: Any = 0.0  # schedulable probability of conditioning on the nearest view
@@ -176,6 +187,7 @@ class ZeroNVSGuidance(BaseObject):
         check_precomputed_scale(cfg.precomputed_scale)
         if cfg.dtype not in DTYPE_CHOICES:
             raise ConfigError(f"system.guidance.dtype is {cfg.dtype!r}; valid: {', '.join(DTYPE_CHOICES)}")
+        check_compile_mode(cfg.compile_unet)
         if cfg.n_aux_c2w < 0:
             raise ConfigError(f"system.guidance.n_aux_c2w must be >= 0, got {cfg.n_aux_c2w}")
         if cfg.n_aux_c2w > 0 and cfg.anchor_ddim_steps < 1:
@@ -196,6 +208,8 @@ class ZeroNVSGuidance(BaseObject):
             # diffusers checkpoints the encoder's down/mid blocks whenever autograd records (eval mode included);
             # the decoder only ever runs without gradients here, so the switch only affects the SDS encode.
             self.model.vae.enable_gradient_checkpointing()
+        if cfg.compile_unet is not None:
+            self.model.compile_unet(cfg.compile_unet)
         self.device = torch.device("cpu")
         self.weights_dtype = torch.float32
 
