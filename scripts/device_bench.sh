@@ -27,6 +27,8 @@ run diffusion --config "$MODEL_CFG" --dtype bf16 --compile-unet reduce-overhead 
 for chunk in 524288 1048576 0; do
   run nerf --rays 114688 --iters 5 --grad-checkpoint-chunk "$chunk" --json "$OUT/nerf_chunk$chunk.json"
 done
+# analytic normals written out with first-order ops instead of autograd's double backward through the grid
+run nerf --rays 114688 --iters 5 --grad-checkpoint-chunk 524288 --normal-method explicit --json "$OUT/nerf_explicit.json"
 run sds --model-config "$MODEL_CFG" --steps "$STEPS" --json "$OUT/sds_bf16_graphs.json" system.guidance.dtype=bf16 \
   system.guidance.compile_unet=reduce-overhead
 run diffusion --config "$MODEL_CFG" --dtype fp32 --json "$OUT/diffusion_fp32.json"

@@ -88,6 +88,55 @@ def test_analytic_normals_are_differentiable_in_training():
     assert all(p.grad is not None for p in geo.density_network.parameters())
 
 
+def _outputs_and_gradients(geo, points, method):
+    """Outputs of a training forward with analytic normals and the gradients of a loss on all of them."""
+    geo.cfg.analytic_normal_method = method
+    geo.zero_grad(set_to_none=True)
+    out = geo(points, output_normal=True)
+    weights = torch.linspace(-1.0, 1.0, points.shape[0])[:, None]
+    loss = (out["density"] * weights).sum() + (out["normal"] * torch.tensor([0.3, -0.5, 0.8]) * weights).sum()
+    loss = loss + out["features"].square().sum()
+    loss.backward()
+    return {k: v.detach() for k, v in out.items()}, {n: p.grad.clone() for n, p in geo.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # ZeroNVS: unbounded contraction, blob_magic3d, softplus
+        {"density_activation": "trunc_exp", "density_bias": "blob_dreamfusion"},
+        {"density_activation": "exp", "density_bias": 0.5, "unbounded": False},  # bounded: clamped outside the box
+    ],
+)
+def test_explicit_analytic_normals_equal_autograd_double_backward(overrides):
+    torch.manual_seed(0)
+    geo = make_geometry(pos_encoding_config=dict(TINY_GRID, log2_hashmap_size=6),  # hashed levels too
+                        mlp_network_config=dict(TINY_MLP, n_hidden_layers=2), **overrides)
+    assert geo.has_explicit_normals
+    with torch.no_grad():
+        geo.encoding.params.uniform_(-1.0, 1.0)  # a field with structure, not the near-zero initialisation
+    points = torch.cat([torch.randn(200, 3) * 0.5, torch.randn(40, 3) * 3.0])  # inside and far outside the box
+    geo.train()
+    ref_out, ref_grads = _outputs_and_gradients(geo, points, "autograd")
+    out, grads = _outputs_and_gradients(geo, points, "explicit")
+    for key in ("density", "features", "normal"):
+        torch.testing.assert_close(out[key], ref_out[key], rtol=1e-4, atol=1e-5)
+    for name, grad in ref_grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5 * float(grad.abs().max()))
+    with torch.no_grad():  # evaluation: the same normals, no graph
+        normal = geo(points, output_normal=True)["normal"]
+    assert not normal.requires_grad
+    torch.testing.assert_close(normal, ref_out["normal"], rtol=1e-4, atol=1e-5)
+
+
+def test_explicit_normals_need_supported_modules():
+    with pytest.raises(ConfigError, match="analytic_normal_method explicit"):
+        make_geometry(analytic_normal_method="explicit", density_activation="sigmoid")
+    with pytest.raises(ConfigError, match="analytic_normal_method"):
+        make_geometry(analytic_normal_method="double")
+
+
 def test_materials():
     feats = torch.tensor([[0.0, 10.0, -10.0]])
     no_mat = threestudio.find("no-material")({})

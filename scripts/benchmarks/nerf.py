@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-checkpoint-chunk", type=int, default=None,
                         help="renderer.grad_checkpoint_chunk_size (samples per checkpointed chunk; 0 = keep the "
                              "whole graph; default: the config's)")
+    parser.add_argument("--normal-method", default="autograd", choices=["autograd", "explicit"],
+                        help="geometry.analytic_normal_method (explicit: no double backward through the grid)")
     parser.add_argument("--normal-type", default="analytic", choices=["analytic", "finite_difference", "none"],
                         help="geometry.normal_type (analytic = paper: double backward through the hash grid)")
 
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     torch.manual_seed(0)
 
     system = config_to_primitive(load_config(args.config).system)
-    geometry_cfg = dict(system["geometry"], normal_type=None if args.normal_type == "none" else args.normal_type)
+    geometry_cfg = dict(system["geometry"], normal_type=None if args.normal_type == "none" else args.normal_type,
+                        analytic_normal_method=args.normal_method)
     geometry = threestudio.find(system["geometry_type"])(geometry_cfg)
     # shading is timed, as after ZeroNVS's ambient-only phase
     material = threestudio.find(system["material_type"])(dict(system["material"], ambient_only_steps=0))
@@ -106,6 +109,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "device": str(device),
         "tcnn": fast_paths.use_tcnn() if on_gpu else False,
         "normal_type": args.normal_type,
+        "analytic_normal_method": args.normal_method,
         "rays_per_step": n_rays,
         "config": args.config,
         "samples_per_ray": renderer.cfg.num_samples_per_ray + renderer.cfg.num_samples_per_ray_proposal,

@@ -73,6 +73,22 @@ _ACTIVATIONS: Dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+# derivative of each activation as a function of its input (trunc_exp: the clamped gradient of its backward); used by
+# the explicit input gradients below, which exist only for these
+_ACTIVATION_DERIVATIVES: Dict[str, Callable[[Tensor], Tensor]] = {
+    "none": torch.ones_like,
+    "relu": lambda x: (x > 0).to(x.dtype),
+    "softplus": torch.sigmoid,
+    "exp": torch.exp,
+    "trunc_exp": lambda x: torch.exp(x.clamp(max=15.0)),
+}
+
+
+def get_activation_derivative(name: Optional[str]) -> Optional[Callable[[Tensor], Tensor]]:
+    """d activation / d input for ``name`` as a function of the input, or None where it is not provided."""
+    return _ACTIVATION_DERIVATIVES.get("none" if name is None else str(name).lower())
+
+
 def get_activation(name: Optional[str]) -> Callable[[Tensor], Tensor]:
     """The activation function called ``name`` (case-insensitive; None or "none" = identity)."""
     key = "none" if name is None else str(name).lower()
@@ -164,6 +180,20 @@ class HashGrid(nn.Module):
         level_index = torch.where(self.is_dense[None, :, None], dense_index, hashed)
         return level_index + self.level_offsets[None, :, None], frac
 
+    def _corner_weights(self, frac: Tensor, slope_axis: Optional[int] = None) -> Tensor:
+        """d-linear weights (N, L, 2^d) of the cell corners from the positions in the cell frac (N, L, d), built
+        like the corner indices (the highest axis first, so that it ends up as the corners' top bit). With
+        ``slope_axis`` j: their derivatives w.r.t. x_j (the lerp along j replaced by ±scale)."""
+        weights = None
+        for d in reversed(range(self.n_input_dims)):
+            if d == slope_axis:
+                scale = self.scales.to(frac.dtype)[None, :]
+                w = torch.stack([-scale, scale], dim=-1).expand(frac.shape[0], -1, -1)
+            else:
+                w = torch.stack([1.0 - frac[..., d], frac[..., d]], dim=-1)  # (N, L, 2): lower, upper vertex
+            weights = w if weights is None else (weights[..., :, None] * w[..., None, :]).flatten(-2)
+        return weights
+
     def forward(self, x: Tensor) -> Tensor:
         """Encode x (N, n_input_dims) in [0, 1] → (N, n_levels · n_features_per_level)."""
         if x.shape[-1] != self.n_input_dims:
@@ -181,6 +211,33 @@ class HashGrid(nn.Module):
             lower, upper = feats[:, :, :half], feats[:, :, half:]
             feats = lower + (upper - lower) * frac[:, :, d, None, None]
         return feats.reshape(*lead, self.n_output_dims)
+
+    def forward_with_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoding (N, n_output_dims) and its Jacobian w.r.t. the input (N, n_output_dims, n_input_dims), x (N, d)
+        in [0, 1], from one gather; both differentiable w.r.t. the table with first-order autograd only.
+
+        ∂/∂x_j replaces the lerp along axis j by the corner difference times the level's scale (zero where x_j is
+        clamped, like autograd through the clamp). Analytic normals use it instead of differentiating
+        :meth:`forward` twice.
+        """
+        if x.dim() != 2 or x.shape[-1] != self.n_input_dims:
+            raise ValueError(f"HashGrid expects (N, {self.n_input_dims}) inputs, got {tuple(x.shape)}")
+        inside = ((x >= 0.0) & (x <= 1.0)).to(x.dtype)  # (N, d)
+        x = x.clamp(0.0, 1.0)
+        index, frac = self.corner_indices(x)
+        n, n_levels, n_corners = index.shape
+        table = self.params.view(-1, self.n_features_per_level).to(x.dtype)
+        corners = table.index_select(0, index.reshape(-1)).view(n, n_levels, n_corners, self.n_features_per_level)
+        # weights of the value and of its derivative along each axis: (N, L, 1 + d, 2^d)
+        weights = torch.stack(
+            [self._corner_weights(frac)] + [self._corner_weights(frac, axis) for axis in range(self.n_input_dims)],
+            dim=2,
+        )
+        out = torch.matmul(weights, corners)  # (N, L, 1 + d, F): one batched product, no slicing in the backward
+        value = out[:, :, 0].reshape(n, self.n_output_dims)
+        jacobian = out[:, :, 1:].transpose(2, 3).reshape(n, self.n_output_dims, self.n_input_dims)
+        jacobian = jacobian * inside[:, None, :]
+        return value, jacobian
 
 
 class VanillaMLP(nn.Module):
@@ -201,8 +258,39 @@ class VanillaMLP(nn.Module):
         self.n_output_dims = n_output_dims
         dims = [n_input_dims] + [n_neurons] * n_hidden_layers + [n_output_dims]
         self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(dims[:-1], dims[1:]))
+        self.activation_name, self.output_activation_name = activation, output_activation
         self.activation = get_activation(activation)
         self.output_activation = get_activation(output_activation)
+
+    @property
+    def has_input_gradient(self) -> bool:
+        """Whether :meth:`forward_with_input_gradient` is available (one output, activations with known
+        derivatives)."""
+        return (
+            self.n_output_dims == 1
+            and get_activation_derivative(self.activation_name) is not None
+            and get_activation_derivative(self.output_activation_name) is not None
+        )
+
+    def forward_with_input_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Output (N, 1) and its gradient w.r.t. the input (N, n_input_dims), as explicit first-order
+        differentiable ops (the chain rule written out: w_L·diag(σ'(z_{L−1}))·W_{L−1}···diag(σ'(z_1))·W_1)."""
+        if not self.has_input_gradient:
+            raise ValueError("forward_with_input_gradient needs one output and known activation derivatives")
+        derivative = get_activation_derivative(self.activation_name)
+        slopes = []
+        for i, layer in enumerate(self.layers):
+            z = layer(x)
+            if i < len(self.layers) - 1:
+                slopes.append(derivative(z))
+                x = self.activation(z)
+            else:
+                out_slope = get_activation_derivative(self.output_activation_name)(z)  # (N, 1)
+                x = self.output_activation(z)
+        grad = out_slope * self.layers[-1].weight  # (N, H)
+        for layer, slope in zip(reversed(self.layers[:-1]), reversed(slopes)):
+            grad = (grad * slope) @ layer.weight
+        return x, grad
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, n_input_dims) → (N, n_output_dims)."""

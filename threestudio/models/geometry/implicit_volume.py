@@ -7,8 +7,14 @@ initialisation: ``blob_magic3d`` adds ``scale · (1 − ‖x‖/std)`` (a ball o
 away, so distant space starts empty), ``blob_dreamfusion`` adds ``scale · exp(−‖x‖²/(2 std²))``, a number adds a
 constant. ``density_activation`` maps it to a density ≥ 0 (softplus, exp, trunc_exp).
 
-Normals point outward (``−∇σ / ‖∇σ‖``): ``analytic`` differentiates the density with autograd (with
-``create_graph`` whenever gradients are enabled, so normal losses train the field); ``finite_difference``
+Normals point outward (``−∇σ / ‖∇σ‖``): ``analytic`` is the exact gradient of the density, differentiable so that
+normal losses train the field. ``analytic_normal_method: autograd`` (default, as threestudio) differentiates the
+density with ``create_graph``, so training backpropagates twice through the grid; ``explicit`` (pure-PyTorch hash
+grid and MLP, density activation with a known derivative) writes the gradient out with first-order ops — the grid's
+Jacobian from the same gather (:meth:`HashGrid.forward_with_jacobian`), the MLP's input gradient
+(:meth:`VanillaMLP.forward_with_input_gradient`), autograd only through the cheap contraction and density bias. Both
+give the same values and gradients (tested); on the CPU they take the same time, and the GPU comparison is
+``scripts/device_bench.sh``'s to make. ``finite_difference``
 (alias ``finite_difference_laplacian``) uses central differences with step ``finite_difference_normal_eps``;
 ``null`` computes none.
 """
@@ -25,10 +31,18 @@ from torch import Tensor
 import threestudio
 from threestudio.models.geometry.base import BaseImplicitGeometry
 from threestudio.models.geometry.contraction import contract_to_unisphere
-from threestudio.models.networks import get_activation, get_encoding, get_mlp
+from threestudio.models.networks import (
+    HashGrid,
+    VanillaMLP,
+    get_activation,
+    get_activation_derivative,
+    get_encoding,
+    get_mlp,
+)
 from threestudio.utils.errors import ConfigError
 
 NORMAL_TYPES = (None, "analytic", "finite_difference", "finite_difference_laplacian")
+ANALYTIC_NORMAL_METHODS = ("autograd", "explicit")
 DENSITY_BIASES = ("blob_magic3d", "blob_dreamfusion")
 
 
@@ -65,6 +79,7 @@ class ImplicitVolume(BaseImplicitGeometry):
             }
         )
         normal_type: Optional[str] = "finite_difference"
+        analytic_normal_method: str = "autograd"  # autograd | explicit (see the module docstring)
         finite_difference_normal_eps: float = 0.01
 
     cfg: Config
@@ -75,6 +90,11 @@ class ImplicitVolume(BaseImplicitGeometry):
             raise ConfigError(
                 f"geometry.normal_type {self.cfg.normal_type!r} is not supported; use one of {NORMAL_TYPES}"
             )
+        if self.cfg.analytic_normal_method not in ANALYTIC_NORMAL_METHODS:
+            raise ConfigError(
+                f"geometry.analytic_normal_method {self.cfg.analytic_normal_method!r} is not supported; use one of "
+                f"{ANALYTIC_NORMAL_METHODS}"
+            )
         bias = self.cfg.density_bias
         if not (bias in DENSITY_BIASES or (isinstance(bias, (int, float)) and not isinstance(bias, bool))):
             raise ConfigError(f"geometry.density_bias must be one of {DENSITY_BIASES} or a number, got {bias!r}")
@@ -84,6 +104,12 @@ class ImplicitVolume(BaseImplicitGeometry):
         if self.cfg.n_feature_dims > 0:
             self.feature_network = get_mlp(
                 self.encoding.n_output_dims, self.cfg.n_feature_dims, self.cfg.mlp_network_config
+            )
+        if self.cfg.analytic_normal_method == "explicit" and not self.has_explicit_normals:
+            raise ConfigError(
+                "geometry.analytic_normal_method explicit needs the pure-PyTorch HashGrid and VanillaMLP (activations "
+                "relu/none) and a density_activation among softplus, exp, trunc_exp, relu, none; use autograd "
+                "(or system.fast_paths=off when tiny-cuda-nn was chosen)"
             )
 
     def density_bias(self, points: Tensor) -> Tensor:
@@ -108,10 +134,22 @@ class ImplicitVolume(BaseImplicitGeometry):
         """Density (..., 1) ≥ 0 at world points (..., 3)."""
         return self._density_from_encoding(points, self._encode(points))
 
+    @property
+    def has_explicit_normals(self) -> bool:
+        """Whether analytic normals can be written out with first-order ops (see the module docstring)."""
+        return (
+            isinstance(self.encoding, HashGrid)
+            and isinstance(self.density_network, VanillaMLP)
+            and self.density_network.has_input_gradient
+            and get_activation_derivative(self.cfg.density_activation) is not None
+        )
+
     def forward(self, points: Tensor, output_normal: bool = False) -> Dict[str, Tensor]:
         """World points (N, 3) → {"density": (N, 1), "features": (N, C), ["normal", "shading_normal": (N, 3)]}."""
         grad_enabled = torch.is_grad_enabled()
         analytic = output_normal and self.cfg.normal_type == "analytic"
+        if analytic and self.cfg.analytic_normal_method == "explicit" and not points.requires_grad:
+            return self._forward_explicit_normals(points)
         with torch.set_grad_enabled(grad_enabled or analytic):
             if analytic and not points.requires_grad:
                 points = points.detach().requires_grad_(True)
@@ -124,6 +162,32 @@ class ImplicitVolume(BaseImplicitGeometry):
                 normal = self._normal(points, density, create_graph=grad_enabled)
                 out["normal"] = normal
                 out["shading_normal"] = normal
+        if not grad_enabled:
+            out = {k: v.detach() for k, v in out.items()}
+        return out
+
+    def _forward_explicit_normals(self, points: Tensor) -> Dict[str, Tensor]:
+        """:meth:`forward` with analytic normals from the grid's Jacobian and the MLP's input gradient."""
+        grad_enabled = torch.is_grad_enabled()
+        leaf = points.detach().requires_grad_(True)
+        with torch.enable_grad():  # only the contraction and the density bias are differentiated by autograd
+            contracted = contract_to_unisphere(leaf, self.bbox.to(points.dtype), self.unbounded)
+            bias = self.density_bias(leaf)
+        enc, enc_jacobian = self.encoding.forward_with_jacobian(contracted.detach().reshape(-1, 3))
+        raw, raw_grad = self.density_network.forward_with_input_gradient(enc)  # (N, 1), (N, n_enc)
+        pre = raw.reshape(*points.shape[:-1], 1) + bias
+        density = self.density_activation(pre)
+        grad_contracted = torch.einsum("nk,nkd->nd", raw_grad, enc_jacobian).reshape(points.shape)
+        outputs, grad_outputs = [contracted], [grad_contracted]
+        if bias.requires_grad:
+            outputs.append(bias)
+            grad_outputs.append(torch.ones_like(bias))
+        (grad_points,) = torch.autograd.grad(outputs, leaf, grad_outputs, create_graph=grad_enabled)
+        grad_density = get_activation_derivative(self.cfg.density_activation)(pre) * grad_points
+        normal = F.normalize(-grad_density, dim=-1)
+        out: Dict[str, Tensor] = {"density": density, "normal": normal, "shading_normal": normal}
+        if self.cfg.n_feature_dims > 0:
+            out["features"] = self.feature_network(enc).reshape(*points.shape[:-1], self.cfg.n_feature_dims)
         if not grad_enabled:
             out = {k: v.detach() for k, v in out.items()}
         return out
