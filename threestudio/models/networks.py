@@ -14,8 +14,9 @@ the input coordinates (to any order: analytic normals backpropagate through it).
 Memory: all levels are evaluated at once with a single gather, then interpolated by successive lerps. For the
 table gradient the autograd graph keeps, per input point, the int64 corner indices (``L·2^d·8`` bytes: 1 KiB for
 the paper grid, 16 levels in 3-D); when the input needs gradients too (analytic normals) it also keeps the corner
-feature differences (about ``L·2^d·F·4`` bytes, another 1 KiB). 98k rays × 128 samples thus need ~13–26 GB for
-the encoding alone: on GPUs prefer tiny-cuda-nn (``fast_paths: auto``).
+feature differences and the second graph, about 3.4 KiB per sample in all (docs/PERFORMANCE.md). The renderer's
+``grad_checkpoint_chunk_size`` therefore evaluates the fields in chunks whose graphs are rebuilt in the backward
+(:mod:`threestudio.utils.recompute`).
 """
 
 from __future__ import annotations
