@@ -181,6 +181,16 @@ class HashGrid(nn.Module):
         level_index = torch.where(self.is_dense[None, :, None], dense_index, hashed)
         return level_index + self.level_offsets[None, :, None], frac
 
+    def _gather_corners(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Features (N, L, 2^d, F) of the cell corners around points x (N, d) in [0, 1] and the positions in the
+        cells (N, L, d): one gather for every level and corner (int64 rows: its backward is ~3x faster on CPU than
+        with int32)."""
+        index, frac = self.corner_indices(x)
+        n, n_levels, n_corners = index.shape
+        table = self.params.view(-1, self.n_features_per_level).to(x.dtype)
+        corners = table.index_select(0, index.reshape(-1))
+        return corners.view(n, n_levels, n_corners, self.n_features_per_level), frac
+
     def _corner_weights(self, frac: Tensor, slope_axis: Optional[int] = None) -> Tensor:
         """d-linear weights (N, L, 2^d) of the cell corners from the positions in the cell frac (N, L, d), built
         like the corner indices (the highest axis first, so that it ends up as the corners' top bit). With
@@ -200,12 +210,7 @@ class HashGrid(nn.Module):
         if x.shape[-1] != self.n_input_dims:
             raise ValueError(f"HashGrid expects (..., {self.n_input_dims}) inputs, got {tuple(x.shape)}")
         lead = x.shape[:-1]
-        x = x.reshape(-1, self.n_input_dims).clamp(0.0, 1.0)
-        index, frac = self.corner_indices(x)
-        n, n_levels, n_corners = index.shape
-        table = self.params.view(-1, self.n_features_per_level).to(x.dtype)
-        # one gather for every level and corner (int64 rows: its backward is ~3x faster on CPU than with int32)
-        feats = table.index_select(0, index.reshape(-1)).view(n, n_levels, n_corners, self.n_features_per_level)
+        feats, frac = self._gather_corners(x.reshape(-1, self.n_input_dims).clamp(0.0, 1.0))
         # d-linear interpolation as successive lerps, the highest axis (the corners' top bit) first
         for d in reversed(range(self.n_input_dims)):
             half = feats.shape[2] // 2
@@ -224,11 +229,8 @@ class HashGrid(nn.Module):
         if x.dim() != 2 or x.shape[-1] != self.n_input_dims:
             raise ValueError(f"HashGrid expects (N, {self.n_input_dims}) inputs, got {tuple(x.shape)}")
         inside = ((x >= 0.0) & (x <= 1.0)).to(x.dtype)  # (N, d)
-        x = x.clamp(0.0, 1.0)
-        index, frac = self.corner_indices(x)
-        n, n_levels, n_corners = index.shape
-        table = self.params.view(-1, self.n_features_per_level).to(x.dtype)
-        corners = table.index_select(0, index.reshape(-1)).view(n, n_levels, n_corners, self.n_features_per_level)
+        corners, frac = self._gather_corners(x.clamp(0.0, 1.0))
+        n = x.shape[0]
         # weights of the value and of its derivative along each axis: (N, L, 1 + d, 2^d)
         weights = torch.stack(
             [self._corner_weights(frac)] + [self._corner_weights(frac, axis) for axis in range(self.n_input_dims)],

@@ -33,7 +33,9 @@ class _RecomputeInBackward(torch.autograd.Function):
     ``points`` and ``params`` (the tensors fn's outputs depend on)."""
 
     @staticmethod
-    def forward(ctx, fn: Callable[[Tensor], Tuple[Tensor, ...]], points: Tensor, *params: Tensor):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, fn: Callable[[Tensor], Tuple[Tensor, ...]], points: Tensor, *params: Tensor
+    ) -> Tuple[Tensor, ...]:
         ctx.fn = fn
         ctx.autocast = _autocast_state(points.device.type)
         ctx.set_materialize_grads(False)

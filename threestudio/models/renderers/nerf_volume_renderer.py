@@ -20,8 +20,8 @@ Training renders all rays at once; evaluation and no-grad renders go in chunks o
 geometry and the proposal networks run on chunks of that many *samples* without an autograd graph
 (:func:`threestudio.utils.recompute.recomputed_map`): only their inputs and outputs (a few floats per sample) are
 kept instead of the hash grid's and MLPs' intermediate tensors (kilobytes per sample with analytic normals), and
-the backward recomputes the graph one chunk at a time. Gradients are the same; the render costs one more forward of the fields. 0 keeps the whole graph
-(threestudio's behaviour).
+the backward recomputes the graph one chunk at a time. Gradients are the same; the render costs one more forward of
+the fields. 0 keeps the whole graph (threestudio's behaviour).
 Ray directions need not be unit length; distances and depth are in units of ``‖rays_d‖``.
 """
 
