@@ -25,6 +25,7 @@ from threestudio.utils.camera import c2w_to_spherical, orbit_c2w, spherical_to_c
 from threestudio.utils.config import parse_structured
 from threestudio.utils.errors import ConfigError
 
+
 def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     cos = (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1).clamp(-1, 1)
     return torch.rad2deg(torch.arccos(cos))

@@ -58,7 +58,9 @@ def test_parse_structured_names_unknown_and_mistyped_keys():
 
 def test_load_config_trial_folder_and_overrides(tmp_path):
     yaml = tmp_path / "exp.yaml"
-    yaml.write_text("name: demo\ntag: 'a b[1]'\nexp_root_dir: ROOT\ndata_type: x\nsystem_type: y\n".replace("ROOT", str(tmp_path)))
+    yaml.write_text(
+        "name: demo\ntag: 'a b[1]'\nexp_root_dir: ROOT\ndata_type: x\nsystem_type: y\n".replace("ROOT", str(tmp_path))
+    )
     cfg = load_config(str(yaml), cli_args=["use_timestamp=false", "seed=7", "system.loss.lambda_sds=[0,1.0,0.5,10]"])
     assert cfg.seed == 7
     assert list(cfg.system.loss.lambda_sds) == [0, 1.0, 0.5, 10]

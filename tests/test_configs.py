@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_PIPELINES = {"diffusion_tiny.yaml"}
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if p.name not in NOT_PIPELINES))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if p.name not in NOT_PIPELINES)
+)
 def test_shipped_config_builds_its_system(name):
     """Building the system parses every component section (the diffusion model loads later, in setup); the guidance
     section, built only then, is parsed against its Config here."""
@@ -36,7 +38,8 @@ def test_paper_config_keeps_memory_savers_on():
 
 @pytest.mark.parametrize("name", ["zeronvs_nvs.yaml"])
 def test_unknown_unet_compile_mode_is_a_config_error(name):
-    cfg = load_config(str(ROOT / "configs" / name), cli_args=["data.image_path=unused.png",
-                                                                "system.guidance.compile_unet=fast"])
+    cfg = load_config(
+        str(ROOT / "configs" / name), cli_args=["data.image_path=unused.png", "system.guidance.compile_unet=fast"]
+    )
     with pytest.raises(ConfigError, match="compile_unet.*reduce-overhead"):
         threestudio.find(cfg.system_type)(cfg.system)

@@ -22,7 +22,12 @@ SMOKE_STEPS = 12
 def launch(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     return subprocess.run(
-        [sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(ROOT / "launch.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -42,7 +47,9 @@ def smoke_trial(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("smoke")
     res = launch(
         "--train",
-        *smoke_args(root, f"trainer.max_steps={SMOKE_STEPS}", "trainer.val_check_interval=6", "checkpoint.every_n_train_steps=6"),
+        *smoke_args(
+            root, f"trainer.max_steps={SMOKE_STEPS}", "trainer.val_check_interval=6", "checkpoint.every_n_train_steps=6"
+        ),
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     trials = glob.glob(str(root / "smoke" / "*"))
@@ -170,16 +177,28 @@ def test_system_weights_start_from_a_checkpoint_without_optimizer_state(smoke_tr
     own = system.state_dict()
     assert set(own) == set(saved)
     assert all(torch.equal(own[k], saved[k]) for k in saved)
-    fresh = threestudio.find(cfg.system_type)(load_config(str(smoke_trial / "configs" / "parsed.yaml"), cli_args=["system.weights=null"]).system)
+    fresh = threestudio.find(cfg.system_type)(
+        load_config(str(smoke_trial / "configs" / "parsed.yaml"), cli_args=["system.weights=null"]).system
+    )
     assert not all(torch.equal(fresh.state_dict()[k], saved[k]) for k in saved), "weights were not loaded"
 
 
 def test_launch_inference_without_weights_stops_with_exit_2(tmp_path: Path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     res = subprocess.run(
-        ["bash", str(ROOT / "launch_inference.sh"), "--ckpt", str(tmp_path / "zeronvs.ckpt"),
-         "--model-config", str(tmp_path / "zeronvs_config.yaml")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        [
+            "bash",
+            str(ROOT / "launch_inference.sh"),
+            "--ckpt",
+            str(tmp_path / "zeronvs.ckpt"),
+            "--model-config",
+            str(tmp_path / "zeronvs_config.yaml"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert res.returncode == 2
     assert "zeronvs.ckpt" in res.stderr and "configs/smoke.yaml" in res.stderr

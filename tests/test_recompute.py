@@ -50,7 +50,9 @@ def test_values_and_parameter_gradients_match_direct_evaluation(chunk):
     for p, g in zip(field.parameters(), ref):
         assert g.abs().sum() > 0
         assert _close(p.grad, g)
-    got = torch.autograd.grad(_loss(recomputed_map(field, x, list(field.parameters()), chunk)), list(field.parameters()))
+    got = torch.autograd.grad(
+        _loss(recomputed_map(field, x, list(field.parameters()), chunk)), list(field.parameters())
+    )
     for a, b in zip(got, ref):  # through torch.autograd.grad as well
         assert _close(a, b)
 

@@ -9,7 +9,6 @@ import shutil
 import pytest
 import torch
 import yaml
-
 from conftest import REPO_ROOT, require_shared
 
 TINY_YAML = REPO_ROOT / "configs" / "diffusion_tiny.yaml"
@@ -161,7 +160,8 @@ def test_diffusion_benchmark_half_precision_error_against_fp32(tiny):
 
     from zeronvs_diffusion import load_model
 
-    spec = importlib.util.spec_from_file_location("bench_diffusion", REPO_ROOT / "scripts" / "benchmarks" / "diffusion.py")
+    bench_file = REPO_ROOT / "scripts" / "benchmarks" / "diffusion.py"
+    spec = importlib.util.spec_from_file_location("bench_diffusion", bench_file)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     args = argparse.Namespace(config=str(TINY_YAML))
@@ -191,7 +191,13 @@ def test_zero123_style_3dof_checkpoint_loads_and_samples(tmp_path):
     model = load_model(str(tmp_path / "zero123.ckpt"), str(tmp_path / "zero123.yaml"))
     assert (model.conditioning.mode, model.conditioning.embedding_dim) == ("3dof", 4)
     views = sample_views(
-        model, torch.rand(1, 32, 32, 3), orbit(0, 0, 2.0), orbit(15, 40, 2.2), 50.0, 1.0, steps=2,
+        model,
+        torch.rand(1, 32, 32, 3),
+        orbit(0, 0, 2.0),
+        orbit(15, 40, 2.2),
+        50.0,
+        1.0,
+        steps=2,
         generator=torch.Generator().manual_seed(0),
     )
     assert views.shape[:2] == (1, 3) and torch.isfinite(views).all()
@@ -230,7 +236,9 @@ def test_unknown_mode_in_yaml(tmp_path):
     cfg = yaml.safe_load(TINY_YAML.read_text())
     cfg["model"]["params"]["conditioning_config"]["params"]["mode"] = "9dof"
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(UnsupportedConfigError, match="'9dof'.*supported: 3dof, 7dof, 7dof_unscaled, 7dof_quantile_scale"):
+    with pytest.raises(
+        UnsupportedConfigError, match="'9dof'.*supported: 3dof, 7dof, 7dof_unscaled, 7dof_quantile_scale"
+    ):
         load_model("random", str(tmp_path / "bad.yaml"))
 
 
@@ -271,7 +279,14 @@ def test_convert_cli(tmp_path, capsys):
     assert "zeronvs.ckpt" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     fixture = require_shared("fixtures", "zeronvs_tiny")
-    args = ["--ckpt", str(fixture / "model.ckpt"), "--config", str(fixture / "config.yaml"), "--out", str(tmp_path / "o")]
+    args = [
+        "--ckpt",
+        str(fixture / "model.ckpt"),
+        "--config",
+        str(fixture / "config.yaml"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(args + ["--dtype", "fp16"]) == 0
     from safetensors import safe_open
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import require_shared
 
 _ENV_DIRS = [d for d in os.environ.get("ZERONVS_FIXTURE_DIRS", "").split(os.pathsep) if d]
@@ -115,7 +114,12 @@ def test_converted_folder_loads_with_library_from_pretrained(converted):
     clip = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
     proj = CCProjection.from_pretrained(folder / "cc_projection")
     sched = DDIMScheduler.from_pretrained(folder / "scheduler")
-    for ours, theirs in ((model.unet, unet), (model.vae, vae), (model.image_encoder, clip), (model.cc_projection, proj)):
+    for ours, theirs in (
+        (model.unet, unet),
+        (model.vae, vae),
+        (model.image_encoder, clip),
+        (model.cc_projection, proj),
+    ):
         a, b = ours.state_dict(), theirs.state_dict()
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a)

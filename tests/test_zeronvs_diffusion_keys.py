@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import require_shared
 
 
@@ -104,6 +103,15 @@ def test_ema_names_drop_the_dots():
     src = unet_source_key("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight", cfg)
     assert src == "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight"
     assert ema_key(src) == "model_ema.diffusion_modelinput_blocks41transformer_blocks0attn1to_qweight"
-    assert unet_source_key("up_blocks.0.upsamplers.0.conv.bias", cfg) == "model.diffusion_model.output_blocks.2.1.conv.bias"
-    assert unet_source_key("up_blocks.1.upsamplers.0.conv.bias", cfg) == "model.diffusion_model.output_blocks.5.2.conv.bias"
-    assert unet_source_key("down_blocks.0.downsamplers.0.conv.weight", cfg) == "model.diffusion_model.input_blocks.3.0.op.weight"
+    assert (
+        unet_source_key("up_blocks.0.upsamplers.0.conv.bias", cfg)
+        == "model.diffusion_model.output_blocks.2.1.conv.bias"
+    )
+    assert (
+        unet_source_key("up_blocks.1.upsamplers.0.conv.bias", cfg)
+        == "model.diffusion_model.output_blocks.5.2.conv.bias"
+    )
+    assert (
+        unet_source_key("down_blocks.0.downsamplers.0.conv.weight", cfg)
+        == "model.diffusion_model.input_blocks.3.0.op.weight"
+    )

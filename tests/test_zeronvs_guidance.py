@@ -132,7 +132,9 @@ def test_grad_clip_is_schedulable(zeronvs_tiny_dir):
 
 
 def test_timesteps_stay_in_the_scheduled_bounds(zeronvs_tiny_dir):
-    guidance = make_guidance(zeronvs_tiny_dir, min_step_percent=[0, 0.5, 0.02, 100], max_step_percent=[0, 0.98, 0.3, 100])
+    guidance = make_guidance(
+        zeronvs_tiny_dir, min_step_percent=[0, 0.5, 0.02, 100], max_step_percent=[0, 0.98, 0.3, 100]
+    )
     delta = torch.zeros(64)
     guidance.update_step(0, 0)
     lo, hi = guidance.timestep_bounds(delta)
@@ -275,8 +277,15 @@ def refuse_host_device_traffic(monkeypatch):
 @pytest.mark.parametrize("vae_gradient_checkpointing", [False, True])
 def test_sds_step_reads_nothing_back_from_the_device(zeronvs_tiny_dir, monkeypatch, vae_gradient_checkpointing):
     guidance = make_guidance(
-        zeronvs_tiny_dir, n_aux_c2w=1, anchor_ddim_steps=1, p_use_aux_cameras=0.5, guidance_scale_aux=2.0,
-        use_anisotropic_schedule=True, anisotropic_offset=500, max_step_percent=[0, 0.98, 0.5, 100], grad_clip=0.1,
+        zeronvs_tiny_dir,
+        n_aux_c2w=1,
+        anchor_ddim_steps=1,
+        p_use_aux_cameras=0.5,
+        guidance_scale_aux=2.0,
+        use_anisotropic_schedule=True,
+        anisotropic_offset=500,
+        max_step_percent=[0, 0.98, 0.5, 100],
+        grad_clip=0.1,
         vae_gradient_checkpointing=vae_gradient_checkpointing,
     )
     guidance.update_step(0, 50)
@@ -470,8 +479,9 @@ def test_several_input_views_follow_cond_index(zeronvs_tiny_dir):
     assert len(bank) == 2 and not torch.allclose(bank.c_concat[0], bank.c_concat[1])
     torch.testing.assert_close(c_concat, bank.c_concat[[1, 0]])
     # azimuth distances are measured from each sample's own input view
-    torch.testing.assert_close(guidance.input_azimuth_distance(batch["c2w"], batch["cond_index"]),
-                               torch.tensor([0.0, 90.0]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        guidance.input_azimuth_distance(batch["c2w"], batch["cond_index"]), torch.tensor([0.0, 90.0]), atol=1e-3, rtol=0
+    )
     batch["cond_index"] = torch.tensor([2, 0])
     with pytest.raises(ValueError, match="cond_index"):
         guidance(torch.rand(2, 32, 32, 3), batch)

@@ -57,8 +57,12 @@ def read_state_dict(path: str) -> Dict[str, Tensor]:
         raise
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupt? {first}); download it again") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (truncated or corrupt? {first}); download it again"
+        ) from None
     state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} holds no latent-diffusion state_dict; expected zeronvs.ckpt ({HOW_TO_GET_WEIGHTS})")
+        raise CheckpointError(
+            f"{path} holds no latent-diffusion state_dict; expected zeronvs.ckpt ({HOW_TO_GET_WEIGHTS})"
+        )
     return dict(state)

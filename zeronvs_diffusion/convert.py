@@ -25,7 +25,9 @@ from zeronvs_diffusion.model import MODEL_INDEX, load_model
 logger = logging.getLogger(__name__)
 
 
-def convert(ckpt: str, config: str, out_dir: str, dtype: Union[str, torch.dtype] = "fp32", overwrite: bool = False) -> str:
+def convert(
+    ckpt: str, config: str, out_dir: str, dtype: Union[str, torch.dtype] = "fp32", overwrite: bool = False
+) -> str:
     """Convert ``ckpt`` (+ its YAML ``config``) into the folder ``out_dir``; returns ``out_dir``.
 
     The folder is written next to ``out_dir`` first and renamed at the end, so an interrupted conversion

@@ -15,7 +15,6 @@ import yaml
 
 from zeronvs_diffusion.errors import HOW_TO_GET_WEIGHTS, CheckpointError, UnsupportedConfigError
 
-
 # conditioning mode -> length of the camera embedding it produces
 SUPPORTED_CONDITIONING_MODES: Dict[str, int] = {
     "3dof": 4,
@@ -53,9 +52,13 @@ class ConditioningSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ConditioningSpec":
-        missing = [k for k in ("mode", "embedding_dim", "scale_factor", "vae_resolution", "clip_image_size") if k not in d]
+        missing = [
+            k for k in ("mode", "embedding_dim", "scale_factor", "vae_resolution", "clip_image_size") if k not in d
+        ]
         if missing:
-            raise CheckpointError(f"conditioning.json lacks {', '.join(missing)}; re-run `python -m zeronvs_diffusion.convert`")
+            raise CheckpointError(
+                f"conditioning.json lacks {', '.join(missing)}; re-run `python -m zeronvs_diffusion.convert`"
+            )
         spec = cls(
             mode=str(d["mode"]),
             embedding_dim=int(d["embedding_dim"]),
@@ -124,7 +127,9 @@ def load_ldm_yaml(path: str) -> Dict[str, Any]:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot parse {path} as YAML ({type(e).__name__}); is it zeronvs_config.yaml?") from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
-        raise CheckpointError(f"{path} has no 'model:' section; expected a latent-diffusion YAML like zeronvs_config.yaml")
+        raise CheckpointError(
+            f"{path} has no 'model:' section; expected a latent-diffusion YAML like zeronvs_config.yaml"
+        )
     return cfg
 
 
@@ -147,7 +152,9 @@ def _require(condition: bool, message: str) -> None:
 def unet_kwargs(unet_params: Mapping[str, Any]) -> Dict[str, Any]:
     """ldm ``openaimodel.UNetModel`` params → ``UNet2DConditionModel`` keyword arguments."""
     p = unet_params
-    _require(bool(p.get("use_spatial_transformer", False)), "only UNets with use_spatial_transformer: true are supported")
+    _require(
+        bool(p.get("use_spatial_transformer", False)), "only UNets with use_spatial_transformer: true are supported"
+    )
     _require(int(p.get("dims", 2)) == 2, "only 2-D UNets (dims: 2) are supported")
     _require(p.get("num_classes") is None, "class-conditional UNets (num_classes) are not supported")
     _require(not p.get("resblock_updown", False), "resblock_updown: true is not supported")
@@ -193,7 +200,9 @@ def vae_kwargs(first_stage_params: Mapping[str, Any], scale_factor: float) -> Di
     """ldm ``AutoencoderKL`` params → diffusers ``AutoencoderKL`` keyword arguments."""
     dd = first_stage_params["ddconfig"]
     _require(bool(dd.get("double_z", True)), "only VAEs with double_z: true are supported")
-    _require(not dd.get("attn_resolutions"), "VAEs with attention outside the mid block (attn_resolutions) are not supported")
+    _require(
+        not dd.get("attn_resolutions"), "VAEs with attention outside the mid block (attn_resolutions) are not supported"
+    )
     z = int(dd["z_channels"])
     embed_dim = int(first_stage_params.get("embed_dim", z))
     _require(embed_dim == z, f"VAE embed_dim ({embed_dim}) must equal z_channels ({z})")
@@ -215,8 +224,13 @@ def vae_kwargs(first_stage_params: Mapping[str, Any], scale_factor: float) -> Di
 
 def scheduler_kwargs(model_params: Mapping[str, Any]) -> Dict[str, Any]:
     """The ldm noise schedule as ``DDIMScheduler`` keyword arguments (ZeroNVS's DDIM settings)."""
-    beta_schedule = {"linear": "scaled_linear", "sqrt_linear": "linear"}.get(model_params.get("beta_schedule", "linear"))
-    _require(beta_schedule is not None, f"beta_schedule {model_params.get('beta_schedule')!r} is not supported (linear, sqrt_linear)")
+    beta_schedule = {"linear": "scaled_linear", "sqrt_linear": "linear"}.get(
+        model_params.get("beta_schedule", "linear")
+    )
+    _require(
+        beta_schedule is not None,
+        f"beta_schedule {model_params.get('beta_schedule')!r} is not supported (linear, sqrt_linear)",
+    )
     _require(model_params.get("parameterization", "eps") == "eps", "only eps-prediction models are supported")
     return {
         "num_train_timesteps": int(model_params.get("timesteps", 1000)),
@@ -237,7 +251,10 @@ def parse_architecture(cfg: Mapping[str, Any]) -> LdmArchitecture:
     target = str(model.get("target", ""))
     _require(target.endswith("LatentDiffusion"), f"model.target {target!r} is not a LatentDiffusion model")
     params = _get(model, "params")
-    _require(params.get("conditioning_key", "hybrid") == "hybrid", "only conditioning_key: hybrid (ZeroNVS / Zero-1-to-3) is supported")
+    _require(
+        params.get("conditioning_key", "hybrid") == "hybrid",
+        "only conditioning_key: hybrid (ZeroNVS / Zero-1-to-3) is supported",
+    )
     scale_factor = float(params.get("scale_factor", 1.0))
     unet = unet_kwargs(_get(params, "unet_config.params"))
     vae = vae_kwargs(_get(params, "first_stage_config.params"), scale_factor)

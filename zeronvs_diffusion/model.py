@@ -110,7 +110,8 @@ def _assign_weights(module: nn.Module, state: Dict[str, Tensor], what: str) -> n
     result = module.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
-            f"{what} does not fit its config: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            f"{what} does not fit its config: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
         )
     _materialize_buffers(module)
     return module
@@ -209,7 +210,9 @@ class ZeroNVSModel(nn.Module):
     everywhere in the project; latents and decoded images are channels-first.
     """
 
-    def __init__(self, unet, vae, image_encoder, cc_projection: CCProjection, scheduler, conditioning: ConditioningSpec):
+    def __init__(
+        self, unet, vae, image_encoder, cc_projection: CCProjection, scheduler, conditioning: ConditioningSpec
+    ):
         super().__init__()
         self.unet = unet
         self.vae = vae

@@ -21,7 +21,9 @@ from typing import Any, Callable, Dict, List, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(
-    os.environ.get("ZERONVS_SHARED_DIR", os.path.join(os.path.dirname(ROOT), "shared")), "fixtures", "zeronvs_config.yaml"
+    os.environ.get("ZERONVS_SHARED_DIR", os.path.join(os.path.dirname(ROOT), "shared")),
+    "fixtures",
+    "zeronvs_config.yaml",
 )
 DDIM_STEPS = 50
 HALF_PRECISION_MAX_REL_ERROR = 2e-2  # issue 5: bf16/fp16 noise predictions within 2% of fp32
@@ -30,11 +32,19 @@ HALF_PRECISION_MAX_REL_ERROR = 2e-2  # issue 5: bf16/fp16 noise predictions with
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="latent-diffusion YAML (zeronvs_config.yaml)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps to run (default: 2 on CPU, 50 on CUDA)")
-    parser.add_argument("--batches", default=None, help="comma-separated batch sizes, views per batch (default: 1 on CPU, 1,16,32,64 on CUDA)")
+    parser.add_argument(
+        "--batches",
+        default=None,
+        help="comma-separated batch sizes, views per batch (default: 1 on CPU, 1,16,32,64 on CUDA)",
+    )
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="default: fp32 CPU, fp16 CUDA")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--compile-unet", default=None, metavar="MODE",
-                        help="torch.compile mode for the UNet (default, reduce-overhead, ...); the warm-up compiles")
+    parser.add_argument(
+        "--compile-unet",
+        default=None,
+        metavar="MODE",
+        help="torch.compile mode for the UNet (default, reduce-overhead, ...); the warm-up compiles",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per measurement (after one warm-up)")
 
 
@@ -109,7 +119,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     batches: List[int] = [int(b) for b in (args.batches or ("1" if on_cpu else "1,16,32,64")).split(",")]
     dtype_name = args.dtype or ("fp32" if on_cpu else "fp16")
     if not os.path.isfile(args.config):
-        raise CheckpointError(f"{args.config} not found; pass --config zeronvs_config.yaml (shipped with the checkpoint)")
+        raise CheckpointError(
+            f"{args.config} not found; pass --config zeronvs_config.yaml (shipped with the checkpoint)"
+        )
     now = _timer(device)
 
     t0 = now()
@@ -118,8 +130,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     res = model.conditioning.vae_resolution
     gen = torch.Generator(device="cpu").manual_seed(0)
     result: Dict[str, Any] = {
-        "device": device, "dtype": dtype_name, "steps": steps, "batches": batches,
-        "random_model_build_s": round(load_s, 2), "cfg_predictions_per_s": {}, "ddim_views_per_s_50_steps": {},
+        "device": device,
+        "dtype": dtype_name,
+        "steps": steps,
+        "batches": batches,
+        "random_model_build_s": round(load_s, 2),
+        "cfg_predictions_per_s": {},
+        "ddim_views_per_s_50_steps": {},
     }
     print(f"[diffusion] {device} {dtype_name}: built random full-size model in {load_s:.1f}s")
     if args.compile_unet:
@@ -147,14 +164,17 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             if args.compile_unet:  # compile for the sampler's inputs before timing it
                 ddim_sample_latents(model, c_crossattn, c_concat, steps=1, eta=1.0, guidance_scale=3.0, generator=gen)
             t0 = now()
-            latents = ddim_sample_latents(model, c_crossattn, c_concat, steps=steps, eta=1.0, guidance_scale=3.0,
-                                          generator=gen)
+            latents = ddim_sample_latents(
+                model, c_crossattn, c_concat, steps=steps, eta=1.0, guidance_scale=3.0, generator=gen
+            )
             model.decode(latents)
             sample_s = now() - t0
         total_50 = sample_s + max(0, DDIM_STEPS - steps) * per_call
         result["ddim_views_per_s_50_steps"][batch] = round(batch / total_50, 4)
-        print(f"[diffusion] batch {batch}: {batch / per_call:.2f} CFG predictions/s; DDIM {steps} steps + decode "
-              f"{sample_s:.1f}s → {DDIM_STEPS}-step views/s ≈ {batch / total_50:.4f}")
+        print(
+            f"[diffusion] batch {batch}: {batch / per_call:.2f} CFG predictions/s; DDIM {steps} steps + decode "
+            f"{sample_s:.1f}s → {DDIM_STEPS}-step views/s ≈ {batch / total_50:.4f}"
+        )
 
     # one SDS step at the first batch size
     batch = batches[0]
@@ -162,8 +182,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     rgb = torch.rand(batch, res, res, 3, generator=gen).to(device).requires_grad_(True)
     with torch.no_grad():
-        c_crossattn, c_concat = model.conditionings(rgb.detach()[:1], torch.eye(4)[None],
-                                                    torch.eye(4).repeat(batch, 1, 1), 50.0, 1.0)
+        c_crossattn, c_concat = model.conditionings(
+            rgb.detach()[:1], torch.eye(4)[None], torch.eye(4).repeat(batch, 1, 1), 50.0, 1.0
+        )
     t0 = now()
     for _ in range(args.repeats):
         latents = model.encode_latents(rgb)
@@ -171,9 +192,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             t = torch.randint(20, 980, (batch,), generator=gen).to(device)
             noise = torch.randn(latents.shape, generator=gen).to(device=device, dtype=latents.dtype)
             noisy = model.scheduler.add_noise(latents.detach(), noise, t)
-            eps = model.predict_eps(torch.cat([noisy, noisy]), torch.cat([t, t]),
-                                    torch.cat([torch.zeros_like(c_crossattn), c_crossattn]),
-                                    torch.cat([torch.zeros_like(c_concat), c_concat]))
+            eps = model.predict_eps(
+                torch.cat([noisy, noisy]),
+                torch.cat([t, t]),
+                torch.cat([torch.zeros_like(c_crossattn), c_crossattn]),
+                torch.cat([torch.zeros_like(c_concat), c_concat]),
+            )
             eps_u, eps_c = eps.chunk(2)
             grad = eps_u + 3.0 * (eps_c - eps_u) - noise
         (latents * grad).sum().backward()
@@ -183,15 +207,18 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     result["sds_batch"] = batch
     result["peak_memory_mb"] = round(_peak_memory_mb(device), 1)
     result["peak_memory_kind"] = "torch.cuda.max_memory_allocated" if device == "cuda" else "process ru_maxrss"
-    print(f"[diffusion] SDS step (batch {batch}, {res}² image): {sds_s:.2f}s; peak memory "
-          f"{result['peak_memory_mb']:.0f} MiB ({result['peak_memory_kind']})")
+    print(
+        f"[diffusion] SDS step (batch {batch}, {res}² image): {sds_s:.2f}s; peak memory "
+        f"{result['peak_memory_mb']:.0f} MiB ({result['peak_memory_kind']})"
+    )
 
     if dtype_name != "fp32":
         error, eps_shape = half_precision_error(args, model, batch, device)
         ok = error <= HALF_PRECISION_MAX_REL_ERROR
-        result.update(eps_rel_error_vs_fp32=error, eps_rel_error_max=HALF_PRECISION_MAX_REL_ERROR,
-                      eps_rel_error_ok=ok)
-        print(f"[diffusion] {dtype_name} noise prediction vs fp32 (CFG batch, ε {eps_shape}): "
-              f"relative error {error:.2e} {'≤' if ok else '>'} {HALF_PRECISION_MAX_REL_ERROR:g} "
-              f"({'ok' if ok else 'TOO LARGE'})")
+        result.update(eps_rel_error_vs_fp32=error, eps_rel_error_max=HALF_PRECISION_MAX_REL_ERROR, eps_rel_error_ok=ok)
+        print(
+            f"[diffusion] {dtype_name} noise prediction vs fp32 (CFG batch, ε {eps_shape}): "
+            f"relative error {error:.2e} {'≤' if ok else '>'} {HALF_PRECISION_MAX_REL_ERROR:g} "
+            f"({'ok' if ok else 'TOO LARGE'})"
+        )
     return result

@@ -57,7 +57,10 @@ def _write_checkpoint(path: str, manifest: Dict[str, Tuple[list, str]], optimize
 
     zero_file = path + ".zeros"
     largest = max(
-        (torch.Size(shape).numel() * torch.empty((), dtype=_dtype(dt)).element_size() for shape, dt in manifest.values())
+        (
+            torch.Size(shape).numel() * torch.empty((), dtype=_dtype(dt)).element_size()
+            for shape, dt in manifest.values()
+        )
     )
     with open(zero_file, "wb") as f:
         f.truncate(largest)  # sparse: no disk blocks, reads as zeros
@@ -66,8 +69,11 @@ def _write_checkpoint(path: str, manifest: Dict[str, Tuple[list, str]], optimize
         opt_dtype = _dtype({"fp32": "float32", "fp16": "float16"}[optimizer_dtype])
         trainable = [shape for k, (shape, _) in manifest.items() if k.startswith(TRAINABLE_PREFIXES)]
         adam_state = {
-            i: {"step": torch.tensor(1000.0), "exp_avg": _zero_tensor(s, opt_dtype, zero_file),
-                "exp_avg_sq": _zero_tensor(s, opt_dtype, zero_file)}
+            i: {
+                "step": torch.tensor(1000.0),
+                "exp_avg": _zero_tensor(s, opt_dtype, zero_file),
+                "exp_avg_sq": _zero_tensor(s, opt_dtype, zero_file),
+            }
             for i, s in enumerate(trainable)
         }
         checkpoint = {
@@ -100,7 +106,6 @@ def _child(ckpt: str, config: str) -> None:
     import resource
 
     import torch
-
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: F401  (imports are
     from transformers import CLIPVisionModelWithProjection  # noqa: F401            counted in the baseline)
 
@@ -121,9 +126,21 @@ def _child(ckpt: str, config: str) -> None:
         total = sum(float(p.float().sum()) for p in model.parameters())  # page every weight in
     touch_s = time.perf_counter() - t0
     kept = sum(p.numel() * p.element_size() for p in model.parameters())
-    print(json.dumps({"baseline_rss": baseline, "load_s": load_s, "rss_after_load": after_load,
-                      "touch_s": touch_s, "peak_rss": rss(), "weights_kept": kept, "checksum": total,
-                      "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "vm_hwm": _vm_hwm()}))
+    print(
+        json.dumps(
+            {
+                "baseline_rss": baseline,
+                "load_s": load_s,
+                "rss_after_load": after_load,
+                "touch_s": touch_s,
+                "peak_rss": rss(),
+                "weights_kept": kept,
+                "checksum": total,
+                "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "vm_hwm": _vm_hwm(),
+            }
+        )
+    )
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -148,12 +165,21 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1")
         t0 = time.perf_counter()
         # written in a subprocess: on Linux a child's ru_maxrss starts at its parent's peak
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--write", path, args.manifest, opt],
-                       check=True, env=env, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--write", path, args.manifest, opt],
+            check=True,
+            env=env,
+            cwd=ROOT,
+        )
         size = os.path.getsize(path)
         write_s = time.perf_counter() - t0
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", path, args.config],
-                              capture_output=True, text=True, env=env, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--child", path, args.config],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"loader subprocess failed:\n{proc.stderr[-4000:]}")
         child = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -161,19 +187,28 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     gb = lambda b: round(b / 1e9, 3)  # noqa: E731
     result = {
-        "checkpoint_gb": gb(size), "optimizer_state_dtype": opt, "write_s": round(write_s, 1),
-        "load_s": round(child["load_s"], 2), "touch_all_weights_s": round(child["touch_s"], 2),
-        "weights_kept_gb": gb(child["weights_kept"]), "baseline_rss_gb": gb(child["baseline_rss"]),
-        "rss_after_load_gb": gb(child["rss_after_load"]), "peak_rss_gb": gb(child["peak_rss"]),
-        "ru_maxrss_gb": gb(child["ru_maxrss"]), "vm_hwm_gb": gb(child["vm_hwm"]),
+        "checkpoint_gb": gb(size),
+        "optimizer_state_dtype": opt,
+        "write_s": round(write_s, 1),
+        "load_s": round(child["load_s"], 2),
+        "touch_all_weights_s": round(child["touch_s"], 2),
+        "weights_kept_gb": gb(child["weights_kept"]),
+        "baseline_rss_gb": gb(child["baseline_rss"]),
+        "rss_after_load_gb": gb(child["rss_after_load"]),
+        "peak_rss_gb": gb(child["peak_rss"]),
+        "ru_maxrss_gb": gb(child["ru_maxrss"]),
+        "vm_hwm_gb": gb(child["vm_hwm"]),
         "peak_rss_over_weights": round(child["peak_rss"] / child["weights_kept"], 3),
         "peak_rss_minus_baseline_over_weights": round(
-            (child["peak_rss"] - child["baseline_rss"]) / child["weights_kept"], 3),
+            (child["peak_rss"] - child["baseline_rss"]) / child["weights_kept"], 3
+        ),
     }
-    print(f"[load-memory] checkpoint {result['checkpoint_gb']} GB; load {result['load_s']}s "
-          f"(+{result['touch_all_weights_s']}s to page every weight in); weights kept {result['weights_kept_gb']} GB; "
-          f"peak RSS {result['peak_rss_gb']} GB = {result['peak_rss_over_weights']}× weights "
-          f"(imports alone {result['baseline_rss_gb']} GB)")
+    print(
+        f"[load-memory] checkpoint {result['checkpoint_gb']} GB; load {result['load_s']}s "
+        f"(+{result['touch_all_weights_s']}s to page every weight in); weights kept {result['weights_kept_gb']} GB; "
+        f"peak RSS {result['peak_rss_gb']} GB = {result['peak_rss_over_weights']}× weights "
+        f"(imports alone {result['baseline_rss_gb']} GB)"
+    )
     return result
 
 

@@ -38,7 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _default_model_config() -> str:
-    for path in (os.path.join(ROOT, "zeronvs_config.yaml"), os.path.join(ROOT, "..", "shared", "fixtures", "zeronvs_config.yaml")):
+    for path in (
+        os.path.join(ROOT, "zeronvs_config.yaml"),
+        os.path.join(ROOT, "..", "shared", "fixtures", "zeronvs_config.yaml"),
+    ):
         if os.path.isfile(path):
             return path
     raise SystemExit("pass --model-config: the latent-diffusion YAML of ZeroNVS (zeronvs_config.yaml)")
@@ -99,7 +102,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     import threestudio
     from threestudio.utils.config import config_to_primitive, load_config
 
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     steps = args.steps or (20 if device.type == "cuda" else 2)
     model_config = args.model_config or _default_model_config()
     cfg = load_config(
@@ -232,4 +237,3 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     }
     print(f"extrapolated {max_steps}-step run: {result['extrapolated']['total_min']:.1f} min (not measured end to end)")
     return result
-

@@ -32,7 +32,9 @@ def build_optimizer(cfg: Dict[str, Any], param_groups: List[Dict[str, Any]]) -> 
     name = cfg.get("name", "Adam")
     optim_cls = getattr(torch.optim, name, None)
     if optim_cls is None or not isinstance(optim_cls, type):
-        raise ConfigError(f"unknown optimizer {name!r} in system.optimizer.name; use a torch.optim class name, e.g. Adam")
+        raise ConfigError(
+            f"unknown optimizer {name!r} in system.optimizer.name; use a torch.optim class name, e.g. Adam"
+        )
     try:
         return optim_cls(param_groups, **cfg.get("args", {}))
     except TypeError as e:
@@ -227,7 +229,9 @@ class BaseSystem(pl.LightningModule, Updateable):
         name = sched_cfg.get("name")
         sched_cls = getattr(torch.optim.lr_scheduler, str(name), None)
         if sched_cls is None:
-            raise ConfigError(f"unknown scheduler {name!r} in system.scheduler.name; use a torch.optim.lr_scheduler class")
+            raise ConfigError(
+                f"unknown scheduler {name!r} in system.scheduler.name; use a torch.optim.lr_scheduler class"
+            )
         scheduler = sched_cls(optimizer, **sched_cfg.get("args", {}))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -363,7 +367,9 @@ class BaseLift3DSystem(BaseSystem):
         frames = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
         if frames:
             video = self.save_path(f"it{self.true_global_step}-test.mp4")
-            save_video(video, (load_image(os.path.join(folder, f))[..., :3] for f in frames), fps=self.cfg.test_video_fps)
+            save_video(
+                video, (load_image(os.path.join(folder, f))[..., :3] for f in frames), fps=self.cfg.test_video_fps
+            )
             logger.info("test video: %s (%d frames)", video, len(frames))
 
     # ----- export --------------------------------------------------------------------------------------------

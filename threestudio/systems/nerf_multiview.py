@@ -6,8 +6,8 @@ views when ``data.generated_views_dir`` is set): the photometric loss is the per
 ``system.loss.lambda_rgb``. Optional terms: ``lambda_mask`` (opacity against the mask, for masked scenes),
 ``lambda_sparsity``, ``lambda_opaque``, ``lambda_distortion`` (mip-NeRF 360's distortion loss in the renderer's
 normalised ray spacing: pulls each ray's weights together, removes floaters), the proposal network's interlevel
-loss, and ``lambda_sds``: score distillation from the ZeroNVS guidance on random views (``system.random_camera``, the keys of
-:class:`threestudio.data.random_camera.RandomCameraConfig`, around the canonical input camera; needs
+loss, and ``lambda_sds``: score distillation from the ZeroNVS guidance on random views (``system.random_camera``,
+the keys of :class:`threestudio.data.random_camera.RandomCameraConfig`, around the canonical input camera; needs
 ``data.canonicalize: true`` so the frame matches the diffusion model's).
 
 ``--test`` renders every held-out target view, writes ``save/it{step}-test/{index:04d}.png`` (rgb | depth |
@@ -142,8 +142,11 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
         n_rays = out["opacity"].numel()
         rcfg = self.renderer.cfg
         s_mid, s_delta = normalized_spacing(
-            out["t_points"].reshape(n_rays, -1), out["t_intervals"].reshape(n_rays, -1),
-            rcfg.near_plane, rcfg.far_plane, rcfg.sampling_type,
+            out["t_points"].reshape(n_rays, -1),
+            out["t_intervals"].reshape(n_rays, -1),
+            rcfg.near_plane,
+            rcfg.far_plane,
+            rcfg.sampling_type,
         )
         return distortion_loss(out["weights"].reshape(n_rays, -1), s_mid, s_delta)
 

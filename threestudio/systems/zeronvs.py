@@ -85,7 +85,9 @@ class ZeroNVSSystem(BaseLift3DSystem):
         if self.loss_enabled("orient"):
             if "normal" not in out:
                 raise ConfigError("system.loss.lambda_orient needs normals: set system.geometry.normal_type")
-            self.weighted("orient", orientation_loss(out["weights"], out["normal"], out["t_dirs"], out["opacity"]), terms)
+            self.weighted(
+                "orient", orientation_loss(out["weights"], out["normal"], out["t_dirs"], out["opacity"]), terms
+            )
         if not is_reference and self.loss_enabled("sparsity"):
             self.weighted("sparsity", sparsity_loss(out["opacity"]), terms)
         if self.loss_enabled("opaque"):

@@ -76,6 +76,7 @@ def sample_proposal(
     if not proposal_density_fns or len(proposal_density_fns) != len(proposal_samples):
         raise ValueError("sample_proposal needs one sample count per proposal density function")
     levels: List[Tuple[Tensor, Tensor]] = []
+    s = weights = rays_o.new_empty(0)  # replaced on the first level
     for density_fn, n_samples in zip(proposal_density_fns, proposal_samples):
         if levels:
             s = sample_pdf(s, weights, n_samples, randomized)
