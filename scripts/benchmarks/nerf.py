@@ -3,7 +3,9 @@
 Builds the geometry, material, background and renderer of ``--config`` (default configs/zeronvs.yaml, the paper's:
 16-level hash grid, analytic normals, proposal sampling with 64 + 64 samples per ray, lindisp, near 0.5, far 1000),
 then times full training steps (render, RGB + proposal + orientation loss, backward, Adam) on random rays through
-the scene's inner ball.
+the scene's inner ball. ``--backend torch`` is the pure-PyTorch reference (``system.fast_paths=off``); ``triton``
+is ``fast_paths=auto``: the Triton kernels on CUDA (tiny-cuda-nn instead where it is installed). The result says
+which kernels passed their self-check and ran (``triton_kernels``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from typing import Any, Dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BACKENDS = {"torch": "off", "triton": "auto"}  # --backend -> system.fast_paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rays", type=int, default=None, help="rays per step (default: 512 on CPU, 16384 on CUDA)")
     parser.add_argument("--iters", type=int, default=None, help="timed steps (default: 3 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--fast-paths", choices=["auto", "off"], default="auto",
-                        help="off = pure PyTorch even where tiny-cuda-nn is installed")
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="triton",
+                        help="torch = the pure-PyTorch reference (fast_paths off); triton = fast_paths auto (the "
+                             "Triton kernels on CUDA)")
     parser.add_argument("--grad-checkpoint-chunk", type=int, default=None,
                         help="renderer.grad_checkpoint_chunk_size (samples per checkpointed chunk; 0 = keep the "
                              "whole graph; default: the config's)")
@@ -59,20 +63,20 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     on_gpu = device.type == "cuda"
     n_rays = args.rays or (16384 if on_gpu else 512)
     iters = args.iters or (20 if on_gpu else 3)
-    fast_paths.set_fast_paths(args.fast_paths)
+    mode = BACKENDS[args.backend]
     torch.manual_seed(0)
 
     system = config_to_primitive(load_config(args.config).system)
     geometry_cfg = dict(system["geometry"], normal_type=None if args.normal_type == "none" else args.normal_type,
                         analytic_normal_method=args.normal_method)
-    geometry = threestudio.find(system["geometry_type"])(geometry_cfg)
+    geometry = threestudio.find(system["geometry_type"])(geometry_cfg, fast_paths=mode)
     # shading is timed, as after ZeroNVS's ambient-only phase
     material = threestudio.find(system["material_type"])(dict(system["material"], ambient_only_steps=0))
     background = threestudio.find(system["background_type"])(system["background"])
     renderer_cfg = dict(system["renderer"])
     if args.grad_checkpoint_chunk is not None:
         renderer_cfg["grad_checkpoint_chunk_size"] = args.grad_checkpoint_chunk
-    renderer = threestudio.find(system["renderer_type"])(renderer_cfg, geometry, material, background)
+    renderer = threestudio.find(system["renderer_type"])(renderer_cfg, geometry, material, background, fast_paths=mode)
     for module in (geometry, material, background, renderer):
         module.to(device).train()
     params = list(geometry.parameters()) + list(renderer.proposal_networks.parameters())
@@ -107,7 +111,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     seconds = (time.perf_counter() - start) / iters
     result = {
         "device": str(device),
-        "tcnn": fast_paths.use_tcnn() if on_gpu else False,
+        "backend": args.backend,
+        "tcnn": fast_paths.use_tcnn(mode) if on_gpu else False,
+        "triton_kernels": fast_paths.triton_kernel_status(),
         "normal_type": args.normal_type,
         "analytic_normal_method": args.normal_method,
         "rays_per_step": n_rays,
