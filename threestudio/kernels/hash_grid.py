@@ -305,7 +305,7 @@ def encode_with_jacobian(grid: Any, x: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def _max_relative_error(value: Tensor, reference: Tensor) -> float:
-    value, reference = value.double(), reference.double()
+    value, reference = value.detach().double(), reference.detach().double()
     return float((value - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
 
 
@@ -350,7 +350,7 @@ def self_check(device: Any, tolerance: float = 1e-4) -> None:
         with torch.no_grad():
             grid.params.copy_(torch.rand(grid.params.shape, generator=gen) * 2.0 - 1.0)
         grid = grid.to(device)
-        x = (torch.rand(300, 3, generator=gen) * 1.2 - 0.1).to(device)
+        x = (torch.rand(120, 3, generator=gen) * 1.2 - 0.1).to(device)
         errors = compare_with_reference(grid, x)
     worst = max(errors, key=errors.get)
     if not errors[worst] <= tolerance:
