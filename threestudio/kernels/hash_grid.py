@@ -117,8 +117,8 @@ def _points_axes(x_ptr, points, mask, scale, D: tl.constexpr):
 @triton.jit
 def _encode_kernel(x_ptr, table_ptr, out_ptr, jac_ptr, scales_ptr, res_ptr, offsets_ptr, sizes_ptr, dense_ptr,
                    strides_ptr, primes_ptr, n_points, n_out,
-                   D: tl.constexpr, F: tl.constexpr, FP: tl.constexpr, WITH_JACOBIAN: tl.constexpr,
-                   BLOCK_N: tl.constexpr):
+                   D: tl.constexpr, N_CORNERS: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
+                   WITH_JACOBIAN: tl.constexpr, BLOCK_N: tl.constexpr):
     """out[n, level·F + f] (and jac[n, level·F + f, j] = ∂out/∂x_j, zero where x_j is clamped) for a block of
     points at one level (program axis 1)."""
     level = tl.program_id(1)
@@ -133,7 +133,7 @@ def _encode_kernel(x_ptr, table_ptr, out_ptr, jac_ptr, scales_ptr, res_ptr, offs
     jac0 = tl.zeros([BLOCK_N, FP], dtype=tl.float32)
     jac1 = tl.zeros([BLOCK_N, FP], dtype=tl.float32)
     jac2 = tl.zeros([BLOCK_N, FP], dtype=tl.float32)
-    for c in tl.static_range(2**D):
+    for c in tl.static_range(N_CORNERS):
         row, weight, dw0, dw1, dw2 = _corner(c, D, cell0, frac0, cell1, frac1, cell2, frac2, scale, max_vertex,
                                              st0, st1, st2, pr1, pr2, dense, hash_mask, offset)
         corner = tl.load(table_ptr + row[:, None] * F + feats[None, :], mask=fmask, other=0.0)
@@ -157,8 +157,8 @@ def _encode_kernel(x_ptr, table_ptr, out_ptr, jac_ptr, scales_ptr, res_ptr, offs
 @triton.jit
 def _table_grad_kernel(x_ptr, grad_out_ptr, grad_jac_ptr, grad_table_ptr, scales_ptr, res_ptr, offsets_ptr,
                        sizes_ptr, dense_ptr, strides_ptr, primes_ptr, n_points, n_out,
-                       D: tl.constexpr, F: tl.constexpr, FP: tl.constexpr, WITH_JACOBIAN: tl.constexpr,
-                       BLOCK_N: tl.constexpr):
+                       D: tl.constexpr, N_CORNERS: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
+                       WITH_JACOBIAN: tl.constexpr, BLOCK_N: tl.constexpr):
     """grad_table[row, f] += Σ over points and corners of weight·grad_out (+ Σ_j ∂weight/∂x_j·grad_jac_j where
     x_j is inside [0, 1]), fp32 atomics."""
     level = tl.program_id(1)
@@ -180,7 +180,7 @@ def _table_grad_kernel(x_ptr, grad_out_ptr, grad_jac_ptr, grad_table_ptr, scales
             grad1 = tl.load(grad_jac_ptr + out_index * D + 1, mask=fmask, other=0.0) * in1[:, None]
         if D > 2:
             grad2 = tl.load(grad_jac_ptr + out_index * D + 2, mask=fmask, other=0.0) * in2[:, None]
-    for c in tl.static_range(2**D):
+    for c in tl.static_range(N_CORNERS):
         row, weight, dw0, dw1, dw2 = _corner(c, D, cell0, frac0, cell1, frac1, cell2, frac2, scale, max_vertex,
                                              st0, st1, st2, pr1, pr2, dense, hash_mask, offset)
         contribution = weight[:, None] * grad_value
@@ -190,7 +190,7 @@ def _table_grad_kernel(x_ptr, grad_out_ptr, grad_jac_ptr, grad_table_ptr, scales
                 contribution += dw1[:, None] * grad1
             if D > 2:
                 contribution += dw2[:, None] * grad2
-        tl.atomic_add(grad_table_ptr + row[:, None] * F + feats[None, :], contribution, mask=fmask)
+        tl.atomic_add(grad_table_ptr + row[:, None] * F + feats[None, :], contribution, mask=fmask, sem="relaxed")
 
 
 _PRIMES = (1, 2654435761, 805459861)  # the reference's first three (threestudio.models.networks._HASH_PRIMES)
@@ -209,26 +209,33 @@ def _launch_grid(n_points: int, grid: Any) -> Tuple[int, int]:
     return (triton.cdiv(max(n_points, 1), BLOCK), grid.n_levels)
 
 
+def _constants(grid: Any) -> dict:
+    """The kernels' compile-time constants for ``grid``."""
+    d, f = grid.n_input_dims, grid.n_features_per_level
+    return dict(D=d, N_CORNERS=2**d, F=f, FP=triton.next_power_of_2(f), BLOCK_N=BLOCK)
+
+
 def _forward(x: Tensor, table: Tensor, grid: Any, with_jacobian: bool) -> Tuple[Tensor, Optional[Tensor]]:
-    n, d, f = x.shape[0], grid.n_input_dims, grid.n_features_per_level
+    n = x.shape[0]
     out = torch.empty(n, grid.n_output_dims, dtype=torch.float32, device=x.device)
-    jac = torch.empty(n, grid.n_output_dims, d, dtype=torch.float32, device=x.device) if with_jacobian else None
+    jac = None
+    if with_jacobian:
+        jac = torch.empty(n, grid.n_output_dims, grid.n_input_dims, dtype=torch.float32, device=x.device)
     if n:
         _encode_kernel[_launch_grid(n, grid)](
-            x, table, out, jac if with_jacobian else out, *_metadata(grid, x.device), n, grid.n_output_dims,
-            D=d, F=f, FP=triton.next_power_of_2(f), WITH_JACOBIAN=with_jacobian, BLOCK_N=BLOCK,
+            x, table, out, out if jac is None else jac, *_metadata(grid, x.device), n, grid.n_output_dims,
+            WITH_JACOBIAN=with_jacobian, **_constants(grid),
         )
     return out, jac
 
 
 def _table_grad(x: Tensor, grad_out: Tensor, grad_jac: Optional[Tensor], grid: Any, numel: int) -> Tensor:
     grad_table = torch.zeros(numel, dtype=torch.float32, device=x.device)
-    n, d, f = x.shape[0], grid.n_input_dims, grid.n_features_per_level
+    n = x.shape[0]
     if n:
         _table_grad_kernel[_launch_grid(n, grid)](
             x, grad_out, grad_out if grad_jac is None else grad_jac, grad_table, *_metadata(grid, x.device), n,
-            grid.n_output_dims, D=d, F=f, FP=triton.next_power_of_2(f), WITH_JACOBIAN=grad_jac is not None,
-            BLOCK_N=BLOCK,
+            grid.n_output_dims, WITH_JACOBIAN=grad_jac is not None, **_constants(grid),
         )
     return grad_table
 
