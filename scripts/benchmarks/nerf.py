@@ -5,7 +5,8 @@ Builds the geometry, material, background and renderer of ``--config`` (default 
 then times full training steps (render, RGB + proposal + orientation loss, backward, Adam) on random rays through
 the scene's inner ball. ``--backend torch`` is the pure-PyTorch reference (``system.fast_paths=off``); ``triton``
 is ``fast_paths=auto``: the Triton kernels on CUDA (tiny-cuda-nn instead where it is installed). The result says
-which kernels passed their self-check and ran (``triton_kernels``).
+which kernels passed their self-check and ran (``triton_kernels``). ``--encoding-only`` times just the geometry's
+hash grid at ``--samples`` points: forward + backward into the table, and the Jacobian path (explicit normals).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="triton",
                         help="torch = the pure-PyTorch reference (fast_paths off); triton = fast_paths auto (the "
                              "Triton kernels on CUDA)")
+    parser.add_argument("--encoding-only", action="store_true",
+                        help="time only the geometry's hash grid (encode + table backward, and the Jacobian path)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="points per encoding step with --encoding-only (default: 2^20 on CUDA, 2^16 on CPU)")
     parser.add_argument("--grad-checkpoint-chunk", type=int, default=None,
                         help="renderer.grad_checkpoint_chunk_size (samples per checkpointed chunk; 0 = keep the "
                              "whole graph; default: the config's)")
@@ -67,6 +72,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     torch.manual_seed(0)
 
     system = config_to_primitive(load_config(args.config).system)
+    if args.encoding_only:
+        return _time_encoding(args, system, mode, device)
     geometry_cfg = dict(system["geometry"], normal_type=None if args.normal_type == "none" else args.normal_type,
                         analytic_normal_method=args.normal_method)
     geometry = threestudio.find(system["geometry_type"])(geometry_cfg, fast_paths=mode)
@@ -128,4 +135,44 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     else:  # the whole process's peak resident memory (KiB on Linux)
         result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    return result
+
+
+def _time_encoding(args: argparse.Namespace, system: Dict[str, Any], mode: str, device) -> Dict[str, Any]:
+    """Seconds per forward + table backward of the geometry's hash grid, plain and with its input Jacobian."""
+    import torch
+
+    from threestudio.models.networks import get_encoding
+    from threestudio.utils import fast_paths
+
+    grid = get_encoding(3, system["geometry"]["pos_encoding_config"], fast_paths=mode).to(device)
+    n = args.samples or (2**20 if device.type == "cuda" else 2**16)
+    iters = args.iters or (20 if device.type == "cuda" else 3)
+    x = torch.rand(n, 3, device=device)
+
+    def encode() -> None:
+        grid(x).square().sum().backward()
+
+    def jacobian() -> None:
+        value, jac = grid.forward_with_jacobian(x)
+        (value.square().sum() + jac.square().sum()).backward()
+
+    result: Dict[str, Any] = {"device": str(device), "backend": args.backend, "samples": n, "timed_steps": iters,
+                              "encoding": type(grid).__name__, "n_levels": getattr(grid, "n_levels", None)}
+    for name, fn in (("encode_fwd_bwd", encode), ("jacobian_fwd_bwd", jacobian)):
+        if name == "jacobian_fwd_bwd" and not hasattr(grid, "forward_with_jacobian"):
+            continue
+        for _ in range(args.warmup):
+            fn()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        _sync(device)
+        seconds = (time.perf_counter() - start) / iters
+        result[f"{name}_s"] = round(seconds, 5)
+        result[f"{name}_samples_per_s"] = round(n / seconds)
+    result["triton_kernels"] = fast_paths.triton_kernel_status()
+    if device.type == "cuda":
+        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return result
