@@ -115,12 +115,15 @@ def _points_axes(x_ptr, points, mask, scale, D: tl.constexpr):
 
 
 @triton.jit
-def _encode_kernel(x_ptr, table_ptr, out_ptr, jac_ptr, scales_ptr, res_ptr, offsets_ptr, sizes_ptr, dense_ptr,
-                   strides_ptr, primes_ptr, n_points, n_out,
-                   D: tl.constexpr, N_CORNERS: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
-                   WITH_JACOBIAN: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out[n, level·F + f] (and jac[n, level·F + f, j] = ∂out/∂x_j, zero where x_j is clamped) for a block of
-    points at one level (program axis 1)."""
+def _hash_grid_kernel(x_ptr, table_ptr, value_ptr, jac_ptr, scales_ptr, res_ptr, offsets_ptr, sizes_ptr, dense_ptr,
+                      strides_ptr, primes_ptr, n_points, n_out,
+                      D: tl.constexpr, N_CORNERS: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
+                      WITH_JACOBIAN: tl.constexpr, BACKWARD: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A block of points at one level (program axis 1).
+
+    Forward: value[n, level·F + f] from the table (and jac[n, level·F + f, j] = ∂value/∂x_j, zero where x_j is
+    clamped). BACKWARD: value/jac hold the output gradients and table the (fp32, zeroed) table gradient, which gets
+    Σ over points and corners of weight·grad_value (+ Σ_j ∂weight/∂x_j·grad_jac_j) by atomic adds."""
     level = tl.program_id(1)
     points = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = points < n_points
@@ -129,68 +132,49 @@ def _encode_kernel(x_ptr, table_ptr, out_ptr, jac_ptr, scales_ptr, res_ptr, offs
     scale, max_vertex, offset, hash_mask, dense, st0, st1, st2, pr1, pr2 = _level(
         level, scales_ptr, res_ptr, offsets_ptr, sizes_ptr, dense_ptr, strides_ptr, primes_ptr, D)
     cell0, frac0, in0, cell1, frac1, in1, cell2, frac2, in2 = _points_axes(x_ptr, points, mask, scale, D)
+    out_index = points[:, None] * n_out + level * F + feats[None, :]
     value = tl.zeros([BLOCK_N, FP], dtype=tl.float32)
     jac0 = tl.zeros([BLOCK_N, FP], dtype=tl.float32)
     jac1 = tl.zeros([BLOCK_N, FP], dtype=tl.float32)
     jac2 = tl.zeros([BLOCK_N, FP], dtype=tl.float32)
+    if BACKWARD:  # the output gradients, the Jacobian's masked where the input was clamped
+        value = tl.load(value_ptr + out_index, mask=fmask, other=0.0)
+        if WITH_JACOBIAN:
+            jac0 = tl.load(jac_ptr + out_index * D, mask=fmask, other=0.0) * in0[:, None]
+            if D > 1:
+                jac1 = tl.load(jac_ptr + out_index * D + 1, mask=fmask, other=0.0) * in1[:, None]
+            if D > 2:
+                jac2 = tl.load(jac_ptr + out_index * D + 2, mask=fmask, other=0.0) * in2[:, None]
     for c in tl.static_range(N_CORNERS):
         row, weight, dw0, dw1, dw2 = _corner(c, D, cell0, frac0, cell1, frac1, cell2, frac2, scale, max_vertex,
                                              st0, st1, st2, pr1, pr2, dense, hash_mask, offset)
-        corner = tl.load(table_ptr + row[:, None] * F + feats[None, :], mask=fmask, other=0.0)
-        value += weight[:, None] * corner
+        table_index = row[:, None] * F + feats[None, :]
+        if BACKWARD:
+            contribution = weight[:, None] * value
+            if WITH_JACOBIAN:
+                contribution += dw0[:, None] * jac0
+                if D > 1:
+                    contribution += dw1[:, None] * jac1
+                if D > 2:
+                    contribution += dw2[:, None] * jac2
+            tl.atomic_add(table_ptr + table_index, contribution, mask=fmask, sem="relaxed")
+        else:
+            corner = tl.load(table_ptr + table_index, mask=fmask, other=0.0)
+            value += weight[:, None] * corner
+            if WITH_JACOBIAN:
+                jac0 += dw0[:, None] * corner
+                if D > 1:
+                    jac1 += dw1[:, None] * corner
+                if D > 2:
+                    jac2 += dw2[:, None] * corner
+    if not BACKWARD:
+        tl.store(value_ptr + out_index, value, mask=fmask)
         if WITH_JACOBIAN:
-            jac0 += dw0[:, None] * corner
+            tl.store(jac_ptr + out_index * D, jac0 * in0[:, None], mask=fmask)
             if D > 1:
-                jac1 += dw1[:, None] * corner
+                tl.store(jac_ptr + out_index * D + 1, jac1 * in1[:, None], mask=fmask)
             if D > 2:
-                jac2 += dw2[:, None] * corner
-    out_index = points[:, None] * n_out + level * F + feats[None, :]
-    tl.store(out_ptr + out_index, value, mask=fmask)
-    if WITH_JACOBIAN:
-        tl.store(jac_ptr + out_index * D, jac0 * in0[:, None], mask=fmask)
-        if D > 1:
-            tl.store(jac_ptr + out_index * D + 1, jac1 * in1[:, None], mask=fmask)
-        if D > 2:
-            tl.store(jac_ptr + out_index * D + 2, jac2 * in2[:, None], mask=fmask)
-
-
-@triton.jit
-def _table_grad_kernel(x_ptr, grad_out_ptr, grad_jac_ptr, grad_table_ptr, scales_ptr, res_ptr, offsets_ptr,
-                       sizes_ptr, dense_ptr, strides_ptr, primes_ptr, n_points, n_out,
-                       D: tl.constexpr, N_CORNERS: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
-                       WITH_JACOBIAN: tl.constexpr, BLOCK_N: tl.constexpr):
-    """grad_table[row, f] += Σ over points and corners of weight·grad_out (+ Σ_j ∂weight/∂x_j·grad_jac_j where
-    x_j is inside [0, 1]), fp32 atomics."""
-    level = tl.program_id(1)
-    points = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = points < n_points
-    feats = tl.arange(0, FP)
-    fmask = mask[:, None] & (feats[None, :] < F)
-    scale, max_vertex, offset, hash_mask, dense, st0, st1, st2, pr1, pr2 = _level(
-        level, scales_ptr, res_ptr, offsets_ptr, sizes_ptr, dense_ptr, strides_ptr, primes_ptr, D)
-    cell0, frac0, in0, cell1, frac1, in1, cell2, frac2, in2 = _points_axes(x_ptr, points, mask, scale, D)
-    out_index = points[:, None] * n_out + level * F + feats[None, :]
-    grad_value = tl.load(grad_out_ptr + out_index, mask=fmask, other=0.0)
-    grad0 = grad_value
-    grad1 = grad_value
-    grad2 = grad_value
-    if WITH_JACOBIAN:
-        grad0 = tl.load(grad_jac_ptr + out_index * D, mask=fmask, other=0.0) * in0[:, None]
-        if D > 1:
-            grad1 = tl.load(grad_jac_ptr + out_index * D + 1, mask=fmask, other=0.0) * in1[:, None]
-        if D > 2:
-            grad2 = tl.load(grad_jac_ptr + out_index * D + 2, mask=fmask, other=0.0) * in2[:, None]
-    for c in tl.static_range(N_CORNERS):
-        row, weight, dw0, dw1, dw2 = _corner(c, D, cell0, frac0, cell1, frac1, cell2, frac2, scale, max_vertex,
-                                             st0, st1, st2, pr1, pr2, dense, hash_mask, offset)
-        contribution = weight[:, None] * grad_value
-        if WITH_JACOBIAN:
-            contribution += dw0[:, None] * grad0
-            if D > 1:
-                contribution += dw1[:, None] * grad1
-            if D > 2:
-                contribution += dw2[:, None] * grad2
-        tl.atomic_add(grad_table_ptr + row[:, None] * F + feats[None, :], contribution, mask=fmask, sem="relaxed")
+                tl.store(jac_ptr + out_index * D + 2, jac2 * in2[:, None], mask=fmask)
 
 
 _PRIMES = (1, 2654435761, 805459861)  # the reference's first three (threestudio.models.networks._HASH_PRIMES)
@@ -222,9 +206,9 @@ def _forward(x: Tensor, table: Tensor, grid: Any, with_jacobian: bool) -> Tuple[
     if with_jacobian:
         jac = torch.empty(n, grid.n_output_dims, grid.n_input_dims, dtype=torch.float32, device=x.device)
     if n:
-        _encode_kernel[_launch_grid(n, grid)](
+        _hash_grid_kernel[_launch_grid(n, grid)](
             x, table, out, out if jac is None else jac, *_metadata(grid, x.device), n, grid.n_output_dims,
-            WITH_JACOBIAN=with_jacobian, **_constants(grid),
+            WITH_JACOBIAN=with_jacobian, BACKWARD=False, **_constants(grid),
         )
     return out, jac
 
@@ -233,9 +217,9 @@ def _table_grad(x: Tensor, grad_out: Tensor, grad_jac: Optional[Tensor], grid: A
     grad_table = torch.zeros(numel, dtype=torch.float32, device=x.device)
     n = x.shape[0]
     if n:
-        _table_grad_kernel[_launch_grid(n, grid)](
-            x, grad_out, grad_out if grad_jac is None else grad_jac, grad_table, *_metadata(grid, x.device), n,
-            grid.n_output_dims, WITH_JACOBIAN=grad_jac is not None, **_constants(grid),
+        _hash_grid_kernel[_launch_grid(n, grid)](
+            x, grad_table, grad_out, grad_out if grad_jac is None else grad_jac, *_metadata(grid, x.device), n,
+            grid.n_output_dims, WITH_JACOBIAN=grad_jac is not None, BACKWARD=True, **_constants(grid),
         )
     return grad_table
 
