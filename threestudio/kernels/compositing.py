@@ -1,7 +1,8 @@
 """Triton kernels of volume-rendering compositing on dense (rays, samples) tensors
 (:func:`threestudio.models.renderers.rendering.render_weights` and :func:`~.rendering.accumulate`).
 
-One program handles a block of rays and walks along their samples in order, so transmittance is the same running
+One program handles a block of rays and walks along their samples in order (the sample count is a compile-time
+constant: one compilation per count the renderer uses), so transmittance is the same running
 (exclusive) sum of σδ as the reference's cumsum. ``render_weights`` returns weights, transmittance and alphas; its
 backward walks the samples in reverse with the running sum ``Σ_{i>k} T_i (∂L/∂T_i + ∂L/∂w_i α_i)``:
 ``∂L/∂(σδ)_k = e^{−σ_k δ_k} (∂L/∂α_k + ∂L/∂w_k T_k) − Σ_{i>k} ...``. ``accumulate`` is ``Σ_s w_s v_s`` per ray with
@@ -24,13 +25,13 @@ BLOCK_RAYS = 128
 
 
 @triton.jit
-def _weights_kernel(sigma_ptr, delta_ptr, weight_ptr, trans_ptr, alpha_ptr, n_rays, n_samples,
+def _weights_kernel(sigma_ptr, delta_ptr, weight_ptr, trans_ptr, alpha_ptr, n_rays, S: tl.constexpr,
                     BLOCK_R: tl.constexpr):
     rays = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask = rays < n_rays
-    base = rays * n_samples
+    base = rays * S
     optical_depth = tl.zeros([BLOCK_R], dtype=tl.float32)  # Σ_{j<i} σ_j δ_j
-    for s in range(n_samples):
+    for s in range(S):
         sigma_delta = tl.load(sigma_ptr + base + s, mask=mask, other=0.0) * tl.load(delta_ptr + base + s, mask=mask,
                                                                                    other=0.0)
         transmittance = tl.exp(-optical_depth)
@@ -43,14 +44,14 @@ def _weights_kernel(sigma_ptr, delta_ptr, weight_ptr, trans_ptr, alpha_ptr, n_ra
 
 @triton.jit
 def _weights_backward_kernel(sigma_ptr, delta_ptr, trans_ptr, grad_w_ptr, grad_t_ptr, grad_a_ptr, grad_sigma_ptr,
-                             grad_delta_ptr, n_rays, n_samples, HAS_GRAD_W: tl.constexpr,
+                             grad_delta_ptr, n_rays, S: tl.constexpr, HAS_GRAD_W: tl.constexpr,
                              HAS_GRAD_T: tl.constexpr, HAS_GRAD_A: tl.constexpr, BLOCK_R: tl.constexpr):
     rays = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask = rays < n_rays
-    base = rays * n_samples
+    base = rays * S
     later = tl.zeros([BLOCK_R], dtype=tl.float32)  # Σ_{i>k} T_i (∂L/∂T_i + ∂L/∂w_i α_i)
-    for i in range(n_samples):
-        s = n_samples - 1 - i
+    for i in range(S):
+        s = S - 1 - i
         sigma = tl.load(sigma_ptr + base + s, mask=mask, other=0.0)
         delta = tl.load(delta_ptr + base + s, mask=mask, other=0.0)
         transmittance = tl.load(trans_ptr + base + s, mask=mask, other=0.0)
@@ -73,22 +74,22 @@ def _weights_backward_kernel(sigma_ptr, delta_ptr, trans_ptr, grad_w_ptr, grad_t
 
 
 @triton.jit
-def _accumulate_kernel(weight_ptr, value_ptr, out_ptr, n_rays, n_samples, C: tl.constexpr, CP: tl.constexpr,
+def _accumulate_kernel(weight_ptr, value_ptr, out_ptr, n_rays, S: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
                        BLOCK_R: tl.constexpr):
     rays = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask = rays < n_rays
     channels = tl.arange(0, CP)
     cmask = mask[:, None] & (channels[None, :] < C)
     total = tl.zeros([BLOCK_R, CP], dtype=tl.float32)
-    for s in range(n_samples):
-        weight = tl.load(weight_ptr + rays * n_samples + s, mask=mask, other=0.0)
-        value = tl.load(value_ptr + (rays[:, None] * n_samples + s) * C + channels[None, :], mask=cmask, other=0.0)
+    for s in range(S):
+        weight = tl.load(weight_ptr + rays * S + s, mask=mask, other=0.0)
+        value = tl.load(value_ptr + (rays[:, None] * S + s) * C + channels[None, :], mask=cmask, other=0.0)
         total += weight[:, None] * value
     tl.store(out_ptr + rays[:, None] * C + channels[None, :], total, mask=cmask)
 
 
 @triton.jit
-def _accumulate_backward_kernel(weight_ptr, value_ptr, grad_out_ptr, grad_w_ptr, grad_v_ptr, n_rays, n_samples,
+def _accumulate_backward_kernel(weight_ptr, value_ptr, grad_out_ptr, grad_w_ptr, grad_v_ptr, n_rays, S: tl.constexpr,
                                 C: tl.constexpr, CP: tl.constexpr, NEED_W: tl.constexpr, NEED_V: tl.constexpr,
                                 BLOCK_R: tl.constexpr):
     rays = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -96,13 +97,13 @@ def _accumulate_backward_kernel(weight_ptr, value_ptr, grad_out_ptr, grad_w_ptr,
     channels = tl.arange(0, CP)
     cmask = mask[:, None] & (channels[None, :] < C)
     grad_out = tl.load(grad_out_ptr + rays[:, None] * C + channels[None, :], mask=cmask, other=0.0)
-    for s in range(n_samples):
-        index = (rays[:, None] * n_samples + s) * C + channels[None, :]
+    for s in range(S):
+        index = (rays[:, None] * S + s) * C + channels[None, :]
         if NEED_W:
             value = tl.load(value_ptr + index, mask=cmask, other=0.0)
-            tl.store(grad_w_ptr + rays * n_samples + s, tl.sum(grad_out * value, axis=1), mask=mask)
+            tl.store(grad_w_ptr + rays * S + s, tl.sum(grad_out * value, axis=1), mask=mask)
         if NEED_V:
-            weight = tl.load(weight_ptr + rays * n_samples + s, mask=mask, other=0.0)
+            weight = tl.load(weight_ptr + rays * S + s, mask=mask, other=0.0)
             tl.store(grad_v_ptr + index, weight[:, None] * grad_out, mask=cmask)
 
 
@@ -118,7 +119,7 @@ class _RenderWeights(torch.autograd.Function):
         n_rays, n_samples = sigmas.shape
         weights, trans, alphas = (torch.empty_like(sigmas) for _ in range(3))
         if sigmas.numel():
-            _weights_kernel[_blocks(n_rays)](sigmas, deltas, weights, trans, alphas, n_rays, n_samples,
+            _weights_kernel[_blocks(n_rays)](sigmas, deltas, weights, trans, alphas, n_rays, S=n_samples,
                                              BLOCK_R=BLOCK_RAYS)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(sigmas, deltas, trans)
@@ -136,7 +137,7 @@ class _RenderWeights(torch.autograd.Function):
         n_rays, n_samples = sigmas.shape
         grads = [sigmas if g is None else g.contiguous() for g in (grad_w, grad_t, grad_a)]
         _weights_backward_kernel[_blocks(n_rays)](
-            sigmas, deltas, trans, *grads, grad_sigma, grad_delta, n_rays, n_samples,
+            sigmas, deltas, trans, *grads, grad_sigma, grad_delta, n_rays, S=n_samples,
             HAS_GRAD_W=grad_w is not None, HAS_GRAD_T=grad_t is not None, HAS_GRAD_A=grad_a is not None,
             BLOCK_R=BLOCK_RAYS,
         )
@@ -151,7 +152,7 @@ class _Accumulate(torch.autograd.Function):
         n_rays, n_samples, channels = values.shape
         out = torch.empty(n_rays, channels, dtype=torch.float32, device=values.device)
         if n_rays:
-            _accumulate_kernel[_blocks(n_rays)](weights, values, out, n_rays, n_samples, C=channels,
+            _accumulate_kernel[_blocks(n_rays)](weights, values, out, n_rays, S=n_samples, C=channels,
                                                 CP=triton.next_power_of_2(channels), BLOCK_R=BLOCK_RAYS)
         ctx.save_for_backward(weights, values)
         return out
@@ -168,7 +169,7 @@ class _Accumulate(torch.autograd.Function):
         grad_v = torch.empty_like(values) if need_v else None
         _accumulate_backward_kernel[_blocks(n_rays)](
             weights, values, grad_out.contiguous(), weights if grad_w is None else grad_w,
-            values if grad_v is None else grad_v, n_rays, n_samples, C=channels, CP=triton.next_power_of_2(channels),
+            values if grad_v is None else grad_v, n_rays, S=n_samples, C=channels, CP=triton.next_power_of_2(channels),
             NEED_W=need_w, NEED_V=need_v, BLOCK_R=BLOCK_RAYS,
         )
         return grad_w, grad_v
