@@ -56,6 +56,14 @@ def trainer_kwargs(cfg_trainer: dict, n_gpus: int) -> dict:
     return kwargs
 
 
+def resolve_data_config(cfg: Any) -> None:
+    """Let the datamodule fill in values it derives from its input (``data.default_fovy_deg: auto`` → the
+    image's EXIF fov), in place, so that ``configs/parsed.yaml`` records what the run uses."""
+    resolve = getattr(threestudio.find(cfg.data_type), "resolve_config", None)
+    if resolve is not None:
+        cfg.data = resolve(cfg.data)
+
+
 def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int = 1) -> str:
     """Run ``mode`` (train | validate | test | export) for the config. Returns the trial folder."""
     if mode not in MODES:
@@ -71,6 +79,7 @@ def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int =
         raise UserError(f"resume checkpoint not found: {resume}")
     if not cfg.data_type or not cfg.system_type:
         raise ConfigError("the config must set data_type and system_type")
+    resolve_data_config(cfg)
 
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
