@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import time
 from typing import Any, Sequence
 
 import threestudio
@@ -68,6 +69,7 @@ def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int =
     """Run ``mode`` (train | validate | test | export) for the config. Returns the trial folder."""
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    started = time.perf_counter()
     timestamp = os.environ.get(_TIMESTAMP_ENV)
     overrides = {"timestamp": timestamp} if timestamp else {}
     cfg = load_config(config_path, cli_args=cli_args, n_gpus=n_gpus, **overrides)
@@ -136,4 +138,9 @@ def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int =
         trainer.test(system, datamodule=datamodule, ckpt_path=resume)
     else:
         trainer.predict(system, datamodule=datamodule, ckpt_path=resume, return_predictions=False)
+    if mode in ("train", "test") and _rank() == 0:
+        from threestudio.utils.report import finish_run
+
+        device = f"{t_kwargs['accelerator']} x{t_kwargs['devices']}"
+        logger.info("report: %s", finish_run(trial_dir, mode, time.perf_counter() - started, device))
     return trial_dir
