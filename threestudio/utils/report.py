@@ -192,7 +192,9 @@ def _sections(trial_dir: str, cfg: dict) -> List[str]:
     save = os.path.join(trial_dir, "save")
     out: List[str] = []
     image_path = _get(cfg, "data.image_path")
-    settings = [(label, _get(cfg, key)) for label, key in SETTINGS if _get(cfg, key) is not None]
+    # with a posed scene the input cameras come from its files: the single-image camera keys are unused
+    skip = {"data.default_fovy_deg", "data.default_elevation_deg"} if _get(cfg, "data.scene_dir") else set()
+    settings = [(label, _get(cfg, k)) for label, k in SETTINGS if _get(cfg, k) is not None and k not in skip]
     stats = _read_json(os.path.join(save, RUN_STATS)) or {}
     for mode, s in stats.items():
         cuda = f", peak GPU memory {s['peak_cuda_mb']:.0f} MiB" if s.get("peak_cuda_mb") else ""
