@@ -18,6 +18,7 @@ import glob
 import html
 import io
 import json
+import logging
 import os
 import re
 import resource
@@ -73,10 +74,15 @@ def _image_thumbnail(path: str, max_side: int = 320) -> Optional[str]:
     from threestudio.utils.errors import UserError
     from threestudio.utils.image import load_image, resize_image, to_uint8
 
+    image_logger = logging.getLogger("threestudio.utils.image")
+    level = image_logger.level
+    image_logger.setLevel(logging.ERROR)  # the run has already warned about this image
     try:
         img = load_image(path, min_side=max_side)
     except UserError:
         return None
+    finally:
+        image_logger.setLevel(level)
     h, w = img.shape[:2]
     k = min(1.0, max_side / max(h, w))
     img = resize_image(img, max(1, round(h * k)), max(1, round(w * k)))
@@ -119,6 +125,7 @@ def loss_plot(series: Dict[str, List[tuple]]) -> Optional[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     cols = min(3, len(keys))
     rows = (len(keys) + cols - 1) // cols
@@ -131,6 +138,7 @@ def loss_plot(series: Dict[str, List[tuple]]) -> Optional[str]:
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
