@@ -49,3 +49,7 @@ def zeronvs_tiny_dir() -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: launches launch.py subprocesses (deselect with -m 'not slow')")
