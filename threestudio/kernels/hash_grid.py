@@ -52,6 +52,14 @@ def _vertex(c: tl.constexpr, d: tl.constexpr, cell, frac, scale, max_vertex):
 
 
 @triton.jit
+def _next_axis(c: tl.constexpr, d: tl.constexpr, cell, frac, scale, max_vertex, stride, prime, dense_row, hashed):
+    """Adds axis d of corner c to the dense row and the spatial hash; returns them with the axis' lerp weight and
+    its derivative."""
+    vertex, weight, slope = _vertex(c, d, cell, frac, scale, max_vertex)
+    return dense_row + vertex * stride, hashed ^ (vertex * prime), weight, slope
+
+
+@triton.jit
 def _corner(c: tl.constexpr, D: tl.constexpr, cell0, frac0, cell1, frac1, cell2, frac2, scale, max_vertex,
             stride0, stride1, stride2, prime1, prime2, dense, hash_mask, offset):
     """Table row (int64), d-linear weight and its derivatives along axes 0..2 of corner c for a block of points
@@ -62,20 +70,13 @@ def _corner(c: tl.constexpr, D: tl.constexpr, cell0, frac0, cell1, frac1, cell2,
     dw1 = dw0
     dw2 = dw0
     if D > 1:
-        v1, w1, s1 = _vertex(c, 1, cell1, frac1, scale, max_vertex)
-        dense_row += v1 * stride1
-        hashed = hashed ^ (v1 * prime1)
-        dw0 = dw0 * w1
-        dw1 = weight * s1
-        weight = weight * w1
+        dense_row, hashed, w1, s1 = _next_axis(c, 1, cell1, frac1, scale, max_vertex, stride1, prime1, dense_row,
+                                               hashed)
+        dw0, dw1, weight = dw0 * w1, weight * s1, weight * w1
     if D > 2:
-        v2, w2, s2 = _vertex(c, 2, cell2, frac2, scale, max_vertex)
-        dense_row += v2 * stride2
-        hashed = hashed ^ (v2 * prime2)
-        dw0 = dw0 * w2
-        dw1 = dw1 * w2
-        dw2 = weight * s2
-        weight = weight * w2
+        dense_row, hashed, w2, s2 = _next_axis(c, 2, cell2, frac2, scale, max_vertex, stride2, prime2, dense_row,
+                                               hashed)
+        dw0, dw1, dw2, weight = dw0 * w2, dw1 * w2, weight * s2, weight * w2
     row = tl.where(dense, dense_row, hashed & hash_mask) + offset
     return row, weight, dw0, dw1, dw2
 
