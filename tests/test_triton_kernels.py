@@ -36,21 +36,20 @@ TINY_MLP = {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "n
 
 @pytest.fixture(scope="module")
 def kernels():
-    """The kernel modules, imported afresh with TRITON_INTERPRET=1 (``@triton.jit`` picks the interpreter when the
-    module is imported); the selection admits CPU tensors meanwhile. Undone after this file's tests."""
+    """The kernel modules, run by Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before anything
+    imports triton); the selection admits CPU tensors meanwhile. Undone after this file's tests."""
+    import triton.language as tl
+
+    if type(tl.zeros).__name__ != "InterpretedFunction":
+        pytest.fail("triton was imported before TRITON_INTERPRET=1 was set; run the tests with TRITON_INTERPRET=1 "
+                    "(tests/conftest.py sets it unless the variable is already set to something else)", pytrace=False)
     mp = pytest.MonkeyPatch()
-    mp.setenv("TRITON_INTERPRET", "1")
-    modules = {}
-    for name, module_name in KERNELS.items():
-        sys.modules.pop(module_name, None)
-        modules[name] = importlib.import_module(module_name)
+    modules = {name: importlib.import_module(module_name) for name, module_name in KERNELS.items()}
     mp.setattr(fast_paths, "_kernel_cache", {})
     mp.setattr(fast_paths, "_logged_reasons", set())
     mp.setattr(fast_paths, "_device_supported", lambda device: True)
     yield modules
     mp.undo()
-    for module_name in KERNELS.values():
-        sys.modules.pop(module_name, None)
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
