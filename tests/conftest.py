@@ -2,6 +2,9 @@
 
 Tests that need ../shared (real DTU scans, ZeroNVS fixtures) use the ``shared_dir`` fixture: it skips
 with a clear reason when the folder is absent, except under CI=true, where its absence fails the test.
+
+Tests marked ``slow`` launch ``launch.py`` (or another script) in a subprocess, or run a whole training in
+process; ``python -m pytest -q -m "not slow"`` skips them for a quick loop (``.ci/run`` runs everything).
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ def require_shared(*relative: str) -> Path:
             pytest.fail(msg + " — under CI=true it must be present")
         pytest.skip(msg)
     return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: launches a script in a subprocess or runs a whole training")
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# every test here launches launch.py in a subprocess
+pytestmark = pytest.mark.slow
 TARGETS = [31, 13, 0]
 
 
