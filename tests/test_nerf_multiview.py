@@ -43,7 +43,7 @@ def held_out_psnr(trial: str) -> float:
 
 
 def test_weighted_mse_uses_per_ray_weights():
-    from threestudio.systems.nerf_multiview import weighted_mse
+    from threestudio.utils.loss import weighted_mse
 
     pred = torch.zeros(1, 1, 4, 3)
     target = torch.tensor([1.0, 1.0, 0.0, 0.0])[None, None, :, None].expand(1, 1, 4, 3)

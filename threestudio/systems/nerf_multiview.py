@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
@@ -29,40 +29,16 @@ from torch import Tensor
 
 import threestudio
 from threestudio.systems.base import BaseLift3DSystem, visualize_depth
-from threestudio.systems.nvs import check_every_target_once, check_unsharded_test_loader, gather_records, owns_batch
-from threestudio.systems.zeronvs import opaque_loss, sparsity_loss
+from threestudio.utils.distributed import (
+    check_every_target_once,
+    check_unsharded_test_loader,
+    gather_records,
+    owns_batch,
+)
 from threestudio.utils.errors import ConfigError, UserError
+from threestudio.utils.loss import distortion_loss, normalized_spacing, opaque_loss, sparsity_loss, weighted_mse
 
 logger = logging.getLogger(__name__)
-
-
-def weighted_mse(pred: Tensor, target: Tensor, weight: Optional[Tensor]) -> Tensor:
-    """Σ w‖pred − target‖² / (C Σ w) over rays; pred, target (..., C), weight (..., 1) or None (all ones)."""
-    se = (pred - target).square()
-    if weight is None:
-        return se.mean()
-    weight = weight.to(se.dtype)
-    return (se * weight).sum() / (weight.sum() * se.shape[-1]).clamp_min(1e-8)
-
-
-def distortion_loss(weights: Tensor, s_mid: Tensor, s_delta: Tensor) -> Tensor:
-    """mip-NeRF 360's distortion loss, mean over rays: Σᵢⱼ wᵢwⱼ|sᵢ − sⱼ| + ⅓ Σᵢ wᵢ²Δsᵢ.
-
-    weights, s_mid (interval midpoints), s_delta (interval lengths): (R, S), in the normalised ray spacing s ∈ [0, 1].
-    """
-    w_before = torch.cumsum(weights, dim=-1) - weights  # Σ_{j<i} w_j
-    ws_before = torch.cumsum(weights * s_mid, dim=-1) - weights * s_mid  # Σ_{j<i} w_j s_j
-    inter = 2.0 * (weights * (s_mid * w_before - ws_before)).sum(dim=-1)
-    intra = (weights.square() * s_delta).sum(dim=-1) / 3.0
-    return (inter + intra).mean()
-
-
-def normalized_spacing(t_mid: Tensor, t_delta: Tensor, near: float, far: float, sampling_type: str):
-    """Distances t (midpoints, lengths) → the renderer's normalised spacing s ∈ [0, 1] (uniform or lindisp)."""
-    if sampling_type == "lindisp":
-        scale = 1.0 / (1.0 / near - 1.0 / far)
-        return (1.0 / near - 1.0 / t_mid) * scale, t_delta / t_mid.square() * scale
-    return (t_mid - near) / (far - near), t_delta / (far - near)
 
 
 @threestudio.register("nerf-multiview-system")

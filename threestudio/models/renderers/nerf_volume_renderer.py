@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import threestudio
-from threestudio.models.background.solid_color import BaseBackground
+from threestudio.models.background.base import BaseBackground
 from threestudio.models.geometry.base import BaseImplicitGeometry
 from threestudio.models.geometry.contraction import contract_to_unisphere, scale_to_unit_cube
 from threestudio.models.materials.base import BaseMaterial
