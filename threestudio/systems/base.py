@@ -240,11 +240,17 @@ class BaseSystem(pl.LightningModule, Updateable):
         self._save_dir = path
 
     def save_path(self, relative: str) -> str:
-        """Absolute path of ``relative`` inside the trial's ``save/`` folder (parent folders created)."""
+        """Absolute path of the file ``relative`` inside the trial's ``save/`` folder (parent folders created)."""
+        path = os.path.join(self.save_dir(), relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    def save_dir(self, relative: str = "") -> str:
+        """Absolute path of the folder ``relative`` inside the trial's ``save/`` folder (created)."""
         if self._save_dir is None:
             raise RuntimeError("set_save_dir() was not called")
         path = os.path.join(self._save_dir, relative)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(path, exist_ok=True)
         return path
 
 
@@ -260,6 +266,13 @@ def visualize_depth(depth: Tensor, opacity: Tensor) -> Tensor:
     img = 1.0 - ((d - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
     img = img * (opacity[..., 0] > 0.05)
     return img[..., None].expand(*img.shape, 3)
+
+
+def rgb_depth_opacity_row(out: Dict[str, Tensor], k: int = 0) -> Tensor:
+    """(H, 3W, 3) test frame of view ``k`` of a render: rgb | depth | opacity side by side."""
+    rgb = out["comp_rgb"][k].clamp(0, 1)
+    depth = visualize_depth(out["depth"][k], out["opacity"][k])
+    return torch.cat([rgb, depth, out["opacity"][k].expand_as(rgb)], dim=1)
 
 
 class BaseLift3DSystem(BaseSystem):
@@ -351,19 +364,14 @@ class BaseLift3DSystem(BaseSystem):
 
         out = self(batch)
         index = int(batch["index"][0]) if "index" in batch else batch_idx
-        # test frames: rgb | depth | opacity side by side
-        rgb = out["comp_rgb"][0].clamp(0, 1)
-        row = torch.cat(
-            [rgb, visualize_depth(out["depth"][0], out["opacity"][0]), out["opacity"][0].expand_as(rgb)], dim=1
-        )
-        save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), row)
+        save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), rgb_depth_opacity_row(out))
 
     def on_test_epoch_end(self) -> None:
         if self.trainer.global_rank != 0:
             return
         from threestudio.utils.image import load_image, save_video
 
-        folder = self.save_path(f"it{self.true_global_step}-test/x")[:-2]
+        folder = self.save_dir(f"it{self.true_global_step}-test")
         frames = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
         if frames:
             video = self.save_path(f"it{self.true_global_step}-test.mp4")
@@ -380,6 +388,6 @@ class BaseLift3DSystem(BaseSystem):
         if self.trainer.global_rank != 0:
             return
         exporter = threestudio.find(self.cfg.exporter_type)(self.cfg.exporter, self.geometry, self.material)
-        folder = self.save_path(f"it{self.true_global_step}-export/x")[:-2]
+        folder = self.save_dir(f"it{self.true_global_step}-export")
         for path in exporter.export(folder):
             logger.info("exported %s", path)

@@ -23,12 +23,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
-import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
 import threestudio
-from threestudio.systems.base import BaseLift3DSystem, visualize_depth
+from threestudio.systems.base import BaseLift3DSystem, rgb_depth_opacity_row
 from threestudio.utils.distributed import (
     check_every_target_once,
     check_unsharded_test_loader,
@@ -141,10 +140,7 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
         for k in range(out["comp_rgb"].shape[0]):
             index = int(batch["index"][k])
             rgb = out["comp_rgb"][k].clamp(0, 1)
-            row = torch.cat(
-                [rgb, visualize_depth(out["depth"][k], out["opacity"][k]), out["opacity"][k].expand_as(rgb)], dim=1
-            )
-            save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), row)
+            save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), rgb_depth_opacity_row(out, k))
             if "rgb" in batch:
                 mask = batch["mask"][k] if self.cfg.metrics_use_mask else None
                 self._records.append({"target": index, **compute_metrics(rgb, batch["rgb"][k], mask)})
