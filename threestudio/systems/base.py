@@ -57,14 +57,14 @@ class BaseSystem(pl.LightningModule, Updateable):
         # start from a checkpoint's weights (no optimizer state)
         weights: Optional[str] = None
         weights_ignore_modules: Optional[List[str]] = None
-        # "auto": CUDA fast paths (tinycudann, nerfacc, ...) when available; "off": pure PyTorch
+        # "auto": CUDA fast paths (tiny-cuda-nn) when available; "off": pure PyTorch
         fast_paths: str = "auto"
         # stop after this many consecutive steps with a NaN/inf loss
         max_nonfinite_steps: int = 20
 
     cfg: Config
 
-    def __init__(self, cfg: Any, resumed: bool = False) -> None:
+    def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg)
         self._check_loss_config()
@@ -77,7 +77,6 @@ class BaseSystem(pl.LightningModule, Updateable):
         self.cfg.fast_paths = mode
         set_fast_paths(mode)
         self._save_dir: Optional[str] = None
-        self._resumed = resumed
         self._nonfinite_in_a_row = 0
         self._ckpt_global_step = 0
         self._step_started = 0.0

@@ -34,6 +34,7 @@ from threestudio.models.geometry.contraction import contract_to_unisphere
 from threestudio.models.networks import (
     HashGrid,
     VanillaMLP,
+    activations_with_derivative,
     get_activation,
     get_activation_derivative,
     get_encoding,
@@ -106,9 +107,10 @@ class ImplicitVolume(BaseImplicitGeometry):
                 self.encoding.n_output_dims, self.cfg.n_feature_dims, self.cfg.mlp_network_config
             )
         if self.cfg.analytic_normal_method == "explicit" and not self.has_explicit_normals:
+            known = ", ".join(activations_with_derivative())
             raise ConfigError(
-                "geometry.analytic_normal_method explicit needs the pure-PyTorch HashGrid and VanillaMLP (activations "
-                "relu/none) and a density_activation among softplus, exp, trunc_exp, relu, none; use autograd "
+                "geometry.analytic_normal_method explicit needs the pure-PyTorch HashGrid and a one-output VanillaMLP "
+                f"whose activations and the density_activation are among {known}; use autograd "
                 "(or system.fast_paths=off when tiny-cuda-nn was chosen)"
             )
 

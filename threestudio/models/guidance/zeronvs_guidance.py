@@ -94,11 +94,11 @@ def anchor_poses(input_c2w: Tensor, n_anchors: int) -> Tuple[Tensor, Tensor, Ten
 
 @dataclass
 class ConditioningBank:
-    """Conditioning views (K = input views then anchors): poses (K, 4, 4), fov (K,), raw CLIP embeddings
-    (K, 1, D), unscaled VAE latents (K, 4, h, w) and which entries are anchors (K,) bool."""
+    """Conditioning views (K = input views then anchors): poses (K, 4, 4), raw CLIP embeddings (K, 1, D),
+    unscaled VAE latents (K, 4, h, w) and which entries are anchors (K,) bool. The camera embedding uses the
+    target view's field of view, so the bank keeps none."""
 
     c2w: Tensor
-    fov_deg: Tensor
     clip_raw: Tensor
     c_concat: Tensor
     is_anchor: Tensor
@@ -294,7 +294,6 @@ class ZeroNVSGuidance(BaseObject):
             n = clip_raw.shape[0]
             self._bank = ConditioningBank(
                 c2w=self._input_c2w.to(self.device),
-                fov_deg=self._input_fov_deg.to(self.device),
                 clip_raw=clip_raw,
                 c_concat=c_concat,
                 is_anchor=torch.zeros(n, dtype=torch.bool, device=self.device),
@@ -329,7 +328,7 @@ class ZeroNVSGuidance(BaseObject):
         self._save_anchors(c2w, elevation, azimuth, distance, fov)
         clip_raw, c_concat = self._image_conditionings(self.anchor_images)
         return ConditioningBank(
-            c2w=c2w, fov_deg=fov.clone(), clip_raw=clip_raw, c_concat=c_concat,
+            c2w=c2w, clip_raw=clip_raw, c_concat=c_concat,
             is_anchor=torch.ones(n, dtype=torch.bool, device=self.device),
         )
 
