@@ -396,7 +396,7 @@ def test_unused_or_unknown_keys_are_config_errors(tmp_path, key):
 
 
 def test_weights_dtype_resolution():
-    from threestudio.models.guidance.zeronvs_guidance import resolve_weights_dtype
+    from zeronvs_diffusion.model_config import resolve_weights_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_weights_dtype("auto", True, cpu) == torch.float32

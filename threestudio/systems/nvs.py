@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 from torch import Tensor
 
 import threestudio
-from threestudio.models.guidance.zeronvs_guidance import check_compile_mode, check_precomputed_scale
 from threestudio.systems.base import BaseSystem
 from threestudio.utils.config import parse_structured
 from threestudio.utils.distributed import (
@@ -43,22 +42,18 @@ from threestudio.utils.distributed import (
 )
 from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.io import write_json_atomic
+from zeronvs_diffusion.model_config import DiffusionModelConfig, check_model_config, resolve_weights_dtype
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class NVSModelConfig:
-    """``system.guidance``: the diffusion model (same key names as ``zeronvs-guidance``)."""
+class NVSModelConfig(DiffusionModelConfig):
+    """``system.guidance``: the diffusion model, the keys of ``zeronvs-guidance``'s model (its defaults for direct
+    sampling: guidance scale 3, half-precision weights on CUDA)."""
 
-    # ldm .ckpt (with pretrained_config), a folder written by zeronvs_diffusion.convert, or "random"
-    pretrained_model_name_or_path: str = "zeronvs.ckpt"
-    pretrained_config: Optional[str] = None
-    precomputed_scale: Optional[float] = None  # scene scale of the camera embedding (required)
-    guidance_scale: float = 3.0  # classifier-free guidance of the sampler
-    dtype: Optional[str] = None  # null: fp32 on the CPU, fp16 on CUDA; or fp32 | fp16 | bf16
-    # null, or a torch.compile mode for the UNet ("reduce-overhead": CUDA-graph replay on GPUs)
-    compile_unet: Optional[str] = None
+    guidance_scale: float = 3.0
+    half_precision_weights: bool = True
 
 
 @dataclass
@@ -88,10 +83,7 @@ class NVSSystem(BaseSystem):
         self.model_cfg: NVSModelConfig = parse_structured(NVSModelConfig, self.cfg.guidance)
         self.sampling_cfg: NVSSamplingConfig = parse_structured(NVSSamplingConfig, self.cfg.sampling)
         m, s = self.model_cfg, self.sampling_cfg
-        check_precomputed_scale(m.precomputed_scale)
-        check_compile_mode(m.compile_unet)
-        if m.dtype not in (None, "fp32", "fp16", "bf16"):
-            raise ConfigError(f"system.guidance.dtype is {m.dtype!r}; valid: null, fp32, fp16, bf16")
+        check_model_config(m)
         if s.steps < 1 or s.targets_per_batch < 1:
             raise ConfigError("system.sampling.steps and system.sampling.targets_per_batch must be >= 1")
         if not 0.0 <= s.eta <= 1.0:
@@ -129,9 +121,9 @@ class NVSSystem(BaseSystem):
         if self._model is None:
             raise RuntimeError("prepare('test', datamodule) must run before testing")
         check_unsharded_test_loader(self.trainer)
-        from zeronvs_diffusion.model import resolve_dtype
-
-        self._model.to(device=self.device, dtype=resolve_dtype(self.model_cfg.dtype, self.device))
+        m = self.model_cfg
+        dtype = resolve_weights_dtype(m.dtype, m.half_precision_weights, torch.device(self.device))
+        self._model.to(device=self.device, dtype=dtype)
         self._pending, self._records = [], []
 
     def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
