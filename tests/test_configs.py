@@ -43,3 +43,30 @@ def test_unknown_unet_compile_mode_is_a_config_error(name):
     )
     with pytest.raises(ConfigError, match="compile_unet.*reduce-overhead"):
         threestudio.find(cfg.system_type)(cfg.system)
+
+
+def test_guidance_section_is_checked_in_every_mode():
+    """zeronvs-system parses system.guidance when it is built, not only when --train loads the model."""
+    cfg = load_config(str(ROOT / "configs" / "smoke.yaml"), cli_args=["system.guidance.no_such_key=1"])
+    with pytest.raises(ConfigError, match="guidance.no_such_key"):
+        threestudio.find(cfg.system_type)(cfg.system)
+    cfg = load_config(str(ROOT / "configs" / "smoke.yaml"), cli_args=["system.guidance.dtype=half"])
+    with pytest.raises(ConfigError, match="dtype"):
+        threestudio.find(cfg.system_type)(cfg.system)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["system.guidance.precomputed_scale=0.7"], "system.guidance .*lambda_sds"),
+        (["system.random_camera.height=32"], "system.random_camera .*lambda_sds"),
+        (["system.loss.lambda_sds=0.1", "system.guidance.precomputed_scale=0.7", "system.random_camera.bogus=1"],
+         "random_camera.bogus"),
+        (["system.loss.lambda_sds=0.1", "system.guidance.bogus=1"], "guidance.bogus"),
+    ],
+)
+def test_multiview_sds_sections_are_checked_whatever_lambda_sds(overrides, match):
+    """nerf-multiview parses system.guidance / system.random_camera with SDS on and refuses them with SDS off."""
+    cfg = load_config(str(ROOT / "configs" / "nerf_multiview.yaml"), cli_args=["data.scene_dir=unused", *overrides])
+    with pytest.raises(ConfigError, match=match):
+        threestudio.find(cfg.system_type)(cfg.system)

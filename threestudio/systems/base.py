@@ -297,8 +297,17 @@ class BaseLift3DSystem(BaseSystem):
 
     def configure(self) -> None:
         # The SDS guidance, when a system uses one (see load_guidance). Not an nn.Module child: the diffusion
-        # weights never go into checkpoints and Lightning never moves them; on_fit_start does.
+        # weights never go into checkpoints and Lightning never moves them; on_fit_start does. Its section is
+        # parsed and checked now, in every mode; the weights load only when a mode needs them.
         self._guidance = None
+        self._guidance_cfg = None
+        if self.uses_guidance():
+            self._guidance_cfg = threestudio.find(self.cfg.guidance_type).parse_config(self.cfg.guidance)
+        elif self.cfg.guidance:
+            raise ConfigError(
+                f"system.guidance ({', '.join(sorted(self.cfg.guidance))}) is not used by this configuration; "
+                f"{self.guidance_hint()}"
+            )
         self.geometry = threestudio.find(self.cfg.geometry_type)(self.cfg.geometry)
         self.material = threestudio.find(self.cfg.material_type)(self.cfg.material)
         self.background = threestudio.find(self.cfg.background_type)(self.cfg.background)
@@ -306,9 +315,17 @@ class BaseLift3DSystem(BaseSystem):
             self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background
         )
 
+    def uses_guidance(self) -> bool:
+        """Whether this configuration builds ``guidance_type`` (then ``system.guidance`` is parsed at once)."""
+        return bool(self.cfg.guidance_type)
+
+    def guidance_hint(self) -> str:
+        """What to do about a ``system.guidance`` section that :meth:`uses_guidance` says is unused."""
+        return "remove it, or set system.guidance_type"
+
     def load_guidance(self, conditioning: Dict[str, Tensor]) -> None:
         """Build ``guidance_type`` from ``system.guidance`` and give it the conditioning view(s) of the datamodule."""
-        self._guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
+        self._guidance = threestudio.find(self.cfg.guidance_type)(self._guidance_cfg)
         self._guidance.set_conditions(conditioning["images"], conditioning["c2w"], conditioning["fov_deg"])
 
     def on_fit_start(self) -> None:

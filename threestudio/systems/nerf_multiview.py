@@ -46,7 +46,8 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
 
     @dataclass
     class Config(BaseLift3DSystem.Config):
-        guidance_type: str = "zeronvs-guidance"  # used only when system.loss.lambda_sds > 0
+        # used only when system.loss.lambda_sds > 0 (else a non-empty guidance or random_camera is an error)
+        guidance_type: str = "zeronvs-guidance"
         random_camera: dict = field(default_factory=dict)  # SDS views (RandomCameraConfig keys)
         metrics_use_mask: bool = False  # PSNR over the object mask only
 
@@ -55,10 +56,25 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
     def configure(self) -> None:
         super().configure()
         self._random_cameras = None
+        self._random_camera_cfg = None
         self._records: List[Dict[str, Any]] = []
+        if self._sds_enabled():
+            from threestudio.data.random_camera import RandomCameraConfig, check_random_camera_config
+            from threestudio.utils.config import parse_structured
+
+            self._random_camera_cfg = parse_structured(RandomCameraConfig, self.cfg.random_camera)
+            check_random_camera_config(self._random_camera_cfg, prefix="system.random_camera")
+        elif self.cfg.random_camera:
+            raise ConfigError(f"system.random_camera is used only with SDS; {self.guidance_hint()}")
 
     def _sds_enabled(self) -> bool:
         return self._max_weight(self.cfg.loss.get("lambda_sds", 0.0)) > 0
+
+    def uses_guidance(self) -> bool:
+        return self._sds_enabled()
+
+    def guidance_hint(self) -> str:
+        return "set system.loss.lambda_sds > 0 for score distillation, or remove the section"
 
     def prepare(self, mode: str, datamodule: Any) -> None:
         if not hasattr(datamodule, "targets") or not hasattr(datamodule, "conditioning"):
@@ -70,17 +86,15 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
             self._prepare_sds(datamodule)
 
     def _prepare_sds(self, datamodule: Any) -> None:
-        from threestudio.data.random_camera import RandomCameraConfig, RandomCameraSampler, ReferenceCamera
+        from threestudio.data.random_camera import RandomCameraSampler, ReferenceCamera
         from threestudio.utils.camera import c2w_to_spherical
-        from threestudio.utils.config import parse_structured
 
         if not datamodule.cfg.canonicalize:
             raise ConfigError("system.loss.lambda_sds > 0 needs data.canonicalize=true (the diffusion model's frame)")
         cond = datamodule.conditioning()
         elevation, azimuth, distance = (float(v) for v in c2w_to_spherical(cond["c2w"][:1]))
         reference = ReferenceCamera(elevation, azimuth, distance, float(cond["fov_deg"][0]))
-        camera_cfg = parse_structured(RandomCameraConfig, self.cfg.random_camera)
-        self._random_cameras = RandomCameraSampler(camera_cfg, reference, prefix="system.random_camera")
+        self._random_cameras = RandomCameraSampler(self._random_camera_cfg, reference, prefix="system.random_camera")
         self.load_guidance(cond)
 
     # ------------------------------------------------------------------ training

@@ -42,8 +42,16 @@ class Configurable(Updateable):
 
     cfg: Config
 
+    @classmethod
+    def parse_config(cls, cfg: Optional[Any]) -> Any:
+        """``cfg`` parsed against ``Config`` and checked (keys, types, values) without building anything.
+
+        Systems call it for sections whose component they build later (e.g. the guidance, in ``prepare``).
+        """
+        return parse_structured(cls.Config, cfg)
+
     def _configure_from(self, cfg: Optional[Any], *args: Any, **kwargs: Any) -> None:
-        self.cfg = parse_structured(self.Config, cfg)
+        self.cfg = self.parse_config(cfg)
         self.configure(*args, **kwargs)
 
     def configure(self, *args: Any, **kwargs: Any) -> None:

@@ -14,9 +14,10 @@ grid and MLP, density activation with a known derivative) writes the gradient ou
 Jacobian from the same gather (:meth:`HashGrid.forward_with_jacobian`), the MLP's input gradient
 (:meth:`VanillaMLP.forward_with_input_gradient`), autograd only through the cheap contraction and density bias. Both
 give the same values and gradients (tested); on the CPU they take the same time, and the GPU comparison is
-``scripts/device_bench.sh``'s to make. ``finite_difference``
-(alias ``finite_difference_laplacian``) uses central differences with step ``finite_difference_normal_eps``;
-``null`` computes none.
+``scripts/device_bench.sh``'s to make. ``finite_difference`` uses central differences with step
+``finite_difference_normal_eps`` (threestudio's ``finite_difference_laplacian``; its forward-difference
+``finite_difference`` is not offered, and ``finite_difference_laplacian`` is refused with that hint); ``null``
+computes none.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from threestudio.models.networks import (
 )
 from threestudio.utils.errors import ConfigError
 
-NORMAL_TYPES = (None, "analytic", "finite_difference", "finite_difference_laplacian")
+NORMAL_TYPES = (None, "analytic", "finite_difference")
 ANALYTIC_NORMAL_METHODS = ("autograd", "explicit")
 DENSITY_BIASES = ("blob_magic3d", "blob_dreamfusion")
 
@@ -87,6 +88,11 @@ class ImplicitVolume(BaseImplicitGeometry):
 
     def configure(self) -> None:
         super().configure()
+        if self.cfg.normal_type == "finite_difference_laplacian":
+            raise ConfigError(
+                "geometry.normal_type finite_difference_laplacian (threestudio's central differences) is "
+                "finite_difference here, which already uses central differences; set normal_type: finite_difference"
+            )
         if self.cfg.normal_type not in NORMAL_TYPES:
             raise ConfigError(
                 f"geometry.normal_type {self.cfg.normal_type!r} is not supported; use one of {NORMAL_TYPES}"

@@ -125,17 +125,16 @@ class ZeroNVSGuidance(BaseObject):
 
     cfg: Config
 
-    def __init__(self, cfg: Optional[Any] = None, *args: Any, **kwargs: Any) -> None:
+    @classmethod
+    def parse_config(cls, cfg: Optional[Any]) -> Any:
+        """``system.guidance`` parsed and checked; loads no weights (systems call it when they are built)."""
         for key in cfg or {}:
             if key in ZERONVS_KEYS_NOT_USED:
                 raise ConfigError(
                     f"system.guidance.{key} is a key of the original ZeroNVS config that is not used here: "
                     f"{ZERONVS_KEYS_NOT_USED[key]}"
                 )
-        super().__init__(cfg, *args, **kwargs)
-
-    def configure(self) -> None:
-        cfg = self.cfg
+        cfg = super().parse_config(cfg)
         check_model_config(cfg)
         if cfg.n_aux_c2w < 0:
             raise ConfigError(f"system.guidance.n_aux_c2w must be >= 0, got {cfg.n_aux_c2w}")
@@ -145,7 +144,10 @@ class ZeroNVSGuidance(BaseObject):
             value = getattr(cfg, key)
             if value is not None:
                 C(value, 0, 0)  # raises ConfigError for a malformed schedule
+        return cfg
 
+    def configure(self) -> None:
+        cfg = self.cfg
         import zeronvs_diffusion
 
         logger.info("loading the ZeroNVS diffusion model from %s", cfg.pretrained_model_name_or_path)

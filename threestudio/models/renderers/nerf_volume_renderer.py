@@ -7,10 +7,10 @@ Pure PyTorch on dense (n_rays, n_samples) tensors. Samples lie between ``near_pl
   (``proposal_network_config``) is evaluated at ``num_samples_per_ray_proposal`` stratified samples; the
   ``num_samples_per_ray`` rendered samples are drawn from its weights. In training the mip-NeRF 360 interlevel loss
   (NeRF weights detached: it trains only ``self.proposal_networks``) is returned as ``loss_proposal``; the system
-  optimises the proposal networks with ``prop_optimizer_config`` (and ``prop_scheduler_config``) in their own
-  parameter group. As in ZeroNVS, the proposal network sees points normalised to the box of half-size ``radius``
-  and proposes zero density outside it; ``unbounded_prop: true`` instead contracts space like the geometry
-  (mip-NeRF 360), for scenes with content far away.
+  optimises the proposal networks with ``prop_optimizer_config``'s options in their own parameter group (under the
+  system's learning-rate scheduler, like every group). As in ZeroNVS, the proposal network sees points normalised
+  to the box of half-size ``radius`` and proposes zero density outside it; ``unbounded_prop: true`` instead
+  contracts space like the geometry (mip-NeRF 360), for scenes with content far away.
 - ``importance``: ``num_samples_per_ray_importance`` coarse samples weighted by the geometry itself (no gradient),
   then ``num_samples_per_ray`` importance samples; both sets are rendered.
 - ``stratified``: ``num_samples_per_ray`` stratified samples.
@@ -94,7 +94,6 @@ class NeRFVolumeRenderer(BaseModule):
         # default: ZeroNVS's proposal network (5-level hash grid up to 128³, one 64-wide hidden layer)
         proposal_network_config: Optional[dict] = field(default_factory=lambda: dict(DEFAULT_PROPOSAL_NETWORK))
         prop_optimizer_config: Optional[dict] = None
-        prop_scheduler_config: Optional[dict] = None
         proposal_loss_weight: float = 1.0
         unbounded_prop: bool = False
 
