@@ -28,9 +28,9 @@ def launch(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
-def nvs_args(root: Path, model_dir: Path, *extra: str) -> list:
+def nvs_args(root: Path, model_dir: Path, *extra: str, config: str = "zeronvs_nvs.yaml") -> list:
     return [
-        "--config", str(ROOT / "configs" / "zeronvs_nvs.yaml"), "--test",
+        "--config", str(ROOT / "configs" / config), "--test",
         f"exp_root_dir={root}", "use_timestamp=false",
         f"system.guidance.pretrained_model_name_or_path={model_dir / 'model.ckpt'}",
         f"system.guidance.pretrained_config={model_dir / 'config.yaml'}",
@@ -104,7 +104,7 @@ def test_no_scene_orbit(tmp_path, zeronvs_tiny_dir):
     res = launch(
         *nvs_args(
             tmp_path, zeronvs_tiny_dir, "data.image_path=skimage:motorcycle_left", "data.orbit.n_views=3",
-            "data.orbit.elevation_deg=20", "data.orbit.distance=1.0", "tag=orbit",
+            "data.orbit.elevation_deg=20", "data.orbit.distance=1.0", "tag=orbit", config="zeronvs_nvs_image.yaml",
         )
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -171,7 +171,7 @@ def test_no_scene_target_poses_file(tmp_path, zeronvs_tiny_dir):
     poses = tmp_path / "poses.npy"
     np.save(poses, rel.numpy())
     res = launch(*nvs_args(tmp_path, zeronvs_tiny_dir, "data.image_path=skimage:motorcycle_left",
-                           f"data.target_c2w_path={poses}", "tag=poses"))
+                           f"data.target_c2w_path={poses}", "tag=poses", config="zeronvs_nvs_image.yaml"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     save = tmp_path / "zeronvs_nvs" / "poses" / "save"
     assert sorted(p.name for p in (save / "nvs").iterdir()) == ["target_000.png", "target_001.png"]
