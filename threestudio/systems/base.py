@@ -150,9 +150,7 @@ class BaseSystem(pl.LightningModule, Updateable):
         self.do_update_step(int(checkpoint.get("epoch", 0)), self._ckpt_global_step, on_load_weights=True)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        dataset = getattr(self.trainer.datamodule, "train_dataset", None)
-        if isinstance(dataset, Updateable):
-            dataset.do_update_step(self.current_epoch, self.true_global_step)
+        # the datamodule moves its training dataset to the step itself (it builds the batch before this hook)
         self.do_update_step(self.current_epoch, self.true_global_step)
         self._step_started = time.perf_counter()
 
@@ -333,10 +331,10 @@ class BaseLift3DSystem(BaseSystem):
             self._guidance.to(self.device)
             self._guidance.set_save_dir(os.path.join(self._save_dir, "anchors"))
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        if self._guidance is not None:
-            self._guidance.update_step(self.current_epoch, self.true_global_step)
+    def updateable_children(self) -> Sequence[Updateable]:
+        """The geometry, material, background, renderer and (when built) the guidance."""
+        parts = [self.geometry, self.material, self.background, self.renderer]
+        return parts + ([self._guidance] if self._guidance is not None else [])
 
     def optimizer_param_groups(self) -> List[Dict[str, Any]]:
         """The proposal networks (if any) get ``renderer.prop_optimizer_config``'s options."""

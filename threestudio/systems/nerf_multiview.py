@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
 import threestudio
 from threestudio.systems.base import BaseLift3DSystem, rgb_depth_opacity_row
+from threestudio.utils.base import Updateable
 from threestudio.utils.distributed import (
     check_every_target_once,
     check_unsharded_test_loader,
@@ -98,10 +99,10 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
         self.load_guidance(cond)
 
     # ------------------------------------------------------------------ training
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        if self._random_cameras is not None:
-            self._random_cameras.update_step(self.current_epoch, self.true_global_step)
+    def updateable_children(self) -> Sequence[Updateable]:
+        """The NeRF's parts and guidance, and the SDS views' sampler when SDS is on."""
+        extra = [self._random_cameras] if self._random_cameras is not None else []
+        return [*super().updateable_children(), *extra]
 
     def training_losses(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         terms: Dict[str, Tensor] = {}
