@@ -60,7 +60,7 @@ def scene_run(tmp_path_factory, dtu_scan24, zeronvs_tiny_dir):
     return root / "zeronvs_nvs" / "nvs" / "save", res.stdout + res.stderr
 
 
-def test_scene_writes_every_target_once_with_metrics(scene_run):
+def test_scene_writes_every_target_once_with_metrics(scene_run, dtu_scan24):
     save, output = scene_run
     files = sorted(p.name for p in (save / "nvs").iterdir())
     assert files == [f"target_{i:03d}.png" for i in sorted(TARGETS)]
@@ -71,9 +71,23 @@ def test_scene_writes_every_target_once_with_metrics(scene_run):
     metrics = load_json(save / "metrics.json")
     assert set(metrics) == {"psnr", "ssim", "lpips", "per_view"}
     assert [v["target"] for v in metrics["per_view"]] == sorted(TARGETS)
+    # the metrics are those of the written images against the datamodule's ground truth (PNG rounding aside)
+    import threestudio
+    from threestudio.utils.config import load_config
+    from threestudio.utils.metrics import compute_metrics
+
+    cfg = load_config(str(ROOT / "configs" / "zeronvs_nvs.yaml"),
+                      cli_args=[f"data.scene_dir={dtu_scan24}", f"data.target_views={TARGETS}", "data.height=32",
+                                "data.width=32"])  # fmt: skip
+    datamodule = threestudio.find(cfg.data_type)(cfg.data)
+    datamodule.setup("test")
     for view in metrics["per_view"]:
         assert set(view) == {"target", "psnr", "ssim", "lpips"}
-        assert 0.0 < view["psnr"] < 60.0 and -1.0 <= view["ssim"] <= 1.0
+        k = TARGETS.index(view["target"])
+        image = load_image(str(save / "nvs" / f"target_{view['target']:03d}.png"))[..., :3]
+        expected = compute_metrics(image, datamodule.targets.rgb[k])
+        assert view["psnr"] == pytest.approx(expected["psnr"], abs=0.2)
+        assert view["ssim"] == pytest.approx(expected["ssim"], abs=0.02)
     assert metrics["psnr"] == pytest.approx(np.mean([v["psnr"] for v in metrics["per_view"]]))
     sheet = load_image(str(save / "contact_sheet.png"))
     assert sheet.shape[:2] == (32 * len(TARGETS), 3 * 32)  # source | generated | ground truth
