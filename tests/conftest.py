@@ -3,8 +3,9 @@
 Tests that need ../shared (real DTU scans, ZeroNVS fixtures) use the ``shared_dir`` fixture: it skips
 with a clear reason when the folder is absent, except under CI=true, where its absence fails the test.
 
-Tests marked ``slow`` launch ``launch.py`` (or another script) in a subprocess, or run a whole training in
-process; ``python -m pytest -q -m "not slow"`` skips them for a quick loop (``.ci/run`` runs everything).
+Tests marked ``slow`` launch ``launch.py`` (or another script) in a subprocess, run a whole training in
+process, or compile with ``torch.compile``; ``python -m pytest -q -m "not slow"`` skips them for a quick
+loop (``.ci/run`` runs everything).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def require_shared(*relative: str) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: launches a script in a subprocess or runs a whole training")
+    config.addinivalue_line("markers", "slow: launches a script in a subprocess, runs a whole training, or compiles")
 
 
 @pytest.fixture(scope="session")

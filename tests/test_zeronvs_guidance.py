@@ -354,6 +354,7 @@ def test_vae_gradient_checkpointing_keeps_the_gradient_and_saves_less(zeronvs_ti
     shutil.which("c++") is None and shutil.which("g++") is None,
     reason="torch.compile's CPU backend (inductor) needs a C++ compiler on PATH",
 )
+@pytest.mark.slow  # torch.compile builds C++ kernels (~20 s)
 def test_compiled_unet_gives_the_eager_sds_gradient(zeronvs_tiny_dir):
     """compile_unet (torch.compile, inductor on the CPU: about half a minute to compile) keeps the SDS gradient."""
     rgb, batch = torch.rand(2, 32, 32, 3), views([45.0, -120.0])
