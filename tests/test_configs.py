@@ -29,7 +29,7 @@ def test_shipped_config_builds_its_system(name):
         parse_structured(threestudio.find(guidance_type).Config, cfg.system.guidance)
 
 
-# the data keys a shipped config leaves to the command line (building a datamodule reads no file)
+# the data keys a shipped config leaves to the command line (building a datamodule reads no image pixels)
 DATA_REQUIRED = {"nerf_multiview.yaml": ["data.scene_dir=unused"], "zeronvs_nvs.yaml": ["data.scene_dir=unused"]}
 
 
@@ -38,7 +38,9 @@ DATA_REQUIRED = {"nerf_multiview.yaml": ["data.scene_dir=unused"], "zeronvs_nvs.
 )
 def test_shipped_config_builds_its_datamodule(name):
     """The data section parses and passes the datamodule's checks (its files are read later, in setup)."""
-    cfg = load_config(str(ROOT / "configs" / name), cli_args=DATA_REQUIRED.get(name, ["data.image_path=unused.png"]))
+    # (the single-image configs' default_fovy_deg: auto reads the image's EXIF: give them a real image)
+    required = DATA_REQUIRED.get(name, ["data.image_path=skimage:motorcycle_left"])
+    cfg = load_config(str(ROOT / "configs" / name), cli_args=required)
     datamodule = threestudio.find(cfg.data_type)(cfg.data)
     assert_written_values_kept(config_to_primitive(datamodule.cfg), config_to_primitive(cfg.data), "data")
 
@@ -49,6 +51,12 @@ def assert_written_values_kept(parsed, written, where: str) -> None:
         for key, value in written.items():
             assert key in parsed, f"{where}.{key}"
             assert_written_values_kept(parsed[key], value, f"{where}.{key}")
+    elif isinstance(written, list):
+        assert isinstance(parsed, list) and len(parsed) == len(written), where
+        for k, (p, w) in enumerate(zip(parsed, written)):
+            assert_written_values_kept(p, w, f"{where}[{k}]")
+    elif written == "auto":  # resolved from the input when the datamodule is built
+        assert isinstance(parsed, (int, float)), where
     else:
         assert parsed == written, where
 
