@@ -35,6 +35,7 @@ def test_protocol_targets_and_pose_scales():
         eval_dtu.parse_pose_scales(["40=0.3"], [24, 37])
 
 
+@pytest.mark.slow
 def test_nvs_mode_tiny_writes_markdown_and_csv(tmp_path, dtu_scan24, zeronvs_tiny_dir):
     out = tmp_path / "eval"
     res = run_script(
@@ -57,6 +58,7 @@ def test_nvs_mode_tiny_writes_markdown_and_csv(tmp_path, dtu_scan24, zeronvs_tin
     assert "pose_scale: 0.5" in parsed and "input_views:\n  - 25" in parsed.replace("    ", "  ")
 
 
+@pytest.mark.slow
 def test_missing_scan_is_reported_not_fatal(tmp_path, dtu_scan24):
     out = tmp_path / "eval"
     res = run_script("--root", str(dtu_scan24.parent), "--scans", "99", "--mode", "nvs", "--out", str(out))

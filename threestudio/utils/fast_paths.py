@@ -1,4 +1,4 @@
-"""Optional fast paths (tiny-cuda-nn, nerfacc, the Triton kernels of :mod:`threestudio.kernels`), chosen at run time.
+"""Optional fast paths (tiny-cuda-nn, the Triton kernels of :mod:`threestudio.kernels`), chosen at run time.
 
 The mode is ``"auto"`` (use a fast path when it can run here) or ``"off"`` (always the pure-PyTorch reference path,
 the one the tests exercise). There is no process-wide mode: the system parses ``system.fast_paths`` with
@@ -65,10 +65,6 @@ def use_tcnn(mode: str) -> bool:
     """True when tiny-cuda-nn encodings/networks should be used (mode auto, CUDA, ``tinycudann`` importable)."""
     return parse_fast_paths(mode) == "auto" and _cuda_available() and _package_usable("tinycudann")
 
-
-def use_nerfacc(mode: str) -> bool:
-    """True when nerfacc CUDA kernels may be used (mode auto, CUDA, ``nerfacc`` importable)."""
-    return parse_fast_paths(mode) == "auto" and _cuda_available() and _package_usable("nerfacc")
 
 
 def _device_supported(device: Any) -> bool:
