@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
 import threestudio
-from threestudio.systems.base import BaseLift3DSystem, visualize_depth
-from threestudio.systems.nvs import check_every_target_once, check_unsharded_test_loader, gather_records, owns_batch
+from threestudio.systems.base import BaseLift3DSystem
+from threestudio.systems.heldout import HeldOutMetricsMixin
 from threestudio.systems.zeronvs import opaque_loss, sparsity_loss
 from threestudio.utils.errors import ConfigError, UserError
 
@@ -66,7 +66,7 @@ def normalized_spacing(t_mid: Tensor, t_delta: Tensor, near: float, far: float, 
 
 
 @threestudio.register("nerf-multiview-system")
-class NeRFMultiviewSystem(BaseLift3DSystem):
+class NeRFMultiviewSystem(HeldOutMetricsMixin, BaseLift3DSystem):
     LOSS_NAMES = ("rgb", "mask", "sparsity", "opaque", "distortion", "sds")
 
     @dataclass
@@ -80,7 +80,7 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
     def configure(self) -> None:
         super().configure()
         self._random_cameras = None
-        self._records: List[Dict[str, Any]] = []
+        self._records = []
 
     def _sds_enabled(self) -> bool:
         return self._max_weight(self.cfg.loss.get("lambda_sds", 0.0)) > 0
@@ -90,7 +90,6 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
             raise ConfigError("nerf-multiview-system needs data_type: multiview-datamodule")
         if mode == "train" and datamodule.inputs.rgb is None:
             raise UserError("nerf-multiview-system trains on posed images; the input views have none")
-        self._target_indices = [int(i) for i in datamodule.targets.indices.tolist()]
         if mode == "train" and self._sds_enabled():
             self._prepare_sds(datamodule)
 
@@ -150,44 +149,6 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
         )
         return distortion_loss(out["weights"].reshape(n_rays, -1), s_mid, s_delta)
 
-    # ------------------------------------------------------------------ validation / test
-    def on_test_start(self) -> None:
-        check_unsharded_test_loader(self.trainer)
-        self._records = []
-
-    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        if not owns_batch(self.trainer, batch_idx):
-            return
-        from threestudio.utils.image import save_image
-        from threestudio.utils.metrics import compute_metrics
-
-        out = self(batch)
-        for k in range(out["comp_rgb"].shape[0]):
-            index = int(batch["index"][k])
-            rgb = out["comp_rgb"][k].clamp(0, 1)
-            row = torch.cat(
-                [rgb, visualize_depth(out["depth"][k], out["opacity"][k]), out["opacity"][k].expand_as(rgb)], dim=1
-            )
-            save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), row)
-            if "rgb" in batch:
-                mask = batch["mask"][k] if self.cfg.metrics_use_mask else None
-                self._records.append({"target": index, **compute_metrics(rgb, batch["rgb"][k], mask)})
-
-    def on_test_epoch_end(self) -> None:
-        records = gather_records(self, "nerf_test", self._records)
-        self._records = []
-        if records is None:
-            return
-        super().on_test_epoch_end()  # the test video (rank 0)
-        if records:
-            from threestudio.utils.metrics import write_metrics_json
-
-            check_every_target_once(records, self._target_indices)
-            payload = write_metrics_json(self.save_path("metrics.json"), records)
-            logger.info(
-                "held-out views (%d): PSNR %s, SSIM %s, LPIPS %s",
-                len(records),
-                payload["psnr"],
-                payload["ssim"],
-                payload["lpips"],
-            )
+    # ------------------------------------------------------------------ test (HeldOutMetricsMixin)
+    def metrics_mask(self, batch: Dict[str, Any], k: int) -> Optional[Tensor]:
+        return batch["mask"][k] if self.cfg.metrics_use_mask else None
