@@ -23,7 +23,8 @@ finally:
 # a tiny zeronvs-system on the sds protocol: small stages of the same aspect, a small hash grid, a few targets
 TINY_SDS = [
     "data.height=[12,24]", "data.width=[16,32]", "data.resolution_milestones=[1]",
-    "data.random_camera.height=[8,16]", "data.random_camera.width=[8,16]", "data.random_camera.resolution_milestones=[1]",
+    "data.random_camera.height=[8,16]", "data.random_camera.width=[8,16]",
+    "data.random_camera.resolution_milestones=[1]",
     "data.random_camera.eval_height=15", "data.random_camera.eval_width=20", "data.random_camera.n_val_views=1",
     "data.scene.target_views=[31,13]",
     "system.geometry.pos_encoding_config.n_levels=4", "system.geometry.pos_encoding_config.log2_hashmap_size=12",
