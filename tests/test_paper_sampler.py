@@ -69,7 +69,7 @@ def test_paper_elevations_follow_zeronvs_formula(stage2_draws):
     assert math.degrees(math.asin(5 / 90)) - 0.01 <= float(elevation.min()) < 5.0
     below_5 = float((elevation < 5.0).float().mean())
     assert below_5 == pytest.approx(float(cdf(torch.tensor(5.0, dtype=torch.float64))), abs=0.01)
-    # and the median is the original's (≈ 35.4°), not the uniform-in-area one (≈ 38.4°)
+    # and the median is the original's (≈ 34.3°), not that of the coin with the area-uniform formula (≈ 37.0°)
     median = float(torch.quantile(elevation, 0.5))
     grid = torch.linspace(3.0, 80.0, 77001, dtype=torch.float64)
     expected_median = float(grid[torch.searchsorted(cdf(grid), torch.tensor([0.5], dtype=torch.float64))])

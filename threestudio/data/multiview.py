@@ -5,7 +5,8 @@ Two modes:
 **Scene mode** (``scene_dir`` set): a folder in the IDR/NeuS layout — ``image/*.png`` (sorted order = camera
 index), optional ``mask/*.png``, ``cameras.npz`` (see :mod:`threestudio.data.idr_cameras`). Views are chosen by
 dataset index: ``input_views`` (the first is the conditioning/canonical view), ``target_views`` (null = every
-view that is neither an input nor in ``excluded_views``) and ``excluded_views``.
+view that is neither an input nor in ``excluded_views``) and ``excluded_views``, which only shapes the default
+targets: input or target views named explicitly are used even when excluded (with a warning).
 
 Poses, in order: decode ``P = world_mat · scale_mat`` (normalised world: the object fits the unit sphere);
 OpenCV → OpenGL (:func:`threestudio.utils.camera.opencv_to_opengl`); if ``flip_world_yz``, rotate the world
