@@ -243,7 +243,8 @@ def test_staged_resolution_errors_name_the_key():
 
 @pytest.mark.parametrize(
     "key,value",
-    [("elevation_range", [80, 5]), ("camera_distance_range", [1.0]), ("fovy_range", [0, 50]), ("n_test_views", 0)],
+    [("elevation_range", [80, 5]), ("camera_distance_range", [1.0]), ("fovy_range", [0, 50]), ("n_test_views", 0),
+     ("elevation_sampling", "gauss")],
 )
 def test_bad_random_camera_config_is_a_config_error(key, value):
     cfg = parse_structured(RandomCameraConfig, {key: value})
