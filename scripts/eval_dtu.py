@@ -22,6 +22,12 @@ views, scales, run folder, and the per-scene numbers the ZeroNVS README expects 
 over the scans that finished), run folders under ``OUT/runs/`` and logs under ``OUT/logs/``. Exit code 0 when
 every scan finished, 1 otherwise. ``--dry-run`` prints the launch.py command lines and runs nothing.
 
+Scans run through submitit (``threestudio/utils/launcher.py``): ``--launcher local`` runs them in parallel, one
+process per GPU of ``--gpus 0,1,2,3`` (no GPUs: one at a time on the CPU); ``--launcher slurm`` submits one job
+array (``--slurm-partition``, ``--slurm-time``, ``--slurm-gpus-per-task``; sbatch script and logs in
+``OUT/submitit/``). A failed scan is listed as failed, the others still count. A rerun skips scans whose metrics
+exist (``--force`` redoes them) and replaces the run folders of the scans it redoes.
+
     python scripts/eval_dtu.py --root DTU --mode sds --out eval_dtu --ckpt zeronvs.ckpt \\
         --model-config zeronvs_config.yaml [--scans 8 21] [--gt-to-pred-scale 8=1.3] [--dry-run]
 
@@ -41,6 +47,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -54,6 +61,8 @@ if ROOT not in sys.path:  # run as a script: make the repository's packages impo
 NVS_CONFIG = os.path.join(ROOT, "configs", "zeronvs_nvs.yaml")
 NERF_CONFIG = os.path.join(ROOT, "configs", "nerf_multiview.yaml")
 SDS_CONFIG = os.path.join(ROOT, "configs", "zeronvs_dtu.yaml")
+
+from threestudio.utils.launcher import LAUNCHERS  # noqa: E402  (after the sys.path line)
 
 INPUT_VIEW = 25
 EXCLUDED_VIEWS = [3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 36, 37, 38, 39]
@@ -247,6 +256,43 @@ def run_scan(scan: int, runs: List[LaunchRun]) -> Optional[str]:
     return None
 
 
+def evaluate_scan(scan: int, scales: Dict[str, float], args: argparse.Namespace) -> Dict[str, object]:
+    """Run ``scan`` in ``args.mode`` (the launcher's job, in a worker process); returns its table row."""
+    runs = build_runs(scan, scales, args)
+    scene = scene_dir(args.root, scan)
+    error = f"scene folder not found: {scene}" if not os.path.isdir(scene) else run_scan(scan, runs)
+    return collect_row(scan, scales, runs, error, args.mode)
+
+
+def run_scans(args: argparse.Namespace, scales: Dict[int, Dict[str, float]]) -> List[Dict[str, object]]:
+    """Evaluate every scan through the launcher; scans with metrics are reused unless ``--force``."""
+    from threestudio.utils.launcher import LauncherConfig, parse_gpus, run_jobs
+
+    rows: Dict[int, Dict[str, object]] = {}
+    jobs = []
+    for scan in args.scans:
+        runs = build_runs(scan, scales[scan], args)
+        metrics = os.path.join(runs[-1].save, "metrics.json")
+        if os.path.isfile(metrics) and not args.force:
+            logger.info("scan %s: metrics exist (%s), skipped; --force reruns it", scan, metrics)
+            rows[scan] = collect_row(scan, scales[scan], runs, None, args.mode)
+            continue
+        for run in runs:
+            if os.path.exists(run.trial):
+                logger.info("scan %s: removing the earlier run %s", scan, run.trial)
+                shutil.rmtree(run.trial)
+        jobs.append((f"scan{scan}", evaluate_scan, (scan, scales[scan], args)))
+    cfg = LauncherConfig(
+        kind=args.launcher, folder=os.path.join(args.out, "submitit"), gpus=parse_gpus(args.gpus),
+        slurm_partition=args.slurm_partition, slurm_time=args.slurm_time,
+        slurm_gpus_per_task=args.slurm_gpus_per_task, python_path=[ROOT, os.path.join(ROOT, "scripts")],
+    )
+    for (_, _, (scan, *_)), result in zip(jobs, run_jobs(jobs, cfg)):
+        error = f"job {result.job_id} failed: {result.error} (logs in {cfg.folder})"
+        rows[scan] = result.value if result.ok else collect_row(scan, scales[scan], [], error, args.mode)
+    return [rows[scan] for scan in args.scans]
+
+
 def collect_row(scan: int, scales: Dict[str, float], runs: List[LaunchRun], error: Optional[str], mode: str):
     """The table row of ``scan``: its metrics from the last run's ``metrics.json``, or an ``error``."""
     row: Dict[str, object] = {"scan": scan, "mode": mode, **scales}
@@ -352,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--generated-weight", type=float, default=0.5, help="loss weight of generated views (nvs+nerf)")
     parser.add_argument("--extra", nargs="*", default=[], help="key=value overrides for every launch.py run")
     parser.add_argument("--dry-run", action="store_true", help="print the launch.py command lines; run nothing")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="local", help="local processes or a SLURM array")
+    parser.add_argument("--gpus", default="", help="local: GPUs to spread the scans over, e.g. 0,1,2,3 (default CPU)")
+    parser.add_argument("--slurm-partition", help="slurm: partition")
+    parser.add_argument("--slurm-time", help="slurm: time limit per scan (minutes or H:M:S)")
+    parser.add_argument("--slurm-gpus-per-task", type=int, default=1, help="slurm: GPUs per scan (default 1)")
+    parser.add_argument("--force", action="store_true", help="rerun scans whose metrics already exist")
     return parser
 
 
@@ -363,21 +415,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for item in args.extra:
         if "=" not in item:
             raise SystemExit(f"error: --extra takes key=value overrides, got {item!r}")
+    from threestudio.utils.errors import UserError
+    from threestudio.utils.launcher import parse_gpus, parse_slurm_time
+
+    try:
+        parse_gpus(args.gpus), parse_slurm_time(args.slurm_time)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     if not args.dry_run and not os.path.isdir(args.root):
         raise SystemExit(f"error: --root {args.root} is not a folder")
+    args.root, args.out = os.path.abspath(args.root), os.path.abspath(args.out)  # the same for every worker
     scales = scan_scales(args)
-    plans = {scan: build_runs(scan, scales[scan], args) for scan in args.scans}
     if args.dry_run:
-        for runs in plans.values():
-            for run in runs:
+        for scan in args.scans:
+            for run in build_runs(scan, scales[scan], args):
                 print(shlex.join(run.cmd))
         return 0
     os.makedirs(args.out, exist_ok=True)
-    rows = []
-    for scan, runs in plans.items():  # the runner: one scan after the other
-        missing = not os.path.isdir(scene_dir(args.root, scan))
-        error = f"scene folder not found: {scene_dir(args.root, scan)}" if missing else run_scan(scan, runs)
-        rows.append(collect_row(scan, scales[scan], runs, error, args.mode))
+    rows = run_scans(args, scales)
     paths = write_tables(args.out, args.mode, rows, args)
     mean = mean_row(rows, args.mode)
     logger.info("mean over %d scan(s): PSNR %s, SSIM %s, LPIPS %s; tables %s and %s",

@@ -19,10 +19,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("ZERONVS_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: launches launch.py in a subprocess (seconds to minutes)")
-
-
 def require_shared(*relative: str) -> Path:
     """Path to ``../shared/<relative>``; skip (or fail under CI=true) when it is missing."""
     path = SHARED_DIR.joinpath(*relative)
@@ -53,3 +49,7 @@ def zeronvs_tiny_dir() -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: launches launch.py subprocesses (deselect with -m 'not slow')")

@@ -104,7 +104,7 @@ def test_dtu_config_differs_from_the_paper_config_only_in_the_protocol_keys():
     differ = {k for k in differ if not k.startswith("data.scene.")}
     assert differ == {
         "name", "tag", "data_type", "data.image_path", "data.height", "data.width", "data.default_elevation_deg",
-        "data.default_fovy_deg", "data.scene_intrinsics", "data.random_camera.eval_height",
+        "data.default_fovy_deg", "data.fovy_fallback_deg", "data.scene_intrinsics", "data.random_camera.eval_height",
         "data.random_camera.eval_width", "data.random_camera.fovy_range", "data.random_camera.eval_fovy_deg",
         "system.background.color", "system.background.random_aug", "system.renderer.near_plane",
         "system.renderer.far_plane", "system.guidance.guidance_scale", "system.guidance.use_anisotropic_schedule",
@@ -168,3 +168,24 @@ def test_missing_scan_is_reported_not_fatal(tmp_path, dtu_scan24):
     assert "dtu_scan8" in rows[0]["error"]
     assert float(rows[0]["paper_psnr"]) == pytest.approx(13.2329)  # the paper's numbers stay beside ours
     assert rows[1]["paper_psnr"] == rows[1]["psnr"] == ""  # the paper's mean covers the finished scans only
+
+
+@pytest.mark.slow
+def test_fan_out_lists_failed_scans_skips_finished_ones_and_force_reruns(tmp_path, dtu_scan24, zeronvs_tiny_dir):
+    out = tmp_path / "eval"
+    common = ["--root", str(dtu_scan24.parent), "--mode", "nvs", "--out", str(out), "--launcher", "local",
+              "--ckpt", str(zeronvs_tiny_dir / "model.ckpt"), "--model-config", str(zeronvs_tiny_dir / "config.yaml"),
+              "--steps", "1", "--extra", "data.height=32", "data.width=32", "data.target_views=[31]"]
+    res = run_script("--scans", "24", "99", *common)
+    assert res.returncode == 1, res.stderr[-3000:]
+    rows = {r["scan"]: r for r in csv.DictReader(open(out / "dtu_nvs.csv"))}
+    assert rows["24"]["psnr"] and not rows["24"]["error"] and "dtu_scan99" in rows["99"]["error"]
+    assert rows["mean"]["psnr"] == rows["24"]["psnr"]  # the failed scan does not count
+    assert list((out / "submitit").glob("*_log.out")), "submitit's per-job logs"
+    marker = out / "runs" / "nvs" / "scan24" / "kept"
+    marker.write_text("")
+    res = run_script("--scans", "24", *common)  # metrics exist: nothing runs
+    assert res.returncode == 0 and "scan 24: metrics exist" in res.stderr and marker.exists()
+    res = run_script("--scans", "24", *common, "system.sampling.steps=abc", "--force")  # reruns (and fails fast)
+    assert res.returncode == 1 and not marker.exists()
+    assert "failed" in next(csv.DictReader(open(out / "dtu_nvs.csv")))["error"]

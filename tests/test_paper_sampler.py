@@ -21,8 +21,9 @@ KS_99 = 1.63  # Kolmogorov–Smirnov: sup|F_n − F| < 1.63/√n with probabilit
 
 
 def paper_sampler(config: str = "configs/zeronvs.yaml") -> RandomCameraSampler:
-    # 8×8 rays: the resolution does not change where the cameras are
-    cfg = load_config(str(ROOT / config), cli_args=["data.random_camera.height=8", "data.random_camera.width=8"])
+    # 8×8 rays: the resolution does not change where the cameras are; a fixed fov (no EXIF look-up of the image)
+    cli = ["data.random_camera.height=8", "data.random_camera.width=8", "data.default_fovy_deg=52.55"]
+    cfg = load_config(str(ROOT / config), cli_args=cli)
     data = parse_structured(SingleImageDataModuleConfig, cfg.data)
     reference = ReferenceCamera(
         data.default_elevation_deg, data.default_azimuth_deg, data.default_camera_distance, data.default_fovy_deg

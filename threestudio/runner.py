@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import time
 from typing import Any, Sequence
 
 import threestudio
@@ -56,10 +57,19 @@ def trainer_kwargs(cfg_trainer: dict, n_gpus: int) -> dict:
     return kwargs
 
 
+def resolve_data_config(cfg: Any) -> None:
+    """Let the datamodule fill in values it derives from its input (``data.default_fovy_deg: auto`` → the
+    image's EXIF fov), in place, so that ``configs/parsed.yaml`` records what the run uses."""
+    resolve = getattr(threestudio.find(cfg.data_type), "resolve_config", None)
+    if resolve is not None:
+        cfg.data = resolve(cfg.data)
+
+
 def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int = 1) -> str:
     """Run ``mode`` (train | validate | test | export) for the config. Returns the trial folder."""
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    started = time.perf_counter()
     timestamp = os.environ.get(_TIMESTAMP_ENV)
     overrides = {"timestamp": timestamp} if timestamp else {}
     cfg = load_config(config_path, cli_args=cli_args, n_gpus=n_gpus, **overrides)
@@ -71,6 +81,7 @@ def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int =
         raise UserError(f"resume checkpoint not found: {resume}")
     if not cfg.data_type or not cfg.system_type:
         raise ConfigError("the config must set data_type and system_type")
+    resolve_data_config(cfg)
 
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -127,4 +138,9 @@ def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int =
         trainer.test(system, datamodule=datamodule, ckpt_path=resume)
     else:
         trainer.predict(system, datamodule=datamodule, ckpt_path=resume, return_predictions=False)
+    if mode in ("train", "test") and _rank() == 0:
+        from threestudio.utils.report import finish_run
+
+        device = f"{t_kwargs['accelerator']} x{t_kwargs['devices']}"
+        logger.info("report: %s", finish_run(trial_dir, mode, time.perf_counter() - started, device))
     return trial_dir

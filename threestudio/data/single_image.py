@@ -20,11 +20,13 @@ colour (resized premultiplied, so transparent neighbours do not bleed in) and wh
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
 from lightning.pytorch import LightningDataModule
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -37,8 +39,8 @@ from threestudio.data.random_camera import (
 )
 from threestudio.data.utils import StagedResolution
 from threestudio.utils.base import Updateable
-from threestudio.utils.config import parse_structured
-from threestudio.utils.errors import ConfigError
+from threestudio.utils.config import config_to_primitive, parse_structured
+from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.image import composite, crop_to_square, load_image, resize_image
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,10 @@ class SingleImageDataModuleConfig:
     default_elevation_deg: float = 0.0
     default_azimuth_deg: float = 0.0
     default_camera_distance: float = 1.0
-    default_fovy_deg: float = 60.0
+    # a number, or "auto": from the image's EXIF focal length (threestudio.utils.exif), else fovy_fallback_deg;
+    # "auto" in random_camera.fovy_range / eval_fovy_deg (e.g. through ${data.default_fovy_deg}) follows it
+    default_fovy_deg: Any = 60.0
+    fovy_fallback_deg: float = 52.55
     image_path: str = ""
     crop_mode: str = "center_crop"  # how a non-square image is made square: center_crop | pad | stretch
     use_random_camera: bool = True
@@ -88,7 +93,7 @@ def _check_config(cfg: SingleImageDataModuleConfig) -> None:
             )
     if cfg.batch_size != 1:
         raise ConfigError(f"config key data.batch_size must be 1 (there is one input view), got {cfg.batch_size}")
-    if not 0 < cfg.default_fovy_deg < 180:
+    if not isinstance(cfg.default_fovy_deg, (int, float)) or not 0 < cfg.default_fovy_deg < 180:
         raise ConfigError(f"config key data.default_fovy_deg must lie in (0, 180), got {cfg.default_fovy_deg}")
     if cfg.default_camera_distance <= 0:
         raise ConfigError(
@@ -96,6 +101,48 @@ def _check_config(cfg: SingleImageDataModuleConfig) -> None:
         )
     if cfg.conditioning_max_size < 1:
         raise ConfigError(f"config key data.conditioning_max_size must be positive, got {cfg.conditioning_max_size}")
+
+
+def resolve_auto_fovy(cfg: DictConfig) -> DictConfig:
+    """Make ``default_fovy_deg: auto`` the EXIF fov of ``image_path`` (else ``fovy_fallback_deg``), in place.
+
+    "auto" entries of ``random_camera.fovy_range`` and ``random_camera.eval_fovy_deg`` get the input's fov
+    (the number given, or the one found). Logs one line when it picks the fov. Returns ``cfg``.
+    """
+    fovy = cfg.get("default_fovy_deg", SingleImageDataModuleConfig.default_fovy_deg)
+    if str(fovy) == "auto":
+        fovy = _auto_fovy(cfg)
+        cfg.default_fovy_deg = fovy
+    elif not isinstance(fovy, (int, float)) or isinstance(fovy, bool):
+        raise ConfigError(f"config key data.default_fovy_deg must be a number of degrees or auto, got {fovy!r}")
+    camera = cfg.get("random_camera")
+    if camera is not None:
+        if camera.get("fovy_range") is not None:
+            camera.fovy_range = [fovy if str(v) == "auto" else v for v in camera.fovy_range]
+        if str(camera.get("eval_fovy_deg")) == "auto":
+            camera.eval_fovy_deg = fovy
+    return cfg
+
+
+def _auto_fovy(cfg: DictConfig) -> float:
+    from threestudio.utils.exif import exif_fovy
+    from threestudio.utils.image import resolve_image_path
+
+    image_path = str(cfg.get("image_path") or "")
+    path = resolve_image_path(image_path) if image_path else ""
+    if image_path and not os.path.isfile(path):
+        raise UserError(f"image not found: {path}")
+    found = exif_fovy(path, str(cfg.get("crop_mode", "center_crop"))) if path else None
+    if found is not None:
+        fovy = round(found.fovy_deg, 3)
+        logger.info("data.default_fovy_deg = %.3f from the EXIF of %s: %s", fovy, image_path, found.description)
+        return fovy
+    fovy = float(cfg.get("fovy_fallback_deg", SingleImageDataModuleConfig.fovy_fallback_deg))
+    logger.info(
+        "data.default_fovy_deg = %g (data.fovy_fallback_deg): %s has no EXIF focal length; pass --fov or "
+        "data.default_fovy_deg=DEG if you know the input's vertical fov", fovy, image_path or "no image",
+    )
+    return fovy
 
 
 def resize_rgba(rgba: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
@@ -210,7 +257,7 @@ class SingleImageDataModule(LightningDataModule):
 
     def __init__(self, cfg: Optional[Any] = None) -> None:
         super().__init__()
-        self.cfg = parse_structured(self.Config, cfg)
+        self.cfg = parse_structured(self.Config, self.resolve_config(cfg))
         _check_config(self.cfg)
         self.reference = ReferenceCamera(
             elevation_deg=float(self.cfg.default_elevation_deg),
@@ -221,12 +268,21 @@ class SingleImageDataModule(LightningDataModule):
         # checks the random camera config early (before setup), so bad keys fail at construction
         self.sampler = RandomCameraSampler(self.cfg.random_camera, self.reference)
         # validated here too, so a bad data.height fails at construction
-        StagedResolution(self.cfg.height, self.cfg.width, self.cfg.resolution_milestones, prefix="data")
+        self.stages = StagedResolution(self.cfg.height, self.cfg.width, self.cfg.resolution_milestones, prefix="data")
         self.rgba = self._load_image()  # read now, so a missing file fails before any model is built
+
+    @staticmethod
+    def resolve_config(cfg: Optional[Any]) -> DictConfig:
+        """``cfg`` with ``default_fovy_deg: auto`` (and "auto" in the random camera's fov keys) made a number.
+
+        The runner calls this before it saves the trial's parsed config, so the fov used is recorded there.
+        """
+        return resolve_auto_fovy(OmegaConf.create(config_to_primitive(cfg) if cfg is not None else {}))
 
     def _load_image(self) -> Tensor:
         """The input as straight-alpha RGBA (S, S, 4) after ``crop_mode`` (for ``stretch``: as read)."""
-        image = load_image(self.cfg.image_path)
+        train_side = max(max(s.height, s.width) for s in self.stages.stages)
+        image = load_image(self.cfg.image_path, min_side=max(train_side, self.cfg.conditioning_max_size))
         rgba = crop_to_square(image, self.cfg.crop_mode, pad_value=0.0).contiguous()
         logger.info(
             "single image %s: %dx%d, %dx%d after crop_mode=%s",
@@ -237,6 +293,12 @@ class SingleImageDataModule(LightningDataModule):
             rgba.shape[0],
             self.cfg.crop_mode,
         )
+        if min(rgba.shape[:2]) < train_side:
+            logger.warning(
+                "image %s is %dx%d after crop_mode=%s, smaller than the training resolution %d px: it is upsampled "
+                "(blurry supervision); use a larger image or a smaller data.height/width",
+                self.cfg.image_path, rgba.shape[1], rgba.shape[0], self.cfg.crop_mode, train_side,
+            )
         return rgba
 
     def setup(self, stage: Optional[str] = None) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -35,9 +36,8 @@ import threestudio
 from threestudio.data.idr_cameras import list_images
 from threestudio.data.multiview import MultiviewDataModule, MultiviewEvalDataset, ViewSet
 from threestudio.data.single_image import SingleImageDataModule, SingleImageDataModuleConfig
-from threestudio.data.utils import StagedResolution
 from threestudio.utils.camera import focal_to_fov
-from threestudio.utils.config import parse_structured
+from threestudio.utils.config import config_to_primitive, parse_structured
 from threestudio.utils.errors import ConfigError
 from threestudio.utils.image import composite, crop_to_square, load_image, resize_image
 
@@ -88,6 +88,11 @@ class SingleViewSceneDataModule(SingleImageDataModule):
                     cfg.image_path, cfg.default_fovy_deg)
         super().__init__(cfg)
 
+    @staticmethod
+    def resolve_config(cfg: Optional[Any]) -> DictConfig:
+        """``cfg`` as given: the input's fov comes from the scene when the datamodule is built (no EXIF "auto")."""
+        return OmegaConf.create(config_to_primitive(cfg) if cfg is not None else {})
+
     def _check_scene(self, cfg: SingleViewSceneConfig) -> None:
         scene = self.scene.cfg
         if not scene.scene_dir:
@@ -110,8 +115,7 @@ class SingleViewSceneDataModule(SingleImageDataModule):
         """The whole input frame as straight-alpha RGBA (H, W, 4): the reference view is not cropped."""
         rgba = load_image(self.cfg.image_path)
         aspect = rgba.shape[1] / rgba.shape[0]
-        stages = StagedResolution(self.cfg.height, self.cfg.width, self.cfg.resolution_milestones, prefix="data")
-        for s in stages.stages:
+        for s in self.stages.stages:
             if abs(s.width / s.height - aspect) > 0.01 * aspect:
                 raise ConfigError(
                     f"data.height × data.width ({s.height}×{s.width}) must keep the input frame's aspect "
