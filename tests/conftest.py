@@ -2,6 +2,10 @@
 
 Tests that need ../shared (real DTU scans, ZeroNVS fixtures) use the ``shared_dir`` fixture: it skips
 with a clear reason when the folder is absent, except under CI=true, where its absence fails the test.
+
+Tests marked ``slow`` launch ``launch.py`` (or another script) in a subprocess, run a whole training in
+process, or compile with ``torch.compile``; ``python -m pytest -q -m "not slow"`` skips them for a quick
+loop (``.ci/run`` runs everything).
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ def require_shared(*relative: str) -> Path:
     return path
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: launches a script in a subprocess, runs a whole training, or compiles")
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return require_shared()
@@ -49,7 +57,3 @@ def zeronvs_tiny_dir() -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: launches launch.py subprocesses (deselect with -m 'not slow')")

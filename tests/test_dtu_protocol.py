@@ -53,7 +53,7 @@ def test_input_is_view_25_with_zeronvs_fov(dm, dtu_scan24):
     assert dm.cfg.default_fovy_deg == pytest.approx(math.degrees(2 * math.atan2(K[1, 2], K[1, 1])))  # ≈ 24.24°
     frame = load_image(dm.cfg.image_path)[..., :3]
     assert frame.shape == (300, 400, 3)
-    batch = dm.train_dataset.collate(None)  # the reference view: the whole frame at stage 1
+    batch = dm.train_dataset.make_batch()  # the reference view: the whole frame at stage 1
     torch.testing.assert_close(batch["rgb"][0], resize_image(frame, 15, 20).clamp(0, 1), atol=1e-5, rtol=0)
     torch.testing.assert_close(batch["c2w"][0], orbit_c2w(torch.tensor([20.0]), torch.tensor([0.0]),
                                                           torch.tensor([1.0]))[0], atol=1e-6, rtol=0)
@@ -93,7 +93,6 @@ def test_test_views_are_the_protocol_targets_relative_to_the_input(dm, dtu_scan2
     "overrides, message",
     [
         ({"image_path": "x.png"}, "data.image_path comes from data.scene"),
-        ({"default_fovy_deg": 50.0}, "default_fovy_deg comes from"),
         ({"scene.canonicalize": False}, "canonicalize must be true"),
         ({"scene.default_elevation_deg": 31.0}, "data.scene.default_elevation_deg"),
         ({"height": [15, 15]}, "aspect"),
@@ -102,7 +101,7 @@ def test_test_views_are_the_protocol_targets_relative_to_the_input(dm, dtu_scan2
 )
 def test_config_errors_name_the_key(dtu_scan24, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        SingleViewSceneDataModule(config(dtu_scan24, **overrides))
+        SingleViewSceneDataModule(config(dtu_scan24, **overrides)).setup()
 
 
 def test_explicit_views_win_over_excluded_views_with_a_warning(dtu_scan24, caplog):
@@ -110,10 +109,12 @@ def test_explicit_views_win_over_excluded_views_with_a_warning(dtu_scan24, caplo
                height=6, width=8, crop_square=False)
     with caplog.at_level(logging.WARNING, logger="threestudio.data.multiview"):
         dm = MultiviewDataModule(cfg)
+        dm.setup("test")
     assert dm.inputs.indices.tolist() == [0, 10, 20]
     assert "input_views names camera(s) [20] of data.excluded_views" in caplog.text
     assert 20 not in dm.targets.indices.tolist() and 3 not in dm.targets.indices.tolist()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="threestudio.data.multiview"):
         dm = MultiviewDataModule(dict(cfg, input_views=[25], target_views=[3, 8]))
+        dm.setup("test")
     assert dm.targets.indices.tolist() == [3, 8] and "target_views names camera(s) [3]" in caplog.text

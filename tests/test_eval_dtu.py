@@ -160,6 +160,7 @@ def test_nvs_mode_tiny_writes_markdown_and_csv(tmp_path, dtu_scan24, zeronvs_tin
     assert "pose_scale: 0.5" in parsed and "input_views:\n  - 25" in parsed.replace("    ", "  ")
 
 
+@pytest.mark.slow
 def test_missing_scan_is_reported_not_fatal(tmp_path, dtu_scan24):
     out = tmp_path / "eval"
     res = run_script("--root", str(dtu_scan24.parent), "--scans", "8", "--mode", "sds", "--out", str(out))

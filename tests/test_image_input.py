@@ -109,8 +109,8 @@ def test_small_and_transparent_inputs_warn_and_go_on(tmp_path, caplog):
     clear = tmp_path / "clear.png"
     Image.fromarray(np.zeros((20, 20, 4), np.uint8)).save(clear)
     with caplog.at_level(logging.WARNING):
-        SingleImageDataModule(_data(small))
-        SingleImageDataModule(_data(str(clear)))
+        SingleImageDataModule(_data(small)).setup()  # the image is read in setup
+        SingleImageDataModule(_data(str(clear))).setup()
     messages = " | ".join(r.getMessage() for r in caplog.records)
     assert "smaller than the training resolution 16 px" in messages
     assert "alpha channel is 0 everywhere" in messages

@@ -26,6 +26,7 @@ def broken(scan):
     raise ValueError(f"scan {scan} has no cameras")
 
 
+@pytest.mark.slow  # submitit's local executor starts a process per job
 def test_local_runs_every_job_and_lists_the_failed_one(tmp_path):
     jobs = [("a", square, (3,)), ("b", broken, (37,)), ("c", square, (4,))]
     results = run_jobs(jobs, LauncherConfig(kind="local", folder=str(tmp_path), python_path=PYTHON_PATH))
@@ -34,6 +35,7 @@ def test_local_runs_every_job_and_lists_the_failed_one(tmp_path):
     assert "scan 37 has no cameras" in results[1].error
 
 
+@pytest.mark.slow  # submitit's local executor starts a process per job
 def test_local_gives_each_job_one_gpu_of_the_list(tmp_path):
     jobs = [(f"j{k}", visible_gpus, (k,)) for k in range(3)]
     results = run_jobs(jobs, LauncherConfig(kind="local", folder=str(tmp_path), gpus=[2, 5], python_path=PYTHON_PATH))

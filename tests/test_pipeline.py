@@ -16,6 +16,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# every test here launches launch.py (or launch_inference.sh) in a subprocess
+pytestmark = pytest.mark.slow
 SMOKE_STEPS = 12
 
 

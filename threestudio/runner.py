@@ -91,7 +91,7 @@ def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int =
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = threestudio.find(cfg.data_type)(cfg.data)
-    system = threestudio.find(cfg.system_type)(cfg.system, resumed=resume is not None and mode == "train")
+    system = threestudio.find(cfg.system_type)(cfg.system)
     # Everything that can fail on user input (images, checkpoints, guidance) fails here, before any write.
     datamodule.setup("fit" if mode == "train" else mode)
     system.prepare(mode, datamodule)

@@ -1,6 +1,7 @@
 """The single-image datamodule: one input view (image + camera) plus random views for score distillation.
 
-Train batches (one per step, drawn when the loader asks, at the state of the last ``update_step``):
+Train batches (one per step, built once by :meth:`SingleImageIterableDataset.make_batch` at the trainer's step;
+in a Lightning fit the loader yields a placeholder and ``on_before_batch_transfer`` builds the batch):
 the reference view at the current stage resolution, with the keys of docs/DESIGN.md —
 ``rays_o``, ``rays_d`` (1, H, W, 3), ``c2w`` and ``canonical_c2w`` (1, 4, 4), ``fov_deg``,
 ``elevation_deg``, ``azimuth_deg``, ``camera_distance`` (1,), ``height``, ``width`` (ints),
@@ -38,7 +39,7 @@ from threestudio.data.random_camera import (
     camera_rays,
 )
 from threestudio.data.utils import StagedResolution
-from threestudio.utils.base import Updateable
+from threestudio.utils.base import Configurable, Updateable
 from threestudio.utils.config import config_to_primitive, parse_structured
 from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.image import composite, crop_to_square, load_image, resize_image
@@ -162,7 +163,8 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
     """Endless training batches: the reference view at the current stage plus lazily drawn random views.
 
     ``update_step(epoch, global_step)`` selects the resolution stage and forwards the step to the random
-    camera sampler; :meth:`collate` builds the batch from that state, so batches follow the current step.
+    camera sampler; :meth:`make_batch` builds the batch from that state, so batches follow the current step.
+    In a Lightning fit the datamodule does both, once per step (see ``on_before_batch_transfer``).
     """
 
     def __init__(
@@ -227,7 +229,7 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
         while True:
             yield {}
 
-    def collate(self, _: Any = None) -> Dict[str, Any]:
+    def make_batch(self) -> Dict[str, Any]:
         """The training batch at the current step (see the module docstring for its keys)."""
         stage_index = self.stages.index_at(self.global_step)
         stage = self.stages.stages[stage_index]
@@ -248,16 +250,30 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
         return batch
 
 
+# what the training loader yields inside a Lightning fit: on_before_batch_transfer builds the real batch
+_DEFERRED_BATCH = "deferred_training_batch"
+
+
 @threestudio.register("single-image-datamodule")
-class SingleImageDataModule(LightningDataModule):
-    """One input image and its camera; random views for distillation; orbits for validation and testing."""
+class SingleImageDataModule(LightningDataModule, Configurable):
+    """One input image and its camera; random views for distillation; orbits for validation and testing.
+
+    Building it checks the config; :meth:`setup` reads the image (once).
+    """
 
     Config = SingleImageDataModuleConfig
     cfg: SingleImageDataModuleConfig
 
     def __init__(self, cfg: Optional[Any] = None) -> None:
         super().__init__()
-        self.cfg = parse_structured(self.Config, self.resolve_config(cfg))
+        self._configure_from(cfg)
+
+    @classmethod
+    def parse_config(cls, cfg: Optional[Any]) -> Any:
+        """``cfg`` parsed after :meth:`resolve_config` (an ``auto`` fov becomes a number)."""
+        return parse_structured(cls.Config, cls.resolve_config(cfg))
+
+    def configure(self) -> None:
         _check_config(self.cfg)
         self.reference = ReferenceCamera(
             elevation_deg=float(self.cfg.default_elevation_deg),
@@ -269,7 +285,7 @@ class SingleImageDataModule(LightningDataModule):
         self.sampler = RandomCameraSampler(self.cfg.random_camera, self.reference)
         # validated here too, so a bad data.height fails at construction
         self.stages = StagedResolution(self.cfg.height, self.cfg.width, self.cfg.resolution_milestones, prefix="data")
-        self.rgba = self._load_image()  # read now, so a missing file fails before any model is built
+        self.rgba: Optional[Tensor] = None  # (S, S, 4), read by setup
 
     @staticmethod
     def resolve_config(cfg: Optional[Any]) -> DictConfig:
@@ -302,6 +318,9 @@ class SingleImageDataModule(LightningDataModule):
         return rgba
 
     def setup(self, stage: Optional[str] = None) -> None:
+        """Read the image (first call only) and build the datasets of ``stage`` (None: all)."""
+        if self.rgba is None:
+            self.rgba = self._load_image()
         rgba = self.rgba
         if stage in (None, "fit"):
             sampler = self.sampler if self.cfg.use_random_camera else None
@@ -311,12 +330,23 @@ class SingleImageDataModule(LightningDataModule):
         if stage in (None, "test", "predict"):
             self.test_dataset = self.sampler.eval_dataset("test")
 
-    def _loader(self, dataset: Any, batch_size: Optional[int]) -> DataLoader:
+    def _loader(self, dataset: Any, batch_size: Optional[int], collate_fn: Any = None) -> DataLoader:
         # num_workers=0: update_step changes the dataset's state in the main process every step
-        return DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=dataset.collate)
+        return DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=collate_fn or dataset.collate)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, batch_size=None)
+        return self._loader(self.train_dataset, batch_size=None, collate_fn=self._collate_train)
+
+    def _collate_train(self, _: Any) -> Dict[str, Any]:
+        """Outside a Lightning fit, the batch at the dataset's step; inside one, a placeholder that
+        :meth:`on_before_batch_transfer` replaces (so each step's batch is built once, at that step)."""
+        if self._in_fit():
+            return {_DEFERRED_BATCH: True}
+        return self.train_dataset.make_batch()
+
+    def _in_fit(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.training
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, batch_size=self.cfg.random_camera.eval_batch_size)
@@ -328,22 +358,25 @@ class SingleImageDataModule(LightningDataModule):
         return self.test_dataloader()
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """In a Lightning fit, redraw the training batch at the trainer's current step.
+        """In a Lightning fit, move the training dataset to the trainer's step and build that step's batch.
 
-        Lightning fetches a batch ahead (and calls ``on_train_batch_start`` only after fetching), so a batch
-        drawn by the loader reflects the state of an earlier step. This hook runs for the batch of the step
-        about to be taken, so stage switches and progressive ranges happen exactly at their steps.
+        Lightning fetches a batch ahead (and calls ``on_train_batch_start`` only after fetching), so the loader
+        yields a placeholder; this hook runs for the batch of the step about to be taken, so stage switches and
+        progressive ranges happen exactly at their steps. This is the only place a fit pushes the step into the
+        dataset.
         """
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.training and isinstance(batch, dict) and "rgb" in batch:
+        if isinstance(batch, dict) and batch.get(_DEFERRED_BATCH):
+            trainer = self.trainer
             self.train_dataset.update_step(trainer.current_epoch, trainer.global_step)
-            batch = self.train_dataset.collate(None)
+            batch = self.train_dataset.make_batch()
         return batch
 
     def conditioning(self) -> Dict[str, Tensor]:
         """The guidance's input view: ``images`` (1, S, S, 3) in [0, 1] composited on white, ``c2w`` (1, 4, 4),
         ``fov_deg`` (1,). S is the square's own side (for ``stretch``, the longer side), capped at
-        ``conditioning_max_size`` by antialiased downsizing."""
+        ``conditioning_max_size`` by antialiased downsizing. Needs :meth:`setup`."""
+        if self.rgba is None:
+            raise RuntimeError("call setup() before conditioning(): the image is read there")
         rgba = self.rgba
         side = min(max(rgba.shape[0], rgba.shape[1]), self.cfg.conditioning_max_size)
         image = resize_image(composite(rgba, 1.0), side, side).clamp(0.0, 1.0)

@@ -9,7 +9,8 @@ what ZeroNVS's ``data.view_synthesis`` does for DTU (kylesargent/ZeroNVS ``three
 
 - The reference view (RGB loss) is the whole input frame at ``data.height`` × ``data.width`` (same aspect as the
   image); the guidance is conditioned on its ``crop_mode`` square (``center_crop``: ZeroNVS's central crop).
-- ``default_fovy_deg`` and ``image_path`` come from the scene and must be left unset (null / empty).
+- ``image_path`` and (when null) ``default_fovy_deg`` are filled in from the scene by :meth:`resolve_config`, so
+  the trial's parsed config records them.
 - ``scene_intrinsics``: ``zeronvs`` (ZeroNVS's DTU evaluation) renders the reference and every test view with a
   centred pinhole camera whose vertical fov is ``2·atan(cy / fy)`` of the input camera; ``calibrated`` uses each
   test view's own intrinsics (principal point included) and the input's fov ``2·atan(H / 2fy)``.
@@ -33,12 +34,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 import threestudio
-from threestudio.data.idr_cameras import list_images
+from threestudio.data.idr_cameras import list_images, load_idr_cameras
 from threestudio.data.multiview import MultiviewDataModule, MultiviewEvalDataset, ViewSet
 from threestudio.data.single_image import SingleImageDataModule, SingleImageDataModuleConfig
 from threestudio.utils.camera import focal_to_fov
-from threestudio.utils.config import config_to_primitive, parse_structured
-from threestudio.utils.errors import ConfigError
+from threestudio.utils.config import config_to_primitive
+from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.image import composite, crop_to_square, load_image, resize_image
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ SCENE_INTRINSICS = ("zeronvs", "calibrated")
 class SingleViewSceneConfig(SingleImageDataModuleConfig):
     """``single-image-datamodule`` keys plus the posed scene (see the module docstring)."""
 
-    default_fovy_deg: Optional[float] = None  # from the scene's input camera; leave null
+    default_fovy_deg: Optional[float] = None  # null: from the scene's input camera (see scene_intrinsics)
     scene: dict = field(default_factory=dict)  # multiview-datamodule keys: scene_dir, input_views, pose_scale, ...
     scene_intrinsics: str = "zeronvs"  # zeronvs | calibrated
 
@@ -68,35 +69,48 @@ class SingleViewSceneDataModule(SingleImageDataModule):
     Config = SingleViewSceneConfig
     cfg: SingleViewSceneConfig
 
-    def __init__(self, cfg: Optional[Any] = None) -> None:
-        cfg = parse_structured(self.Config, cfg)
-        if cfg.image_path:
+    @staticmethod
+    def resolve_config(cfg: Optional[Any]) -> DictConfig:
+        """``cfg`` with ``image_path`` (the first input view's file) and, when null, ``default_fovy_deg`` (its
+        camera's, see ``scene_intrinsics``) filled in from the scene. The runner calls this before it saves the
+        trial's parsed config, so both are recorded there."""
+        cfg = OmegaConf.create(config_to_primitive(cfg) if cfg is not None else {})
+        scene = cfg.get("scene") or {}
+        scene_dir = scene.get("scene_dir")
+        if not scene_dir or OmegaConf.is_missing(scene, "scene_dir"):
+            raise ConfigError("config key data.scene.scene_dir is empty; set it to the posed scene folder")
+        index = int((scene.get("input_views") or [0])[0])
+        images = list_images(os.path.join(str(scene_dir), "image"))
+        if not 0 <= index < len(images):
+            raise UserError(f"data.scene.input_views: view {index} has no image in {os.path.join(scene_dir, 'image')}")
+        if cfg.get("image_path") and os.path.abspath(cfg.image_path) != os.path.abspath(images[index]):
             raise ConfigError("data.image_path comes from data.scene (its first input view); remove the key")
-        if cfg.default_fovy_deg is not None:
-            raise ConfigError("data.default_fovy_deg comes from data.scene's input camera; set it to null")
+        cfg.image_path = images[index]
+        if cfg.get("default_fovy_deg") is None:
+            K = load_idr_cameras(str(scene_dir), normalize=True)[index].K
+            mode = cfg.get("scene_intrinsics", SingleViewSceneConfig.scene_intrinsics)
+            height = load_image(images[index]).shape[0]
+            cfg.default_fovy_deg = (
+                math.degrees(2 * math.atan2(float(K[1, 2]), float(K[1, 1])))
+                if mode == "zeronvs"
+                else float(focal_to_fov(float(K[1, 1]), height))
+            )
+            logger.info("data.default_fovy_deg = %.3f (camera %d of %s, %s)", cfg.default_fovy_deg, index, scene_dir,
+                        mode)
+        return cfg
+
+    def configure(self) -> None:
+        cfg = self.cfg
         if cfg.scene_intrinsics not in SCENE_INTRINSICS:
             raise ConfigError(
                 f"config key data.scene_intrinsics is {cfg.scene_intrinsics!r}; valid: {', '.join(SCENE_INTRINSICS)}"
             )
         self.scene = MultiviewDataModule(cfg.scene)
         self._check_scene(cfg)
-        inputs = self.scene.inputs
-        index = int(inputs.indices[0])
-        cfg.image_path = list_images(os.path.join(str(self.scene.cfg.scene_dir), "image"))[index]
-        cfg.default_fovy_deg = self._input_fovy_deg(inputs, cfg.scene_intrinsics)
-        logger.info("input: view %d of %s (%s), vertical fov %.3f°", index, self.scene.cfg.scene_dir,
-                    cfg.image_path, cfg.default_fovy_deg)
-        super().__init__(cfg)
-
-    @staticmethod
-    def resolve_config(cfg: Optional[Any]) -> DictConfig:
-        """``cfg`` as given: the input's fov comes from the scene when the datamodule is built (no EXIF "auto")."""
-        return OmegaConf.create(config_to_primitive(cfg) if cfg is not None else {})
+        super().configure()
 
     def _check_scene(self, cfg: SingleViewSceneConfig) -> None:
         scene = self.scene.cfg
-        if not scene.scene_dir:
-            raise ConfigError("config key data.scene.scene_dir is empty; set it to the posed scene folder")
         if not scene.canonicalize:
             raise ConfigError("data.scene.canonicalize must be true: test poses are relative to the input camera")
         for key in ("default_elevation_deg", "default_azimuth_deg", "default_camera_distance"):
@@ -104,12 +118,6 @@ class SingleViewSceneDataModule(SingleImageDataModule):
                 raise ConfigError(
                     f"data.scene.{key} ({getattr(scene, key)}) must equal data.{key} ({getattr(cfg, key)})"
                 )
-
-    def _input_fovy_deg(self, inputs: ViewSet, mode: str) -> float:
-        K = inputs.raw_K[0]
-        if mode == "zeronvs":
-            return math.degrees(2 * math.atan2(float(K[1, 2]), float(K[1, 1])))
-        return float(focal_to_fov(float(K[1, 1]), inputs.raw_size[1]))
 
     def _load_image(self) -> Tensor:
         """The whole input frame as straight-alpha RGBA (H, W, 4): the reference view is not cropped."""
@@ -124,6 +132,8 @@ class SingleViewSceneDataModule(SingleImageDataModule):
         return rgba
 
     def setup(self, stage: Optional[str] = None) -> None:
+        """Read the input frame and the scene (first call only) and build the datasets of ``stage``."""
+        self.scene.setup("test")
         super().setup(stage)
         if stage in (None, "test", "predict"):
             self.test_dataset = self._test_dataset()
@@ -151,6 +161,8 @@ class SingleViewSceneDataModule(SingleImageDataModule):
     def conditioning(self) -> Dict[str, Tensor]:
         """The guidance's input view: the ``crop_mode`` square of the input frame (images (1, S, S, 3) in [0, 1]
         on white, S capped at ``conditioning_max_size``), ``c2w`` (1, 4, 4), ``fov_deg`` (1,) of that square."""
+        if self.rgba is None:
+            raise RuntimeError("call setup() before conditioning(): the image is read there")
         square = crop_to_square(self.rgba, self.cfg.crop_mode, pad_value=0.0)
         side = min(square.shape[0], self.cfg.conditioning_max_size)
         image = resize_image(composite(square, 1.0), side, side).clamp(0.0, 1.0)

@@ -4,7 +4,7 @@
 test batch to ``save/it{step}-test/{index:04d}.png`` (rgb | depth | opacity) and, for batches that carry ``rgb``
 (posed target views), records PSNR/SSIM/LPIPS (:mod:`threestudio.utils.metrics`); at the end it writes the video
 and ``save/metrics.json``. Several processes split the batches as the NVS system does
-(:mod:`threestudio.systems.nvs`; set ``trainer.use_distributed_sampler: false``). Batches without ground truth
+(:mod:`threestudio.utils.distributed`; set ``trainer.use_distributed_sampler: false``). Batches without ground truth
 (an orbit) are only rendered.
 """
 
@@ -13,11 +13,15 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Optional
 
-import torch
 from torch import Tensor
 
-from threestudio.systems.base import visualize_depth
-from threestudio.systems.nvs import check_every_target_once, check_unsharded_test_loader, gather_records, owns_batch
+from threestudio.systems.base import rgb_depth_opacity_row
+from threestudio.utils.distributed import (
+    check_every_target_once,
+    check_unsharded_test_loader,
+    gather_records,
+    owns_batch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +48,9 @@ class HeldOutMetricsMixin:
         out = self(batch)
         for k in range(out["comp_rgb"].shape[0]):
             index = int(batch["index"][k]) if "index" in batch else batch_idx
-            rgb = out["comp_rgb"][k].clamp(0, 1)
-            row = torch.cat(
-                [rgb, visualize_depth(out["depth"][k], out["opacity"][k]), out["opacity"][k].expand_as(rgb)], dim=1
-            )
-            save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), row)
+            save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), rgb_depth_opacity_row(out, k))
             if "rgb" in batch:
+                rgb = out["comp_rgb"][k].clamp(0, 1)
                 metrics = compute_metrics(rgb, batch["rgb"][k], self.metrics_mask(batch, k))
                 self._records.append({"target": index, **metrics})
 
