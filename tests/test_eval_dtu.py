@@ -104,7 +104,7 @@ def test_dtu_config_differs_from_the_paper_config_only_in_the_protocol_keys():
     differ = {k for k in differ if not k.startswith("data.scene.")}
     assert differ == {
         "name", "tag", "data_type", "data.image_path", "data.height", "data.width", "data.default_elevation_deg",
-        "data.default_fovy_deg", "data.fovy_fallback_deg", "data.scene_intrinsics", "data.random_camera.eval_height",
+        "data.fovy_fallback_deg", "data.scene_intrinsics", "data.random_camera.eval_height",
         "data.random_camera.eval_width", "data.random_camera.fovy_range", "data.random_camera.eval_fovy_deg",
         "system.background.color", "system.background.random_aug", "system.renderer.near_plane",
         "system.renderer.far_plane", "system.guidance.guidance_scale", "system.guidance.use_anisotropic_schedule",

@@ -9,7 +9,7 @@ what ZeroNVS's ``data.view_synthesis`` does for DTU (kylesargent/ZeroNVS ``three
 
 - The reference view (RGB loss) is the whole input frame at ``data.height`` × ``data.width`` (same aspect as the
   image); the guidance is conditioned on its ``crop_mode`` square (``center_crop``: ZeroNVS's central crop).
-- ``image_path`` and (when null) ``default_fovy_deg`` are filled in from the scene by :meth:`resolve_config`, so
+- ``image_path`` and (when ``auto``) ``default_fovy_deg`` are filled in from the scene by :meth:`resolve_config`, so
   the trial's parsed config records them.
 - ``scene_intrinsics``: ``zeronvs`` (ZeroNVS's DTU evaluation) renders the reference and every test view with a
   centred pinhole camera whose vertical fov is ``2·atan(cy / fy)`` of the input camera; ``calibrated`` uses each
@@ -51,7 +51,7 @@ SCENE_INTRINSICS = ("zeronvs", "calibrated")
 class SingleViewSceneConfig(SingleImageDataModuleConfig):
     """``single-image-datamodule`` keys plus the posed scene (see the module docstring)."""
 
-    default_fovy_deg: Optional[float] = None  # null: from the scene's input camera (see scene_intrinsics)
+    default_fovy_deg: Any = "auto"  # auto: from the scene's input camera (see scene_intrinsics); a number wins
     scene: dict = field(default_factory=dict)  # multiview-datamodule keys: scene_dir, input_views, pose_scale, ...
     scene_intrinsics: str = "zeronvs"  # zeronvs | calibrated
 
@@ -86,7 +86,7 @@ class SingleViewSceneDataModule(SingleImageDataModule):
         if cfg.get("image_path") and os.path.abspath(cfg.image_path) != os.path.abspath(images[index]):
             raise ConfigError("data.image_path comes from data.scene (its first input view); remove the key")
         cfg.image_path = images[index]
-        if cfg.get("default_fovy_deg") is None:
+        if str(cfg.get("default_fovy_deg", "auto")) == "auto":
             K = load_idr_cameras(str(scene_dir), normalize=True)[index].K
             mode = cfg.get("scene_intrinsics", SingleViewSceneConfig.scene_intrinsics)
             height = load_image(images[index]).shape[0]
