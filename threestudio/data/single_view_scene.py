@@ -71,7 +71,7 @@ class SingleViewSceneDataModule(SingleImageDataModule):
 
     @staticmethod
     def resolve_config(cfg: Optional[Any]) -> DictConfig:
-        """``cfg`` with ``image_path`` (the first input view's file) and, when null, ``default_fovy_deg`` (its
+        """``cfg`` with ``image_path`` (the first input view's file) and, when ``auto``, ``default_fovy_deg`` (its
         camera's, see ``scene_intrinsics``) filled in from the scene. The runner calls this before it saves the
         trial's parsed config, so both are recorded there."""
         cfg = OmegaConf.create(config_to_primitive(cfg) if cfg is not None else {})
