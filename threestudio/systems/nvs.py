@@ -111,6 +111,8 @@ class NVSModelConfig:
     # ldm .ckpt (with pretrained_config), a folder written by zeronvs_diffusion.convert, or "random"
     pretrained_model_name_or_path: str = "zeronvs.ckpt"
     pretrained_config: Optional[str] = None
+    # allow full unpickling of a .ckpt that holds more than tensors: it runs any code the file holds
+    trust_checkpoint: bool = False
     precomputed_scale: Optional[float] = None  # scene scale of the camera embedding (required)
     guidance_scale: float = 3.0  # classifier-free guidance of the sampler
     dtype: Optional[str] = None  # null: fp32 on the CPU, fp16 on CUDA; or fp32 | fp16 | bf16
@@ -173,7 +175,11 @@ class NVSSystem(BaseSystem):
         m = self.model_cfg
         logger.info("loading the ZeroNVS diffusion model from %s", m.pretrained_model_name_or_path)
         self._model = zeronvs_diffusion.load_model(
-            m.pretrained_model_name_or_path, config=m.pretrained_config, dtype=torch.float32, device="cpu"
+            m.pretrained_model_name_or_path,
+            config=m.pretrained_config,
+            dtype=torch.float32,
+            device="cpu",
+            trust_checkpoint=m.trust_checkpoint,
         )
         if m.compile_unet is not None:
             self._model.compile_unet(m.compile_unet)

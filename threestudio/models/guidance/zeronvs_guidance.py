@@ -149,6 +149,8 @@ class ZeroNVSGuidance(BaseObject):
         # ldm .ckpt (with pretrained_config), a folder written by zeronvs_diffusion.convert, or "random"
         pretrained_model_name_or_path: str = "zeronvs.ckpt"
         pretrained_config: Optional[str] = None  # the latent-diffusion YAML; optional for a converted folder
+        # allow full unpickling of a .ckpt that holds more than tensors: it runs any code the file holds
+        trust_checkpoint: bool = False
         guidance_scale: float = 5.0
         guidance_scale_aux: Optional[float] = None  # for samples conditioned on an anchor; null = guidance_scale
         precomputed_scale: Optional[float] = None  # scene scale of the camera embedding; required (0.7 in the paper)
@@ -195,13 +197,20 @@ class ZeroNVSGuidance(BaseObject):
         for key in ("min_step_percent", "max_step_percent", "p_use_aux_cameras", "grad_clip"):
             value = getattr(cfg, key)
             if value is not None:
-                C(value, 0, 0)  # raises ConfigError for a malformed schedule
+                try:
+                    C(value, 0, 0)  # raises ConfigError for a malformed schedule
+                except ConfigError as e:
+                    raise ConfigError(f"system.guidance.{key}: {e}") from None
 
         import zeronvs_diffusion
 
         logger.info("loading the ZeroNVS diffusion model from %s", cfg.pretrained_model_name_or_path)
         self.model = zeronvs_diffusion.load_model(
-            cfg.pretrained_model_name_or_path, config=cfg.pretrained_config, dtype=torch.float32, device="cpu"
+            cfg.pretrained_model_name_or_path,
+            config=cfg.pretrained_config,
+            dtype=torch.float32,
+            device="cpu",
+            trust_checkpoint=cfg.trust_checkpoint,
         )
         self.model.eval().requires_grad_(False)
         if cfg.vae_gradient_checkpointing:
