@@ -9,52 +9,13 @@ import csv
 import glob
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMOKE_STEPS, launch, smoke_args
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_STEPS = 12
-
-
-def launch(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, str(ROOT / "launch.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def smoke_args(root: Path, *extra: str) -> list:
-    return [
-        "--config",
-        str(ROOT / "configs" / "smoke.yaml"),
-        f"exp_root_dir={root}",
-        "use_timestamp=false",
-        f"system.guidance.pretrained_config={ROOT / 'configs' / 'diffusion_tiny.yaml'}",
-        *extra,
-    ]
-
-
-@pytest.fixture(scope="session")
-def smoke_trial(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("smoke")
-    res = launch(
-        "--train",
-        *smoke_args(
-            root, f"trainer.max_steps={SMOKE_STEPS}", "trainer.val_check_interval=6", "checkpoint.every_n_train_steps=6"
-        ),
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    trials = glob.glob(str(root / "smoke" / "*"))
-    assert len(trials) == 1, trials
-    return Path(trials[0])
 
 
 def test_train_writes_checkpoint_config_logs_and_test_video(smoke_trial: Path):
