@@ -132,7 +132,7 @@ def load_torch_file(
         with open(path, "rb") as f:
             head = f.read(1)
         if head != b"\x80":  # pickle protocol ≥ 2, as torch.save writes
-            raise error(f"{what} {path} is not a PyTorch checkpoint (truncated, corrupt or another format)")
+            raise error(f"{what} {path} is not a readable PyTorch checkpoint (truncated or corrupt, or another format)")
     mmap = is_zip if mmap is None else (mmap and is_zip)
     try:
         return _load(path, weights_only=True, mmap=mmap)
