@@ -75,7 +75,7 @@ def test_nonfinite_loss_stops_after_limit_and_keeps_last_checkpoint(tmp_path: Pa
             tmp_path,
             "trainer.max_steps=30",
             "trainer.val_check_interval=100",
-            "checkpoint.every_n_train_steps=3",
+            "checkpoint.every_n_train_steps=1",
             "system.loss.lambda_rgb=[3,1500.0,.nan,4]",  # NaN weight from step 4 on
             "system.max_nonfinite_steps=3",
         ),
@@ -86,9 +86,11 @@ def test_nonfinite_loss_stops_after_limit_and_keeps_last_checkpoint(tmp_path: Pa
     (trial,) = glob.glob(str(tmp_path / "smoke" / "*"))
     state = torch.load(Path(trial) / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)
     # NaN at steps 4, 5, 6 (skipped steps still advance Lightning's step counter), the stop comes at the third.
-    # The save due at step 6 fell inside the streak and was not written: last.ckpt is the one of step 3.
+    # The saves due at steps 5 and 6 fell inside the streak and were not written; the one of step 4 (the weights
+    # that the first NaN step used) was not confirmed by a finite step and was replaced by the one of step 3.
     assert state["global_step"] == 3
     assert "holds step 3" in res.stderr
+    assert sorted(p.name for p in (Path(trial) / "ckpts").iterdir()) == ["last.ckpt"]
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
 
 

@@ -79,6 +79,7 @@ class BaseSystem(pl.LightningModule, Updateable):
         self._save_dir: Optional[str] = None
         self._resumed = resumed
         self._nonfinite_in_a_row = 0
+        self.nonfinite_streak_start: Optional[int] = None  # step of the first non-finite step of the streak
         self._params_finite: Optional[Tensor] = None  # device flag set after each update, read with the next loss
         self._ckpt_global_step = 0
         self._step_started = 0.0
@@ -200,6 +201,11 @@ class BaseSystem(pl.LightningModule, Updateable):
         if params:
             self._params_finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
 
+    @property
+    def nonfinite_streak(self) -> int:
+        """Consecutive non-finite steps up to now (0 after a finite one)."""
+        return self._nonfinite_in_a_row
+
     def weights_are_finite(self) -> bool:
         """False during a non-finite streak or when a parameter is NaN/inf (checkpoints are skipped then)."""
         if self._nonfinite_in_a_row > 0:
@@ -222,6 +228,8 @@ class BaseSystem(pl.LightningModule, Updateable):
         total: Tensor = sum(terms.values())  # type: ignore[assignment]
         bad = self._nonfinite_terms(terms, total)
         if bad:
+            if self._nonfinite_in_a_row == 0:
+                self.nonfinite_streak_start = self.true_global_step
             self._nonfinite_in_a_row += 1
             logger.warning(
                 "step %d: non-finite %s; step skipped (%d in a row)",

@@ -13,7 +13,7 @@ import glob
 import logging
 import os
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -94,17 +94,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return cached if cached is not None else load_torch_file(str(path), "checkpoint", mmap=False)
 
 
-class FiniteModelCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that skips every save while ``pl_module.weights_are_finite()`` is False.
+def _backup_path(path: str) -> str:
+    base, ext = os.path.splitext(os.path.basename(path))
+    return os.path.join(os.path.dirname(path), f".{base}.previous.tmp{ext}")  # matches _TEMPORARY_CKPT_PATTERN
 
-    ``saved_step`` is the global step of the last checkpoint it wrote (None before the first). The version
-    counter is off: ``last.ckpt`` is always overwritten, also in a trial that was copied or moved.
+
+class FiniteModelCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that never keeps a checkpoint of diverged weights.
+
+    - No save while ``pl_module.weights_are_finite()`` is False (a non-finite streak, or NaN/inf parameters).
+    - A checkpoint is confirmed only by the next step's finite loss: until then the file it replaced is kept as
+      a hidden backup, and when training diverges right after the save, the backup is put back (or, for a first
+      save, the unconfirmed file is removed). So the checkpoints hold the weights from before the streak's cause.
+    - The version counter is off: ``last.ckpt`` is always overwritten, also in a copied or moved trial.
+
+    ``saved_step`` is the global step of the checkpoint kept (None when there is none).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("enable_version_counter", False)
         super().__init__(*args, **kwargs)
         self.saved_step: Optional[int] = None
+        self._unconfirmed: List[str] = []  # files saved at saved_step, not yet confirmed by a finite step
 
     @staticmethod
     def _weights_bad(trainer: Any) -> bool:
@@ -122,17 +133,61 @@ class FiniteModelCheckpoint(ModelCheckpoint):
     def _should_save_on_exception(self, trainer: Any) -> bool:
         return super()._should_save_on_exception(trainer) and not self._weights_bad(trainer)
 
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
+        if getattr(pl_module, "nonfinite_streak", 0) == 0 and self.saved_step != trainer.global_step:
+            self._confirm()  # this step's loss was finite: the checkpoint of the previous step is good
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if not self._weights_bad(trainer):
             super().on_train_end(trainer, pl_module)
+        if getattr(pl_module, "nonfinite_streak", 0) == 0:
+            self._confirm()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        started = getattr(pl_module, "nonfinite_streak_start", None)
+        if started is not None and self.saved_step == started:
+            self._roll_back()
 
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+        if self.saved_step != trainer.global_step:
+            self._confirm()
+        if os.path.isfile(filepath):
+            backup = _backup_path(filepath)
+            if os.path.exists(backup):
+                os.remove(backup)
+            try:
+                os.link(filepath, backup)  # the old file survives the atomic replace (no copy, no extra space yet)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(filepath, backup)
         super()._save_checkpoint(trainer, filepath)
         self.saved_step = int(trainer.global_step)
+        self._unconfirmed.append(filepath)
+
+    def _confirm(self) -> None:
+        for path in self._unconfirmed:
+            if os.path.exists(_backup_path(path)):
+                os.remove(_backup_path(path))
+        self._unconfirmed = []
+
+    def _roll_back(self) -> None:
+        """Put back what the checkpoints saved right before a divergence replaced (remove first saves)."""
+        from threestudio.utils.torch_load import load_torch_file
+
+        logger.warning("the checkpoint of step %s was written right before the divergence: not kept", self.saved_step)
+        self.saved_step = None
+        for path in self._unconfirmed:
+            if os.path.exists(_backup_path(path)):
+                os.replace(_backup_path(path), path)
+                self.saved_step = int(load_torch_file(path, mmap=True).get("global_step", 0))
+            elif os.path.exists(path):
+                os.remove(path)
+        self._unconfirmed = []
 
     def kept_checkpoint(self) -> str:
         """A sentence saying which step the trial's checkpoints hold, for the divergence message."""
         if self.saved_step is None:
-            return "no checkpoint was written by this run"
+            return "no checkpoint of this run was kept (none was written before the divergence)"
         path = self.last_model_path or self.best_model_path
-        return f"the last checkpoint written, {path}, holds step {self.saved_step} (from before the streak)"
+        return f"the last checkpoint, {path}, holds step {self.saved_step} (from before the divergence)"
