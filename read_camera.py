@@ -129,7 +129,8 @@ def plot_cameras(cameras: Sequence[IDRCamera], path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         fig.savefig(path, dpi=120)
     except OSError as e:
-        raise UserError(f"cannot write --plot {path}: {e.strerror or e}") from None
+        where = f" ({e.filename})" if e.filename and os.path.abspath(str(e.filename)) != os.path.abspath(path) else ""
+        raise UserError(f"cannot write --plot {path}: {e.strerror or e}{where}") from None
     finally:
         plt.close(fig)
 

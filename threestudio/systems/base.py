@@ -38,7 +38,7 @@ def build_optimizer(cfg: Dict[str, Any], param_groups: List[Dict[str, Any]]) -> 
     try:
         return optim_cls(param_groups, **cfg.get("args", {}))
     except TypeError as e:
-        raise ConfigError(f"bad optimizer arguments for {name}: {e}") from None
+        raise ConfigError(f"bad system.optimizer.args for {name}: {e}") from None
 
 
 class BaseSystem(pl.LightningModule, Updateable):

@@ -153,7 +153,8 @@ class FiniteModelCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
         if self.saved_step != trainer.global_step:
             self._confirm()
-        if os.path.isfile(filepath):
+        owner = trainer.is_global_zero  # only rank 0 writes checkpoint files; the others only keep the step
+        if owner and os.path.isfile(filepath):
             backup = _backup_path(filepath)
             if os.path.exists(backup):
                 os.remove(backup)
@@ -163,7 +164,8 @@ class FiniteModelCheckpoint(ModelCheckpoint):
                 shutil.copyfile(filepath, backup)
         super()._save_checkpoint(trainer, filepath)
         self.saved_step = int(trainer.global_step)
-        self._unconfirmed.append(filepath)
+        if owner:
+            self._unconfirmed.append(filepath)
 
     def _confirm(self) -> None:
         for path in self._unconfirmed:
