@@ -98,7 +98,6 @@ def trainer_kwargs(cfg_trainer: dict, n_gpus: int) -> dict:
 
     kwargs = dict(config_to_primitive(cfg_trainer))
     _check_kwargs(Trainer.__init__, kwargs, "trainer")
-    check_trainer_values(kwargs)
     if "accelerator" not in kwargs:
         kwargs["accelerator"] = "gpu" if torch.cuda.is_available() else "cpu"
     if "devices" not in kwargs:
@@ -229,11 +228,12 @@ def _check_before_writing(cfg: Any, mode: str, system: Any, n_gpus: int) -> Dict
     """Check everything left that can fail on user input; returns the resume checkpoint read (by path)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    trainer_kwargs(cfg.trainer, n_gpus)
+    kwargs = trainer_kwargs(cfg.trainer, n_gpus)
     ckpt_kwargs = dict(config_to_primitive(cfg.checkpoint))
     _check_kwargs(ModelCheckpoint.__init__, ckpt_kwargs, "checkpoint")
-    check_checkpoint_values(ckpt_kwargs)
-    if mode == "train":
+    if mode == "train":  # the values only training uses
+        check_trainer_values(kwargs)
+        check_checkpoint_values(ckpt_kwargs)
         system.configure_optimizers()  # bad optimizer/scheduler arguments fail here, not inside fit
     if cfg.resume is None:
         return {}
