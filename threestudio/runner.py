@@ -51,10 +51,11 @@ def _is_number(value: Any) -> bool:
 
 def check_trainer_values(kwargs: dict) -> None:
     """ConfigError for ``trainer.*`` values Lightning would only fail on (or loop forever with) later."""
-    steps = kwargs.get("max_steps", -1)
+    steps = kwargs.get("max_steps", -1)  # absent: Lightning's default (max_epochs decides)
     if not _is_int(steps) or steps == 0 or steps < -1:
         raise ConfigError(f"trainer.max_steps must be a positive integer, got {steps!r}")
-    if steps == -1 and kwargs.get("max_time") is None and kwargs.get("max_epochs") in (None, -1):
+    explicit_forever = "max_steps" in kwargs and steps == -1
+    if explicit_forever and kwargs.get("max_time") is None and kwargs.get("max_epochs") in (None, -1):
         raise ConfigError(
             "trainer.max_steps=-1 would train forever: set a positive trainer.max_steps (or trainer.max_time)"
         )
