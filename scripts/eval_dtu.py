@@ -20,6 +20,12 @@ target views, pose scale, run folder; then the mean over the scans that finished
         --ckpt zeronvs.ckpt --model-config zeronvs_config.yaml [--pose-scale 0.495 | --pose-scale 24=0.5 37=0.45]
         [--steps N] [--extra key=value ...]
 
+Scans run through submitit (``threestudio/utils/launcher.py``): ``--launcher local`` runs them in parallel, one
+process per GPU of ``--gpus 0,1,2,3`` (no GPUs: one at a time on the CPU); ``--launcher slurm`` submits one job
+array (``--slurm-partition``, ``--slurm-time``, ``--slurm-gpus-per-task``; sbatch script and logs in
+``OUT/submitit/``). A failed scan is listed as failed, the others still count. A rerun skips scans whose metrics
+exist (``--force`` redoes them) and replaces the run folders of the scans it redoes.
+
 ``--steps`` sets the DDIM steps of ``nvs`` and the training steps of ``sds`` / the NeRF of ``nvs+nerf`` (for
 quick checks); ``--extra`` overrides are appended to every launch.py run (they win over this script's own).
 """
@@ -33,6 +39,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +49,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch.py")
 if ROOT not in sys.path:  # run as a script: make the repository's packages importable
     sys.path.insert(0, ROOT)
+from threestudio.utils.launcher import LAUNCHERS  # noqa: E402  (after the sys.path line)
+
 NVS_CONFIG = os.path.join(ROOT, "configs", "zeronvs_nvs.yaml")
 NERF_CONFIG = os.path.join(ROOT, "configs", "nerf_multiview.yaml")
 
@@ -203,15 +212,20 @@ def evaluate_scan(scan: int, mode: str, pose_scale: float, args: argparse.Namesp
     if save is None:
         row["error"] = f"{mode} run failed, see the logs in {logs}"
         return row
-    metrics_path = os.path.join(save, "metrics.json")
+    return metrics_row(row, os.path.dirname(save))
+
+
+def metrics_row(row: Dict[str, object], trial: str) -> Dict[str, object]:
+    """``row`` with the metrics of run folder ``trial`` (or an ``error`` when it has none)."""
+    metrics_path = os.path.join(trial, "save", "metrics.json")
     if not os.path.isfile(metrics_path):
-        row["error"] = f"no metrics.json in {save}"
+        row["error"] = f"no metrics.json in {os.path.dirname(metrics_path)}"
         return row
     with open(metrics_path) as f:
         metrics = json.load(f)
     row.update(
         psnr=metrics["psnr"], ssim=metrics["ssim"], lpips=metrics["lpips"], n_views=len(metrics["per_view"]),
-        run=os.path.dirname(save),
+        run=trial,
     )
     return row
 
@@ -272,6 +286,41 @@ def write_tables(out: str, mode: str, rows: List[Dict[str, object]], args: argpa
     return {"csv": stem + ".csv", "md": stem + ".md"}
 
 
+FINAL_RUN = {"nvs": ["nvs"], "nvs+nerf": ["nvs", "nvs_nerf"], "sds": ["sds"]}  # run names of a mode, last: metrics
+
+
+def run_scans(args: argparse.Namespace, scales: Dict[int, float]) -> List[Dict[str, object]]:
+    """Evaluate every scan through the launcher; scans with metrics are reused unless ``--force``."""
+    from threestudio.utils.launcher import LauncherConfig, parse_gpus, run_jobs
+
+    runs = os.path.join(args.out, "runs")
+    rows: Dict[int, Dict[str, object]] = {}
+    jobs = []
+    for scan in args.scans:
+        trials = [os.path.join(runs, name, f"scan{scan}") for name in FINAL_RUN[args.mode]]
+        metrics = os.path.join(trials[-1], "save", "metrics.json")
+        if os.path.isfile(metrics) and not args.force:
+            logger.info("scan %s: metrics exist (%s), skipped; --force reruns it", scan, metrics)
+            rows[scan] = metrics_row({"scan": scan, "mode": args.mode, "pose_scale": scales[scan]}, trials[-1])
+            continue
+        for trial in trials:
+            if os.path.exists(trial):
+                logger.info("scan %s: removing the earlier run %s", scan, trial)
+                shutil.rmtree(trial)
+        jobs.append((f"scan{scan}", evaluate_scan, (scan, args.mode, scales[scan], args)))
+    cfg = LauncherConfig(
+        kind=args.launcher, folder=os.path.join(args.out, "submitit"), gpus=parse_gpus(args.gpus),
+        slurm_partition=args.slurm_partition, slurm_time=args.slurm_time,
+        slurm_gpus_per_task=args.slurm_gpus_per_task, python_path=[ROOT, os.path.join(ROOT, "scripts")],
+    )
+    for (_, _, (scan, *_)), result in zip(jobs, run_jobs(jobs, cfg)):
+        rows[scan] = result.value if result.ok else {
+            "scan": scan, "mode": args.mode, "pose_scale": scales[scan],
+            "error": f"job {result.job_id} failed: {result.error} (logs in {cfg.folder})",
+        }
+    return [rows[scan] for scan in args.scans]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="folder holding dtu_scan{N} scene folders")
@@ -286,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, help="DDIM steps (nvs) / training steps (sds, nvs+nerf)")
     parser.add_argument("--generated-weight", type=float, default=0.5, help="loss weight of generated views (nvs+nerf)")
     parser.add_argument("--extra", nargs="*", default=[], help="key=value overrides for every launch.py run")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="local", help="local processes or a SLURM array")
+    parser.add_argument("--gpus", default="", help="local: GPUs to spread the scans over, e.g. 0,1,2,3 (default CPU)")
+    parser.add_argument("--slurm-partition", help="slurm: partition")
+    parser.add_argument("--slurm-time", help="slurm: time limit per scan (minutes or H:M:S)")
+    parser.add_argument("--slurm-gpus-per-task", type=int, default=1, help="slurm: GPUs per scan (default 1)")
+    parser.add_argument("--force", action="store_true", help="rerun scans whose metrics already exist")
     return parser
 
 
@@ -299,9 +354,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit(f"error: --extra takes key=value overrides, got {item!r}")
     if not os.path.isdir(args.root):
         raise SystemExit(f"error: --root {args.root} is not a folder")
+    from threestudio.utils.errors import UserError
+    from threestudio.utils.launcher import parse_gpus, parse_slurm_time
+
+    try:
+        parse_gpus(args.gpus), parse_slurm_time(args.slurm_time)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     scales = parse_pose_scales(args.pose_scale, args.scans)
+    args.root, args.out = os.path.abspath(args.root), os.path.abspath(args.out)  # the same for every worker
     os.makedirs(args.out, exist_ok=True)
-    rows = [evaluate_scan(scan, args.mode, scales[scan], args) for scan in args.scans]
+    rows = run_scans(args, scales)
     paths = write_tables(args.out, args.mode, rows, args)
     mean = mean_row(rows, args.mode)
     logger.info("mean over %d scan(s): PSNR %s, SSIM %s, LPIPS %s; tables %s and %s",

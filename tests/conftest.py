@@ -2,6 +2,10 @@
 
 Tests that need ../shared (real DTU scans, ZeroNVS fixtures) use the ``shared_dir`` fixture: it skips
 with a clear reason when the folder is absent, except under CI=true, where its absence fails the test.
+
+Tests marked ``slow`` launch ``launch.py`` (or another script) in a subprocess, run a whole training in
+process, or compile with ``torch.compile``; ``python -m pytest -q -m "not slow"`` skips them for a quick
+loop (``.ci/run`` runs everything).
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ def require_shared(*relative: str) -> Path:
             pytest.fail(msg + " — under CI=true it must be present")
         pytest.skip(msg)
     return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: launches a script in a subprocess, runs a whole training, or compiles")
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +103,3 @@ def smoke_trial(tmp_path_factory) -> Path:
     trials = glob.glob(str(root / "smoke" / "*"))
     assert len(trials) == 1, trials
     return Path(trials[0])
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: runs launch.py or another entry point in a subprocess")

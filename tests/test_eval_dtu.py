@@ -35,6 +35,7 @@ def test_protocol_targets_and_pose_scales():
         eval_dtu.parse_pose_scales(["40=0.3"], [24, 37])
 
 
+@pytest.mark.slow
 def test_nvs_mode_tiny_writes_markdown_and_csv(tmp_path, dtu_scan24, zeronvs_tiny_dir):
     out = tmp_path / "eval"
     res = run_script(
@@ -57,9 +58,31 @@ def test_nvs_mode_tiny_writes_markdown_and_csv(tmp_path, dtu_scan24, zeronvs_tin
     assert "pose_scale: 0.5" in parsed and "input_views:\n  - 25" in parsed.replace("    ", "  ")
 
 
+@pytest.mark.slow
 def test_missing_scan_is_reported_not_fatal(tmp_path, dtu_scan24):
     out = tmp_path / "eval"
     res = run_script("--root", str(dtu_scan24.parent), "--scans", "99", "--mode", "nvs", "--out", str(out))
     assert res.returncode == 1
     rows = list(csv.DictReader(open(out / "dtu_nvs.csv")))
     assert "dtu_scan99" in rows[0]["error"]
+
+
+@pytest.mark.slow
+def test_fan_out_lists_failed_scans_skips_finished_ones_and_force_reruns(tmp_path, dtu_scan24, zeronvs_tiny_dir):
+    out = tmp_path / "eval"
+    common = ["--root", str(dtu_scan24.parent), "--mode", "nvs", "--out", str(out), "--launcher", "local",
+              "--ckpt", str(zeronvs_tiny_dir / "model.ckpt"), "--model-config", str(zeronvs_tiny_dir / "config.yaml"),
+              "--steps", "1", "--extra", "data.height=32", "data.width=32", "data.target_views=[31]"]
+    res = run_script("--scans", "24", "99", *common)
+    assert res.returncode == 1, res.stderr[-3000:]
+    rows = {r["scan"]: r for r in csv.DictReader(open(out / "dtu_nvs.csv"))}
+    assert rows["24"]["psnr"] and not rows["24"]["error"] and "dtu_scan99" in rows["99"]["error"]
+    assert rows["mean"]["psnr"] == rows["24"]["psnr"]  # the failed scan does not count
+    assert list((out / "submitit").glob("*_log.out")), "submitit's per-job logs"
+    marker = out / "runs" / "nvs" / "scan24" / "kept"
+    marker.write_text("")
+    res = run_script("--scans", "24", *common)  # metrics exist: nothing runs
+    assert res.returncode == 0 and "scan 24: metrics exist" in res.stderr and marker.exists()
+    res = run_script("--scans", "24", *common, "system.sampling.steps=abc", "--force")  # reruns (and fails fast)
+    assert res.returncode == 1 and not marker.exists()
+    assert "failed" in next(csv.DictReader(open(out / "dtu_nvs.csv")))["error"]

@@ -9,6 +9,7 @@ import csv
 import glob
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ import torch
 from conftest import SMOKE_STEPS, launch, smoke_args
 
 ROOT = Path(__file__).resolve().parents[1]
+# every test here launches launch.py (or launch_inference.sh) in a subprocess
+pytestmark = pytest.mark.slow
 
 
 def test_train_writes_checkpoint_config_logs_and_test_video(smoke_trial: Path):
@@ -167,3 +170,50 @@ def test_launch_inference_without_weights_stops_with_exit_2(tmp_path: Path):
     assert res.returncode == 2
     assert "zeronvs.ckpt" in res.stderr and "configs/smoke.yaml" in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _report_sources(page: str) -> list:
+    import re
+
+    return re.findall(r'<(?:img|video) src="([^"]+)"', page)
+
+
+def test_train_writes_a_self_contained_report(smoke_trial: Path):
+    save = smoke_trial / "save"
+    page = (save / "report.html").read_text()
+    assert "vertical fov (deg)</th><td>52.55<" in page  # the fallback: the bundled example has no EXIF
+    assert "<h2>Losses</h2>" in page and "http://" not in page and "https://" not in page
+    sources = _report_sources(page)
+    relative = [s for s in sources if not s.startswith("data:image/png;base64,")]
+    # later tests may resume or re-test the shared trial: the page shows its newest test video
+    newest_video = max(save.glob("it*-test.mp4"), key=lambda p: int(p.name[2:].split("-")[0])).name
+    assert {"it6-val/0000.png", f"it{SMOKE_STEPS}-val/0000.png", newest_video} <= set(relative)
+    assert all((save / s).is_file() for s in relative)
+    assert len(sources) - len(relative) == 2  # the input image and the loss plot, embedded
+    import json
+
+    stats = json.loads((save / "run_stats.json").read_text())
+    assert stats["train"]["wall_s"] > 0 and stats["train"]["peak_rss_mb"] > 100 and stats["train"]["device"]
+    # scripts/report.py rebuilds the same page from the folder
+    (save / "report.html").unlink()
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(smoke_trial)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _report_sources((save / "report.html").read_text())[2:] == sources[2:]
+
+
+@pytest.mark.skipif(not any(os.path.exists(p) for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")),
+                    reason="Chromium is absent (apt-get install -y chromium) for the headless report check")
+def test_report_renders_in_headless_chromium(smoke_trial: Path, tmp_path: Path):
+    check = ["bash", str(ROOT / "scripts" / "check_report.sh")]
+    res = subprocess.run([*check, str(smoke_trial / "save" / "report.html"), str(tmp_path / "shot.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(smoke_trial, broken)
+    (broken / "save" / "it6-val" / "0000.png").unlink()
+    res = subprocess.run([*check, str(broken / "save" / "report.html"), str(tmp_path / "b.png")], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1 and "1 image(s) failed to load" in res.stdout

@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, smoke_args
+from lightning.fabric.utilities.data import AttributeDict
 from omegaconf import OmegaConf
 
 from threestudio.utils.errors import ConfigError, UserError
-from threestudio.utils.torch_load import UnsafeCheckpointError, load_torch_file
+from zeronvs_diffusion.torch_load import UnsafeCheckpointError, load_torch_file
 
 TINY_YAML = str(ROOT / "configs" / "diffusion_tiny.yaml")
 
@@ -89,17 +90,19 @@ def test_allow_listed_objects_load_and_others_need_the_trust_flag(tmp_path, capl
         "state_dict": {"a": torch.ones(2)},
         "hyper_parameters": OmegaConf.create({"lr": 1e-4, "sizes": [1, 2], "sub": {"x": "y"}}),
         "namespace": argparse.Namespace(lr=1e-4),
+        "lightning": AttributeDict(lr=1e-4),
         "numpy": [np.float64(1.5), np.int64(3), np.ones(3)],
     }
     torch.save(legit, tmp_path / "legit.ckpt")
     loaded = load_torch_file(str(tmp_path / "legit.ckpt"))
     assert loaded["hyper_parameters"].sub.x == "y" and loaded["namespace"].lr == 1e-4
+    assert loaded["lightning"] == {"lr": 1e-4}
     assert float(loaded["numpy"][0]) == 1.5 and torch.equal(loaded["state_dict"]["a"], torch.ones(2))
 
     torch.save({"state_dict": {"a": torch.ones(2)}, "extra": HarmlessButUnknown(k=1)}, tmp_path / "other.ckpt")
     with pytest.raises(UnsafeCheckpointError, match="HarmlessButUnknown.*system.guidance.trust_checkpoint=true"):
         load_torch_file(str(tmp_path / "other.ckpt"), trust_hint="system.guidance.trust_checkpoint=true")
-    with caplog.at_level(logging.WARNING, logger="threestudio.utils.torch_load"):
+    with caplog.at_level(logging.WARNING, logger="zeronvs_diffusion.torch_load"):
         trusted = load_torch_file(str(tmp_path / "other.ckpt"), trust=True)
     assert trusted["extra"]["k"] == 1 and "runs any code" in caplog.text
 

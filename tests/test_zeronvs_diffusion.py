@@ -319,6 +319,6 @@ def test_lightning_pickle_with_hyper_parameters_loads_without_full_unpickling(tm
     torch.save({"state_dict": small, "extra": NotAllowListed(a=1)}, tmp_path / "c.ckpt")
     with pytest.raises(CheckpointError, match="trust_checkpoint=true"):
         read_state_dict(str(tmp_path / "c.ckpt"))
-    with caplog.at_level(logging.WARNING, logger="threestudio.utils.torch_load"):
+    with caplog.at_level(logging.WARNING, logger="zeronvs_diffusion.torch_load"):
         loaded = read_state_dict(str(tmp_path / "c.ckpt"), trust=True)
     assert "full unpickling" in caplog.text and loaded.keys() == small.keys()

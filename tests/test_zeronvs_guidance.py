@@ -354,6 +354,7 @@ def test_vae_gradient_checkpointing_keeps_the_gradient_and_saves_less(zeronvs_ti
     shutil.which("c++") is None and shutil.which("g++") is None,
     reason="torch.compile's CPU backend (inductor) needs a C++ compiler on PATH",
 )
+@pytest.mark.slow  # torch.compile builds C++ kernels (~20 s)
 def test_compiled_unet_gives_the_eager_sds_gradient(zeronvs_tiny_dir):
     """compile_unet (torch.compile, inductor on the CPU: about half a minute to compile) keeps the SDS gradient."""
     rgb, batch = torch.rand(2, 32, 32, 3), views([45.0, -120.0])
@@ -396,7 +397,7 @@ def test_unused_or_unknown_keys_are_config_errors(tmp_path, key):
 
 
 def test_weights_dtype_resolution():
-    from threestudio.models.guidance.zeronvs_guidance import resolve_weights_dtype
+    from zeronvs_diffusion.model_config import resolve_weights_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_weights_dtype("auto", True, cpu) == torch.float32

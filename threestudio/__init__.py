@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 logger = logging.getLogger("threestudio")
 
-# name -> module that registers it. Keep in step with the @register calls (tests/test_registry.py checks).
+# name -> module that registers it. Keep in step with the @register calls (tests/test_config.py checks).
 _COMPONENT_MODULES: Dict[str, str] = {
     # data
     "single-image-datamodule": "threestudio.data.single_image",

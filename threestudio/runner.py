@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
@@ -199,7 +200,7 @@ def _build_trainer(
     mode: str,
     trial_dir: str,
     resume_number: Optional[int],
-    n_gpus: int,
+    t_kwargs: Dict[str, Any],
     preloaded: Dict[str, Any],
 ) -> Any:
     import lightning.pytorch as pl
@@ -221,7 +222,7 @@ def _build_trainer(
         logger=loggers,
         plugins=[AtomicCheckpointIO(preloaded=preloaded)],
         default_root_dir=trial_dir,
-        **trainer_kwargs(cfg.trainer, n_gpus),
+        **t_kwargs,
     )
 
 
@@ -241,10 +242,19 @@ def _check_before_writing(cfg: Any, mode: str, system: Any, n_gpus: int) -> Dict
     return {cfg.resume: system.check_resume_checkpoint(cfg.resume)}
 
 
+def resolve_data_config(cfg: Any) -> None:
+    """Let the datamodule fill in values it derives from its input (``data.default_fovy_deg: auto`` → the
+    image's EXIF fov), in place, so that ``configs/parsed.yaml`` records what the run uses."""
+    resolve = getattr(threestudio.find(cfg.data_type), "resolve_config", None)
+    if resolve is not None:
+        cfg.data = resolve(cfg.data)
+
+
 def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int = 1) -> str:
     """Run ``mode`` (train | validate | test | export) for the config. Returns the trial folder."""
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    started = time.perf_counter()
     timestamp = os.environ.get(_TIMESTAMP_ENV)
     overrides = {"timestamp": timestamp} if timestamp else {}
     cfg = load_config(config_path, cli_args=cli_args, n_gpus=n_gpus, **overrides)
@@ -253,6 +263,7 @@ def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int =
     check_resume_path(cfg.resume)
     if not cfg.data_type or not cfg.system_type:
         raise ConfigError("the config must set data_type and system_type")
+    resolve_data_config(cfg)
     plan = plan_trial(cfg, config_path, is_owner=_rank() == 0)
     cfg.trial_dir = plan.trial_dir
 
@@ -260,14 +271,14 @@ def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int =
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = threestudio.find(cfg.data_type)(cfg.data)
-    system = threestudio.find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None and mode == "train")
+    system = threestudio.find(cfg.system_type)(cfg.system)
     # Everything that can fail on user input (images, checkpoints, guidance, values) fails here, before any write.
     datamodule.setup("fit" if mode == "train" else mode)
     system.prepare(mode, datamodule)
     preloaded = _check_before_writing(cfg, mode, system, n_gpus)
 
     if _rank() != 0:  # DDP workers: rank 0 owns the folder, its lock and its config
-        return _fit_or_render(cfg, mode, system, datamodule, None, n_gpus, preloaded)
+        return _fit_or_render(cfg, mode, system, datamodule, None, n_gpus, preloaded, started)
     if not plan.existing:
         os.makedirs(os.path.dirname(plan.trial_dir) or ".", exist_ok=True)
         try:
@@ -280,17 +291,25 @@ def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int =
     with trial_lock(plan.trial_dir):
         remove_stale_temporaries(os.path.join(plan.trial_dir, "ckpts"))
         resume_number = _write_trial_config(cfg, plan, mode)
-        return _fit_or_render(cfg, mode, system, datamodule, resume_number, n_gpus, preloaded)
+        return _fit_or_render(cfg, mode, system, datamodule, resume_number, n_gpus, preloaded, started)
 
 
 def _fit_or_render(
-    cfg: Any, mode: str, system: Any, datamodule: Any, resume_number: Optional[int], n_gpus: int, preloaded: dict
+    cfg: Any,
+    mode: str,
+    system: Any,
+    datamodule: Any,
+    resume_number: Optional[int],
+    n_gpus: int,
+    preloaded: dict,
+    started: float,
 ) -> str:
-    """Run the Lightning loop of ``mode`` in ``cfg.trial_dir``; returns the trial folder."""
+    """Run the Lightning loop of ``mode`` in ``cfg.trial_dir``, then write the run's report; returns the trial."""
     trial_dir, resume = cfg.trial_dir, cfg.resume
     system.set_save_dir(os.path.join(trial_dir, "save"))
     logger.info("trial folder: %s", trial_dir)
-    trainer = _build_trainer(cfg, mode, trial_dir, resume_number, n_gpus, preloaded)
+    t_kwargs = trainer_kwargs(cfg.trainer, n_gpus)
+    trainer = _build_trainer(cfg, mode, trial_dir, resume_number, t_kwargs, preloaded)
     if mode == "train":
         try:
             trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
@@ -303,4 +322,9 @@ def _fit_or_render(
         trainer.test(system, datamodule=datamodule, ckpt_path=resume)
     else:
         trainer.predict(system, datamodule=datamodule, ckpt_path=resume, return_predictions=False)
+    if mode in ("train", "test") and _rank() == 0:
+        from threestudio.utils.report import finish_run
+
+        device = f"{t_kwargs['accelerator']} x{t_kwargs['devices']}"
+        logger.info("report: %s", finish_run(trial_dir, mode, time.perf_counter() - started, device))
     return trial_dir

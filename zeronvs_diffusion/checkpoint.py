@@ -8,8 +8,8 @@ from typing import Dict, Mapping
 
 from torch import Tensor
 
-from threestudio.utils.torch_load import UnsafeCheckpointError, load_torch_file
 from zeronvs_diffusion.errors import HOW_TO_GET_WEIGHTS, CheckpointError
+from zeronvs_diffusion.torch_load import UnsafeCheckpointError, load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def read_state_dict(path: str, trust: bool = False) -> Dict[str, Tensor]:
 
     Tensors stay on disk until read (``torch.load(mmap=True)``), so loading needs little more memory than
     the weights finally kept. The file is read with ``weights_only=True`` and an allow-list of harmless classes
-    (:func:`threestudio.utils.torch_load.load_torch_file`); a checkpoint that needs anything else is refused
+    (:func:`zeronvs_diffusion.torch_load.load_torch_file`); a checkpoint that needs anything else is refused
     unless ``trust`` is True (``system.guidance.trust_checkpoint=true``, ``convert --trust-checkpoint``).
 
     Raises:

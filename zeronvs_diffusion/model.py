@@ -29,6 +29,7 @@ from zeronvs_diffusion.ldm_config import (
     load_ldm_yaml,
     parse_architecture,
 )
+from zeronvs_diffusion.model_config import COMPILE_MODES, DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,8 @@ COMPONENT_CLASSES = {
     "scheduler": ("diffusers", "DDIMScheduler"),
     "cc_projection": ("zeronvs_diffusion", "CCProjection"),
 }
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
-
-# torch.compile modes accepted for the UNet (``compile_unet`` in the guidance and NVS configs)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# long names accepted by load_model's dtype argument besides model_config.DTYPES' short ones
+_DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def resolve_dtype(dtype: Union[None, str, torch.dtype], device: Union[str, torch.device]) -> torch.dtype:
@@ -59,9 +56,10 @@ def resolve_dtype(dtype: Union[None, str, torch.dtype], device: Union[str, torch
         return torch.float16 if torch.device(device).type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    if str(dtype) not in _DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16")
-    return _DTYPES[str(dtype)]
+    name = _DTYPE_ALIASES.get(str(dtype), str(dtype))
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def _is_converted_folder(path: str) -> bool:
@@ -354,7 +352,7 @@ def load_model(
         dtype: None (fp32 on CPU, fp16 on CUDA), 'fp32' | 'fp16' | 'bf16' or a torch.dtype.
         device: where the model lives.
         trust_checkpoint: allow full (code-running) unpickling of a ``.ckpt`` that needs classes outside the
-            allow-list of :mod:`threestudio.utils.torch_load`; only for files from a trusted source.
+            allow-list of :mod:`zeronvs_diffusion.torch_load`; only for files from a trusted source.
     """
     torch_dtype = resolve_dtype(dtype, device)
     path = os.fspath(path_or_dir) if path_or_dir is not None else ""

@@ -57,14 +57,14 @@ class BaseSystem(pl.LightningModule, Updateable):
         # start from a checkpoint's weights (no optimizer state)
         weights: Optional[str] = None
         weights_ignore_modules: Optional[List[str]] = None
-        # "auto": CUDA fast paths (tinycudann, nerfacc, ...) when available; "off": pure PyTorch
+        # "auto": CUDA fast paths (tiny-cuda-nn) when available; "off": pure PyTorch
         fast_paths: str = "auto"
         # stop after this many consecutive steps with a NaN/inf loss
         max_nonfinite_steps: int = 20
 
     cfg: Config
 
-    def __init__(self, cfg: Any, resumed: bool = False) -> None:
+    def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg)
         self._check_loss_config()
@@ -77,7 +77,6 @@ class BaseSystem(pl.LightningModule, Updateable):
         self.cfg.fast_paths = mode
         set_fast_paths(mode)
         self._save_dir: Optional[str] = None
-        self._resumed = resumed
         self._nonfinite_in_a_row = 0
         self.nonfinite_streak_start: Optional[int] = None  # step of the first non-finite step of the streak
         self._params_finite: Optional[Tensor] = None  # device flag set after each update, read with the next loss
@@ -126,7 +125,7 @@ class BaseSystem(pl.LightningModule, Updateable):
         Raises UserError (one line) for a missing, empty, corrupt or unsafe file, one without a ``state_dict``,
         and one whose tensors do not fit this system (unexpected keys or shapes).
         """
-        from threestudio.utils.torch_load import load_torch_file
+        from zeronvs_diffusion.torch_load import load_torch_file
 
         state = load_torch_file(path, what, mmap=False)
         state_dict = state.get("state_dict") if isinstance(state, dict) else None
@@ -187,9 +186,7 @@ class BaseSystem(pl.LightningModule, Updateable):
         self.do_update_step(int(checkpoint.get("epoch", 0)), self._ckpt_global_step, on_load_weights=True)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        dataset = getattr(self.trainer.datamodule, "train_dataset", None)
-        if isinstance(dataset, Updateable):
-            dataset.do_update_step(self.current_epoch, self.true_global_step)
+        # the datamodule moves its training dataset to the step itself (it builds the batch before this hook)
         self.do_update_step(self.current_epoch, self.true_global_step)
         self._step_started = time.perf_counter()
 
@@ -303,11 +300,17 @@ class BaseSystem(pl.LightningModule, Updateable):
         self._save_dir = path
 
     def save_path(self, relative: str) -> str:
-        """Absolute path of ``relative`` inside the trial's ``save/`` folder (parent folders created)."""
+        """Absolute path of the file ``relative`` inside the trial's ``save/`` folder (parent folders created)."""
+        path = os.path.join(self.save_dir(), relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    def save_dir(self, relative: str = "") -> str:
+        """Absolute path of the folder ``relative`` inside the trial's ``save/`` folder (created)."""
         if self._save_dir is None:
             raise RuntimeError("set_save_dir() was not called")
         path = os.path.join(self._save_dir, relative)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(path, exist_ok=True)
         return path
 
 
@@ -323,6 +326,13 @@ def visualize_depth(depth: Tensor, opacity: Tensor) -> Tensor:
     img = 1.0 - ((d - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
     img = img * (opacity[..., 0] > 0.05)
     return img[..., None].expand(*img.shape, 3)
+
+
+def rgb_depth_opacity_row(out: Dict[str, Tensor], k: int = 0) -> Tensor:
+    """(H, 3W, 3) test frame of view ``k`` of a render: rgb | depth | opacity side by side."""
+    rgb = out["comp_rgb"][k].clamp(0, 1)
+    depth = visualize_depth(out["depth"][k], out["opacity"][k])
+    return torch.cat([rgb, depth, out["opacity"][k].expand_as(rgb)], dim=1)
 
 
 class BaseLift3DSystem(BaseSystem):
@@ -348,8 +358,17 @@ class BaseLift3DSystem(BaseSystem):
 
     def configure(self) -> None:
         # The SDS guidance, when a system uses one (see load_guidance). Not an nn.Module child: the diffusion
-        # weights never go into checkpoints and Lightning never moves them; on_fit_start does.
+        # weights never go into checkpoints and Lightning never moves them; on_fit_start does. Its section is
+        # parsed and checked now, in every mode; the weights load only when a mode needs them.
         self._guidance = None
+        self._guidance_cfg = None
+        if self.uses_guidance():
+            self._guidance_cfg = threestudio.find(self.cfg.guidance_type).parse_config(self.cfg.guidance)
+        elif self.cfg.guidance:
+            raise ConfigError(
+                f"system.guidance ({', '.join(sorted(self.cfg.guidance))}) is not used by this configuration; "
+                f"{self.guidance_hint()}"
+            )
         self.geometry = threestudio.find(self.cfg.geometry_type)(self.cfg.geometry)
         self.material = threestudio.find(self.cfg.material_type)(self.cfg.material)
         self.background = threestudio.find(self.cfg.background_type)(self.cfg.background)
@@ -357,9 +376,17 @@ class BaseLift3DSystem(BaseSystem):
             self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background
         )
 
+    def uses_guidance(self) -> bool:
+        """Whether this configuration builds ``guidance_type`` (then ``system.guidance`` is parsed at once)."""
+        return bool(self.cfg.guidance_type)
+
+    def guidance_hint(self) -> str:
+        """What to do about a ``system.guidance`` section that :meth:`uses_guidance` says is unused."""
+        return "remove it, or set system.guidance_type"
+
     def load_guidance(self, conditioning: Dict[str, Tensor]) -> None:
         """Build ``guidance_type`` from ``system.guidance`` and give it the conditioning view(s) of the datamodule."""
-        self._guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
+        self._guidance = threestudio.find(self.cfg.guidance_type)(self._guidance_cfg)
         self._guidance.set_conditions(conditioning["images"], conditioning["c2w"], conditioning["fov_deg"])
 
     def on_fit_start(self) -> None:
@@ -367,10 +394,10 @@ class BaseLift3DSystem(BaseSystem):
             self._guidance.to(self.device)
             self._guidance.set_save_dir(os.path.join(self._save_dir, "anchors"))
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        if self._guidance is not None:
-            self._guidance.update_step(self.current_epoch, self.true_global_step)
+    def updateable_children(self) -> Sequence[Updateable]:
+        """The geometry, material, background, renderer and (when built) the guidance."""
+        parts = [self.geometry, self.material, self.background, self.renderer]
+        return parts + ([self._guidance] if self._guidance is not None else [])
 
     def optimizer_param_groups(self) -> List[Dict[str, Any]]:
         """The proposal networks (if any) get ``renderer.prop_optimizer_config``'s options."""
@@ -414,19 +441,14 @@ class BaseLift3DSystem(BaseSystem):
 
         out = self(batch)
         index = int(batch["index"][0]) if "index" in batch else batch_idx
-        # test frames: rgb | depth | opacity side by side
-        rgb = out["comp_rgb"][0].clamp(0, 1)
-        row = torch.cat(
-            [rgb, visualize_depth(out["depth"][0], out["opacity"][0]), out["opacity"][0].expand_as(rgb)], dim=1
-        )
-        save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), row)
+        save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), rgb_depth_opacity_row(out))
 
     def on_test_epoch_end(self) -> None:
         if self.trainer.global_rank != 0:
             return
         from threestudio.utils.image import load_image, save_video
 
-        folder = self.save_path(f"it{self.true_global_step}-test/x")[:-2]
+        folder = self.save_dir(f"it{self.true_global_step}-test")
         frames = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
         if frames:
             video = self.save_path(f"it{self.true_global_step}-test.mp4")
@@ -443,6 +465,6 @@ class BaseLift3DSystem(BaseSystem):
         if self.trainer.global_rank != 0:
             return
         exporter = threestudio.find(self.cfg.exporter_type)(self.cfg.exporter, self.geometry, self.material)
-        folder = self.save_path(f"it{self.true_global_step}-export/x")[:-2]
+        folder = self.save_dir(f"it{self.true_global_step}-export")
         for path in exporter.export(folder):
             logger.info("exported %s", path)

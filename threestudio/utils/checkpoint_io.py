@@ -1,7 +1,7 @@
 """Checkpoint files of a trial: atomic writes, safe reads, no checkpoint of diverged weights.
 
 - :class:`AtomicCheckpointIO`: a kill during saving never leaves a corrupt ``last.ckpt``; a full disk is a
-  one-line error naming the file; reading never runs code from the file (:mod:`threestudio.utils.torch_load`).
+  one-line error naming the file; reading never runs code from the file (:mod:`zeronvs_diffusion.torch_load`).
 - :class:`FiniteModelCheckpoint`: Lightning's ModelCheckpoint that writes nothing while the system is in a
   non-finite streak, and always overwrites ``last.ckpt`` (no ``last-v1.ckpt`` in copied or moved trials).
 """
@@ -88,7 +88,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, str(path))
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Optional[bool] = None) -> dict:
-        from threestudio.utils.torch_load import load_torch_file
+        from zeronvs_diffusion.torch_load import load_torch_file
 
         cached = self._preloaded.pop(os.path.abspath(str(path)), None)
         return cached if cached is not None else load_torch_file(str(path), "checkpoint", mmap=False)
@@ -175,7 +175,7 @@ class FiniteModelCheckpoint(ModelCheckpoint):
 
     def _roll_back(self) -> None:
         """Put back what the checkpoints saved right before a divergence replaced (remove first saves)."""
-        from threestudio.utils.torch_load import load_torch_file
+        from zeronvs_diffusion.torch_load import load_torch_file
 
         logger.warning("the checkpoint of step %s was written right before the divergence: not kept", self.saved_step)
         self.saved_step = None

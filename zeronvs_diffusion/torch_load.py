@@ -1,9 +1,9 @@
-"""Reading ``torch.save`` files without running code from them.
+"""Reading ``torch.save`` files without running code from them (used by every checkpoint read of the project).
 
 Unpickling a file can run any code it contains (a ``__reduce__`` that calls ``os.system``). Every checkpoint the
 project reads goes through :func:`load_torch_file`: ``torch.load(weights_only=True)`` with an allow-list of the
 harmless classes that legitimate Lightning / latent-diffusion checkpoints hold besides tensors (numpy scalars and
-arrays, OmegaConf containers, Lightning's ``AttributeDict``, paths). Anything else is refused with a one-line
+arrays, OmegaConf containers, Lightning's ``AttributeDict`` as a dict, paths). Anything else is refused with a one-line
 :class:`UnsafeCheckpointError` unless the caller passes ``trust=True`` (an explicit user flag).
 """
 
@@ -18,7 +18,7 @@ import warnings
 import zipfile
 from typing import Any, List, Optional, Type
 
-from threestudio.utils.errors import UserError
+from zeronvs_diffusion.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,14 @@ TRUST_RISK = "full unpickling runs any code the file holds: only for files from 
 
 class UnsafeCheckpointError(UserError):
     """The file holds Python objects that only full (code-running) unpickling can rebuild."""
+
+
+# Lightning's AttributeDict (a dict with attribute access) in hyper_parameters: unpickled as a plain dict
+_ATTRIBUTE_DICT_NAMES = (
+    "lightning.fabric.utilities.data.AttributeDict",
+    "lightning.pytorch.utilities.parsing.AttributeDict",
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -69,13 +77,8 @@ def safe_globals() -> List[Any]:
         allowed += [getattr(nodes, n) for n in ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode")]
     except ImportError:  # pragma: no cover - omegaconf is a requirement
         pass
-    try:
-        from lightning.fabric.utilities.data import AttributeDict
-
-        allowed += [AttributeDict, (AttributeDict, "pytorch_lightning.utilities.parsing.AttributeDict")]
-        allowed += [(AttributeDict, "lightning.pytorch.utilities.parsing.AttributeDict")]
-    except ImportError:  # pragma: no cover - lightning is a requirement
-        pass
+    for name in _ATTRIBUTE_DICT_NAMES:
+        allowed.append((dict, name))
     return allowed
 
 
