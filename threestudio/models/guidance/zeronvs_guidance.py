@@ -145,7 +145,10 @@ class ZeroNVSGuidance(BaseObject):
         for key in ("min_step_percent", "max_step_percent", "p_use_aux_cameras", "grad_clip"):
             value = getattr(cfg, key)
             if value is not None:
-                C(value, 0, 0)  # raises ConfigError for a malformed schedule
+                try:
+                    C(value, 0, 0)  # raises ConfigError for a malformed schedule
+                except ConfigError as e:
+                    raise ConfigError(f"system.guidance.{key}: {e}") from None
         return cfg
 
     def configure(self) -> None:
@@ -154,7 +157,11 @@ class ZeroNVSGuidance(BaseObject):
 
         logger.info("loading the ZeroNVS diffusion model from %s", cfg.pretrained_model_name_or_path)
         self.model = zeronvs_diffusion.load_model(
-            cfg.pretrained_model_name_or_path, config=cfg.pretrained_config, dtype=torch.float32, device="cpu"
+            cfg.pretrained_model_name_or_path,
+            config=cfg.pretrained_config,
+            dtype=torch.float32,
+            device="cpu",
+            trust_checkpoint=cfg.trust_checkpoint,
         )
         self.model.eval().requires_grad_(False)
         if cfg.vae_gradient_checkpointing:
