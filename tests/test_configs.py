@@ -40,6 +40,10 @@ def test_shipped_config_builds_its_datamodule(name):
     """The data section parses and passes the datamodule's checks (its files are read later, in setup)."""
     # (the single-image configs' default_fovy_deg: auto reads the image's EXIF: give them a real image)
     required = DATA_REQUIRED.get(name, ["data.image_path=skimage:motorcycle_left"])
+    if name == "zeronvs_dtu.yaml":  # its input image and fov come from the scan's files
+        from conftest import require_shared
+
+        required = [f"data.scene.scene_dir={require_shared('data', 'dtu', 'dtu_scan24')}"]
     cfg = load_config(str(ROOT / "configs" / name), cli_args=required)
     datamodule = threestudio.find(cfg.data_type)(cfg.data)
     assert_written_values_kept(config_to_primitive(datamodule.cfg), config_to_primitive(cfg.data), "data")

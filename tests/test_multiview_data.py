@@ -370,8 +370,6 @@ def test_config_errors(tmp_path, rgba_image):
         MultiviewDataModule(dict(scene_dir=str(scene), image_path=str(rgba_image)))
     with pytest.raises(ConfigError, match="unknown config key 'scene'"):
         MultiviewDataModule(dict(scene=str(scene)))
-    with pytest.raises(ConfigError, match="excluded_views"):
-        loaded(scene_cfg(scene, excluded_views=[0]))
     with pytest.raises(ConfigError, match="no-scene mode"):
         MultiviewDataModule(scene_cfg(scene, orbit=dict(n_views=2)))
     with pytest.raises(ConfigError, match="background"):

@@ -65,7 +65,7 @@ def test_short_fit_raises_held_out_psnr_and_exports(tmp_path, dtu_scan24):
     frames = sorted(Path(trial, "save", "it100-test").glob("*.png"))
     assert [f.name for f in frames] == [f"{i:04d}.png" for i in TEST_VIEWS]
     assert Path(trial, "save", "it100-test.mp4").is_file()
-    state = torch.load(Path(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=False)
+    state = torch.load(Path(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)
     assert state["global_step"] == 100
 
     run("export", f"resume={trial}/ckpts/last.ckpt", config=str(Path(trial, "configs", "parsed.yaml")))
@@ -87,7 +87,7 @@ def test_sds_option_trains_without_saving_the_diffusion_model(tmp_path, dtu_scan
             "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
         ),
     )
-    state = torch.load(Path(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=False)
+    state = torch.load(Path(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)
     assert state["global_step"] == 2
     assert not any("unet" in k or k.startswith("_guidance") for k in state["state_dict"]), "guidance weights leaked"
     logged = Path(trial, "csv_logs", "metrics.csv").read_text()

@@ -215,11 +215,17 @@ def test_reference_rays_and_noise(rgba_path):
     assert (o - (o @ d) * d).norm() < 1e-5  # the centre ray passes through the origin
     torch.testing.assert_close(o, batch["c2w"][0, :3, 3])
 
-    noisy = _datamodule(rgba_path, height=9, width=9, resolution_milestones=[], rays_noise_scale=1e-2)
+    noisy = _datamodule(rgba_path, height=[9, 9], width=[9, 9], resolution_milestones=[5], rays_noise_scale=1e-2)
     a, b = noisy.train_dataset.make_batch(), noisy.train_dataset.make_batch()
-    assert not torch.equal(a["rays_o"], b["rays_o"])  # redrawn every batch
-    assert (a["rays_o"] - batch["rays_o"]).abs().max() < 0.1
+    torch.testing.assert_close(a["rays_o"], b["rays_o"])  # drawn once per stage, as ZeroNVS
+    assert not torch.equal(a["rays_o"], batch["rays_o"]) and (a["rays_o"] - batch["rays_o"]).abs().max() < 0.1
+    shift = a["rays_o"] - batch["rays_o"]
+    torch.testing.assert_close(shift, shift[:, :1, :1].expand_as(shift))  # one 3-vector for every ray
     torch.testing.assert_close(a["rays_d"].norm(dim=-1), torch.ones(1, 9, 9))
+    noisy.train_dataset.update_step(0, 5)  # the next stage draws its own noise
+    c = noisy.train_dataset.make_batch()
+    assert not torch.equal(c["rays_o"], a["rays_o"])
+    torch.testing.assert_close(noisy.train_dataset.make_batch()["rays_d"], c["rays_d"])
 
 
 def test_without_random_cameras(rgba_path):

@@ -464,6 +464,11 @@ def test_sds_anchoring(zeronvs_tiny_dir, tmp_path):
     # the probability is schedulable: at step 10 it is 0 and every sample uses its input view
     guidance.update_step(0, 10)
     assert guidance.select_conditioning(batch["c2w"]).tolist() == [0, 0, 0]
+    # ... while guidance_scale_aux still follows the nearest bank view, as ZeroNVS
+    out = guidance(torch.rand(3, 32, 32, 3), batch)
+    (_, _, _, _, c_concat, scale), _, _ = sds_grad.calls[-1]
+    assert scale.tolist() == [2.0, 2.0, 5.0] and out["aux_fraction"] == 0
+    torch.testing.assert_close(c_concat, bank.c_concat[[0, 0, 0]])
 
 
 def test_several_input_views_follow_cond_index(zeronvs_tiny_dir):

@@ -121,11 +121,13 @@ def _scheduler(kwargs: Mapping[str, Any]):
     return DDIMScheduler(**kwargs)
 
 
-def _ckpt_to_modules(ckpt_path: str, arch: LdmArchitecture, dtype: torch.dtype) -> Dict[str, nn.Module]:
+def _ckpt_to_modules(
+    ckpt_path: str, arch: LdmArchitecture, dtype: torch.dtype, trust_checkpoint: bool = False
+) -> Dict[str, nn.Module]:
     """Build the networks on the meta device and assign the checkpoint's (memory-mapped) tensors."""
     from zeronvs_diffusion.checkpoint import read_state_dict
 
-    state = read_state_dict(ckpt_path)
+    state = read_state_dict(ckpt_path, trust=trust_checkpoint)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     clip_sizes = clip_sizes_from_shapes(shapes)
     modules = build_modules(arch, clip_sizes, device="meta")
@@ -338,6 +340,7 @@ def load_model(
     dtype: Union[None, str, torch.dtype] = None,
     device: Union[str, torch.device] = "cpu",
     seed: int = 0,
+    trust_checkpoint: bool = False,
 ) -> ZeroNVSModel:
     """Load the ZeroNVS diffusion model, frozen and in eval mode.
 
@@ -348,6 +351,8 @@ def load_model(
         config: the latent-diffusion YAML (``zeronvs_config.yaml``).
         dtype: None (fp32 on CPU, fp16 on CUDA), 'fp32' | 'fp16' | 'bf16' or a torch.dtype.
         device: where the model lives.
+        trust_checkpoint: allow full (code-running) unpickling of a ``.ckpt`` that needs classes outside the
+            allow-list of :mod:`zeronvs_diffusion.torch_load`; only for files from a trusted source.
     """
     torch_dtype = resolve_dtype(dtype, device)
     path = os.fspath(path_or_dir) if path_or_dir is not None else ""
@@ -370,7 +375,7 @@ def load_model(
                 # plain nn.Module.to: diffusers' ModelMixin.to warns about fp32-only modules these models lack
                 modules = {k: nn.Module.to(m, torch_dtype) for k, m in modules.items()}
         else:
-            modules = _ckpt_to_modules(path, arch, torch_dtype)
+            modules = _ckpt_to_modules(path, arch, torch_dtype, trust_checkpoint)
         scheduler = _scheduler(arch.scheduler)
         clip_size = modules["image_encoder"].config.image_size
         conditioning = arch.conditioning(clip_size)

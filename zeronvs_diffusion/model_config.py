@@ -32,6 +32,8 @@ class DiffusionModelConfig:
     # ldm .ckpt (with pretrained_config), a folder written by zeronvs_diffusion.convert, or "random"
     pretrained_model_name_or_path: str = "zeronvs.ckpt"
     pretrained_config: Optional[str] = None  # the latent-diffusion YAML; optional for a converted folder
+    # allow full unpickling of a .ckpt that holds more than tensors: it runs any code the file holds
+    trust_checkpoint: bool = False
     precomputed_scale: Optional[float] = None  # scene scale of the camera embedding; required (0.7 in the paper)
     guidance_scale: float = 5.0  # classifier-free guidance
     half_precision_weights: bool = False  # with dtype auto: bf16 (fp16 where the GPU lacks bf16) on CUDA

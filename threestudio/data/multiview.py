@@ -5,7 +5,8 @@ Two modes:
 **Scene mode** (``scene_dir`` set): a folder in the IDR/NeuS layout — ``image/*.png`` (sorted order = camera
 index), optional ``mask/*.png``, ``cameras.npz`` (see :mod:`threestudio.data.idr_cameras`). Views are chosen by
 dataset index: ``input_views`` (the first is the conditioning/canonical view), ``target_views`` (null = every
-view that is neither an input nor in ``excluded_views``) and ``excluded_views``.
+view that is neither an input nor in ``excluded_views``) and ``excluded_views``, which only shapes the default
+targets: input or target views named explicitly are used even when excluded (with a warning).
 
 Poses, in order: decode ``P = world_mat · scale_mat`` (normalised world: the object fits the unit sphere);
 OpenCV → OpenGL (:func:`threestudio.utils.camera.opencv_to_opengl`); if ``flip_world_yz``, rotate the world
@@ -446,15 +447,13 @@ class MultiviewDataModule(LightningDataModule, Configurable):
                     raise UserError(f"data.{key}: camera index {i} is out of range; {npz} has cameras 0..{n - 1}")
         if len(set(inputs)) != len(inputs):
             raise ConfigError(f"config key data.input_views has repeated views: {inputs}")
-        for i in inputs:
-            if i in excluded:
-                raise ConfigError(f"data.input_views: camera {i} is also in data.excluded_views")
+        # excluded_views only shapes the default targets: views the user names explicitly win, with a warning
+        for key, values in (("input_views", inputs), ("target_views", targets or [])):
+            named = sorted(set(values) & excluded)
+            if named:
+                logger.warning("data.%s names camera(s) %s of data.excluded_views: used anyway", key, named)
         if targets is None:
             targets = [i for i in range(n) if i not in excluded and i not in inputs]
-        else:
-            for i in targets:
-                if i in excluded:
-                    raise ConfigError(f"data.target_views: camera {i} is also in data.excluded_views")
         if not targets:
             logger.warning("multiview data: no target views; validation and test have nothing to render")
         return inputs, targets

@@ -70,7 +70,8 @@ class SingleImageDataModuleConfig:
     use_random_camera: bool = True
     # random training views and val/test orbits; its rays_d_normalize also applies to the reference view
     random_camera: RandomCameraConfig = field(default_factory=RandomCameraConfig)
-    # std of one random shift of the reference rays' origins and directions, redrawn every training step
+    # std of one random shift of the reference rays' origins and directions, drawn once per resolution stage
+    # (when the stage starts), as ZeroNVS does
     rays_noise_scale: float = 2e-3
     batch_size: int = 1  # the reference view is one image
     # kept for configs written for ZeroNVS; there is no depth/normal estimator here, so they must stay false
@@ -181,6 +182,7 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
         self.stages = StagedResolution(cfg.height, cfg.width, cfg.resolution_milestones, prefix="data")
         self.reference_cameras = reference.cameras()
         self._views: Dict[int, Dict[str, Tensor]] = {}
+        self._noisy_rays: Dict[int, tuple] = {}  # stage → (rays_o, rays_d) with that stage's ray noise
         self.global_step = 0
 
     @property
@@ -204,6 +206,20 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
             logger.debug("reference view at %dx%d", stage.height, stage.width)
         return self._views[stage_index]
 
+    def noisy_reference_rays(self, stage_index: int) -> tuple:
+        """``rays_o``, ``rays_d`` (1, H, W, 3) of the reference view at stage ``stage_index`` shifted by one
+        N(0, rays_noise_scale²) 3-vector each, drawn when the stage is first used and kept for the stage."""
+        if stage_index not in self._noisy_rays:
+            view = self.reference_view(stage_index)
+            rays_o, rays_d = view["rays_o"], view["rays_d"]
+            if self.cfg.rays_noise_scale > 0:
+                rays_o = rays_o + torch.randn(3) * self.cfg.rays_noise_scale
+                rays_d = rays_d + torch.randn(3) * self.cfg.rays_noise_scale
+                if self.cfg.random_camera.rays_d_normalize:
+                    rays_d = torch.nn.functional.normalize(rays_d, dim=-1)
+            self._noisy_rays[stage_index] = (rays_o, rays_d)
+        return self._noisy_rays[stage_index]
+
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         self.global_step = global_step
         if self.random_pose_generator is not None:
@@ -218,12 +234,7 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
         stage_index = self.stages.index_at(self.global_step)
         stage = self.stages.stages[stage_index]
         view = self.reference_view(stage_index)
-        rays_o, rays_d = view["rays_o"], view["rays_d"]
-        if self.cfg.rays_noise_scale > 0:
-            rays_o = rays_o + torch.randn(3) * self.cfg.rays_noise_scale
-            rays_d = rays_d + torch.randn(3) * self.cfg.rays_noise_scale
-            if self.cfg.random_camera.rays_d_normalize:
-                rays_d = torch.nn.functional.normalize(rays_d, dim=-1)
+        rays_o, rays_d = self.noisy_reference_rays(stage_index)
         batch: Dict[str, Any] = {k: v.clone() for k, v in self.reference_cameras.items()}
         batch.update(
             rays_o=rays_o,

@@ -39,7 +39,7 @@ def build_optimizer(cfg: Dict[str, Any], param_groups: List[Dict[str, Any]]) -> 
     try:
         return optim_cls(param_groups, **cfg.get("args", {}))
     except TypeError as e:
-        raise ConfigError(f"bad optimizer arguments for {name}: {e}") from None
+        raise ConfigError(f"bad system.optimizer.args for {name}: {e}") from None
 
 
 class BaseSystem(pl.LightningModule, Updateable):
@@ -73,6 +73,8 @@ class BaseSystem(pl.LightningModule, Updateable):
         self.cfg.fast_paths = parse_fast_paths(self.cfg.fast_paths)  # YAML reads a bare `off` as false
         self._save_dir: Optional[str] = None
         self._nonfinite_in_a_row = 0
+        self.nonfinite_streak_start: Optional[int] = None  # step of the first non-finite step of the streak
+        self._params_finite: Optional[Tensor] = None  # device flag set after each update, read with the next loss
         self._ckpt_global_step = 0
         self._step_started = 0.0
         self.configure()
@@ -88,7 +90,10 @@ class BaseSystem(pl.LightningModule, Updateable):
 
     def _check_loss_config(self) -> None:
         for key, value in self.cfg.loss.items():
-            C(config_to_primitive(value), 0, 0)  # a number or a schedule, else ConfigError now
+            try:
+                C(config_to_primitive(value), 0, 0)  # a number or a schedule, else ConfigError now
+            except ConfigError as e:
+                raise ConfigError(f"system.loss.{key}: {e}") from None
             name = key[len("lambda_") :] if key.startswith("lambda_") else None
             if name in self.LOSS_NAMES:
                 continue
@@ -109,21 +114,52 @@ class BaseSystem(pl.LightningModule, Updateable):
             return max(abs(v) for v in value[1:3]) if len(value) == 4 else max(abs(v) for v in value[:2])
         return abs(float(value))
 
+    def read_checkpoint(self, path: str, what: str) -> Dict[str, Any]:
+        """A Lightning checkpoint of this system, read without running code from it and checked to fit.
+
+        Raises UserError (one line) for a missing, empty, corrupt or unsafe file, one without a ``state_dict``,
+        and one whose tensors do not fit this system (unexpected keys or shapes).
+        """
+        from zeronvs_diffusion.torch_load import load_torch_file
+
+        state = load_torch_file(path, what, mmap=False)
+        state_dict = state.get("state_dict") if isinstance(state, dict) else None
+        if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+            raise UserError(f"{what} {path} is not a Lightning checkpoint of this project (no state_dict of tensors)")
+        own = self.state_dict()
+        unexpected = [k for k in state_dict if k not in own]
+        if unexpected:
+            raise UserError(f"{what} {path} holds keys this system does not have, e.g. {unexpected[:3]}")
+        mismatched = [
+            f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
+            for k, v in state_dict.items()
+            if tuple(v.shape) != tuple(own[k].shape)
+        ]
+        if mismatched:
+            raise UserError(
+                f"{what} {path} does not fit this system's config ({len(mismatched)} tensors of other shapes, e.g. "
+                f"{mismatched[0]}): was it written with another config?"
+            )
+        return state
+
     def load_weights(self, path: str, ignore_modules: Optional[List[str]] = None) -> None:
         """Load model weights (no optimizer state) from a Lightning checkpoint."""
-        if not os.path.isfile(path):
-            raise UserError(f"system.weights checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        state_dict = state.get("state_dict", state)
+        state = self.read_checkpoint(path, "system.weights checkpoint")
         ignore = tuple(f"{m}." for m in (ignore_modules or []))
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(ignore)}
-        missing, unexpected = self.load_state_dict(state_dict, strict=False)
-        if unexpected:
-            raise UserError(f"system.weights {path} holds keys this system does not have, e.g. {unexpected[:3]}")
+        state_dict = {k: v for k, v in state["state_dict"].items() if not k.startswith(ignore)}
+        missing, _ = self.load_state_dict(state_dict, strict=False)
         if missing:
             logger.warning("system.weights: %d parameters not in %s kept their initial values", len(missing), path)
         self._ckpt_global_step = int(state.get("global_step", 0))
         self.do_update_step(int(state.get("epoch", 0)), self._ckpt_global_step, on_load_weights=True)
+
+    def check_resume_checkpoint(self, path: str) -> Dict[str, Any]:
+        """The ``resume=`` checkpoint, read and checked to fit this system before anything is written."""
+        state = self.read_checkpoint(path, "resume checkpoint")
+        missing = [k for k in self.state_dict() if k not in state["state_dict"]]
+        if missing:
+            raise UserError(f"resume checkpoint {path} lacks tensors of this system, e.g. {missing[:3]}")
+        return state
 
     # ----- steps and schedules -------------------------------------------------------------------------------
     @property
@@ -152,24 +188,51 @@ class BaseSystem(pl.LightningModule, Updateable):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._step_started:
             self.log("timing/step_s", time.perf_counter() - self._step_started, prog_bar=False)
+        # whether the update left every parameter finite: a device flag, read with the next step's loss (one sync)
+        params = [p for p in self.parameters() if p.requires_grad]
+        if params:
+            self._params_finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
+
+    @property
+    def nonfinite_streak(self) -> int:
+        """Consecutive non-finite steps up to now (0 after a finite one)."""
+        return self._nonfinite_in_a_row
+
+    def weights_are_finite(self) -> bool:
+        """False during a non-finite streak or when a parameter is NaN/inf (checkpoints are skipped then)."""
+        if self._nonfinite_in_a_row > 0:
+            return False
+        return all(bool(torch.isfinite(p).all()) for p in self.parameters())
+
+    def _nonfinite_terms(self, terms: Dict[str, Tensor], total: Tensor) -> List[str]:
+        """Names of what is NaN/inf in this step (loss terms, or the parameters after the last update); [] if none."""
+        finite = torch.isfinite(total)
+        if self._params_finite is not None:
+            finite = finite & self._params_finite.to(finite.device)
+        if bool(finite):  # the step's one host synchronisation
+            return []
+        if self._params_finite is not None and not bool(self._params_finite):
+            return ["parameters after the last update"]
+        return [k for k, v in terms.items() if not torch.isfinite(v)] or ["total"]
 
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Optional[Tensor]:
         terms = self.training_losses(batch)
         total: Tensor = sum(terms.values())  # type: ignore[assignment]
-        if not torch.isfinite(total):
+        bad = self._nonfinite_terms(terms, total)
+        if bad:
+            if self._nonfinite_in_a_row == 0:
+                self.nonfinite_streak_start = self.true_global_step
             self._nonfinite_in_a_row += 1
-            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
             logger.warning(
-                "step %d: non-finite loss (%s); step skipped (%d in a row)",
+                "step %d: non-finite %s; step skipped (%d in a row)",
                 self.true_global_step,
-                ", ".join(bad) or "total",
+                ", ".join(bad),
                 self._nonfinite_in_a_row,
             )
             if self._nonfinite_in_a_row >= self.cfg.max_nonfinite_steps:
                 raise TrainingDiverged(
-                    f"the loss was NaN/inf for {self._nonfinite_in_a_row} steps in a row at step "
-                    f"{self.true_global_step} ({', '.join(bad) or 'total'}); the last checkpoint is kept. "
-                    "Try a lower learning rate or loss weights."
+                    f"NaN/inf for {self._nonfinite_in_a_row} steps in a row at step {self.true_global_step} "
+                    f"({', '.join(bad)}); try a lower learning rate or loss weights"
                 )
             return None
         self._nonfinite_in_a_row = 0

@@ -21,20 +21,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
 import threestudio
-from threestudio.systems.base import BaseLift3DSystem, rgb_depth_opacity_row
+from threestudio.systems.base import BaseLift3DSystem
+from threestudio.systems.heldout import HeldOutMetricsMixin
 from threestudio.utils.base import Updateable
-from threestudio.utils.distributed import (
-    check_every_target_once,
-    check_unsharded_test_loader,
-    gather_records,
-    owns_batch,
-)
 from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.loss import distortion_loss, normalized_spacing, opaque_loss, sparsity_loss, weighted_mse
 
@@ -42,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 @threestudio.register("nerf-multiview-system")
-class NeRFMultiviewSystem(BaseLift3DSystem):
+class NeRFMultiviewSystem(HeldOutMetricsMixin, BaseLift3DSystem):
     LOSS_NAMES = ("rgb", "mask", "sparsity", "opaque", "distortion", "sds")
 
     @dataclass
@@ -82,7 +77,6 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
             raise ConfigError("nerf-multiview-system needs data_type: multiview-datamodule")
         if mode == "train" and datamodule.inputs.rgb is None:
             raise UserError("nerf-multiview-system trains on posed images; the input views have none")
-        self._target_indices = [int(i) for i in datamodule.targets.indices.tolist()]
         if mode == "train" and self._sds_enabled():
             self._prepare_sds(datamodule)
 
@@ -140,41 +134,6 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
         )
         return distortion_loss(out["weights"].reshape(n_rays, -1), s_mid, s_delta)
 
-    # ------------------------------------------------------------------ validation / test
-    def on_test_start(self) -> None:
-        check_unsharded_test_loader(self.trainer)
-        self._records = []
-
-    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        if not owns_batch(self.trainer, batch_idx):
-            return
-        from threestudio.utils.image import save_image
-        from threestudio.utils.metrics import compute_metrics
-
-        out = self(batch)
-        for k in range(out["comp_rgb"].shape[0]):
-            index = int(batch["index"][k])
-            rgb = out["comp_rgb"][k].clamp(0, 1)
-            save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), rgb_depth_opacity_row(out, k))
-            if "rgb" in batch:
-                mask = batch["mask"][k] if self.cfg.metrics_use_mask else None
-                self._records.append({"target": index, **compute_metrics(rgb, batch["rgb"][k], mask)})
-
-    def on_test_epoch_end(self) -> None:
-        records = gather_records(self, "nerf_test", self._records)
-        self._records = []
-        if records is None:
-            return
-        super().on_test_epoch_end()  # the test video (rank 0)
-        if records:
-            from threestudio.utils.metrics import write_metrics_json
-
-            check_every_target_once(records, self._target_indices)
-            payload = write_metrics_json(self.save_path("metrics.json"), records)
-            logger.info(
-                "held-out views (%d): PSNR %s, SSIM %s, LPIPS %s",
-                len(records),
-                payload["psnr"],
-                payload["ssim"],
-                payload["lpips"],
-            )
+    # ------------------------------------------------------------------ test (HeldOutMetricsMixin)
+    def metrics_mask(self, batch: Dict[str, Any], k: int) -> Optional[Tensor]:
+        return batch["mask"][k] if self.cfg.metrics_use_mask else None

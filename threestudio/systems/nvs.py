@@ -108,7 +108,11 @@ class NVSSystem(BaseSystem):
         m = self.model_cfg
         logger.info("loading the ZeroNVS diffusion model from %s", m.pretrained_model_name_or_path)
         self._model = zeronvs_diffusion.load_model(
-            m.pretrained_model_name_or_path, config=m.pretrained_config, dtype=torch.float32, device="cpu"
+            m.pretrained_model_name_or_path,
+            config=m.pretrained_config,
+            dtype=torch.float32,
+            device="cpu",
+            trust_checkpoint=m.trust_checkpoint,
         )
         if m.compile_unet is not None:
             self._model.compile_unet(m.compile_unet)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 import threestudio
 from threestudio.systems.base import BaseLift3DSystem
+from threestudio.systems.heldout import HeldOutMetricsMixin
 from threestudio.utils.errors import ConfigError
 from threestudio.utils.loss import normal_smoothness_2d, opaque_loss, orientation_loss, sparsity_loss
 
@@ -23,7 +24,10 @@ logger = logging.getLogger(__name__)
 
 
 @threestudio.register("zeronvs-system")
-class ZeroNVSSystem(BaseLift3DSystem):
+class ZeroNVSSystem(HeldOutMetricsMixin, BaseLift3DSystem):
+    """SDS from the guidance plus the reference-view losses; the test pass scores posed test views that carry
+    ground truth (``single-view-scene-datamodule``, :mod:`threestudio.systems.heldout`)."""
+
     LOSS_NAMES = ("sds", "rgb", "mask", "normal_smooth", "orient", "sparsity", "opaque")
     UNSUPPORTED_LOSS_NAMES = ("depth", "depth_rel", "normal", "3d_normal_smooth", "distortion", "clip")
 

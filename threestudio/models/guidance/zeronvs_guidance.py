@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -107,7 +107,8 @@ class ZeroNVSGuidance(BaseObject):
     class Config(DiffusionModelConfig):
         """The diffusion model's keys (:class:`~zeronvs_diffusion.model_config.DiffusionModelConfig`) and SDS's."""
 
-        guidance_scale_aux: Optional[float] = None  # for samples conditioned on an anchor; null = guidance_scale
+        # for samples whose nearest bank view (by rotation) is an anchor, as ZeroNVS; null = guidance_scale
+        guidance_scale_aux: Optional[float] = None
         min_step_percent: Any = 0.02  # schedulable
         max_step_percent: Any = 0.98  # schedulable
         use_anisotropic_schedule: bool = False
@@ -117,7 +118,8 @@ class ZeroNVSGuidance(BaseObject):
         vae_gradient_checkpointing: bool = False
         # SDS anchoring
         n_aux_c2w: int = 0  # number of anchor views; 0 = off
-        p_use_aux_cameras: Any = 0.0  # schedulable probability of conditioning on the nearest view
+        # schedulable probability of conditioning on the nearest bank view; ZeroNVS's paper schedule by default
+        p_use_aux_cameras: Any = field(default_factory=lambda: [0, 1.0, 0.0, 2000])
         anchor_ddim_steps: int = 500
         anchor_ddim_eta: float = 1.0
         anchor_guidance_scale: float = 3.0
@@ -143,7 +145,10 @@ class ZeroNVSGuidance(BaseObject):
         for key in ("min_step_percent", "max_step_percent", "p_use_aux_cameras", "grad_clip"):
             value = getattr(cfg, key)
             if value is not None:
-                C(value, 0, 0)  # raises ConfigError for a malformed schedule
+                try:
+                    C(value, 0, 0)  # raises ConfigError for a malformed schedule
+                except ConfigError as e:
+                    raise ConfigError(f"system.guidance.{key}: {e}") from None
         return cfg
 
     def configure(self) -> None:
@@ -152,7 +157,11 @@ class ZeroNVSGuidance(BaseObject):
 
         logger.info("loading the ZeroNVS diffusion model from %s", cfg.pretrained_model_name_or_path)
         self.model = zeronvs_diffusion.load_model(
-            cfg.pretrained_model_name_or_path, config=cfg.pretrained_config, dtype=torch.float32, device="cpu"
+            cfg.pretrained_model_name_or_path,
+            config=cfg.pretrained_config,
+            dtype=torch.float32,
+            device="cpu",
+            trust_checkpoint=cfg.trust_checkpoint,
         )
         self.model.eval().requires_grad_(False)
         if cfg.vae_gradient_checkpointing:
@@ -328,15 +337,19 @@ class ZeroNVSGuidance(BaseObject):
         Each sample uses its input view (``cond_index``, default 0); with anchors, it uses instead, with
         probability ``p_use_aux_cameras``, the bank view (input or anchor) nearest by rotation angle.
         """
+        return self._select(target_c2w, cond_index)[0]
+
+    def _select(self, target_c2w: Tensor, cond_index: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """(chosen bank index, nearest bank index), each (B,) long; without anchors both are the input views."""
         bank = self.conditioning_bank()
         n_inputs = self._input_c2w.shape[0]  # the bank holds the input views first, then the anchors
         base = self._base_index(target_c2w.shape[0], cond_index, n_inputs)
         if len(bank) == n_inputs:
-            return base
+            return base, base
         angles = rotation_angle_deg(bank.c2w[None, :, :3, :3], target_c2w[:, None, :3, :3].to(bank.c2w))  # (B, K)
         nearest = angles.argmin(dim=1)
         use_nearest = torch.rand(base.shape[0], device=self.device) < self.p_use_aux_cameras_val
-        return torch.where(use_nearest, nearest, base)
+        return torch.where(use_nearest, nearest, base), nearest
 
     def _base_index(self, batch_size: int, cond_index: Optional[Tensor], n_inputs: int) -> Tensor:
         """Input view index (B,) long on the guidance's device: ``cond_index`` checked, or zeros.
@@ -478,12 +491,13 @@ class ZeroNVSGuidance(BaseObject):
         noise = torch.randn_like(latents)
 
         with torch.no_grad():
-            index = self.select_conditioning(target_c2w.to(self.device), cond_index)
+            index, nearest = self._select(target_c2w.to(self.device), cond_index)
             c_crossattn = self.cross_attention_conditioning(index, target_c2w, batch["fov_deg"].reshape(-1))
             on_anchor = bank.is_anchor[index]
+            # as ZeroNVS: the auxiliary scale goes with the nearest view, whichever view conditions the sample
             aux_scale = self.cfg.guidance_scale if self.cfg.guidance_scale_aux is None else self.cfg.guidance_scale_aux
             guidance_scale = torch.where(
-                on_anchor,
+                bank.is_anchor[nearest],
                 torch.full_like(on_anchor, aux_scale, dtype=torch.float32),
                 torch.full_like(on_anchor, self.cfg.guidance_scale, dtype=torch.float32),
             )
