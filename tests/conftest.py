@@ -21,6 +21,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Triton kernels run on CPU tensors through Triton's interpreter (tests/test_triton_kernels.py). It must be chosen
+# before anything imports triton (lightning and diffusers do): triton.language's own helpers are made then.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROOT = REPO_ROOT

@@ -120,21 +120,17 @@ def test_factories_build_torch_modules_without_tcnn():
 
 
 def test_fast_paths_fall_back_when_tcnn_missing(monkeypatch):
-    monkeypatch.setattr(fast_paths, "_mode", "auto")  # earlier tests may have built systems with fast_paths off
     monkeypatch.setattr(fast_paths, "_cuda_available", lambda: True)
     monkeypatch.setattr(fast_paths, "_probe_cache", {"tinycudann": False})
-    assert fast_paths.use_tcnn() is False
-    # pretend tinycudann works: "auto" uses it, "off" does not
+    assert fast_paths.use_tcnn("auto") is False
+    # pretend tinycudann works: "auto" uses it, "off" does not (the mode is an argument, not a process-wide state)
     monkeypatch.setattr(fast_paths, "_probe_cache", {"tinycudann": True})
-    assert fast_paths.use_tcnn() is True
-    try:
-        fast_paths.set_fast_paths("off")
-        assert fast_paths.fast_paths_mode() == "off" and fast_paths.use_tcnn() is False
-        assert isinstance(networks.get_encoding(3, {"otype": "HashGrid", **TINY_GRID}), HashGrid)
-    finally:
-        fast_paths.set_fast_paths("auto")  # monkeypatch restores the mode found before the test
-    with pytest.raises(ConfigError):
-        fast_paths.set_fast_paths("fast")
+    assert fast_paths.use_tcnn("auto") is True and fast_paths.use_tcnn("off") is False
+    assert isinstance(networks.get_encoding(3, {"otype": "HashGrid", **TINY_GRID}, fast_paths="off"), HashGrid)
+    # YAML reads a bare `off` as false
+    assert fast_paths.parse_fast_paths(False) == "off" and fast_paths.parse_fast_paths("auto") == "auto"
+    with pytest.raises(ConfigError, match="fast_paths"):
+        fast_paths.parse_fast_paths("fast")
 
 
 def test_fast_path_probe_never_raises(monkeypatch):

@@ -5,7 +5,9 @@ losses → backward → optimizer) at the start of each resolution stage of the 
 test views, and extrapolates the whole run (``trainer.max_steps`` steps + validation + test renders). The
 extrapolation is labelled as such: only the steps run here are measured. The per-part breakdown synchronises CUDA
 around each part; on CUDA the same number of steps is then run again without it, and that plain step time is the
-reported ``s_per_step`` (and the extrapolation's).
+reported ``s_per_step`` (and the extrapolation's). The backend comes from the config: ``system.fast_paths=off``
+(an override) times the pure-PyTorch reference, ``auto`` (the paper config's) the Triton kernels on CUDA; the
+result lists the kernels that ran (``triton_kernels``).
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer here: LightningModule.log is a no-op
 
     import threestudio
+    from threestudio.utils import fast_paths
     from threestudio.utils.config import config_to_primitive, load_config
 
     device = torch.device(
@@ -224,6 +227,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "config": args.config,
         "device": str(device),
         "precision": precision if device.type == "cuda" else "32-true",
+        "fast_paths": system.cfg.fast_paths,
+        "triton_kernels": fast_paths.triton_kernel_status(),
         "stages": stages,
         "test_render_s_per_view": per_view,
         "extrapolated": {

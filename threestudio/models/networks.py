@@ -1,9 +1,13 @@
 """Encodings and MLPs: a pure-PyTorch multiresolution hash grid and MLP, or tiny-cuda-nn when available.
 
 Configs use tiny-cuda-nn's field names (``otype: HashGrid``, ``n_levels``, ``log2_hashmap_size``, ...), so a
-threestudio/ZeroNVS config works unchanged. :func:`get_encoding` and :func:`get_mlp` return tiny-cuda-nn modules
-only when :func:`threestudio.utils.fast_paths.use_tcnn` says so (CUDA + ``tinycudann`` importable + fast paths
-"auto"); otherwise the PyTorch modules below, which are the reference the tests check.
+threestudio/ZeroNVS config works unchanged. :func:`get_encoding` and :func:`get_mlp` take the fast-path mode
+(``"auto"``/``"off"``, the system's ``fast_paths``) and return tiny-cuda-nn modules only when
+:func:`threestudio.utils.fast_paths.use_tcnn` says so (CUDA + ``tinycudann`` importable + mode auto); otherwise the
+PyTorch modules below, which are the reference the tests check. In mode auto on CUDA, :class:`HashGrid` runs its
+Triton kernels (:mod:`threestudio.kernels.hash_grid`) for inputs that need no gradient themselves: the encoding, its
+Jacobian (:meth:`HashGrid.forward_with_jacobian`, explicit analytic normals) and their table gradients. Inputs that
+require a gradient (autograd analytic normals differentiate the grid twice) use the reference.
 
 :class:`HashGrid` follows instant-NGP: level ``l`` has scale ``base_resolution · per_level_scale^l − 1`` and
 ``ceil(scale) + 1`` vertices per axis; a level whose dense grid fits in ``2^log2_hashmap_size`` entries is indexed
@@ -32,7 +36,7 @@ from torch import Tensor
 
 from threestudio.utils.config import config_to_primitive
 from threestudio.utils.errors import ConfigError
-from threestudio.utils.fast_paths import use_tcnn
+from threestudio.utils.fast_paths import parse_fast_paths, triton_kernels, use_tcnn
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +112,8 @@ class HashGrid(nn.Module):
 
     Input ``(..., n_input_dims)`` in [0, 1] (clamped), output ``(..., n_levels · n_features_per_level)`` float32.
     The trainable table is the flat parameter ``params`` (like tiny-cuda-nn), level ``l`` occupying rows
-    ``offsets[l]:offsets[l+1]`` of ``params.view(-1, n_features_per_level)``.
+    ``offsets[l]:offsets[l+1]`` of ``params.view(-1, n_features_per_level)``. ``fast_paths`` ``"auto"`` uses the
+    Triton kernels where they can run (module docstring), ``"off"`` always the reference below.
     """
 
     def __init__(
@@ -120,8 +125,10 @@ class HashGrid(nn.Module):
         base_resolution: int = 16,
         per_level_scale: float = 1.447269237440378,
         init_scale: float = 1e-4,
+        fast_paths: str = "auto",
     ) -> None:
         super().__init__()
+        self.fast_paths = parse_fast_paths(fast_paths, "HashGrid fast_paths")
         if not 1 <= n_input_dims <= len(_HASH_PRIMES):
             raise ConfigError(f"HashGrid n_input_dims must be in 1..{len(_HASH_PRIMES)}, got {n_input_dims}")
         if n_levels < 1 or n_features_per_level < 1 or base_resolution < 1:
@@ -210,11 +217,21 @@ class HashGrid(nn.Module):
             weights = w if weights is None else (weights[..., :, None] * w[..., None, :]).flatten(-2)
         return weights
 
+    def _triton_kernels(self, x: Tensor):
+        """The Triton kernel module when it may encode x (N, d) here (see the module docstring), else None."""
+        if self.fast_paths == "off" or x.requires_grad:
+            return None
+        kernels = triton_kernels("hash_grid", self.fast_paths, x.device)
+        return kernels if kernels is not None and kernels.supports(self, x) else None
+
     def forward(self, x: Tensor) -> Tensor:
         """Encode x (..., n_input_dims) in [0, 1] → (..., n_levels · n_features_per_level)."""
         if x.shape[-1] != self.n_input_dims:
             raise ValueError(f"HashGrid expects (..., {self.n_input_dims}) inputs, got {tuple(x.shape)}")
         lead = x.shape[:-1]
+        kernels = self._triton_kernels(x)
+        if kernels is not None:
+            return kernels.encode(self, x.reshape(-1, self.n_input_dims)).reshape(*lead, self.n_output_dims)
         feats, frac = self._gather_corners(x.reshape(-1, self.n_input_dims).clamp(0.0, 1.0))
         # d-linear interpolation as successive lerps, the highest axis (the corners' top bit) first
         for d in reversed(range(self.n_input_dims)):
@@ -233,6 +250,9 @@ class HashGrid(nn.Module):
         """
         if x.dim() != 2 or x.shape[-1] != self.n_input_dims:
             raise ValueError(f"HashGrid expects (N, {self.n_input_dims}) inputs, got {tuple(x.shape)}")
+        kernels = self._triton_kernels(x)
+        if kernels is not None:
+            return kernels.encode_with_jacobian(self, x)
         inside = ((x >= 0.0) & (x <= 1.0)).to(x.dtype)  # (N, d)
         corners, frac = self._gather_corners(x.clamp(0.0, 1.0))
         n = x.shape[0]
@@ -333,8 +353,9 @@ def _as_dict(config: Any, what: str) -> Dict[str, Any]:
     return dict(config)
 
 
-def get_encoding(n_input_dims: int, config: Any) -> nn.Module:
-    """An input encoding from a tcnn-style config (``otype: HashGrid`` only), with ``.n_output_dims``."""
+def get_encoding(n_input_dims: int, config: Any, fast_paths: str = "auto") -> nn.Module:
+    """An input encoding from a tcnn-style config (``otype: HashGrid`` only), with ``.n_output_dims``; ``fast_paths``
+    is the mode (``"auto"``/``"off"``) for tiny-cuda-nn and the Triton kernels."""
     config = _as_dict(config, "encoding config")
     otype = config.pop("otype")
     if otype != "HashGrid":
@@ -344,20 +365,20 @@ def get_encoding(n_input_dims: int, config: Any) -> nn.Module:
         raise ConfigError(f"unknown HashGrid config keys {unknown}; valid: {', '.join(_ENCODING_KEYS)}")
     if config.get("interpolation", "Linear") != "Linear":
         raise ConfigError("HashGrid supports interpolation: Linear only")
-    if use_tcnn():
+    if use_tcnn(fast_paths):
         import tinycudann as tcnn  # lazily: CUDA only
 
         grid = tcnn.Encoding(n_input_dims, {"otype": "HashGrid", **config}, dtype=torch.float32)
         return _TCNNModule(grid, grid.n_output_dims)
     config.pop("interpolation", None)
-    return HashGrid(n_input_dims, **config)
+    return HashGrid(n_input_dims, **config, fast_paths=fast_paths)
 
 
-def get_mlp(n_input_dims: int, n_output_dims: int, config: Any) -> nn.Module:
+def get_mlp(n_input_dims: int, n_output_dims: int, config: Any, fast_paths: str = "auto") -> nn.Module:
     """An MLP from a tcnn-style config (``otype: VanillaMLP`` | FullyFusedMLP | CutlassMLP).
 
     VanillaMLP is always the PyTorch module (as in threestudio); the tcnn types use tiny-cuda-nn when available
-    and fall back to VanillaMLP otherwise.
+    and ``fast_paths`` is ``"auto"``, and fall back to VanillaMLP otherwise.
     """
     config = _as_dict(config, "network config")
     otype = config.pop("otype")
@@ -366,7 +387,7 @@ def get_mlp(n_input_dims: int, n_output_dims: int, config: Any) -> nn.Module:
     unknown = sorted(set(config) - set(_MLP_KEYS))
     if unknown:
         raise ConfigError(f"unknown network config keys {unknown}; valid: {', '.join(_MLP_KEYS)}")
-    if otype in _TCNN_MLP_TYPES and use_tcnn():
+    if otype in _TCNN_MLP_TYPES and use_tcnn(fast_paths):
         import tinycudann as tcnn  # lazily: CUDA only
 
         net = tcnn.Network(n_input_dims, n_output_dims, {"otype": otype, **config})
@@ -375,9 +396,9 @@ def get_mlp(n_input_dims: int, n_output_dims: int, config: Any) -> nn.Module:
 
 
 def create_network_with_input_encoding(
-    n_input_dims: int, n_output_dims: int, encoding_config: Any, network_config: Any
+    n_input_dims: int, n_output_dims: int, encoding_config: Any, network_config: Any, fast_paths: str = "auto"
 ) -> nn.Sequential:
     """Encoding followed by an MLP (the proposal-network layout of threestudio/ZeroNVS configs)."""
-    encoding = get_encoding(n_input_dims, encoding_config)
-    network = get_mlp(encoding.n_output_dims, n_output_dims, network_config)
+    encoding = get_encoding(n_input_dims, encoding_config, fast_paths)
+    network = get_mlp(encoding.n_output_dims, n_output_dims, network_config, fast_paths)
     return nn.Sequential(encoding, network)

@@ -21,6 +21,7 @@ import threestudio
 from threestudio.utils.base import Updateable
 from threestudio.utils.config import config_to_primitive, parse_structured
 from threestudio.utils.errors import ConfigError, TrainingDiverged, UserError
+from threestudio.utils.fast_paths import parse_fast_paths
 from threestudio.utils.schedule import C
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class BaseSystem(pl.LightningModule, Updateable):
         # start from a checkpoint's weights (no optimizer state)
         weights: Optional[str] = None
         weights_ignore_modules: Optional[List[str]] = None
-        # "auto": CUDA fast paths (tiny-cuda-nn) when available; "off": pure PyTorch
+        # "auto": fast paths (Triton kernels, tinycudann) where they can run; "off": pure PyTorch. Passed to the
+        # components this system builds (threestudio.utils.fast_paths)
         fast_paths: str = "auto"
         # stop after this many consecutive steps with a NaN/inf loss
         max_nonfinite_steps: int = 20
@@ -68,14 +70,7 @@ class BaseSystem(pl.LightningModule, Updateable):
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg)
         self._check_loss_config()
-        from threestudio.utils.fast_paths import set_fast_paths
-
-        # YAML reads a bare `off` as false: accept it
-        mode = {"false": "off", "off": "off", "auto": "auto", "true": "auto"}.get(str(self.cfg.fast_paths).lower())
-        if mode is None:
-            raise ConfigError(f"system.fast_paths must be 'auto' or 'off', got {self.cfg.fast_paths!r}")
-        self.cfg.fast_paths = mode
-        set_fast_paths(mode)
+        self.cfg.fast_paths = parse_fast_paths(self.cfg.fast_paths)  # YAML reads a bare `off` as false
         self._save_dir: Optional[str] = None
         self._nonfinite_in_a_row = 0
         self.nonfinite_streak_start: Optional[int] = None  # step of the first non-finite step of the streak
@@ -369,11 +364,12 @@ class BaseLift3DSystem(BaseSystem):
                 f"system.guidance ({', '.join(sorted(self.cfg.guidance))}) is not used by this configuration; "
                 f"{self.guidance_hint()}"
             )
-        self.geometry = threestudio.find(self.cfg.geometry_type)(self.cfg.geometry)
+        self.geometry = threestudio.find(self.cfg.geometry_type)(self.cfg.geometry, fast_paths=self.cfg.fast_paths)
         self.material = threestudio.find(self.cfg.material_type)(self.cfg.material)
         self.background = threestudio.find(self.cfg.background_type)(self.cfg.background)
         self.renderer = threestudio.find(self.cfg.renderer_type)(
-            self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background
+            self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background,
+            fast_paths=self.cfg.fast_paths,
         )
 
     def uses_guidance(self) -> bool:

@@ -86,7 +86,8 @@ class ImplicitVolume(BaseImplicitGeometry):
 
     cfg: Config
 
-    def configure(self) -> None:
+    def configure(self, fast_paths: str = "auto") -> None:
+        """Build the encoding and heads; ``fast_paths`` (the system's mode) goes to the encoding and the MLPs."""
         super().configure()
         if self.cfg.normal_type == "finite_difference_laplacian":
             raise ConfigError(
@@ -106,11 +107,11 @@ class ImplicitVolume(BaseImplicitGeometry):
         if not (bias in DENSITY_BIASES or (isinstance(bias, (int, float)) and not isinstance(bias, bool))):
             raise ConfigError(f"geometry.density_bias must be one of {DENSITY_BIASES} or a number, got {bias!r}")
         self.density_activation = get_activation(self.cfg.density_activation)
-        self.encoding = get_encoding(self.cfg.n_input_dims, self.cfg.pos_encoding_config)
-        self.density_network = get_mlp(self.encoding.n_output_dims, 1, self.cfg.mlp_network_config)
+        self.encoding = get_encoding(self.cfg.n_input_dims, self.cfg.pos_encoding_config, fast_paths)
+        self.density_network = get_mlp(self.encoding.n_output_dims, 1, self.cfg.mlp_network_config, fast_paths)
         if self.cfg.n_feature_dims > 0:
             self.feature_network = get_mlp(
-                self.encoding.n_output_dims, self.cfg.n_feature_dims, self.cfg.mlp_network_config
+                self.encoding.n_output_dims, self.cfg.n_feature_dims, self.cfg.mlp_network_config, fast_paths
             )
         if self.cfg.analytic_normal_method == "explicit" and not self.has_explicit_normals:
             known = ", ".join(activations_with_derivative())

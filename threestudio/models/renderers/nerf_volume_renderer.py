@@ -23,6 +23,8 @@ kept instead of the hash grid's and MLPs' intermediate tensors (kilobytes per sa
 the backward recomputes the graph one chunk at a time. Gradients are the same; the render costs one more forward of
 the fields. 0 keeps the whole graph (threestudio's behaviour).
 Ray directions need not be unit length; distances and depth are in units of ``‖rays_d‖``.
+``configure(..., fast_paths)`` takes the system's fast-path mode and hands it to the proposal networks' hash grids
+and to the compositing (:mod:`.rendering`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from threestudio.models.renderers.samplers import (
 from threestudio.utils.base import BaseModule
 from threestudio.utils.config import config_to_primitive
 from threestudio.utils.errors import ConfigError
+from threestudio.utils.fast_paths import parse_fast_paths
 from threestudio.utils.recompute import FieldOutput, recomputed_map
 
 ESTIMATORS = ("proposal", "importance", "stratified")
@@ -99,8 +102,15 @@ class NeRFVolumeRenderer(BaseModule):
 
     cfg: Config
 
-    def configure(self, geometry: BaseImplicitGeometry, material: BaseMaterial, background: BaseBackground) -> None:
+    def configure(
+        self,
+        geometry: BaseImplicitGeometry,
+        material: BaseMaterial,
+        background: BaseBackground,
+        fast_paths: str = "auto",
+    ) -> None:
         cfg = self.cfg
+        self.fast_paths = parse_fast_paths(fast_paths)
         if cfg.estimator not in ESTIMATORS:
             raise ConfigError(f"renderer.estimator {cfg.estimator!r} is not supported; use one of {ESTIMATORS}")
         if cfg.sampling_type not in SAMPLING_TYPES:
@@ -127,7 +137,7 @@ class NeRFVolumeRenderer(BaseModule):
                 raise ConfigError("renderer.estimator proposal needs renderer.proposal_network_config")
             net_cfg = config_to_primitive(cfg.proposal_network_config)
             try:
-                self.proposal_networks.append(create_network_with_input_encoding(**net_cfg))
+                self.proposal_networks.append(create_network_with_input_encoding(**net_cfg, fast_paths=self.fast_paths))
             except TypeError as e:
                 raise ConfigError(
                     "renderer.proposal_network_config needs n_input_dims, n_output_dims, encoding_config, "
@@ -178,13 +188,13 @@ class NeRFVolumeRenderer(BaseModule):
         if cfg.estimator == "importance":
             s = sample_importance(
                 rays_o, rays_d, self.geometry.forward_density, cfg.num_samples_per_ray_importance,
-                cfg.num_samples_per_ray, self._to_distance, randomized,
+                cfg.num_samples_per_ray, self._to_distance, randomized, self.fast_paths,
             )
             return s, []
         density_fns = [partial(self._proposal_density, network=net) for net in self.proposal_networks]
         return sample_proposal(
             rays_o, rays_d, density_fns, [cfg.num_samples_per_ray_proposal] * len(density_fns),
-            cfg.num_samples_per_ray, self._to_distance, randomized, requires_grad=with_loss,
+            cfg.num_samples_per_ray, self._to_distance, randomized, requires_grad=with_loss, fast_paths=self.fast_paths,
         )
 
     # ------------------------------------------------------------------ rendering
@@ -215,11 +225,12 @@ class NeRFVolumeRenderer(BaseModule):
             viewdirs=t_dirs, positions=flat_points, light_positions=t_lights, features=geo_out["features"],
             shading_normal=geo_out.get("shading_normal"), **kwargs,
         )
-        weights, _, _ = render_weights(geo_out["density"].reshape(n_rays, n_samples), deltas)
+        weights, _, _ = render_weights(geo_out["density"].reshape(n_rays, n_samples), deltas, self.fast_paths)
+        composite = partial(accumulate, weights, fast_paths=self.fast_paths)
 
-        opacity = accumulate(weights)
-        depth = accumulate(weights, t_mid[..., None])
-        comp_rgb_fg = accumulate(weights, rgb.reshape(n_rays, n_samples, -1))
+        opacity = composite()
+        depth = composite(t_mid[..., None])
+        comp_rgb_fg = composite(rgb.reshape(n_rays, n_samples, -1))
         out = {
             "comp_rgb": comp_rgb_fg + bg_color * (1.0 - opacity),
             "comp_rgb_fg": comp_rgb_fg,
@@ -228,7 +239,7 @@ class NeRFVolumeRenderer(BaseModule):
             "depth": depth,
         }
         if "normal" in geo_out and (self.cfg.return_comp_normal or not training):
-            comp_normal = F.normalize(accumulate(weights, geo_out["normal"].reshape(n_rays, n_samples, 3)), dim=-1)
+            comp_normal = F.normalize(composite(geo_out["normal"].reshape(n_rays, n_samples, 3)), dim=-1)
             out["comp_normal"] = (comp_normal + 1.0) / 2.0 * opacity  # threestudio's visualisation convention
         if training:
             out.update(geo_out)

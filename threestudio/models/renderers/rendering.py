@@ -4,6 +4,10 @@ Samples are intervals between consecutive *edges* along each ray. Sampling happe
 ``s ∈ [0, 1]`` (the nerfacc/mip-NeRF 360 convention) that :func:`spacing_to_distance` maps onto ``[near, far]``:
 ``uniform`` (linear in distance) or ``lindisp`` (linear in inverse distance, i.e. disparity: dense near the camera,
 sparse towards a far plane of, e.g., 1000). Distances are measured in units of ``‖rays_d‖``.
+
+:func:`render_weights` and :func:`accumulate` take the fast-path mode (``"auto"``/``"off"``, the system's
+``fast_paths``): in mode auto, float32 CUDA tensors go through the Triton kernels of
+:mod:`threestudio.kernels.compositing` when they passed their self-check; the code below is the reference.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 from torch import Tensor
 
 from threestudio.utils.errors import ConfigError
+from threestudio.utils.fast_paths import parse_fast_paths, triton_kernels
 
 SAMPLING_TYPES = ("uniform", "lindisp")
 
@@ -42,12 +47,24 @@ def unit_edges(
     return edges
 
 
-def render_weights(sigmas: Tensor, deltas: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def _compositing_kernels(fast_paths: str, *tensors: Tensor):
+    """The Triton compositing kernels when they may take these tensors (mode auto, float32, one device), else None."""
+    if parse_fast_paths(fast_paths) == "off" or any(t.dtype != torch.float32 for t in tensors):
+        return None
+    if any(t.device != tensors[0].device for t in tensors):
+        return None
+    return triton_kernels("compositing", fast_paths, tensors[0].device)
+
+
+def render_weights(sigmas: Tensor, deltas: Tensor, fast_paths: str = "auto") -> Tuple[Tensor, Tensor, Tensor]:
     """Compositing weights from densities.
 
     sigmas, deltas (R, S) → weights (R, S) = T_i·α_i, transmittance T_i (R, S) = exp(−Σ_{j<i} σ_j δ_j) (light
     reaching sample i), alphas α_i (R, S) = 1 − exp(−σ_i δ_i). Σ_i weights = 1 − exp(−Σ σδ) ≤ 1.
     """
+    kernels = _compositing_kernels(fast_paths, sigmas, deltas)
+    if kernels is not None and sigmas.dim() == 2 and sigmas.shape == deltas.shape:
+        return kernels.render_weights(sigmas, deltas)
     sigma_delta = sigmas * deltas
     alphas = 1.0 - torch.exp(-sigma_delta)
     accumulated = torch.cumsum(sigma_delta, dim=-1)
@@ -55,10 +72,13 @@ def render_weights(sigmas: Tensor, deltas: Tensor) -> Tuple[Tensor, Tensor, Tens
     return transmittance * alphas, transmittance, alphas
 
 
-def accumulate(weights: Tensor, values: Optional[Tensor] = None) -> Tensor:
+def accumulate(weights: Tensor, values: Optional[Tensor] = None, fast_paths: str = "auto") -> Tensor:
     """Σ_i w_i·v_i along rays: weights (R, S), values (R, S, C) → (R, C); values None → opacity (R, 1)."""
     if values is None:
         return weights.sum(dim=-1, keepdim=True)
+    kernels = _compositing_kernels(fast_paths, weights, values)
+    if kernels is not None and weights.dim() == 2 and values.dim() == 3 and values.shape[:2] == weights.shape:
+        return kernels.accumulate(weights, values)
     return (weights[..., None] * values).sum(dim=-2)
 
 

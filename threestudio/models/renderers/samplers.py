@@ -27,12 +27,18 @@ def interval_midpoints(rays_o: Tensor, rays_d: Tensor, t_edges: Tensor) -> Tuple
 
 
 def interval_weights(
-    rays_o: Tensor, rays_d: Tensor, s_edges: Tensor, density_fn: DensityFn, to_distance: ToDistance
+    rays_o: Tensor,
+    rays_d: Tensor,
+    s_edges: Tensor,
+    density_fn: DensityFn,
+    to_distance: ToDistance,
+    fast_paths: str = "auto",
 ) -> Tensor:
-    """Compositing weights (R, S) of the density field ``density_fn`` on the intervals s_edges (R, S+1)."""
+    """Compositing weights (R, S) of the density field ``density_fn`` on the intervals s_edges (R, S+1)
+    (``fast_paths``: the mode of :func:`.rendering.render_weights`)."""
     points, deltas = interval_midpoints(rays_o, rays_d, to_distance(s_edges))
     sigmas = density_fn(points.reshape(-1, 3)).reshape(deltas.shape)
-    return render_weights(sigmas, deltas)[0]
+    return render_weights(sigmas, deltas, fast_paths)[0]
 
 
 def sample_stratified(n_rays: int, n_samples: int, randomized: bool, device: torch.device) -> Tensor:
@@ -49,11 +55,12 @@ def sample_importance(
     n_fine: int,
     to_distance: ToDistance,
     randomized: bool,
+    fast_paths: str = "auto",
 ) -> Tensor:
     """Coarse stratified samples weighted by the field itself (no gradient), then ``n_fine`` importance samples;
     returns the sorted union of both edge sets (R, n_coarse + n_fine + 2)."""
     s_coarse = unit_edges(rays_o.shape[0], n_coarse, randomized, device=rays_o.device)
-    weights = interval_weights(rays_o, rays_d, s_coarse, density_fn, to_distance)
+    weights = interval_weights(rays_o, rays_d, s_coarse, density_fn, to_distance, fast_paths)
     s_fine = sample_pdf(s_coarse, weights, n_fine, randomized)
     return torch.sort(torch.cat([s_coarse, s_fine], dim=-1), dim=-1).values
 
@@ -67,6 +74,7 @@ def sample_proposal(
     to_distance: ToDistance,
     randomized: bool,
     requires_grad: bool,
+    fast_paths: str = "auto",
 ) -> Tuple[Tensor, List[Tuple[Tensor, Tensor]]]:
     """Resample through each proposal density in turn, then draw ``n_fine`` intervals.
 
@@ -83,6 +91,6 @@ def sample_proposal(
         else:
             s = unit_edges(rays_o.shape[0], n_samples, randomized, device=rays_o.device)
         with torch.set_grad_enabled(requires_grad):
-            weights = interval_weights(rays_o, rays_d, s, density_fn, to_distance)
+            weights = interval_weights(rays_o, rays_d, s, density_fn, to_distance, fast_paths)
         levels.append((s, weights))
     return sample_pdf(s, weights, n_fine, randomized), levels
