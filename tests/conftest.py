@@ -19,6 +19,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("ZERONVS_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long end-to-end runs (subprocesses of launch.py, the CI oracle run)")
+
+
 def require_shared(*relative: str) -> Path:
     """Path to ``../shared/<relative>``; skip (or fail under CI=true) when it is missing."""
     path = SHARED_DIR.joinpath(*relative)
