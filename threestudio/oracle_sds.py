@@ -31,19 +31,22 @@ STEP_KEYS = ("system.guidance.anisotropic_offset", "data.random_camera.progressi
 ORBIT_FRACTIONS = (0.3, 0.6)
 
 
-def cpu_overrides(height: int, batch_size: int = 2) -> List[str]:
-    """Config overrides for a CPU-sized run at ``height`` px: one resolution stage, a smaller hash grid, 32 + 32
-    samples per ray, no chunked recomputation (the graphs are small); everything else stays the config's."""
+def cpu_overrides(height: int, batch_size: int = 1) -> List[str]:
+    """Config overrides for a CPU-sized run at ``height`` px: one resolution stage with ``batch_size`` random views
+    (the config's stage 2 takes 1), a small hash grid (8 levels of 2^14, finest 137) and proposal grid (4 levels of
+    2^12), 16 + 16 samples per ray, no chunked recomputation (the graphs are small); the rest stays the config's."""
     h = int(height)
     return [
         f"data.height={h}", f"data.width={h}", "data.resolution_milestones=[]",
         f"data.random_camera.height={h}", f"data.random_camera.width={h}",
-        f"data.random_camera.batch_size={batch_size}",
-        "data.random_camera.resolution_milestones=[]",
+        f"data.random_camera.batch_size={batch_size}", "data.random_camera.resolution_milestones=[]",
         f"data.random_camera.eval_height={h}", f"data.random_camera.eval_width={h}",
-        "system.geometry.pos_encoding_config.n_levels=8", "system.geometry.pos_encoding_config.log2_hashmap_size=16",
+        "system.geometry.pos_encoding_config.n_levels=8", "system.geometry.pos_encoding_config.log2_hashmap_size=14",
+        "system.geometry.pos_encoding_config.base_resolution=8",
         "system.geometry.pos_encoding_config.per_level_scale=1.5",
-        "system.renderer.num_samples_per_ray=32", "system.renderer.num_samples_per_ray_proposal=32",
+        "system.renderer.proposal_network_config.encoding_config.n_levels=4",
+        "system.renderer.proposal_network_config.encoding_config.log2_hashmap_size=12",
+        "system.renderer.num_samples_per_ray=16", "system.renderer.num_samples_per_ray_proposal=16",
         "system.renderer.grad_checkpoint_chunk_size=0", "system.guidance.vae_gradient_checkpointing=false",
         "trainer.precision=32-true",
     ]
@@ -85,11 +88,10 @@ def write_world(scene_path: str, camera: Dict[str, Tensor], resolution: int, out
     """Write ``out_dir/world.yaml``: the scene plus the input camera and the oracle's resolution."""
     import yaml
 
-    from zeronvs_diffusion.oracle import load_scene
+    from zeronvs_diffusion.oracle.scene import Scene, read_mapping
 
-    load_scene(scene_path)  # validates the scene (errors name the key)
-    with open(scene_path, "r", encoding="utf-8") as f:
-        spec = yaml.safe_load(f)
+    spec = dict(read_mapping(scene_path, "oracle scene"))
+    Scene.from_dict(spec, where=scene_path)  # validates the scene (errors name the key)
     spec["input_camera"] = {"c2w": camera["c2w"][0].tolist(), "fov_deg": float(camera["fov_deg"][0])}
     spec["resolution"] = int(resolution)
     path = os.path.join(out_dir, "world.yaml")
@@ -165,8 +167,8 @@ def _single_stage(value: Any, what: str) -> int:
 def run_oracle_sds(
     scene_path: str,
     out_dir: str,
-    steps: int = 600,
-    height: int = 64,
+    steps: int = 400,
+    height: int = 32,
     overrides: Sequence[str] = (),
     config_path: str = "configs/zeronvs.yaml",
     cpu_sized: bool = True,

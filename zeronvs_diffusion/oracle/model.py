@@ -31,7 +31,7 @@ from zeronvs_diffusion.camera import relative_pose_from_embedding
 from zeronvs_diffusion.errors import UserError
 from zeronvs_diffusion.ldm_config import ConditioningSpec, scheduler_kwargs
 from zeronvs_diffusion.model import ZeroNVSModel
-from zeronvs_diffusion.oracle.scene import Scene, SceneError, render
+from zeronvs_diffusion.oracle.scene import Scene, SceneError, read_mapping, render
 
 logger = logging.getLogger(__name__)
 
@@ -190,23 +190,12 @@ def _input_camera(spec: Any, path: str) -> tuple[Tensor, float]:
 def load_oracle(path: str, config: Optional[str] = None, device: Union[str, torch.device] = "cpu") -> OracleModel:
     """The oracle prior of the world file ``path`` (a scene plus ``input_camera``, optional ``scale``,
     ``resolution``), frozen and in eval mode. ``config`` must be None: the oracle has no latent-diffusion YAML."""
-    import yaml
-
     if config is not None:
         raise UserError(
             f"the oracle prior takes no latent-diffusion YAML (got {config!r}); "
             "set system.guidance.pretrained_config=null"
         )
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            spec = yaml.safe_load(f)
-    except OSError as e:
-        raise SceneError(f"cannot read the oracle world {path!r}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise SceneError(f"the oracle world {path} is not valid YAML: {e}") from None
-    if not isinstance(spec, Mapping):
-        raise SceneError(f"the oracle world {path} must be a mapping (a scene plus input_camera)")
-    spec = dict(spec)
+    spec = dict(read_mapping(path, "oracle world"))
     world = {key: spec.pop(key) for key in WORLD_KEYS if key in spec}
     scene = Scene.from_dict(spec, where=path)
     c2w, fov_deg = _input_camera(world.get("input_camera"), path)

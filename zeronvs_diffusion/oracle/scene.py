@@ -200,20 +200,25 @@ class Scene:
         return self.background_bottom.to(rays_d) * (1 - w) + self.background_top.to(rays_d) * w
 
 
-def load_scene(path: str) -> Scene:
-    """Read a scene YAML file (errors name the file and key)."""
+def read_mapping(path: str, what: str) -> Mapping[str, Any]:
+    """The YAML mapping in ``path`` (``what`` names the file kind in errors)."""
     import yaml
 
     try:
         with open(path, "r", encoding="utf-8") as f:
             spec = yaml.safe_load(f)
     except OSError as e:
-        raise SceneError(f"cannot read the oracle scene {path!r}: {e.strerror}") from None
+        raise SceneError(f"cannot read the {what} {path!r}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise SceneError(f"the oracle scene {path} is not valid YAML: {e}") from None
+        raise SceneError(f"the {what} {path} is not valid YAML: {e}") from None
     if not isinstance(spec, Mapping):
-        raise SceneError(f"the oracle scene {path} must be a mapping with background and primitives")
-    return Scene.from_dict(spec, where=path)
+        raise SceneError(f"the {what} {path} must be a mapping with background and primitives")
+    return spec
+
+
+def load_scene(path: str) -> Scene:
+    """Read a scene YAML file (errors name the file and key)."""
+    return Scene.from_dict(read_mapping(path, "oracle scene"), where=path)
 
 
 def pinhole_rays(c2w: Tensor, fov_deg: Tensor, height: int, width: int) -> Tuple[Tensor, Tensor]:
