@@ -8,7 +8,9 @@ distilled NeRF has a ground truth at every pose. ``scripts/oracle_sds.py`` is it
 says what the oracle is and is not.
 
 The config's step-valued schedules (timestep bounds, anisotropic offset, progressive camera ranges) are compressed
-by ``steps / trainer.max_steps`` so a short run passes through the same phases as the 4000-step paper run.
+by ``steps / trainer.max_steps`` so a short run passes through the same phases as the 4000-step paper run, and
+``lambda_sds`` is scaled by (config height / height)² to keep the config's per-pixel balance between the SDS sum
+and the pixel-mean losses (:func:`sds_weight_overrides`).
 """
 
 from __future__ import annotations
@@ -72,6 +74,21 @@ def compressed_schedule_overrides(cfg: Any, factor: float) -> List[str]:
         if isinstance(value, (int, float)):
             out.append(f"{key}={type(value)(value * factor)}")
     return out
+
+
+def sds_weight_overrides(cfg: Any, height: int, overrides: Sequence[str]) -> List[str]:
+    """``system.loss.lambda_sds`` × (config's first random-view height / ``height``)², unless overridden.
+
+    The SDS loss is a sum over latent elements, the reference and regulariser losses are means over pixels: at
+    ``height`` instead of the config's resolution the mean losses weigh (H_config / H)² times more per pixel. The
+    factor keeps the config's per-pixel balance (with the oracle's pixel latents; docs/GUIDANCE.md)."""
+    if any(o.split("=", 1)[0] == "system.loss.lambda_sds" for o in overrides):
+        return []
+    config_height = _dotted_get(cfg, "data.random_camera.height")
+    if isinstance(config_height, Sequence) and not isinstance(config_height, str):
+        config_height = config_height[0]
+    factor = (float(config_height) / float(height)) ** 2
+    return [f"system.loss.lambda_sds={float(_dotted_get(cfg, 'system.loss.lambda_sds')) * factor}"]
 
 
 def input_camera(cfg: Any) -> Dict[str, Tensor]:
@@ -197,6 +214,7 @@ def run_oracle_sds(
     raw = OmegaConf.merge(OmegaConf.load(config_path), OmegaConf.from_dotlist(list(overrides)))
     factor = steps / float(OmegaConf.select(raw, "trainer.max_steps"))
     base += compressed_schedule_overrides(raw, factor)
+    base += sds_weight_overrides(raw, height, overrides)
     first = load_config(config_path, cli_args=[*base, *overrides])
     size = _single_stage(first.data.random_camera.height, "data.random_camera.height")
     camera = input_camera(first)
