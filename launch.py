@@ -13,6 +13,7 @@ Bad input (a missing file, an unknown key, ...) ends with a one-line message and
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -82,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except OSError as e:
+        if args.verbose or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(
+            f"error: no space left on the device{where}; free space, then resume from the last checkpoint",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     return 0
 
 

@@ -5,8 +5,8 @@
 #                            [--model-config YAML] [--config PIPELINE_YAML] [--gpu IDS] [key=value ...]
 #
 # IMAGE           input image (RGB or RGBA); default: the bundled example skimage:motorcycle_left
-# --fov DEG       vertical field of view of the (centre-cropped, square) image; default 52.55
-#                 (28.2 for the bundled example, whose calibration is known)
+# --fov DEG       vertical field of view of the (centre-cropped, square) image; default: from the image's EXIF
+#                 focal length, else 52.55 (28.2 for the bundled example, whose calibration is known)
 # --elevation DEG elevation of the input camera above the ground plane; default 31.0
 # --scale S       how close the content is to the camera (smaller is closer; see the paper); default 0.7
 # --ckpt PATH     zeronvs.ckpt or a folder converted with `python -m zeronvs_diffusion.convert`; default ./zeronvs.ckpt
@@ -50,7 +50,8 @@ if [ -z "$IMAGE" ]; then
   IMAGE="skimage:motorcycle_left"
   FOV="${FOV:-28.2}"
 fi
-FOV="${FOV:-52.55}"
+FOV_ARG=()  # without --fov the config's data.default_fovy_deg (auto: EXIF, else its fallback) applies
+if [ -n "$FOV" ]; then FOV_ARG=("data.default_fovy_deg=$FOV"); fi
 
 if [[ "$IMAGE" != skimage:* && ! -f "$IMAGE" ]]; then
   echo "error: input image not found: $IMAGE" >&2
@@ -80,6 +81,6 @@ exec python launch.py --config "$PIPELINE_CONFIG" --train --gpu "$GPU" \
   system.guidance.pretrained_model_name_or_path="$CKPT_PATH" \
   "${MODEL_CONFIG_ARG[@]}" \
   data.default_elevation_deg="$ELEVATION_DEG" \
-  data.default_fovy_deg="$FOV" \
+  "${FOV_ARG[@]}" \
   system.guidance.precomputed_scale="$SCALE" \
   "${EXTRA[@]}"

@@ -125,9 +125,21 @@ def plot_cameras(cameras: Sequence[IDRCamera], path: str) -> None:
     ax.set_zlim(-extent, extent)
     ax.set_box_aspect((1, 1, 1))
     ax.set_title(f"{len(cameras)} cameras (blue frusta, red = image top edge)")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename and os.path.abspath(str(e.filename)) != os.path.abspath(path) else ""
+        raise UserError(f"cannot write --plot {path}: {e.strerror or e}{where}") from None
+    finally:
+        plt.close(fig)
+
+
+def plot_path(path: str) -> str:
+    """The file ``--plot`` writes: ``path``, with ``.png`` added when it has no extension (as matplotlib does)."""
+    if os.path.isdir(path):
+        raise UserError(f"--plot {path} is a folder; give a file name, e.g. --plot {os.path.join(path, 'cameras.png')}")
+    return path if os.path.splitext(path)[1] else path + ".png"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -136,6 +148,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.image_size and min(args.image_size) <= 0:
             raise UserError(f"--image-size must be two positive integers, got {args.image_size}")
+        plot = plot_path(args.plot) if args.plot else None
         cameras = load_idr_cameras(
             args.path,
             image_size=tuple(args.image_size) if args.image_size else None,
@@ -146,9 +159,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(json.dumps([cam.to_dict() for cam in cameras], indent=1))
         else:
             print(format_table(cameras))
-        if args.plot:
-            plot_cameras(cameras, args.plot)
-            logger.info("wrote %s", args.plot)
+        if plot:
+            plot_cameras(cameras, plot)
+            logger.info("wrote %s", plot)
     except UserError as e:
         if args.verbose:
             raise

@@ -1,27 +1,40 @@
 #!/usr/bin/env python
 """Evaluate novel view synthesis on DTU scans with ZeroNVS's protocol; write per-scan and mean metrics.
 
-Protocol (ZeroNVS / pixelNeRF's DTU split): input view 25; targets = every view except 25 and
-3–7, 16–21, 36–39. Each scan folder ``ROOT/dtu_scan{N}`` is in the IDR/NeuS layout (see
-``threestudio.data.multiview``). Modes, each one or two ``launch.py`` runs per scan (in subprocesses):
+Protocol (ZeroNVS's launch_eval_dtu.sh, pixelNeRF's DTU split): the 15 scans 8 21 30 31 34 38 40 41 45 55 63 82 103
+110 114, input view 25, targets = every view except 25 and 3–7, 16–21, 36–39 (33 views), poses relative to the
+input camera (elevation 20°, distance 1) with translations divided by 2.02 · ``manual_gt_to_pred_scale`` of the
+scan (``MANUAL_GT_TO_PRED_SCALE``; ``--gt-to-pred-scale`` overrides it). Scan folders ``ROOT/dtu_scan{N}`` (or
+pixelNeRF's ``ROOT/scan{N}``) in the IDR/NeuS layout (``image/``, ``cameras.npz``). Modes, one or two
+``launch.py`` runs per scan (subprocesses):
 
-- ``nvs``: the diffusion model sampled directly (``configs/zeronvs_nvs.yaml``, ``--test``).
+- ``sds``: ZeroNVS's own result — the zeronvs-system distils a NeRF from view 25 by SDS with
+  ``configs/zeronvs_dtu.yaml`` (the paper pipeline with zero123_scene.yaml's DTU settings: guidance scale 7.5, no
+  anisotropic schedule, near 0.25 / far 100, reference view 400×300, black background, ``lambda_opaque`` 0.1, 4000
+  steps) and its test pass renders the targets at 400×300 and scores them. Scales: the table (default), pose scale
+  1 / (2.02 · scale).
+- ``nvs``: the diffusion model sampled directly (``configs/zeronvs_nvs.yaml``, ``--test``); scale 1 unless given.
 - ``nvs+nerf``: the ``nvs`` run, then a NeRF (``configs/nerf_multiview.yaml``) trained on view 25 plus the
   generated target views (``data.generated_views_dir``, weight ``data.generated_weight``), tested on the targets.
-- ``sds``: ZeroNVS's own distillation — a NeRF trained with SDS from view 25 (plus its reference RGB loss) on the
-  multi-view NeRF system (``configs/nerf_multiview.yaml`` with the overrides in ``SDS_OVERRIDES``: the canonical
-  frame, black background, ``lambda_opaque`` 0.1, renders at 400×300), tested on the targets.
 
-Writes ``OUT/dtu_{mode}.md`` and ``OUT/dtu_{mode}.csv`` (one row per scan: PSNR, SSIM, LPIPS, number of
-target views, pose scale, run folder; then the mean over the scans that finished), run folders under
-``OUT/runs/`` and logs under ``OUT/logs/``. Exit code 0 when every scan finished, 1 otherwise.
+Writes ``OUT/dtu_{mode}.md`` and ``OUT/dtu_{mode}.csv`` (one row per scan: PSNR, SSIM, LPIPS, number of target
+views, scales, run folder, and the per-scene numbers the ZeroNVS README expects from its SDS protocol; then the mean
+over the scans that finished), run folders under ``OUT/runs/`` and logs under ``OUT/logs/``. Exit code 0 when
+every scan finished, 1 otherwise. ``--dry-run`` prints the launch.py command lines and runs nothing.
 
-    python scripts/eval_dtu.py --root ../shared/data/dtu --scans 24 37 --mode nvs --out eval_out \\
-        --ckpt zeronvs.ckpt --model-config zeronvs_config.yaml [--pose-scale 0.495 | --pose-scale 24=0.5 37=0.45]
-        [--steps N] [--extra key=value ...]
+Scans run through submitit (``threestudio/utils/launcher.py``): ``--launcher local`` runs them in parallel, one
+process per GPU of ``--gpus 0,1,2,3`` (no GPUs: one at a time on the CPU); ``--launcher slurm`` submits one job
+array (``--slurm-partition``, ``--slurm-time``, ``--slurm-gpus-per-task``; sbatch script and logs in
+``OUT/submitit/``). A failed scan is listed as failed, the others still count. A rerun skips scans whose metrics
+exist (``--force`` redoes them) and replaces the run folders of the scans it redoes.
+
+    python scripts/eval_dtu.py --root DTU --mode sds --out eval_dtu --ckpt zeronvs.ckpt \\
+        --model-config zeronvs_config.yaml [--scans 8 21] [--gt-to-pred-scale 8=1.3] [--dry-run]
 
 ``--steps`` sets the DDIM steps of ``nvs`` and the training steps of ``sds`` / the NeRF of ``nvs+nerf`` (for
-quick checks); ``--extra`` overrides are appended to every launch.py run (they win over this script's own).
+quick checks); ``--extra`` overrides are appended to every launch.py run (they win over this script's own:
+explicit ``data.input_views`` / ``data.target_views`` — ``data.scene.*`` in ``sds`` mode — win over the protocol's
+excluded views, with a warning).
 """
 
 from __future__ import annotations
@@ -33,9 +46,12 @@ import json
 import logging
 import math
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,38 +60,29 @@ if ROOT not in sys.path:  # run as a script: make the repository's packages impo
     sys.path.insert(0, ROOT)
 NVS_CONFIG = os.path.join(ROOT, "configs", "zeronvs_nvs.yaml")
 NERF_CONFIG = os.path.join(ROOT, "configs", "nerf_multiview.yaml")
+SDS_CONFIG = os.path.join(ROOT, "configs", "zeronvs_dtu.yaml")
+
+from threestudio.utils.launcher import LAUNCHERS  # noqa: E402  (after the sys.path line)
 
 INPUT_VIEW = 25
 EXCLUDED_VIEWS = [3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 36, 37, 38, 39]
 N_VIEWS = 49
-DEFAULT_POSE_SCALE = 1.0 / 2.02  # ZeroNVS's view_synthesis.scale for DTU
+DTU_SCALE = 2.02  # ZeroNVS's view_synthesis.scale: DTU translations are divided by it
+DEFAULT_POSE_SCALE = 1.0 / DTU_SCALE
 MODES = ("nvs", "sds", "nvs+nerf")
-
-# ZeroNVS's SDS on DTU, expressed on the multi-view NeRF system (see the module docstring)
-SDS_OVERRIDES = [
-    "data.canonicalize=true",
-    "data.height=300",
-    "data.width=400",
-    "data.crop_square=false",
-    "data.train_rays_per_batch=1024",
-    "system.background.color=[0.0,0.0,0.0]",
-    "system.renderer.near_plane=0.05",
-    "system.loss.lambda_rgb=1000.0",
-    "system.loss.lambda_sds=0.1",
-    "system.loss.lambda_opaque=0.1",
-    "system.guidance.precomputed_scale=0.7",
-    "system.guidance.guidance_scale=7.5",
-    "system.guidance.min_step_percent=[0,0.75,0.02,2000]",
-    "system.guidance.max_step_percent=[0,0.98,0.5,2000]",
-    "system.random_camera.height=128",
-    "system.random_camera.width=128",
-    "system.random_camera.batch_size=1",
-    "system.random_camera.elevation_range=[-10,80]",
-    "system.random_camera.camera_distance_range=[0.8,1.2]",
-    "system.scheduler=null",  # constant learning rates, as ZeroNVS
-    "trainer.max_steps=10000",
-    "trainer.val_check_interval=2500",
-]
+# launch_eval_dtu.sh: the scans and their manual_gt_to_pred_scale
+PROTOCOL_SCANS = [8, 21, 30, 31, 34, 38, 40, 41, 45, 55, 63, 82, 103, 110, 114]
+MANUAL_GT_TO_PRED_SCALE = dict(
+    zip(PROTOCOL_SCANS, [1.2, 1.4, 1.5, 1.4, 1.4, 1.3, 1.2, 1.3, 1.4, 1.2, 1.5, 1.5, 1.5, 1.3, 1.3])
+)
+# the per-scene results the ZeroNVS README expects from its SDS protocol: scan -> (PSNR, SSIM, LPIPS)
+PAPER_SDS_RESULTS = {
+    8: (13.2329, 0.6094, 0.2988), 21: (8.4278, 0.1739, 0.5783), 30: (14.1864, 0.6311, 0.2332),
+    31: (8.9569, 0.2992, 0.5117), 34: (14.0490, 0.3862, 0.3611), 38: (12.6771, 0.3495, 0.4659),
+    40: (12.2447, 0.4612, 0.3729), 41: (12.5998, 0.4657, 0.3794), 45: (11.2410, 0.3690, 0.4441),
+    55: (17.0177, 0.4456, 0.4322), 63: (12.6056, 0.5724, 0.2639), 82: (12.1564, 0.5384, 0.2725),
+    103: (16.0902, 0.5434, 0.3811), 110: (19.5588, 0.6353, 0.3490), 114: (18.2336, 0.5529, 0.3613),
+}
 
 logger = logging.getLogger("eval_dtu")
 
@@ -85,35 +92,69 @@ def protocol_targets() -> List[int]:
     return [i for i in range(N_VIEWS) if i != INPUT_VIEW and i not in EXCLUDED_VIEWS]
 
 
-def parse_pose_scales(values: Optional[Sequence[str]], scans: Sequence[int]) -> Dict[int, float]:
-    """``--pose-scale``: one number for every scan, or ``SCAN=VALUE`` pairs (scans not named get the default)."""
-    scales = {scan: DEFAULT_POSE_SCALE for scan in scans}
+def parse_scan_values(
+    values: Optional[Sequence[str]], scans: Sequence[int], defaults: Dict[int, float], option: str
+) -> Dict[int, float]:
+    """``option`` values: one number for every scan, or ``SCAN=VALUE`` pairs over ``defaults`` (scan -> value)."""
+    out = {scan: defaults[scan] for scan in scans}
     if not values:
-        return scales
+        return out
     if len(values) == 1 and "=" not in values[0]:
-        return {scan: _positive(values[0]) for scan in scans}
+        return {scan: _positive(values[0], option) for scan in scans}
     for item in values:
         if "=" not in item:
-            raise SystemExit(f"error: --pose-scale takes one number or SCAN=VALUE pairs, got {item!r}")
+            raise SystemExit(f"error: {option} takes one number or SCAN=VALUE pairs, got {item!r}")
         scan, value = item.split("=", 1)
-        if not scan.strip().isdigit() or int(scan) not in scales:
-            raise SystemExit(f"error: --pose-scale {item!r}: scan {scan} is not in --scans")
-        scales[int(scan)] = _positive(value)
-    return scales
+        if not scan.strip().isdigit() or int(scan) not in out:
+            raise SystemExit(f"error: {option} {item!r}: scan {scan} is not in --scans")
+        out[int(scan)] = _positive(value, option)
+    return out
 
 
-def _positive(text: str) -> float:
+def parse_pose_scales(values: Optional[Sequence[str]], scans: Sequence[int]) -> Dict[int, float]:
+    """``--pose-scale``: one number for every scan, or ``SCAN=VALUE`` pairs (the others get 1/2.02)."""
+    return parse_scan_values(values, scans, {scan: DEFAULT_POSE_SCALE for scan in scans}, "--pose-scale")
+
+
+def scan_scales(args: argparse.Namespace) -> Dict[int, Dict[str, float]]:
+    """Per scan: ``gt_to_pred_scale`` and the ``pose_scale`` it gives, 1 / (2.02 · gt_to_pred_scale).
+
+    ``sds`` defaults to ZeroNVS's table (1.0, with a warning, for a scan not in it), the other modes to 1.0;
+    ``--gt-to-pred-scale`` overrides; ``--pose-scale`` sets the pose scale directly and wins.
+    """
+    if args.mode == "sds":
+        for scan in args.scans:
+            if scan not in MANUAL_GT_TO_PRED_SCALE:
+                logger.warning("scan %d has no manual_gt_to_pred_scale in ZeroNVS's table: using 1.0", scan)
+        defaults = {scan: MANUAL_GT_TO_PRED_SCALE.get(scan, 1.0) for scan in args.scans}
+    else:
+        defaults = {scan: 1.0 for scan in args.scans}
+    gt_to_pred = parse_scan_values(args.gt_to_pred_scale, args.scans, defaults, "--gt-to-pred-scale")
+    pose = {scan: DEFAULT_POSE_SCALE / gt_to_pred[scan] for scan in args.scans}
+    if args.pose_scale:
+        pose = parse_scan_values(args.pose_scale, args.scans, pose, "--pose-scale")
+    return {scan: {"gt_to_pred_scale": gt_to_pred[scan], "pose_scale": pose[scan]} for scan in args.scans}
+
+
+def _positive(text: str, option: str = "--pose-scale") -> float:
     try:
         value = float(text)
     except ValueError:
-        raise SystemExit(f"error: --pose-scale value {text!r} is not a number") from None
+        raise SystemExit(f"error: {option} value {text!r} is not a number") from None
     if not value > 0:
-        raise SystemExit(f"error: --pose-scale must be positive, got {value}")
+        raise SystemExit(f"error: {option} must be positive, got {value}")
     return value
 
 
 def _list(values: Sequence[int]) -> str:
     return "[" + ",".join(str(v) for v in values) + "]"
+
+
+def scene_dir(root: str, scan: int) -> str:
+    """``ROOT/dtu_scan{N}``, or pixelNeRF's ``ROOT/scan{N}`` when only that exists."""
+    ours = os.path.join(os.path.abspath(root), f"dtu_scan{scan}")
+    pixelnerf = os.path.join(os.path.abspath(root), f"scan{scan}")
+    return pixelnerf if not os.path.isdir(ours) and os.path.isdir(pixelnerf) else ours
 
 
 def _model_overrides(args: argparse.Namespace) -> List[str]:
@@ -126,115 +167,178 @@ def _model_overrides(args: argparse.Namespace) -> List[str]:
     return out
 
 
-def _run(cmd: List[str], log_path: str) -> int:
-    """Run ``cmd`` from the repository root, its output into ``log_path``. Returns the exit code."""
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("THREESTUDIO_TRIAL_TIMESTAMP", None)
-    with open(log_path, "w") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        return subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+@dataclass
+class LaunchRun:
+    """One launch.py run of a scan: its command line, trial folder and log file."""
+
+    cmd: List[str]
+    trial: str
+    log: str
+
+    @property
+    def save(self) -> str:
+        return os.path.join(self.trial, "save")
 
 
-def _launch(
-    config: str, mode_flag: str, name: str, tag: str, overrides: List[str], args: argparse.Namespace, log_path: str
-) -> Optional[str]:
-    """One launch.py run; returns its ``save/`` folder, or None when it failed."""
+def _launch_run(config: str, mode_flag: str, name: str, scan: int, overrides: List[str], args) -> LaunchRun:
     runs = os.path.join(os.path.abspath(args.out), "runs")
+    tag = f"scan{scan}"
     cmd = [
         sys.executable, LAUNCH, "--config", config, mode_flag,
         f"exp_root_dir={runs}", f"name={name}", f"tag={tag}", "use_timestamp=false",
         *overrides, *args.extra,
     ]
-    trial = os.path.join(runs, name, tag)
-    if os.path.exists(trial):
-        raise SystemExit(f"error: {trial} already exists; use another --out or remove it")
-    started = time.perf_counter()
-    code = _run(cmd, log_path)
-    logger.info("%s %s: exit %d in %.0f s (log %s)", name, tag, code, time.perf_counter() - started, log_path)
-    return os.path.join(trial, "save") if code == 0 else None
+    log = os.path.join(os.path.abspath(args.out), "logs", f"{name}_{tag}.log")
+    return LaunchRun(cmd, os.path.join(runs, name, tag), log)
 
 
-def evaluate_scan(scan: int, mode: str, pose_scale: float, args: argparse.Namespace) -> Dict[str, object]:
-    """Run ``mode`` on ``dtu_scan{scan}``; returns its row (metrics, or an ``error``)."""
-    scene = os.path.join(os.path.abspath(args.root), f"dtu_scan{scan}")
-    row: Dict[str, object] = {"scan": scan, "mode": mode, "pose_scale": pose_scale}
-    if not os.path.isdir(scene):
-        row["error"] = f"scene folder not found: {scene}"
-        return row
-    logs = os.path.join(os.path.abspath(args.out), "logs")
-    tag = f"scan{scan}"
+def build_runs(scan: int, scales: Dict[str, float], args: argparse.Namespace) -> List[LaunchRun]:
+    """The launch.py runs of ``scan`` in ``args.mode``, in order; the last one's ``save/metrics.json`` is the result.
+
+    ``--dry-run`` prints these command lines; :func:`run_scan` executes them.
+    """
+    scene = scene_dir(args.root, scan)
+    pose_scale = scales["pose_scale"]
+    if args.mode == "sds":
+        # the protocol's input, targets and excluded views are configs/zeronvs_dtu.yaml's data.scene keys
+        overrides = [f"data.scene.scene_dir={scene}", f"data.scene.pose_scale={pose_scale}", *_model_overrides(args)]
+        if args.steps:
+            overrides += [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}"]
+        return [_launch_run(SDS_CONFIG, "--train", "sds", scan, overrides, args)]
     common = [
         f"data.scene_dir={scene}",
         f"data.input_views=[{INPUT_VIEW}]",
-        f"data.target_views={_list(protocol_targets())}",
-        "data.excluded_views=[]",
+        "data.target_views=null",  # every view that is neither the input nor excluded
+        f"data.excluded_views={_list(EXCLUDED_VIEWS)}",
         f"data.pose_scale={pose_scale}",
     ]
-    save: Optional[str] = None
-    if mode in ("nvs", "nvs+nerf"):
-        steps = [f"system.sampling.steps={args.steps}"] if args.steps else []
-        save = _launch(NVS_CONFIG, "--test", "nvs", tag, common + _model_overrides(args) + steps, args,
-                       os.path.join(logs, f"nvs_{tag}.log"))
-        if save is None:
-            row["error"] = f"NVS run failed, see {os.path.join(logs, f'nvs_{tag}.log')}"
-            return row
-    if mode == "nvs+nerf":
-        # the NeRF stays in the normalised world (pose_scale 1): the generated views sit at the targets' poses
-        # whatever the frame, and the config's near/far planes are set for that scale
-        overrides = [o for o in common if not o.startswith("data.pose_scale=")] + [
-            f"data.generated_views_dir={os.path.join(save, 'nvs')}",
-            f"data.generated_weight={args.generated_weight}",
+    steps = [f"system.sampling.steps={args.steps}"] if args.steps else []
+    nvs = _launch_run(NVS_CONFIG, "--test", "nvs", scan, common + _model_overrides(args) + steps, args)
+    if args.mode == "nvs":
+        return [nvs]
+    # the NeRF stays in the normalised world (pose_scale 1): the generated views sit at the targets' poses
+    # whatever the frame, and the config's near/far planes are set for that scale
+    overrides = [o for o in common if not o.startswith("data.pose_scale=")] + [
+        f"data.generated_views_dir={os.path.join(nvs.save, 'nvs')}",
+        f"data.generated_weight={args.generated_weight}",
+    ]
+    if args.steps:
+        overrides += [
+            f"trainer.max_steps={args.steps}",
+            f"trainer.val_check_interval={args.steps}",
+            f"system.scheduler.args.gamma={0.1 ** (1.0 / args.steps)}",  # the config's ×0.1 decay over the run
         ]
-        if args.steps:
-            overrides += [
-                f"trainer.max_steps={args.steps}",
-                f"trainer.val_check_interval={args.steps}",
-                f"system.scheduler.args.gamma={0.1 ** (1.0 / args.steps)}",  # the config's ×0.1 decay over the run
-            ]
-        log_path = os.path.join(logs, f"nvs_nerf_{tag}.log")
-        save = _launch(NERF_CONFIG, "--train", "nvs_nerf", tag, overrides, args, log_path)
-    elif mode == "sds":
-        overrides = common + SDS_OVERRIDES + _model_overrides(args)
-        if args.steps:
-            overrides += [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}"]
-        save = _launch(NERF_CONFIG, "--train", "sds", tag, overrides, args, os.path.join(logs, f"sds_{tag}.log"))
-    if save is None:
-        row["error"] = f"{mode} run failed, see the logs in {logs}"
+    return [nvs, _launch_run(NERF_CONFIG, "--train", "nvs_nerf", scan, overrides, args)]
+
+
+def _run(run: LaunchRun) -> int:
+    """Run ``run.cmd`` from the repository root, its output into ``run.log``. Returns the exit code."""
+    os.makedirs(os.path.dirname(run.log), exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("THREESTUDIO_TRIAL_TIMESTAMP", None)
+    with open(run.log, "w") as log:
+        log.write("$ " + shlex.join(run.cmd) + "\n")
+        log.flush()
+        return subprocess.run(run.cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def run_scan(scan: int, runs: List[LaunchRun]) -> Optional[str]:
+    """Execute the runs of ``scan`` in order; returns an error message, or None when all succeeded."""
+    for run in runs:
+        if os.path.exists(run.trial):
+            return f"{run.trial} already exists; use another --out or remove it"
+        started = time.perf_counter()
+        code = _run(run)
+        logger.info("scan %d: %s exit %d in %.0f s (log %s)", scan, run.trial, code, time.perf_counter() - started,
+                    run.log)
+        if code != 0:
+            return f"run failed (exit {code}), see {run.log}"
+    return None
+
+
+def evaluate_scan(scan: int, scales: Dict[str, float], args: argparse.Namespace) -> Dict[str, object]:
+    """Run ``scan`` in ``args.mode`` (the launcher's job, in a worker process); returns its table row."""
+    runs = build_runs(scan, scales, args)
+    scene = scene_dir(args.root, scan)
+    error = f"scene folder not found: {scene}" if not os.path.isdir(scene) else run_scan(scan, runs)
+    return collect_row(scan, scales, runs, error, args.mode)
+
+
+def run_scans(args: argparse.Namespace, scales: Dict[int, Dict[str, float]]) -> List[Dict[str, object]]:
+    """Evaluate every scan through the launcher; scans with metrics are reused unless ``--force``."""
+    from threestudio.utils.launcher import LauncherConfig, parse_gpus, run_jobs
+
+    rows: Dict[int, Dict[str, object]] = {}
+    jobs = []
+    for scan in args.scans:
+        runs = build_runs(scan, scales[scan], args)
+        metrics = os.path.join(runs[-1].save, "metrics.json")
+        if os.path.isfile(metrics) and not args.force:
+            logger.info("scan %s: metrics exist (%s), skipped; --force reruns it", scan, metrics)
+            rows[scan] = collect_row(scan, scales[scan], runs, None, args.mode)
+            continue
+        for run in runs:
+            if os.path.exists(run.trial):
+                logger.info("scan %s: removing the earlier run %s", scan, run.trial)
+                shutil.rmtree(run.trial)
+        jobs.append((f"scan{scan}", evaluate_scan, (scan, scales[scan], args)))
+    cfg = LauncherConfig(
+        kind=args.launcher, folder=os.path.join(args.out, "submitit"), gpus=parse_gpus(args.gpus),
+        slurm_partition=args.slurm_partition, slurm_time=args.slurm_time,
+        slurm_gpus_per_task=args.slurm_gpus_per_task, python_path=[ROOT, os.path.join(ROOT, "scripts")],
+    )
+    for (_, _, (scan, *_)), result in zip(jobs, run_jobs(jobs, cfg)):
+        error = f"job {result.job_id} failed: {result.error} (logs in {cfg.folder})"
+        rows[scan] = result.value if result.ok else collect_row(scan, scales[scan], [], error, args.mode)
+    return [rows[scan] for scan in args.scans]
+
+
+def collect_row(scan: int, scales: Dict[str, float], runs: List[LaunchRun], error: Optional[str], mode: str):
+    """The table row of ``scan``: its metrics from the last run's ``metrics.json``, or an ``error``."""
+    row: Dict[str, object] = {"scan": scan, "mode": mode, **scales}
+    paper = PAPER_SDS_RESULTS.get(scan)
+    if paper is not None:
+        row.update(paper_psnr=paper[0], paper_ssim=paper[1], paper_lpips=paper[2])
+    if error is not None:
+        row["error"] = error
         return row
-    metrics_path = os.path.join(save, "metrics.json")
+    metrics_path = os.path.join(runs[-1].save, "metrics.json")
     if not os.path.isfile(metrics_path):
-        row["error"] = f"no metrics.json in {save}"
+        row["error"] = f"no metrics.json in {runs[-1].save}"
         return row
     with open(metrics_path) as f:
         metrics = json.load(f)
     row.update(
         psnr=metrics["psnr"], ssim=metrics["ssim"], lpips=metrics["lpips"], n_views=len(metrics["per_view"]),
-        run=os.path.dirname(save),
+        run=runs[-1].trial,
     )
     return row
 
 
+def _mean(values: List[object]) -> Optional[float]:
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
 def mean_row(rows: List[Dict[str, object]], mode: str) -> Dict[str, object]:
+    """Mean over the finished scans; the paper's mean over those of them that it reports."""
     done = [r for r in rows if "error" not in r]
-    n_views = sum(r["n_views"] for r in done)
-    out: Dict[str, object] = {"scan": "mean", "mode": mode, "pose_scale": "", "n_views": n_views}
+    out: Dict[str, object] = {"scan": "mean", "mode": mode, "n_views": sum(r["n_views"] for r in done)}
     for key in ("psnr", "ssim", "lpips"):
-        values = [r[key] for r in done]
-        out[key] = None if not values or any(v is None for v in values) else sum(values) / len(values)
+        out[key] = _mean([r[key] for r in done])
+        out[f"paper_{key}"] = _mean([r[f"paper_{key}"] for r in done if f"paper_{key}" in r])
     return out
 
 
 def _fmt(value: object, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
+    if value is None or value == "":
+        return "n/a" if value is None else ""
     if isinstance(value, float):
         return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
     return str(value)
 
 
-COLUMNS = ("scan", "mode", "pose_scale", "psnr", "ssim", "lpips", "n_views", "run", "error")
+COLUMNS = ("scan", "mode", "gt_to_pred_scale", "pose_scale", "psnr", "ssim", "lpips", "n_views",
+           "paper_psnr", "paper_ssim", "paper_lpips", "run", "error")
 
 
 def write_tables(out: str, mode: str, rows: List[Dict[str, object]], args: argparse.Namespace) -> Dict[str, str]:
@@ -255,18 +359,23 @@ def write_tables(out: str, mode: str, rows: List[Dict[str, object]], args: argpa
         "",
         f"Input view {INPUT_VIEW}; targets: every view except {INPUT_VIEW} and {EXCLUDED_VIEWS} "
         f"({len(protocol_targets())} views per scan). Checkpoint: `{args.ckpt or 'config default'}`. "
-        f"Steps: {args.steps or 'config default'}. Extra overrides: `{' '.join(args.extra) or 'none'}`.",
+        f"Steps: {args.steps or 'config default'}. Extra overrides: `{' '.join(args.extra) or 'none'}`. "
+        "Pose scale = 1 / (2.02 · gt→pred scale) unless set. \"ZeroNVS\" columns: the per-scene results the ZeroNVS "
+        "README expects from its SDS protocol (`--mode sds`).",
         "",
-        "| scan | pose scale | PSNR | SSIM | LPIPS | views | run |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| scan | gt→pred scale | pose scale | PSNR | SSIM | LPIPS | views | ZeroNVS PSNR | ZeroNVS SSIM | "
+        "ZeroNVS LPIPS | run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in table:
+        paper = f"{_fmt(row.get('paper_psnr'), 2)} | {_fmt(row.get('paper_ssim'))} | {_fmt(row.get('paper_lpips'))}"
+        scales = f"{_fmt(row.get('gt_to_pred_scale', ''), 2)} | {_fmt(row.get('pose_scale', ''))}"
         if "error" in row:
-            lines.append(f"| {row['scan']} | {_fmt(row['pose_scale'])} | failed: {row['error']} | | | | |")
+            lines.append(f"| {row['scan']} | {scales} | failed: {row['error']} | | | | {paper} | |")
         else:
             lines.append(
-                f"| {row['scan']} | {_fmt(row['pose_scale'])} | {_fmt(row['psnr'], 2)} | {_fmt(row['ssim'])} | "
-                f"{_fmt(row['lpips'])} | {row['n_views']} | {row.get('run', '')} |"
+                f"| {row['scan']} | {scales} | {_fmt(row['psnr'], 2)} | {_fmt(row['ssim'])} | "
+                f"{_fmt(row['lpips'])} | {row['n_views']} | {paper} | {row.get('run', '')} |"
             )
     write_bytes_atomic(stem + ".md", ("\n".join(lines) + "\n").encode())
     return {"csv": stem + ".csv", "md": stem + ".md"}
@@ -274,18 +383,27 @@ def write_tables(out: str, mode: str, rows: List[Dict[str, object]], args: argpa
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, help="folder holding dtu_scan{N} scene folders")
-    parser.add_argument("--scans", type=int, nargs="+", required=True, help="scan numbers, e.g. 24 37")
+    parser.add_argument("--root", required=True, help="folder holding dtu_scan{N} (or scan{N}) scene folders")
+    parser.add_argument("--scans", type=int, nargs="+", default=PROTOCOL_SCANS,
+                        help="scan numbers (default: the protocol's 15)")
     parser.add_argument("--mode", choices=MODES, required=True)
     parser.add_argument("--out", required=True, help="output folder (tables, runs/, logs/)")
     parser.add_argument("--ckpt", help="ZeroNVS checkpoint or converted folder (system.guidance.pretrained_...)")
     parser.add_argument("--model-config", help="the checkpoint's latent-diffusion YAML")
-    parser.add_argument(
-        "--pose-scale", nargs="+", help=f"one value, or SCAN=VALUE pairs (default 1/2.02 ≈ {DEFAULT_POSE_SCALE:.3f})"
-    )
+    parser.add_argument("--gt-to-pred-scale", nargs="+",
+                        help="one value, or SCAN=VALUE pairs (default: ZeroNVS's table for sds, 1.0 otherwise)")
+    parser.add_argument("--pose-scale", nargs="+",
+                        help="data pose scale, one value or SCAN=VALUE pairs (default 1 / (2.02 · gt→pred scale))")
     parser.add_argument("--steps", type=int, help="DDIM steps (nvs) / training steps (sds, nvs+nerf)")
     parser.add_argument("--generated-weight", type=float, default=0.5, help="loss weight of generated views (nvs+nerf)")
     parser.add_argument("--extra", nargs="*", default=[], help="key=value overrides for every launch.py run")
+    parser.add_argument("--dry-run", action="store_true", help="print the launch.py command lines; run nothing")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="local", help="local processes or a SLURM array")
+    parser.add_argument("--gpus", default="", help="local: GPUs to spread the scans over, e.g. 0,1,2,3 (default CPU)")
+    parser.add_argument("--slurm-partition", help="slurm: partition")
+    parser.add_argument("--slurm-time", help="slurm: time limit per scan (minutes or H:M:S)")
+    parser.add_argument("--slurm-gpus-per-task", type=int, default=1, help="slurm: GPUs per scan (default 1)")
+    parser.add_argument("--force", action="store_true", help="rerun scans whose metrics already exist")
     return parser
 
 
@@ -297,11 +415,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for item in args.extra:
         if "=" not in item:
             raise SystemExit(f"error: --extra takes key=value overrides, got {item!r}")
-    if not os.path.isdir(args.root):
+    from threestudio.utils.errors import UserError
+    from threestudio.utils.launcher import parse_gpus, parse_slurm_time
+
+    try:
+        parse_gpus(args.gpus), parse_slurm_time(args.slurm_time)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
+    if not args.dry_run and not os.path.isdir(args.root):
         raise SystemExit(f"error: --root {args.root} is not a folder")
-    scales = parse_pose_scales(args.pose_scale, args.scans)
+    args.root, args.out = os.path.abspath(args.root), os.path.abspath(args.out)  # the same for every worker
+    scales = scan_scales(args)
+    if args.dry_run:
+        for scan in args.scans:
+            for run in build_runs(scan, scales[scan], args):
+                print(shlex.join(run.cmd))
+        return 0
     os.makedirs(args.out, exist_ok=True)
-    rows = [evaluate_scan(scan, args.mode, scales[scan], args) for scan in args.scans]
+    rows = run_scans(args, scales)
     paths = write_tables(args.out, args.mode, rows, args)
     mean = mean_row(rows, args.mode)
     logger.info("mean over %d scan(s): PSNR %s, SSIM %s, LPIPS %s; tables %s and %s",

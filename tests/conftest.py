@@ -2,11 +2,18 @@
 
 Tests that need ../shared (real DTU scans, ZeroNVS fixtures) use the ``shared_dir`` fixture: it skips
 with a clear reason when the folder is absent, except under CI=true, where its absence fails the test.
+
+Tests marked ``slow`` launch ``launch.py`` (or another script) in a subprocess, run a whole training in
+process, or compile with ``torch.compile``; ``python -m pytest -q -m "not slow"`` skips them for a quick
+loop (``.ci/run`` runs everything).
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,11 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 SHARED_DIR = Path(os.environ.get("ZERONVS_SHARED_DIR", REPO_ROOT.parent / "shared"))
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long end-to-end runs (subprocesses of launch.py, the CI oracle run)")
 
 
 def require_shared(*relative: str) -> Path:
@@ -32,6 +36,10 @@ def require_shared(*relative: str) -> Path:
             pytest.fail(msg + " — under CI=true it must be present")
         pytest.skip(msg)
     return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: launches a script in a subprocess, runs a whole training, or compiles")
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +61,45 @@ def zeronvs_tiny_dir() -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+# ----- the smoke trial shared by the pipeline and trial-safety tests (launch.py subprocesses) -----
+SMOKE_STEPS = 12
+
+
+def launch(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def smoke_args(root: Path, *extra: str) -> list:
+    return [
+        "--config",
+        str(ROOT / "configs" / "smoke.yaml"),
+        f"exp_root_dir={root}",
+        "use_timestamp=false",
+        f"system.guidance.pretrained_config={ROOT / 'configs' / 'diffusion_tiny.yaml'}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def smoke_trial(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("smoke")
+    res = launch(
+        "--train",
+        *smoke_args(
+            root, f"trainer.max_steps={SMOKE_STEPS}", "trainer.val_check_interval=6", "checkpoint.every_n_train_steps=6"
+        ),
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    trials = glob.glob(str(root / "smoke" / "*"))
+    assert len(trials) == 1, trials
+    return Path(trials[0])

@@ -105,6 +105,7 @@ def test_random_cameras_within_ranges():
         fovy_range=(40.0, 55.0),
         azimuth_offset_deg=150.0,
         batch_uniform_azimuth=False,
+        elevation_sampling="uniform_area",  # threestudio's formula leaves the range (tests/test_paper_sampler.py)
     )
     assert set(cams) == set(CAMERA_KEYS)
     e, a, d, f = cams["elevation_deg"], cams["azimuth_deg"], cams["camera_distance"], cams["fov_deg"]
@@ -175,7 +176,7 @@ def _sampler(**overrides) -> RandomCameraSampler:
         "camera_perturb": 0.0,
         "center_perturb": 0.0,
         "up_perturb": 0.0,
-        "progressive_until": 100,
+        "progressive_until": 99,
     }
     cfg.update(overrides)
     return RandomCameraSampler(parse_structured(RandomCameraConfig, cfg), ReferenceCamera(31.0, 40.0, 1.0, 52.55))
@@ -183,13 +184,14 @@ def _sampler(**overrides) -> RandomCameraSampler:
 
 def test_progressive_widening_from_the_reference_view():
     torch.manual_seed(5)
-    sampler = _sampler()
+    # uniform_area keeps a collapsed range exact (threestudio's formula maps [31, 31] to asin(31/90) half the time)
+    sampler = _sampler(elevation_sampling="uniform_area")
     batch = sampler.sample()  # step 0: collapsed onto the reference view's elevation and azimuth
     torch.testing.assert_close(batch["elevation_deg"], torch.full((64,), 31.0), atol=1e-4, rtol=0)
     torch.testing.assert_close(batch["azimuth_deg"], torch.full((64,), 40.0))
     torch.testing.assert_close(batch["fov_deg"], torch.full((64,), 52.55))  # fovy_range None → input fov
 
-    sampler.update_step(0, 50)  # half way
+    sampler.update_step(0, 50)  # half way: r = 50 / (99 + 1), ZeroNVS's step / (progressive_until + 1)
     assert sampler.elevation_range == pytest.approx((18.0, 55.5))
     assert sampler.azimuth_range == pytest.approx((-90.0, 90.0))
     batch = sampler.sample()
@@ -197,6 +199,8 @@ def test_progressive_widening_from_the_reference_view():
     rel = wrap_azimuth(batch["azimuth_deg"] - 40.0)
     assert rel.abs().max() <= 90.0 + 1e-4 and rel.abs().max() > 45.0
 
+    sampler.update_step(0, 99)  # not yet full at progressive_until itself
+    assert sampler.elevation_range[0] == pytest.approx(31.0 - 26.0 * 99 / 100)
     for step in (100, 5000):
         sampler.update_step(0, step)
         assert sampler.elevation_range == pytest.approx((5.0, 80.0))
@@ -239,7 +243,8 @@ def test_staged_resolution_errors_name_the_key():
 
 @pytest.mark.parametrize(
     "key,value",
-    [("elevation_range", [80, 5]), ("camera_distance_range", [1.0]), ("fovy_range", [0, 50]), ("n_test_views", 0)],
+    [("elevation_range", [80, 5]), ("camera_distance_range", [1.0]), ("fovy_range", [0, 50]), ("n_test_views", 0),
+     ("elevation_sampling", "gauss")],
 )
 def test_bad_random_camera_config_is_a_config_error(key, value):
     cfg = parse_structured(RandomCameraConfig, {key: value})

@@ -21,7 +21,7 @@ def test_interrupted_checkpoint_save_keeps_the_previous_file(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         atomic_torch_save({"global_step": 6}, str(path))
     monkeypatch.undo()
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     assert state["global_step"] == 5 and torch.equal(state["w"], torch.ones(3))
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "temporary file left behind"
 

@@ -95,6 +95,7 @@ def test_registry_table_matches_registrations():
         assert isinstance(cls, type)
 
 
+@pytest.mark.slow
 def test_import_is_light_and_needs_no_cuda_packages():
     code = (
         "import sys, threestudio; "
@@ -110,3 +111,18 @@ def test_import_is_light_and_needs_no_cuda_packages():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.slow
+def test_diffusion_package_stands_alone():
+    """zeronvs_diffusion imports nothing of threestudio; its errors are threestudio's UserError/ConfigError."""
+    code = (
+        "import sys, zeronvs_diffusion.model, zeronvs_diffusion.convert, zeronvs_diffusion.sampling\n"
+        "print(','.join(m for m in sys.modules if m.split('.')[0] == 'threestudio'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+    from threestudio.utils.errors import ConfigError, UserError
+    from zeronvs_diffusion.errors import CheckpointError, UnsupportedConfigError
+
+    assert issubclass(CheckpointError, UserError) and issubclass(UnsupportedConfigError, ConfigError)

@@ -63,6 +63,8 @@ def test_forward_shapes_and_density_bias_variants():
         make_geometry(density_bias="blob")
     with pytest.raises(ConfigError, match="normal_type"):
         make_geometry(normal_type="pred")
+    with pytest.raises(ConfigError, match="set normal_type: finite_difference"):
+        make_geometry(normal_type="finite_difference_laplacian")
 
 
 @pytest.mark.parametrize("normal_type", ["analytic", "finite_difference"])

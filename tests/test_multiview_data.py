@@ -26,6 +26,13 @@ EVAL_KEYS = {
 }  # fmt: skip
 
 
+def loaded(cfg: Dict[str, Any]) -> MultiviewDataModule:
+    """The datamodule built from ``cfg`` with its files read (``setup``)."""
+    dm = MultiviewDataModule(cfg)
+    dm.setup("test")
+    return dm
+
+
 def first_batch(loader) -> Dict[str, Any]:
     return next(iter(loader))
 
@@ -103,7 +110,7 @@ def test_canonical_input_camera_at_distance_one_and_configured_elevation(dtu_dm,
     cond = dtu_dm.conditioning()
     torch.testing.assert_close(cond["c2w"][0], dtu_dm.canonical_c2w)
     assert cond["indices"].tolist() == [25] and cond["images"].shape == (1, 75, 100, 3)
-    dm = MultiviewDataModule(
+    dm = loaded(
         dtu_cfg(dtu_scan24, default_elevation_deg=35.0, default_azimuth_deg=40.0, target_views=[31])
     )
     elevation, azimuth, distance = c2w_to_spherical(dm.canonical_c2w[None])
@@ -112,12 +119,12 @@ def test_canonical_input_camera_at_distance_one_and_configured_elevation(dtu_dm,
 
 def test_without_canonicalize_poses_stay_in_the_normalised_world(dtu_scan24):
     raw = dtu_c2w_opengl(dtu_scan24)
-    dm = MultiviewDataModule(dtu_cfg(dtu_scan24, canonicalize=False, flip_world_yz=False))
+    dm = loaded(dtu_cfg(dtu_scan24, canonicalize=False, flip_world_yz=False))
     torch.testing.assert_close(dm.canonical_c2w.double(), raw[25], atol=1e-6, rtol=0)
     torch.testing.assert_close(dm.targets.c2w, raw[[31, 13, 0]])
     assert dm.scene_center.abs().max() == 0 and dm.scene_radius == 1.0
     assert 0 < dm.near < dm.far
-    flipped = MultiviewDataModule(dtu_cfg(dtu_scan24, canonicalize=False, pose_scale=2.0))
+    flipped = loaded(dtu_cfg(dtu_scan24, canonicalize=False, pose_scale=2.0))
     expected = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64)) @ raw[25]
     expected[:3, 3] *= 2.0
     torch.testing.assert_close(flipped.canonical_c2w.double(), expected, atol=1e-5, rtol=0)
@@ -127,7 +134,7 @@ def test_without_canonicalize_poses_stay_in_the_normalised_world(dtu_scan24):
 def test_rays_follow_the_real_intrinsics_through_the_square_crop(dtu_scan24):
     """A point on the ray of output pixel (i, j) projects (with the scene's P) to that pixel's source position."""
     size = 48
-    dm = MultiviewDataModule(
+    dm = loaded(
         dtu_cfg(dtu_scan24, canonicalize=False, flip_world_yz=False, crop_square=True, height=size, width=size)
     )
     b = first_batch(dm.test_dataloader())  # view 31
@@ -144,7 +151,7 @@ def test_rays_follow_the_real_intrinsics_through_the_square_crop(dtu_scan24):
 
 
 def test_crop_square_images_and_fov(dtu_scan24):
-    dm = MultiviewDataModule(dtu_cfg(dtu_scan24, crop_square=True, height=32, width=32, input_views=[25, 31]))
+    dm = loaded(dtu_cfg(dtu_scan24, crop_square=True, height=32, width=32, input_views=[25, 31]))
     cond = dm.conditioning()
     assert cond["images"].shape == (2, 32, 32, 3) and cond["indices"].tolist() == [25, 31]
     expected = resize_image(crop_to_square(load_image(str(dtu_scan24 / "image" / "000031.png"))[..., :3]), 32, 32)
@@ -158,7 +165,7 @@ def test_crop_square_images_and_fov(dtu_scan24):
 
 def test_default_targets_skip_inputs_and_excluded_views(dtu_scan24):
     excluded = [3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 36, 37, 38, 39]  # the ZeroNVS DTU protocol
-    dm = MultiviewDataModule(
+    dm = loaded(
         dtu_cfg(
             dtu_scan24, target_views=None, excluded_views=excluded, height=8, width=8, crop_square=True, n_val_views=3
         )
@@ -189,7 +196,7 @@ def test_nearest_view_by_rotation_angle_on_dtu(dtu_scan24):
 
 
 def test_datamodule_selection_and_cond_index(dtu_scan24):
-    dm = MultiviewDataModule(dtu_cfg(dtu_scan24, input_views=[0, 31], target_views=[25, 1], height=8, width=8))
+    dm = loaded(dtu_cfg(dtu_scan24, input_views=[0, 31], target_views=[25, 1], height=8, width=8))
     sel = dm.selection()
     assert [s["target"] for s in sel] == [25, 1] and sel[0]["source"] == 31 and sel[1]["source"] == 0
     assert sel[0]["angle_deg"] == pytest.approx(11.62, abs=0.01)
@@ -217,7 +224,7 @@ def test_no_scene_targets_from_npy_relative_to_the_input_camera(rgba_image, tmp_
     np.save(tmp_path / "targets.npy", rel)
     cfg = dict(image_path=str(rgba_image), target_c2w_path=str(tmp_path / "targets.npy"), height=16, width=16,
                default_fovy_deg=40.0, default_elevation_deg=15.0, pose_scale=2.0)  # fmt: skip
-    dm = MultiviewDataModule(cfg)
+    dm = loaded(cfg)
     dm.setup()
     canonical = orbit_c2w(torch.tensor([15.0]), torch.tensor([0.0]), torch.tensor([1.0]))[0]
     torch.testing.assert_close(dm.canonical_c2w, canonical)
@@ -237,9 +244,9 @@ def test_no_scene_targets_from_npy_relative_to_the_input_camera(rgba_image, tmp_
 def test_no_scene_targets_from_json_and_orbit(rgba_image, tmp_path):
     path = tmp_path / "targets.json"
     path.write_text(json.dumps({"c2w": np.eye(4)[None].tolist()}))
-    dm = MultiviewDataModule(dict(image_path=str(rgba_image), target_c2w_path=str(path), height=8, width=8))
+    dm = loaded(dict(image_path=str(rgba_image), target_c2w_path=str(path), height=8, width=8))
     assert len(dm.targets) == 1 and torch.allclose(dm.targets.c2w[0].float(), dm.canonical_c2w)
-    dm = MultiviewDataModule(
+    dm = loaded(
         dict(image_path=str(rgba_image), height=8, width=8, orbit=dict(n_views=4, elevation_deg=30.0, distance=1.5))
     )
     dm.setup("test")
@@ -261,7 +268,7 @@ def test_generated_views_join_training_with_their_weight(rgba_image, tmp_path):
         iio.imwrite(gen / f"target_{i:03d}.png", np.full((12, 12, 3), 200, dtype=np.uint8))
     cfg = dict(image_path=str(rgba_image), target_c2w_path=str(tmp_path / "targets.npy"), height=12, width=12,
                generated_views_dir=str(gen), generated_weight=0.25, train_rays_per_batch=4096)  # fmt: skip
-    dm = MultiviewDataModule(cfg)
+    dm = loaded(cfg)
     dm.setup("fit")
     assert len(dm.train_dataset) == 3 * 12 * 12
     weights = dm.train_dataset.rays["weight"][:, 0]
@@ -272,7 +279,7 @@ def test_generated_views_join_training_with_their_weight(rgba_image, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match="no generated views"):
-        MultiviewDataModule(dict(cfg, generated_views_dir=str(empty))).setup("fit")
+        loaded(dict(cfg, generated_views_dir=str(empty))).setup("fit")
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -306,7 +313,7 @@ def scene_cfg(scene: Path, **overrides) -> Dict[str, Any]:
 
 
 def test_synthetic_scene_loads(tmp_path):
-    dm = MultiviewDataModule(scene_cfg(make_scene(tmp_path / "s"), canonicalize=False, flip_world_yz=False))
+    dm = loaded(scene_cfg(make_scene(tmp_path / "s"), canonicalize=False, flip_world_yz=False))
     assert dm.targets.indices.tolist() == [1, 2]
     expected = orbit_c2w(torch.full((3,), 20.0), torch.linspace(0, 60, 3), torch.full((3,), 3.0)).double()
     torch.testing.assert_close(dm.inputs.c2w[0], expected[0], atol=1e-6, rtol=0)  # scale_mat undone
@@ -317,7 +324,7 @@ def test_index_out_of_range_names_file_and_index(tmp_path):
     scene = make_scene(tmp_path / "s")
     for key in ("input_views", "target_views", "excluded_views"):
         with pytest.raises(UserError, match=rf"data\.{key}: camera index 7 .*cameras\.npz has cameras 0\.\.2"):
-            MultiviewDataModule(scene_cfg(scene, **{key: [7]}))
+            loaded(scene_cfg(scene, **{key: [7]}))
 
 
 def test_missing_world_mat_and_bad_matrices(tmp_path):
@@ -326,35 +333,35 @@ def test_missing_world_mat_and_bad_matrices(tmp_path):
     del arrays["world_mat_1"]
     np.savez(scene / "cameras.npz", **arrays)
     with pytest.raises(UserError, match=r"cameras\.npz: camera 1 has no world_mat_1"):
-        MultiviewDataModule(scene_cfg(scene))
+        loaded(scene_cfg(scene))
     arrays["world_mat_1"] = np.zeros((4, 4))
     np.savez(scene / "cameras.npz", **arrays)
     with pytest.raises(UserError, match=r"cameras\.npz: camera 1: .*singular"):
-        MultiviewDataModule(scene_cfg(scene))
+        loaded(scene_cfg(scene))
     arrays["world_mat_1"] = np.full((4, 4), np.nan)
     np.savez(scene / "cameras.npz", **arrays)
     with pytest.raises(UserError, match=r"cameras\.npz: camera 1: .*non-finite"):
-        MultiviewDataModule(scene_cfg(scene))
+        loaded(scene_cfg(scene))
 
 
 def test_image_and_mask_count_mismatch(tmp_path):
     scene = make_scene(tmp_path / "s")
     (scene / "mask" / "002.png").unlink()
     with pytest.raises(UserError, match=r"mask has 2 masks but .*cameras\.npz has 3 cameras"):
-        MultiviewDataModule(scene_cfg(scene))
+        loaded(scene_cfg(scene))
     (scene / "image" / "000002.png").unlink()
     with pytest.raises(UserError, match=r"image has 2 images but .*cameras\.npz has 3 cameras"):
-        MultiviewDataModule(scene_cfg(scene, use_masks=False))
+        loaded(scene_cfg(scene, use_masks=False))
 
 
 def test_unreadable_image_names_file_and_camera(tmp_path):
     scene = make_scene(tmp_path / "s")
     (scene / "image" / "000001.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match=r"camera 1: cannot read image .*000001\.png"):
-        MultiviewDataModule(scene_cfg(scene))
+        loaded(scene_cfg(scene))
     iio.imwrite(scene / "image" / "000001.png", np.zeros((5, 5, 3), dtype=np.uint8))
     with pytest.raises(UserError, match=r"camera 1: image .*000001\.png is 5x5"):
-        MultiviewDataModule(scene_cfg(scene))
+        loaded(scene_cfg(scene))
 
 
 def test_config_errors(tmp_path, rgba_image):
@@ -363,19 +370,33 @@ def test_config_errors(tmp_path, rgba_image):
         MultiviewDataModule(dict(scene_dir=str(scene), image_path=str(rgba_image)))
     with pytest.raises(ConfigError, match="unknown config key 'scene'"):
         MultiviewDataModule(dict(scene=str(scene)))
-    with pytest.raises(ConfigError, match="excluded_views"):
-        MultiviewDataModule(scene_cfg(scene, excluded_views=[0]))
     with pytest.raises(ConfigError, match="no-scene mode"):
         MultiviewDataModule(scene_cfg(scene, orbit=dict(n_views=2)))
     with pytest.raises(ConfigError, match="background"):
         MultiviewDataModule(scene_cfg(scene, background="grey"))
+    nowhere = MultiviewDataModule(scene_cfg(tmp_path / "nowhere"))  # building reads no file; setup does
     with pytest.raises(UserError, match="scene_dir not found"):
-        MultiviewDataModule(scene_cfg(tmp_path / "nowhere"))
+        nowhere.setup()
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("input_views", [3]), ("target_views", [1]), ("excluded_views", [2]), ("use_masks", True),
+     ("flip_world_yz", False), ("canonicalize", False)],
+)
+def test_one_image_mode_refuses_scene_keys(rgba_image, key, value):
+    with pytest.raises(ConfigError, match=rf"data\.{key} apply to a posed scene"):
+        MultiviewDataModule(dict(image_path=str(rgba_image), **{key: value}))
+
+
+def test_scene_mode_refuses_the_one_image_fov(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.default_fovy_deg apply to one image"):
+        MultiviewDataModule(scene_cfg(make_scene(tmp_path / "s"), default_fovy_deg=30.0))
 
 
 def test_bad_target_pose_files(tmp_path, rgba_image):
     def dm_for(path: Path) -> MultiviewDataModule:
-        return MultiviewDataModule(dict(image_path=str(rgba_image), target_c2w_path=str(path), height=8, width=8))
+        return loaded(dict(image_path=str(rgba_image), target_c2w_path=str(path), height=8, width=8))
 
     np.save(tmp_path / "shape.npy", np.zeros((2, 3, 4)))
     with pytest.raises(UserError, match=r"shape\.npy: expected N×4×4"):

@@ -122,8 +122,8 @@ def test_factories_build_torch_modules_without_tcnn():
 def test_fast_paths_fall_back_when_tcnn_missing(monkeypatch):
     monkeypatch.setattr(fast_paths, "_mode", "auto")  # earlier tests may have built systems with fast_paths off
     monkeypatch.setattr(fast_paths, "_cuda_available", lambda: True)
-    monkeypatch.setattr(fast_paths, "_probe_cache", {"tinycudann": False, "nerfacc": False})
-    assert fast_paths.use_tcnn() is False and fast_paths.use_nerfacc() is False
+    monkeypatch.setattr(fast_paths, "_probe_cache", {"tinycudann": False})
+    assert fast_paths.use_tcnn() is False
     # pretend tinycudann works: "auto" uses it, "off" does not
     monkeypatch.setattr(fast_paths, "_probe_cache", {"tinycudann": True})
     assert fast_paths.use_tcnn() is True

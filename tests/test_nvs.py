@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# every test here launches launch.py in a subprocess
+pytestmark = pytest.mark.slow
 TARGETS = [31, 13, 0]
 
 
@@ -26,9 +28,9 @@ def launch(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
-def nvs_args(root: Path, model_dir: Path, *extra: str) -> list:
+def nvs_args(root: Path, model_dir: Path, *extra: str, config: str = "zeronvs_nvs.yaml") -> list:
     return [
-        "--config", str(ROOT / "configs" / "zeronvs_nvs.yaml"), "--test",
+        "--config", str(ROOT / "configs" / config), "--test",
         f"exp_root_dir={root}", "use_timestamp=false",
         f"system.guidance.pretrained_model_name_or_path={model_dir / 'model.ckpt'}",
         f"system.guidance.pretrained_config={model_dir / 'config.yaml'}",
@@ -58,7 +60,7 @@ def scene_run(tmp_path_factory, dtu_scan24, zeronvs_tiny_dir):
     return root / "zeronvs_nvs" / "nvs" / "save", res.stdout + res.stderr
 
 
-def test_scene_writes_every_target_once_with_metrics(scene_run):
+def test_scene_writes_every_target_once_with_metrics(scene_run, dtu_scan24):
     save, output = scene_run
     files = sorted(p.name for p in (save / "nvs").iterdir())
     assert files == [f"target_{i:03d}.png" for i in sorted(TARGETS)]
@@ -69,9 +71,23 @@ def test_scene_writes_every_target_once_with_metrics(scene_run):
     metrics = load_json(save / "metrics.json")
     assert set(metrics) == {"psnr", "ssim", "lpips", "per_view"}
     assert [v["target"] for v in metrics["per_view"]] == sorted(TARGETS)
+    # the metrics are those of the written images against the datamodule's ground truth (PNG rounding aside)
+    import threestudio
+    from threestudio.utils.config import load_config
+    from threestudio.utils.metrics import compute_metrics
+
+    cfg = load_config(str(ROOT / "configs" / "zeronvs_nvs.yaml"),
+                      cli_args=[f"data.scene_dir={dtu_scan24}", f"data.target_views={TARGETS}", "data.height=32",
+                                "data.width=32"])  # fmt: skip
+    datamodule = threestudio.find(cfg.data_type)(cfg.data)
+    datamodule.setup("test")
     for view in metrics["per_view"]:
         assert set(view) == {"target", "psnr", "ssim", "lpips"}
-        assert 0.0 < view["psnr"] < 60.0 and -1.0 <= view["ssim"] <= 1.0
+        k = TARGETS.index(view["target"])
+        image = load_image(str(save / "nvs" / f"target_{view['target']:03d}.png"))[..., :3]
+        expected = compute_metrics(image, datamodule.targets.rgb[k])
+        assert view["psnr"] == pytest.approx(expected["psnr"], abs=0.2)
+        assert view["ssim"] == pytest.approx(expected["ssim"], abs=0.02)
     assert metrics["psnr"] == pytest.approx(np.mean([v["psnr"] for v in metrics["per_view"]]))
     sheet = load_image(str(save / "contact_sheet.png"))
     assert sheet.shape[:2] == (32 * len(TARGETS), 3 * 32)  # source | generated | ground truth
@@ -102,7 +118,7 @@ def test_no_scene_orbit(tmp_path, zeronvs_tiny_dir):
     res = launch(
         *nvs_args(
             tmp_path, zeronvs_tiny_dir, "data.image_path=skimage:motorcycle_left", "data.orbit.n_views=3",
-            "data.orbit.elevation_deg=20", "data.orbit.distance=1.0", "tag=orbit",
+            "data.orbit.elevation_deg=20", "data.orbit.distance=1.0", "tag=orbit", config="zeronvs_nvs_image.yaml",
         )
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -169,7 +185,7 @@ def test_no_scene_target_poses_file(tmp_path, zeronvs_tiny_dir):
     poses = tmp_path / "poses.npy"
     np.save(poses, rel.numpy())
     res = launch(*nvs_args(tmp_path, zeronvs_tiny_dir, "data.image_path=skimage:motorcycle_left",
-                           f"data.target_c2w_path={poses}", "tag=poses"))
+                           f"data.target_c2w_path={poses}", "tag=poses", config="zeronvs_nvs_image.yaml"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     save = tmp_path / "zeronvs_nvs" / "poses" / "save"
     assert sorted(p.name for p in (save / "nvs").iterdir()) == ["target_000.png", "target_001.png"]

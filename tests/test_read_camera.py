@@ -166,6 +166,7 @@ def test_cli_bad_input_exits_2_with_one_line(dtu_scan24, tmp_path, capsys):
     assert "no cameras.npz" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_help_explains_the_format():
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     out = subprocess.run(

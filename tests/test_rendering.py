@@ -15,8 +15,8 @@ from threestudio.models.renderers.rendering import (
     render_weights,
     sample_pdf,
     spacing_to_distance,
-    stratified_samples,
 )
+from threestudio.models.renderers.samplers import sample_stratified
 from threestudio.utils.errors import ConfigError
 
 TINY_GRID = {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2, "log2_hashmap_size": 10,
@@ -66,7 +66,7 @@ def test_constant_density_slab_opacity_and_depth():
     """Density σ on [a, b], 0 elsewhere: opacity 1 − e^{−σL}, depth ∫ t σ e^{−σ(t−a)} dt."""
     sigma, a, b = 1.5, 2.0, 3.0
     L = b - a
-    t = stratified_samples(0.0, 5.0, 5000, randomized=False)  # (1, 5001)
+    t = spacing_to_distance(sample_stratified(1, 5000, False, torch.device("cpu")), 0.0, 5.0, "uniform")  # (1, 5001)
     t_mid = 0.5 * (t[:, 1:] + t[:, :-1])
     sigmas = torch.where((t_mid > a) & (t_mid < b), torch.tensor(sigma), torch.tensor(0.0)).double()
     weights, _, _ = render_weights(sigmas, (t[:, 1:] - t[:, :-1]).double())
@@ -79,7 +79,7 @@ def test_constant_density_slab_opacity_and_depth():
 
 def test_stratified_samples_cover_near_far_monotonically():
     for sampling_type in ("uniform", "lindisp"):
-        t = stratified_samples(torch.full((9, 1), 0.5), torch.full((9, 1), 1000.0), 64, True, sampling_type)
+        t = spacing_to_distance(sample_stratified(9, 64, True, torch.device("cpu")), 0.5, 1000.0, sampling_type)
         assert t.shape == (9, 65)
         assert torch.allclose(t[:, 0], torch.tensor(0.5)) and torch.allclose(t[:, -1], torch.tensor(1000.0))
         assert (t[:, 1:] >= t[:, :-1]).all()

@@ -122,7 +122,7 @@ def test_train_batch_keys_shapes_and_reference_camera(rgba_path):
 
 def test_rgba_mask_from_alpha_and_straight_colour(rgba_path):
     dm = _datamodule(rgba_path, height=16, width=16, resolution_milestones=[])
-    batch = dm.train_dataset.collate(None)
+    batch = dm.train_dataset.make_batch()
     mask, rgb = batch["mask"][0, ..., 0], batch["rgb"][0]
     expected = torch.zeros(16, 16)
     expected[4:12, 4:12] = 1.0
@@ -143,7 +143,7 @@ def test_rgba_mask_from_alpha_and_straight_colour(rgba_path):
 
 def test_rgb_image_has_a_full_mask(wide_rgb_path):
     dm = _datamodule(wide_rgb_path)
-    batch = dm.train_dataset.collate(None)
+    batch = dm.train_dataset.make_batch()
     assert torch.equal(batch["mask"], torch.ones(1, 8, 8, 1))
 
 
@@ -162,7 +162,7 @@ def test_crop_modes(wide_rgb_path):
     torch.testing.assert_close(img[0, 24], white)  # transparent padding, composited on white
     torch.testing.assert_close(img[24, 2], red)
     torch.testing.assert_close(img[24, 45], blue)
-    mask = pad.train_dataset.collate(None)["mask"][0, :, :, 0]
+    mask = pad.train_dataset.make_batch()["mask"][0, :, :, 0]
     assert torch.equal(mask[:4], torch.zeros(4, 12)) and torch.equal(mask[8:], torch.zeros(4, 12))
     assert torch.equal(mask[4:8], torch.ones(4, 12))
 
@@ -172,7 +172,7 @@ def test_crop_modes(wide_rgb_path):
     torch.testing.assert_close(img[5, 2], red)
     torch.testing.assert_close(img[40, 24], green)
     torch.testing.assert_close(img[20, 45], blue)
-    batch = stretch.train_dataset.collate(None)
+    batch = stretch.train_dataset.make_batch()
     assert torch.equal(batch["mask"], torch.ones(1, 12, 12, 1))
     torch.testing.assert_close(batch["rgb"][0, :, 0], red.expand(12, 3))
 
@@ -181,7 +181,10 @@ def test_crop_modes(wide_rgb_path):
 
 
 def test_conditioning_is_capped(rgba_path):
-    dm = SingleImageDataModule(_config(rgba_path, conditioning_max_size=20))  # no setup needed
+    dm = SingleImageDataModule(_config(rgba_path, conditioning_max_size=20))
+    with pytest.raises(RuntimeError, match="setup"):
+        dm.conditioning()
+    dm.setup("test")
     images = dm.conditioning()["images"]
     assert images.shape == (1, 20, 20, 3) and images.min() >= 0 and images.max() <= 1
 
@@ -189,39 +192,45 @@ def test_conditioning_is_capped(rgba_path):
 def test_stage_switch_and_progressive_cameras_follow_update_step(rgba_path):
     dm = _datamodule(rgba_path)
     dataset = dm.train_dataset
-    batch = dataset.collate(None)
+    batch = dataset.make_batch()
     # step 0 with progressive_until=10: random views sit at the reference elevation and azimuth
     torch.testing.assert_close(batch["random_camera"]["elevation_deg"], torch.full((3,), 31.0), atol=1e-4, rtol=0)
     torch.testing.assert_close(batch["random_camera"]["azimuth_deg"], torch.full((3,), 25.0))
 
     dataset.do_update_step(0, 4)  # the milestone: both the reference view and the random views switch
-    batch = dataset.collate(None)
+    batch = dataset.make_batch()
     assert (batch["height"], batch["width"]) == (16, 16) and batch["rgb"].shape == (1, 16, 16, 3)
     assert batch["rays_o"].shape == (1, 16, 16, 3) and batch["mask"].shape == (1, 16, 16, 1)
     random = batch["random_camera"]
     assert random["rays_d"].shape == (1, 10, 10, 3) and (random["height"], random["width"]) == (10, 10)
 
     dataset.update_step(0, 3)
-    assert dataset.collate(None)["rgb"].shape == (1, 8, 8, 3)
+    assert dataset.make_batch()["rgb"].shape == (1, 8, 8, 3)
 
 
 def test_reference_rays_and_noise(rgba_path):
     dm = _datamodule(rgba_path, height=9, width=9, resolution_milestones=[], rays_noise_scale=0.0)
-    batch = dm.train_dataset.collate(None)
+    batch = dm.train_dataset.make_batch()
     o, d = batch["rays_o"][0, 4, 4], batch["rays_d"][0, 4, 4]
     assert (o - (o @ d) * d).norm() < 1e-5  # the centre ray passes through the origin
     torch.testing.assert_close(o, batch["c2w"][0, :3, 3])
 
-    noisy = _datamodule(rgba_path, height=9, width=9, resolution_milestones=[], rays_noise_scale=1e-2)
-    a, b = noisy.train_dataset.collate(None), noisy.train_dataset.collate(None)
-    assert not torch.equal(a["rays_o"], b["rays_o"])  # redrawn every batch
-    assert (a["rays_o"] - batch["rays_o"]).abs().max() < 0.1
+    noisy = _datamodule(rgba_path, height=[9, 9], width=[9, 9], resolution_milestones=[5], rays_noise_scale=1e-2)
+    a, b = noisy.train_dataset.make_batch(), noisy.train_dataset.make_batch()
+    torch.testing.assert_close(a["rays_o"], b["rays_o"])  # drawn once per stage, as ZeroNVS
+    assert not torch.equal(a["rays_o"], batch["rays_o"]) and (a["rays_o"] - batch["rays_o"]).abs().max() < 0.1
+    shift = a["rays_o"] - batch["rays_o"]
+    torch.testing.assert_close(shift, shift[:, :1, :1].expand_as(shift))  # one 3-vector for every ray
     torch.testing.assert_close(a["rays_d"].norm(dim=-1), torch.ones(1, 9, 9))
+    noisy.train_dataset.update_step(0, 5)  # the next stage draws its own noise
+    c = noisy.train_dataset.make_batch()
+    assert not torch.equal(c["rays_o"], a["rays_o"])
+    torch.testing.assert_close(noisy.train_dataset.make_batch()["rays_d"], c["rays_d"])
 
 
 def test_without_random_cameras(rgba_path):
     dm = _datamodule(rgba_path, use_random_camera=False)
-    assert set(dm.train_dataset.collate(None)) == REFERENCE_KEYS
+    assert set(dm.train_dataset.make_batch()) == REFERENCE_KEYS
 
 
 def test_val_and_test_orbits(rgba_path):
@@ -252,12 +261,13 @@ def test_val_and_test_orbits(rgba_path):
 
 def test_user_errors(tmp_path, rgba_path):
     missing = str(tmp_path / "nope.png")
+    not_read = SingleImageDataModule(_config(missing))  # building reads no file; setup does
     with pytest.raises(UserError, match="nope.png"):
-        SingleImageDataModule(_config(missing))
+        not_read.setup()
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     with pytest.raises(UserError, match="broken.png"):
-        SingleImageDataModule(_config(str(broken)))
+        SingleImageDataModule(_config(str(broken))).setup()
     for key in ("requires_depth", "requires_normal"):
         with pytest.raises(UserError, match=f"data.{key}"):
             SingleImageDataModule(_config(rgba_path, **{key: True}))
@@ -273,9 +283,21 @@ def test_user_errors(tmp_path, rgba_path):
         SingleImageDataModule(_config(""))
 
 
-def test_lightning_fit_sees_stage_switch_at_the_milestone_step(rgba_path):
-    """Lightning fetches batches ahead; the datamodule redraws them at the step they are used."""
+def test_lightning_fit_sees_stage_switch_at_the_milestone_step(rgba_path, monkeypatch):
+    """Lightning fetches batches ahead; the datamodule builds each batch once, at the step it is used."""
     import lightning.pytorch as pl
+
+    from threestudio.data.single_image import SingleImageIterableDataset
+
+    calls = {"make_batch": 0, "update_step": 0}
+    for name in calls:
+        original = getattr(SingleImageIterableDataset, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(SingleImageIterableDataset, name, counted)
 
     class Recorder(pl.LightningModule):
         def __init__(self):
@@ -308,4 +330,6 @@ def test_lightning_fit_sees_stage_switch_at_the_milestone_step(rgba_path):
     )
     trainer.fit(model, datamodule=dm)
     assert model.seen == [(s, 8 if s < 4 else 16, 3 if s < 4 else 1) for s in range(6)]
+    # one batch built and one step pushed into the dataset per training step, prefetching included
+    assert calls == {"make_batch": 6, "update_step": 6}, calls
     assert model.val_shapes and all(shape == (1, 12, 12, 3) for shape in model.val_shapes)

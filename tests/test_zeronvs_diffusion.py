@@ -297,17 +297,28 @@ def test_convert_cli(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".convert-")] == []
 
 
-def test_lightning_pickle_with_hyper_parameters_falls_back_with_a_warning(tmp_path, caplog):
+class NotAllowListed(dict):
+    """A harmless class outside the loader's allow-list (loading it needs full unpickling)."""
+
+
+def test_lightning_pickle_with_hyper_parameters_loads_without_full_unpickling(tmp_path, caplog):
     import argparse
     import logging
 
     from zeronvs_diffusion.checkpoint import read_state_dict
+    from zeronvs_diffusion.errors import CheckpointError
 
     fixture = require_shared("fixtures", "zeronvs_tiny")
     state = torch.load(fixture / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     small = {k: v for k, v in list(state.items())[:4]}
+    # allow-listed: argparse.Namespace (ldm's main.py), loaded with weights_only=True
     torch.save({"state_dict": small, "hyper_parameters": argparse.Namespace(lr=1e-4)}, tmp_path / "l.ckpt")
-    with caplog.at_level(logging.WARNING, logger="zeronvs_diffusion.checkpoint"):
-        loaded = read_state_dict(str(tmp_path / "l.ckpt"))
-    assert "weights_only=False" in caplog.text
+    loaded = read_state_dict(str(tmp_path / "l.ckpt"))
     assert loaded.keys() == small.keys() and all(torch.equal(loaded[k], small[k]) for k in small)
+    # anything else needs the explicit opt-in, which warns about what it risks
+    torch.save({"state_dict": small, "extra": NotAllowListed(a=1)}, tmp_path / "c.ckpt")
+    with pytest.raises(CheckpointError, match="trust_checkpoint=true"):
+        read_state_dict(str(tmp_path / "c.ckpt"))
+    with caplog.at_level(logging.WARNING, logger="zeronvs_diffusion.torch_load"):
+        loaded = read_state_dict(str(tmp_path / "c.ckpt"), trust=True)
+    assert "full unpickling" in caplog.text and loaded.keys() == small.keys()

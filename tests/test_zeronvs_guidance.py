@@ -354,6 +354,7 @@ def test_vae_gradient_checkpointing_keeps_the_gradient_and_saves_less(zeronvs_ti
     shutil.which("c++") is None and shutil.which("g++") is None,
     reason="torch.compile's CPU backend (inductor) needs a C++ compiler on PATH",
 )
+@pytest.mark.slow  # torch.compile builds C++ kernels (~20 s)
 def test_compiled_unet_gives_the_eager_sds_gradient(zeronvs_tiny_dir):
     """compile_unet (torch.compile, inductor on the CPU: about half a minute to compile) keeps the SDS gradient."""
     rgb, batch = torch.rand(2, 32, 32, 3), views([45.0, -120.0])
@@ -396,7 +397,7 @@ def test_unused_or_unknown_keys_are_config_errors(tmp_path, key):
 
 
 def test_weights_dtype_resolution():
-    from threestudio.models.guidance.zeronvs_guidance import resolve_weights_dtype
+    from zeronvs_diffusion.model_config import resolve_weights_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_weights_dtype("auto", True, cpu) == torch.float32
@@ -463,6 +464,11 @@ def test_sds_anchoring(zeronvs_tiny_dir, tmp_path):
     # the probability is schedulable: at step 10 it is 0 and every sample uses its input view
     guidance.update_step(0, 10)
     assert guidance.select_conditioning(batch["c2w"]).tolist() == [0, 0, 0]
+    # ... while guidance_scale_aux still follows the nearest bank view, as ZeroNVS
+    out = guidance(torch.rand(3, 32, 32, 3), batch)
+    (_, _, _, _, c_concat, scale), _, _ = sds_grad.calls[-1]
+    assert scale.tolist() == [2.0, 2.0, 5.0] and out["aux_fraction"] == 0
+    torch.testing.assert_close(c_concat, bank.c_concat[[0, 0, 0]])
 
 
 def test_several_input_views_follow_cond_index(zeronvs_tiny_dir):

@@ -15,11 +15,12 @@ __version__ = "0.1.0"
 
 logger = logging.getLogger("threestudio")
 
-# name -> module that registers it. Keep in step with the @register calls (tests/test_registry.py checks).
+# name -> module that registers it. Keep in step with the @register calls (tests/test_config.py checks).
 _COMPONENT_MODULES: Dict[str, str] = {
     # data
     "single-image-datamodule": "threestudio.data.single_image",
     "multiview-datamodule": "threestudio.data.multiview",
+    "single-view-scene-datamodule": "threestudio.data.single_view_scene",
     # geometry
     "implicit-volume": "threestudio.models.geometry.implicit_volume",
     # materials

@@ -1,19 +1,28 @@
-"""Wire an experiment together: config → trial folder → datamodule + system → Lightning Trainer.
+"""Wire an experiment together: config → checks → trial folder → datamodule + system → Lightning Trainer.
 
-``launch.py`` parses the command line and calls :func:`run`; everything here raises
-:class:`~threestudio.utils.errors.UserError` for bad input before anything is written.
+``launch.py`` parses the command line and calls :func:`run`. Bad input raises
+:class:`~threestudio.utils.errors.UserError` before anything is written: the config, the ``trainer.*`` and
+``checkpoint.*`` values, the optimizer, ``system.weights`` and the ``resume`` checkpoint (read without running
+code from it and checked to fit the system) are all checked first. Then the trial folder is created (or, when
+resuming, found: the trial a checkpoint lives in) and locked for the whole run (:mod:`threestudio.utils.trial_lock`).
+A resume keeps what the trial holds: its config goes to ``configs/parsed-resume-N.yaml`` and its CSV log to
+``csv_logs/resume-N/``.
 """
 
 from __future__ import annotations
 
+import glob
 import inspect
 import logging
 import os
-from typing import Any, Sequence
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence
 
 import threestudio
 from threestudio.utils.config import config_to_primitive, dump_config, load_config
-from threestudio.utils.errors import ConfigError, UserError
+from threestudio.utils.errors import ConfigError, TrainingDiverged, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +40,54 @@ def _check_kwargs(target: Any, kwargs: dict, section: str) -> None:
         if key not in params:
             valid = ", ".join(p for p in params if p not in ("self", "args", "kwargs"))
             raise ConfigError(f"unknown config key '{section}.{key}'; valid keys: {valid}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_trainer_values(kwargs: dict) -> None:
+    """ConfigError for ``trainer.*`` values Lightning would only fail on (or loop forever with) later."""
+    steps = kwargs.get("max_steps", -1)  # absent: Lightning's default (max_epochs decides)
+    if not _is_int(steps) or steps == 0 or steps < -1:
+        raise ConfigError(f"trainer.max_steps must be a positive integer, got {steps!r}")
+    explicit_forever = "max_steps" in kwargs and steps == -1
+    if explicit_forever and kwargs.get("max_time") is None and kwargs.get("max_epochs") in (None, -1):
+        raise ConfigError(
+            "trainer.max_steps=-1 would train forever: set a positive trainer.max_steps (or trainer.max_time)"
+        )
+    for key in ("log_every_n_steps", "accumulate_grad_batches", "check_val_every_n_epoch"):
+        value = kwargs.get(key, 1)
+        if value is not None and (not _is_int(value) or value < 1):
+            raise ConfigError(f"trainer.{key} must be an integer >= 1, got {value!r}")
+    for key in ("max_epochs", "num_sanity_val_steps"):
+        value = kwargs.get(key)
+        if value is not None and (not _is_int(value) or value < -1):
+            raise ConfigError(f"trainer.{key} must be an integer >= -1, got {value!r}")
+    interval = kwargs.get("val_check_interval")
+    if interval is not None:
+        valid = _is_int(interval) and interval >= 1 or isinstance(interval, float) and 0.0 < interval <= 1.0
+        if not valid:
+            raise ConfigError(
+                f"trainer.val_check_interval must be a number of steps >= 1 or a fraction in (0, 1], got {interval!r}"
+            )
+
+
+def check_checkpoint_values(kwargs: dict) -> None:
+    """ConfigError for ``checkpoint.*`` values ModelCheckpoint would reject with a traceback."""
+    for key in ("every_n_train_steps", "every_n_epochs"):
+        value = kwargs.get(key)
+        if value is not None and (not _is_int(value) or value < 0):
+            raise ConfigError(f"checkpoint.{key} must be an integer >= 0 (0 = off), got {value!r}")
+    top_k = kwargs.get("save_top_k", 1)
+    if not _is_int(top_k) or top_k < -1:
+        raise ConfigError(f"checkpoint.save_top_k must be an integer >= -1, got {top_k!r}")
+    if kwargs.get("save_last") not in (None, True, False, "link"):
+        raise ConfigError(f"checkpoint.save_last must be true, false or link, got {kwargs['save_last']!r}")
 
 
 def trainer_kwargs(cfg_trainer: dict, n_gpus: int) -> dict:
@@ -56,70 +113,208 @@ def trainer_kwargs(cfg_trainer: dict, n_gpus: int) -> dict:
     return kwargs
 
 
+def _ckpt_trial(resume: str) -> Optional[str]:
+    """The trial folder a checkpoint lives in (``TRIAL/ckpts/X.ckpt`` beside ``TRIAL/configs/``), else None."""
+    ckpt_dir = os.path.dirname(os.path.abspath(resume))
+    trial = os.path.dirname(ckpt_dir)
+    if os.path.basename(ckpt_dir) == "ckpts" and os.path.isdir(os.path.join(trial, "configs")):
+        return trial
+    return None
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.abspath(path).startswith(os.path.abspath(folder) + os.sep)
+
+
+@dataclass
+class TrialPlan:
+    """Where a run writes: ``trial_dir``, and whether it continues that existing trial (``existing``)."""
+
+    trial_dir: str
+    existing: bool
+
+
+def plan_trial(cfg: Any, config_path: str, is_owner: bool = True) -> TrialPlan:
+    """The trial folder of the run: the config's, or — with ``resume=`` — the trial the checkpoint lives in.
+
+    A resume continues the trial its checkpoint is in when that is the config's trial, or when the config is
+    that trial's own ``configs/*.yaml`` (a copied or moved trial). Otherwise the run is a new trial, whose
+    folder must not exist yet (checked by the owner, rank 0, only: DDP workers start after it created it).
+    """
+    trial_dir = cfg.trial_dir
+    if cfg.resume is not None:
+        ckpt_trial = _ckpt_trial(cfg.resume)
+        if _inside(cfg.resume, trial_dir):
+            return TrialPlan(trial_dir, existing=True)
+        if ckpt_trial is not None and _inside(config_path, ckpt_trial):
+            if os.path.abspath(ckpt_trial) != os.path.abspath(trial_dir):
+                logger.info("continuing the trial the checkpoint lives in: %s", ckpt_trial)
+            return TrialPlan(ckpt_trial, existing=True)
+    if is_owner and os.path.exists(trial_dir):
+        raise UserError(
+            f"trial folder {trial_dir} already exists; pick another tag/name, set use_timestamp=true, "
+            f"or pass resume={trial_dir}/ckpts/last.ckpt to continue or render it"
+        )
+    return TrialPlan(trial_dir, existing=False)
+
+
+def check_resume_path(resume: Optional[str]) -> None:
+    if resume is None:
+        return
+    if os.path.isdir(resume):
+        hint = os.path.join(resume, "ckpts", "last.ckpt") if os.path.isdir(os.path.join(resume, "ckpts")) else None
+        hint = hint or os.path.join(resume, "last.ckpt")
+        raise UserError(f"resume={resume} is a folder; pass the checkpoint file, e.g. resume={hint}")
+    if not os.path.isfile(resume):
+        raise UserError(f"resume checkpoint not found: {resume}")
+
+
+def _resume_number(trial_dir: str) -> int:
+    """1 + the number of earlier resumes of the trial (from its ``configs/parsed-resume-N.yaml``)."""
+    done = [
+        int(m.group(1))
+        for p in glob.glob(os.path.join(glob.escape(trial_dir), "configs", "parsed-resume-*.yaml"))
+        if (m := re.search(r"parsed-resume-(\d+)\.yaml$", p))
+    ]
+    return max(done, default=0) + 1
+
+
+def _write_trial_config(cfg: Any, plan: TrialPlan, mode: str) -> Optional[int]:
+    """Write the run's config into the trial; returns the resume number N of a training resume, else None.
+
+    A new trial gets ``configs/parsed.yaml``; a training resume ``configs/parsed-resume-N.yaml`` (parsed.yaml and
+    the earlier ones are kept). Rendering an existing trial writes nothing (unless it has no parsed.yaml).
+    """
+    parsed = os.path.join(plan.trial_dir, "configs", "parsed.yaml")
+    if plan.existing and mode == "train" and os.path.exists(parsed):
+        number = _resume_number(plan.trial_dir)
+        dump_config(os.path.join(plan.trial_dir, "configs", f"parsed-resume-{number}.yaml"), cfg)
+        return number
+    if not os.path.exists(parsed):
+        dump_config(parsed, cfg)
+    return None
+
+
+def _build_trainer(
+    cfg: Any,
+    mode: str,
+    trial_dir: str,
+    resume_number: Optional[int],
+    t_kwargs: Dict[str, Any],
+    preloaded: Dict[str, Any],
+) -> Any:
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from threestudio.utils.checkpoint_io import AtomicCheckpointIO, FiniteModelCheckpoint
+
+    callbacks, loggers = [], False
+    if mode == "train":
+        ckpt_kwargs = dict(config_to_primitive(cfg.checkpoint))
+        callbacks.append(FiniteModelCheckpoint(dirpath=os.path.join(trial_dir, "ckpts"), **ckpt_kwargs))
+        csv_version = "" if resume_number is None else f"resume-{resume_number}"
+        loggers = [
+            TensorBoardLogger(trial_dir, name="tb_logs", version=""),
+            CSVLogger(trial_dir, name="csv_logs", version=csv_version),
+        ]
+    return pl.Trainer(
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO(preloaded=preloaded)],
+        default_root_dir=trial_dir,
+        **t_kwargs,
+    )
+
+
+def _check_before_writing(cfg: Any, mode: str, system: Any, n_gpus: int) -> Dict[str, Any]:
+    """Check everything left that can fail on user input; returns the resume checkpoint read (by path)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    kwargs = trainer_kwargs(cfg.trainer, n_gpus)
+    ckpt_kwargs = dict(config_to_primitive(cfg.checkpoint))
+    _check_kwargs(ModelCheckpoint.__init__, ckpt_kwargs, "checkpoint")
+    if mode == "train":  # the values only training uses
+        check_trainer_values(kwargs)
+        check_checkpoint_values(ckpt_kwargs)
+        system.configure_optimizers()  # bad optimizer/scheduler arguments fail here, not inside fit
+    if cfg.resume is None:
+        return {}
+    return {cfg.resume: system.check_resume_checkpoint(cfg.resume)}
+
+
+def resolve_data_config(cfg: Any) -> None:
+    """Let the datamodule fill in values it derives from its input (``data.default_fovy_deg: auto`` → the
+    image's EXIF fov), in place, so that ``configs/parsed.yaml`` records what the run uses."""
+    resolve = getattr(threestudio.find(cfg.data_type), "resolve_config", None)
+    if resolve is not None:
+        cfg.data = resolve(cfg.data)
+
+
 def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int = 1) -> str:
     """Run ``mode`` (train | validate | test | export) for the config. Returns the trial folder."""
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    started = time.perf_counter()
     timestamp = os.environ.get(_TIMESTAMP_ENV)
     overrides = {"timestamp": timestamp} if timestamp else {}
     cfg = load_config(config_path, cli_args=cli_args, n_gpus=n_gpus, **overrides)
     if cfg.use_timestamp:
         os.environ[_TIMESTAMP_ENV] = cfg.timestamp
-
-    resume = cfg.resume
-    if resume is not None and not os.path.isfile(resume):
-        raise UserError(f"resume checkpoint not found: {resume}")
+    check_resume_path(cfg.resume)
     if not cfg.data_type or not cfg.system_type:
         raise ConfigError("the config must set data_type and system_type")
+    resolve_data_config(cfg)
+    plan = plan_trial(cfg, config_path, is_owner=_rank() == 0)
+    cfg.trial_dir = plan.trial_dir
 
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    from threestudio.utils.checkpoint_io import AtomicCheckpointIO
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = threestudio.find(cfg.data_type)(cfg.data)
-    system = threestudio.find(cfg.system_type)(cfg.system, resumed=resume is not None and mode == "train")
-    # Everything that can fail on user input (images, checkpoints, guidance) fails here, before any write.
+    system = threestudio.find(cfg.system_type)(cfg.system)
+    # Everything that can fail on user input (images, checkpoints, guidance, values) fails here, before any write.
     datamodule.setup("fit" if mode == "train" else mode)
     system.prepare(mode, datamodule)
-    t_kwargs = trainer_kwargs(cfg.trainer, n_gpus)
-    ckpt_kwargs = dict(config_to_primitive(cfg.checkpoint))
-    _check_kwargs(ModelCheckpoint.__init__, ckpt_kwargs, "checkpoint")
+    preloaded = _check_before_writing(cfg, mode, system, n_gpus)
 
-    trial_dir = cfg.trial_dir
-    resuming_here = resume is not None and os.path.abspath(resume).startswith(os.path.abspath(trial_dir) + os.sep)
-    if _rank() == 0:
-        if os.path.exists(trial_dir) and not resuming_here:
-            raise UserError(
-                f"trial folder {trial_dir} already exists; pick another tag/name, set use_timestamp=true, "
-                f"or pass resume={trial_dir}/ckpts/last.ckpt to continue or render it"
-            )
-        os.makedirs(trial_dir, exist_ok=True)
-        parsed = os.path.join(trial_dir, "configs", "parsed.yaml")
-        if mode == "train" or not os.path.exists(parsed):
-            dump_config(parsed, cfg)
+    if _rank() != 0:  # DDP workers: rank 0 owns the folder, its lock and its config
+        return _fit_or_render(cfg, mode, system, datamodule, None, n_gpus, preloaded, started)
+    if not plan.existing:
+        os.makedirs(os.path.dirname(plan.trial_dir) or ".", exist_ok=True)
+        try:
+            os.mkdir(plan.trial_dir)  # atomic: of two runs racing for a new trial, one gets an error here
+        except FileExistsError:
+            raise UserError(f"trial folder {plan.trial_dir} already exists (created by another run just now)") from None
+    from threestudio.utils.checkpoint_io import remove_stale_temporaries
+    from threestudio.utils.trial_lock import trial_lock
+
+    with trial_lock(plan.trial_dir):
+        remove_stale_temporaries(os.path.join(plan.trial_dir, "ckpts"))
+        resume_number = _write_trial_config(cfg, plan, mode)
+        return _fit_or_render(cfg, mode, system, datamodule, resume_number, n_gpus, preloaded, started)
+
+
+def _fit_or_render(
+    cfg: Any,
+    mode: str,
+    system: Any,
+    datamodule: Any,
+    resume_number: Optional[int],
+    n_gpus: int,
+    preloaded: dict,
+    started: float,
+) -> str:
+    """Run the Lightning loop of ``mode`` in ``cfg.trial_dir``, then write the run's report; returns the trial."""
+    trial_dir, resume = cfg.trial_dir, cfg.resume
     system.set_save_dir(os.path.join(trial_dir, "save"))
     logger.info("trial folder: %s", trial_dir)
-
-    callbacks = []
-    loggers: Any = False
+    t_kwargs = trainer_kwargs(cfg.trainer, n_gpus)
+    trainer = _build_trainer(cfg, mode, trial_dir, resume_number, t_kwargs, preloaded)
     if mode == "train":
-        callbacks.append(ModelCheckpoint(dirpath=os.path.join(trial_dir, "ckpts"), **ckpt_kwargs))
-        loggers = [
-            TensorBoardLogger(trial_dir, name="tb_logs", version=""),
-            CSVLogger(trial_dir, name="csv_logs", version=""),
-        ]
-    trainer = pl.Trainer(
-        callbacks=callbacks,
-        logger=loggers,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=trial_dir,
-        **t_kwargs,
-    )
-    if mode == "train":
-        trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
+        try:
+            trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e}; {trainer.checkpoint_callback.kept_checkpoint()}") from None
         trainer.test(system, datamodule=datamodule)
     elif mode == "validate":
         trainer.validate(system, datamodule=datamodule, ckpt_path=resume)
@@ -127,4 +322,9 @@ def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int =
         trainer.test(system, datamodule=datamodule, ckpt_path=resume)
     else:
         trainer.predict(system, datamodule=datamodule, ckpt_path=resume, return_predictions=False)
+    if mode in ("train", "test") and _rank() == 0:
+        from threestudio.utils.report import finish_run
+
+        device = f"{t_kwargs['accelerator']} x{t_kwargs['devices']}"
+        logger.info("report: %s", finish_run(trial_dir, mode, time.perf_counter() - started, device))
     return trial_dir

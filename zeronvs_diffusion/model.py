@@ -29,6 +29,7 @@ from zeronvs_diffusion.ldm_config import (
     load_ldm_yaml,
     parse_architecture,
 )
+from zeronvs_diffusion.model_config import COMPILE_MODES, DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,8 @@ COMPONENT_CLASSES = {
     "scheduler": ("diffusers", "DDIMScheduler"),
     "cc_projection": ("zeronvs_diffusion", "CCProjection"),
 }
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
-
-# torch.compile modes accepted for the UNet (``compile_unet`` in the guidance and NVS configs)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# long names accepted by load_model's dtype argument besides model_config.DTYPES' short ones
+_DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def resolve_dtype(dtype: Union[None, str, torch.dtype], device: Union[str, torch.device]) -> torch.dtype:
@@ -59,9 +56,10 @@ def resolve_dtype(dtype: Union[None, str, torch.dtype], device: Union[str, torch
         return torch.float16 if torch.device(device).type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    if str(dtype) not in _DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16")
-    return _DTYPES[str(dtype)]
+    name = _DTYPE_ALIASES.get(str(dtype), str(dtype))
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def _is_converted_folder(path: str) -> bool:
@@ -123,11 +121,13 @@ def _scheduler(kwargs: Mapping[str, Any]):
     return DDIMScheduler(**kwargs)
 
 
-def _ckpt_to_modules(ckpt_path: str, arch: LdmArchitecture, dtype: torch.dtype) -> Dict[str, nn.Module]:
+def _ckpt_to_modules(
+    ckpt_path: str, arch: LdmArchitecture, dtype: torch.dtype, trust_checkpoint: bool = False
+) -> Dict[str, nn.Module]:
     """Build the networks on the meta device and assign the checkpoint's (memory-mapped) tensors."""
     from zeronvs_diffusion.checkpoint import read_state_dict
 
-    state = read_state_dict(ckpt_path)
+    state = read_state_dict(ckpt_path, trust=trust_checkpoint)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     clip_sizes = clip_sizes_from_shapes(shapes)
     modules = build_modules(arch, clip_sizes, device="meta")
@@ -340,6 +340,7 @@ def load_model(
     dtype: Union[None, str, torch.dtype] = None,
     device: Union[str, torch.device] = "cpu",
     seed: int = 0,
+    trust_checkpoint: bool = False,
 ) -> ZeroNVSModel:
     """Load the ZeroNVS diffusion model, frozen and in eval mode.
 
@@ -351,6 +352,8 @@ def load_model(
         config: the latent-diffusion YAML (``zeronvs_config.yaml``).
         dtype: None (fp32 on CPU, fp16 on CUDA), 'fp32' | 'fp16' | 'bf16' or a torch.dtype.
         device: where the model lives.
+        trust_checkpoint: allow full (code-running) unpickling of a ``.ckpt`` that needs classes outside the
+            allow-list of :mod:`zeronvs_diffusion.torch_load`; only for files from a trusted source.
     """
     path = os.fspath(path_or_dir) if path_or_dir is not None else ""
     if path.startswith("oracle:"):  # the weight-free oracle prior of a known world (zeronvs_diffusion.oracle)
@@ -377,7 +380,7 @@ def load_model(
                 # plain nn.Module.to: diffusers' ModelMixin.to warns about fp32-only modules these models lack
                 modules = {k: nn.Module.to(m, torch_dtype) for k, m in modules.items()}
         else:
-            modules = _ckpt_to_modules(path, arch, torch_dtype)
+            modules = _ckpt_to_modules(path, arch, torch_dtype, trust_checkpoint)
         scheduler = _scheduler(arch.scheduler)
         clip_size = modules["image_encoder"].config.image_size
         conditioning = arch.conditioning(clip_size)

@@ -46,9 +46,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     import torch
 
     import threestudio
-    from threestudio.systems.zeronvs import orientation_loss
     from threestudio.utils import fast_paths
     from threestudio.utils.config import config_to_primitive, load_config
+    from threestudio.utils.loss import orientation_loss
 
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

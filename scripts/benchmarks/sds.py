@@ -140,9 +140,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     def one_step(global_step: int) -> None:
         dataset.update_step(0, global_step)
         system.set_global_step(global_step)
-        system.do_update_step(0, global_step)
-        guidance.update_step(0, global_step)
-        batch = move_data_to_device(dataset.collate(), device)
+        system.do_update_step(0, global_step)  # the guidance too (one of the system's updateable_children)
+        batch = move_data_to_device(dataset.make_batch(), device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
             terms = system.training_losses(batch)
             loss = sum(terms.values())
@@ -179,7 +178,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             timer.sync()
             per_step = (time.perf_counter() - t0) / steps
             timer.enabled = True
-        batch = dataset.collate()
+        batch = dataset.make_batch()
         rc = batch["random_camera"]
         stage = {
             "stage": stage_index,

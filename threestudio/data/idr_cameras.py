@@ -181,11 +181,23 @@ def read_image_size(path: str) -> Tuple[int, int]:
 
 
 def _load_npz(npz_path: str) -> Dict[str, np.ndarray]:
+    import zipfile
+
+    if not zipfile.is_zipfile(npz_path):
+        raise UserError(f"cameras file {npz_path} is not an .npz archive (numpy.savez of world_mat_<i> arrays)")
     try:
-        with np.load(npz_path) as data:
+        with np.load(npz_path, allow_pickle=False) as data:
             return {k: np.asarray(data[k]) for k in data.files}
     except Exception as e:
         raise UserError(f"cannot read cameras file {npz_path}: {str(e).splitlines()[0] or type(e).__name__}") from None
+
+
+def _float_matrix(arrays: Dict[str, np.ndarray], key: str) -> np.ndarray:
+    """``arrays[key]`` as float64; ValueError naming the key for a non-numeric (string, object) array."""
+    value = arrays[key]
+    if not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+        raise ValueError(f"{key} holds {value.dtype} values, expected numbers")
+    return value.astype(np.float64)
 
 
 def camera_count(arrays: Dict[str, np.ndarray], npz_path: str) -> int:
@@ -227,14 +239,14 @@ def load_idr_cameras(
             raise UserError(f"camera index {i} is out of range: {npz_path} has cameras 0..{n - 1}")
     cameras = []
     for i in wanted:
-        world_mat = arrays[f"world_mat_{i}"].astype(np.float64)
-        scale_mat = arrays.get(f"scale_mat_{i}") if normalize else None
         try:
+            world_mat = _float_matrix(arrays, f"world_mat_{i}")
+            has_scale = normalize and f"scale_mat_{i}" in arrays
+            scale_mat = _float_matrix(arrays, f"scale_mat_{i}") if has_scale else None
             if world_mat.shape not in ((3, 4), (4, 4)):
                 raise ValueError(f"world_mat_{i} has shape {world_mat.shape}, expected 4×4 or 3×4")
             P = world_mat[:3, :4]
             if scale_mat is not None:
-                scale_mat = scale_mat.astype(np.float64)
                 if scale_mat.shape != (4, 4):
                     raise ValueError(f"scale_mat_{i} has shape {scale_mat.shape}, expected 4×4")
                 if not np.all(np.isfinite(scale_mat)):

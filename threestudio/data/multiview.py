@@ -5,7 +5,8 @@ Two modes:
 **Scene mode** (``scene_dir`` set): a folder in the IDR/NeuS layout — ``image/*.png`` (sorted order = camera
 index), optional ``mask/*.png``, ``cameras.npz`` (see :mod:`threestudio.data.idr_cameras`). Views are chosen by
 dataset index: ``input_views`` (the first is the conditioning/canonical view), ``target_views`` (null = every
-view that is neither an input nor in ``excluded_views``) and ``excluded_views``.
+view that is neither an input nor in ``excluded_views``) and ``excluded_views``, which only shapes the default
+targets: input or target views named explicitly are used even when excluded (with a warning).
 
 Poses, in order: decode ``P = world_mat · scale_mat`` (normalised world: the object fits the unit sphere);
 OpenCV → OpenGL (:func:`threestudio.utils.camera.opencv_to_opengl`); if ``flip_world_yz``, rotate the world
@@ -30,7 +31,9 @@ N×4×4 OpenGL camera-to-world ``.npy`` or ``.json`` (a list of 4×4 lists, or `
 target's pose *in the input camera's frame* (the input camera at the identity); translations are multiplied
 by ``pose_scale`` and mapped by ``canonical_c2w · rel`` — or from ``orbit`` (``n_views``, ``elevation_deg``,
 ``distance``, ``azimuth_start_deg``) around the origin. Targets have no ground truth; ``index`` is the
-target's position.
+target's position. The scene-only keys (``input_views``, ``target_views``, ``excluded_views``, ``use_masks``,
+``flip_world_yz``, ``canonicalize``) are refused here unless left at their defaults, and ``default_fovy_deg`` is
+refused in scene mode (``configs/zeronvs_nvs_image.yaml`` is the one-image config).
 
 Images: RGB(A) files; with ``use_masks`` the masks come from ``mask/`` (else from the alpha channel, all
 ones for RGB). ``background`` ``"black"``/``"white"`` composites the colour over that background outside the
@@ -58,9 +61,11 @@ Methods: :meth:`MultiviewDataModule.conditioning` — the input views as the dif
 ``angle`` | ``distance`` | ``mixed``, see :mod:`threestudio.data.view_selection`; centre distances in
 normalised units, before ``pose_scale``).
 
-Attributes for the systems: ``inputs`` / ``targets`` (:class:`ViewSet`: ``indices``, ``c2w``, ``intrinsics``,
-``fov_deg``, ``rgb``, ``mask``), ``canonical_c2w`` (4, 4), ``cond_index`` (M,), ``near`` / ``far`` (config hints, else
-estimated from the object's bounding sphere, else None), ``scene_center`` (3,) / ``scene_radius``.
+Building the datamodule checks its config; :meth:`MultiviewDataModule.setup` reads the files (once).
+Attributes for the systems, after ``setup``: ``inputs`` / ``targets`` (:class:`ViewSet`: ``indices``, ``c2w``,
+``intrinsics``, ``fov_deg``, ``rgb``, ``mask``), ``canonical_c2w`` (4, 4), ``cond_index`` (M,), ``near`` / ``far``
+(config hints, else estimated from the object's bounding sphere, else None), ``scene_center`` (3,) /
+``scene_radius``.
 
 Generated views (``generated_views_dir``): files ``target_{i:03d}.png`` (``i`` = a target's ``index``) at
 that target's pose. An image with the output's aspect ratio uses the target's own geometry; a square image
@@ -92,7 +97,7 @@ from threestudio.data.idr_cameras import (
     load_idr_cameras,
 )
 from threestudio.data.view_selection import SELECTION_RULES, select_nearest
-from threestudio.utils.base import Updateable
+from threestudio.utils.base import Configurable
 from threestudio.utils.camera import (
     c2w_to_spherical,
     focal_to_fov,
@@ -101,13 +106,16 @@ from threestudio.utils.camera import (
     get_rays,
     orbit_c2w,
 )
-from threestudio.utils.config import parse_structured
+from threestudio.utils.config import config_to_primitive
 from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.image import composite, crop_to_square, load_image, resize_image
 
 logger = logging.getLogger(__name__)
 
 BACKGROUNDS = {"black": 0.0, "white": 1.0, "none": None}
+# keys of one mode only: set to anything but their default in the other mode, they are an error
+SCENE_ONLY_KEYS = ("input_views", "target_views", "excluded_views", "use_masks", "flip_world_yz", "canonicalize")
+NO_SCENE_ONLY_KEYS = ("default_fovy_deg",)
 _FLIP_WORLD_YZ = (1.0, -1.0, -1.0, 1.0)
 
 
@@ -257,7 +265,7 @@ def _spherical(c2w: Tensor) -> Dict[str, Tensor]:
     return {"elevation_deg": elevation, "azimuth_deg": azimuth, "camera_distance": distance}
 
 
-class MultiviewRayDataset(IterableDataset, Updateable):
+class MultiviewRayDataset(IterableDataset):
     """Endless batches of random rays across the training views (uniform over all their pixels)."""
 
     def __init__(self, views: List[Tuple[ViewSet, int, int, float]], rays_per_batch: int, seed: int = 0) -> None:
@@ -329,16 +337,23 @@ class MultiviewEvalDataset(Dataset):
 
 
 @threestudio.register("multiview-datamodule")
-class MultiviewDataModule(LightningDataModule):
-    """Posed multi-view scene (or one image + target poses): input views, held-out targets, random rays."""
+class MultiviewDataModule(LightningDataModule, Configurable):
+    """Posed multi-view scene (or one image + target poses): input views, held-out targets, random rays.
+
+    Building it checks the config; :meth:`setup` reads the files (once) and makes ``inputs``, ``targets`` and the
+    other attributes of the module docstring available.
+    """
 
     Config = MultiviewDataModuleConfig
     cfg: MultiviewDataModuleConfig
 
     def __init__(self, cfg: Optional[Any] = None) -> None:
         super().__init__()
-        self.cfg = parse_structured(self.Config, cfg)
+        self._configure_from(cfg)
+
+    def configure(self) -> None:
         self._check_config()
+        self._loaded = False
         self.background = BACKGROUNDS[self.cfg.background]
         # the canonical camera of the pipeline: the input view's pose when canonicalising / in no-scene mode
         self.orbit_canonical_c2w = orbit_c2w(
@@ -346,6 +361,11 @@ class MultiviewDataModule(LightningDataModule):
             torch.tensor([float(self.cfg.default_azimuth_deg)], dtype=torch.float64),
             torch.tensor([float(self.cfg.default_camera_distance)], dtype=torch.float64),
         )[0]
+
+    def _load(self) -> None:
+        """Read the scene (or the image and target poses) and choose each target's conditioning view, once."""
+        if self._loaded:
+            return
         # object bounding sphere in the pipeline frame (None when unknown)
         self.scene_center: Optional[Tensor] = None
         self.scene_radius: Optional[float] = None
@@ -375,6 +395,7 @@ class MultiviewDataModule(LightningDataModule):
             self.cfg.height,
             " (centre square crop)" if self.cfg.crop_square else "",
         )
+        self._loaded = True
 
     # ------------------------------------------------------------------ config
     def _check_config(self) -> None:
@@ -401,6 +422,17 @@ class MultiviewDataModule(LightningDataModule):
             )
         if cfg.image_path and cfg.target_c2w_path and cfg.orbit is not None:
             raise ConfigError("set at most one of data.target_c2w_path and data.orbit")
+        defaults = MultiviewDataModuleConfig()
+        mode_only = SCENE_ONLY_KEYS if cfg.image_path else NO_SCENE_ONLY_KEYS
+        misplaced = [k for k in mode_only if config_to_primitive(getattr(cfg, k)) != getattr(defaults, k)]
+        if misplaced:
+            keys = ", ".join(f"data.{k}" for k in misplaced)
+            if cfg.image_path:
+                raise ConfigError(
+                    f"{keys} apply to a posed scene (data.scene_dir) only, not to one image (data.image_path); "
+                    "remove them (configs/zeronvs_nvs_image.yaml is the one-image config)"
+                )
+            raise ConfigError(f"{keys} apply to one image (data.image_path) only; a scene's cameras give the fov")
         if not cfg.input_views and cfg.scene_dir:
             raise ConfigError("config key data.input_views is empty; give at least one dataset view index")
 
@@ -415,15 +447,13 @@ class MultiviewDataModule(LightningDataModule):
                     raise UserError(f"data.{key}: camera index {i} is out of range; {npz} has cameras 0..{n - 1}")
         if len(set(inputs)) != len(inputs):
             raise ConfigError(f"config key data.input_views has repeated views: {inputs}")
-        for i in inputs:
-            if i in excluded:
-                raise ConfigError(f"data.input_views: camera {i} is also in data.excluded_views")
+        # excluded_views only shapes the default targets: views the user names explicitly win, with a warning
+        for key, values in (("input_views", inputs), ("target_views", targets or [])):
+            named = sorted(set(values) & excluded)
+            if named:
+                logger.warning("data.%s names camera(s) %s of data.excluded_views: used anyway", key, named)
         if targets is None:
             targets = [i for i in range(n) if i not in excluded and i not in inputs]
-        else:
-            for i in targets:
-                if i in excluded:
-                    raise ConfigError(f"data.target_views: camera {i} is also in data.excluded_views")
         if not targets:
             logger.warning("multiview data: no target views; validation and test have nothing to render")
         return inputs, targets
@@ -612,6 +642,8 @@ class MultiviewDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning API
     def setup(self, stage: Optional[str] = None) -> None:
+        """Read the files (first call only) and build the datasets of ``stage`` (None: all)."""
+        self._load()
         cfg = self.cfg
         if stage in (None, "fit"):
             groups = [(self.inputs, cfg.height, cfg.width, 1.0)]

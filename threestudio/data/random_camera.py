@@ -32,6 +32,7 @@ from threestudio.utils.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 LIGHT_SAMPLE_STRATEGIES = ("dreamfusion", "magic3d")
+ELEVATION_SAMPLINGS = ("threestudio", "uniform_area")
 # the keys of every camera dict returned here
 CAMERA_KEYS = ("c2w", "fov_deg", "elevation_deg", "azimuth_deg", "camera_distance", "light_positions")
 
@@ -45,17 +46,29 @@ def _uniform(n: int, low: float, high: float) -> Tensor:
     return torch.rand(n) * (high - low) + low
 
 
-def sample_elevations(batch_size: int, elevation_range: Sequence[float]) -> Tensor:
-    """Elevations (B,) in degrees within ``elevation_range``.
+def sample_elevations(
+    batch_size: int, elevation_range: Sequence[float], elevation_sampling: str = "threestudio"
+) -> Tensor:
+    """Elevations (B,) in degrees for the range ``[e0, e1]`` (degrees).
 
-    As in threestudio, half of the batches are uniform in angle and half uniform in area on the sphere
-    (inverse-transform sampling of sin(elevation)), so neither the poles nor the equator are starved.
+    ``"threestudio"`` (ZeroNVS's and threestudio's sampler, one coin per batch): with probability 1/2 uniform in
+    degrees on [e0, e1]; otherwise ``asin(u)`` with u uniform on [e0/90, e1/90] (threestudio's
+    ``asin(2·(e+90)/180 − 1)``), which is uniform in area only for the full range [−90, 90]: for [5, 80] it spans
+    3.19°–62.73°, not 5°–80°. ``"uniform_area"``: every batch uniform in area on the sphere between e0 and e1
+    (u uniform on [sin e0, sin e1]).
     """
     low, high = float(elevation_range[0]), float(elevation_range[1])
-    if torch.rand(()) < 0.5:
-        return _uniform(batch_size, low, high)
-    sin_low, sin_high = math.sin(math.radians(low)), math.sin(math.radians(high))
-    return torch.rad2deg(torch.asin(_uniform(batch_size, sin_low, sin_high).clamp(-1.0, 1.0)))
+    if elevation_sampling == "threestudio":
+        if torch.rand(()) < 0.5:
+            return _uniform(batch_size, low, high)
+        u_low, u_high = low / 90.0, high / 90.0
+    elif elevation_sampling == "uniform_area":
+        u_low, u_high = math.sin(math.radians(low)), math.sin(math.radians(high))
+    else:
+        raise ConfigError(
+            f"unknown elevation_sampling {elevation_sampling!r}; valid: {', '.join(ELEVATION_SAMPLINGS)}"
+        )
+    return torch.rad2deg(torch.asin(_uniform(batch_size, u_low, u_high).clamp(-1.0, 1.0)))
 
 
 def sample_azimuths(batch_size: int, azimuth_range: Sequence[float], batch_uniform: bool = True) -> Tensor:
@@ -119,6 +132,7 @@ def sample_random_cameras(
     light_distance_range: Sequence[float] = (0.8, 1.5),
     light_sample_strategy: str = "dreamfusion",
     batch_uniform_azimuth: bool = True,
+    elevation_sampling: str = "threestudio",
 ) -> Dict[str, Tensor]:
     """``batch_size`` random cameras looking at (about) the origin, drawn from torch's global RNG.
 
@@ -128,9 +142,11 @@ def sample_random_cameras(
     the look-at point by N(0, center_perturb²), the up vector by N(0, up_perturb²). The returned angles and
     distances are the sampled (unperturbed) ones; ``c2w`` is the actual camera.
 
+    Elevations follow ``elevation_sampling`` (:func:`sample_elevations`).
+
     Returns the camera dict of the module docstring with B = ``batch_size``.
     """
-    elevation_deg = sample_elevations(batch_size, elevation_range)
+    elevation_deg = sample_elevations(batch_size, elevation_range, elevation_sampling)
     azimuth_deg = wrap_azimuth(
         azimuth_offset_deg + sample_azimuths(batch_size, azimuth_range, batch_uniform_azimuth)
     )
@@ -219,6 +235,7 @@ class RandomCameraConfig:
     n_val_views: int = 1
     n_test_views: int = 120
     elevation_range: Tuple[float, float] = (-10.0, 90.0)
+    elevation_sampling: str = "threestudio"  # threestudio | uniform_area (see sample_elevations)
     azimuth_range: Tuple[float, float] = (-180.0, 180.0)  # relative to the reference view's azimuth
     camera_distance_range: Tuple[float, float] = (1.0, 1.5)
     fovy_range: Optional[Tuple[float, float]] = None  # vertical, degrees; None: fixed to the input's fov
@@ -232,7 +249,8 @@ class RandomCameraConfig:
     eval_fovy_deg: Optional[float] = None
     light_sample_strategy: str = "dreamfusion"
     batch_uniform_azimuth: bool = True
-    # elevation/azimuth ranges widen linearly from the reference view to the full ranges over this many steps
+    # elevation/azimuth ranges widen linearly from the reference view to the full ranges:
+    # r = min(1, step / (progressive_until + 1)) as in ZeroNVS/threestudio
     progressive_until: int = 0
     rays_d_normalize: bool = True
 
@@ -268,6 +286,11 @@ def check_random_camera_config(cfg: Any, prefix: str = "data.random_camera") -> 
         raise ConfigError(f"config key {prefix}.elevation_range must lie within [-90, 90], got {[low, high]}")
     if as_range(cfg.camera_distance_range, f"{prefix}.camera_distance_range")[0] <= 0:
         raise ConfigError(f"config key {prefix}.camera_distance_range must be positive")
+    if cfg.elevation_sampling not in ELEVATION_SAMPLINGS:
+        raise ConfigError(
+            f"config key {prefix}.elevation_sampling is {cfg.elevation_sampling!r}; "
+            f"valid: {', '.join(ELEVATION_SAMPLINGS)}"
+        )
     if cfg.light_sample_strategy not in LIGHT_SAMPLE_STRATEGIES:
         raise ConfigError(
             f"config key {prefix}.light_sample_strategy is {cfg.light_sample_strategy!r}; "
@@ -306,10 +329,11 @@ class RandomCameraSampler(Updateable):
         return self.stages.at(self.global_step)
 
     def progress(self, global_step: int) -> float:
-        """Fraction in [0, 1] of the way from the reference view to the full ranges at ``global_step``."""
+        """Fraction r = min(1, step / (progressive_until + 1)) in [0, 1] of the way from the reference view to the
+        full ranges at ``global_step`` (ZeroNVS's formula: the full ranges are reached at progressive_until + 1)."""
         if self.cfg.progressive_until <= 0:
             return 1.0
-        return min(1.0, max(0.0, global_step / self.cfg.progressive_until))
+        return min(1.0, max(0.0, global_step / (self.cfg.progressive_until + 1)))
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         self.global_step = global_step
@@ -336,6 +360,7 @@ class RandomCameraSampler(Updateable):
             light_distance_range=cfg.light_distance_range,
             light_sample_strategy=cfg.light_sample_strategy,
             batch_uniform_azimuth=cfg.batch_uniform_azimuth,
+            elevation_sampling=cfg.elevation_sampling,
         )
         cameras.update(camera_rays(cameras, stage.height, stage.width, cfg.rays_d_normalize))
         cameras.update(height=stage.height, width=stage.width, canonical_c2w=self.canonical_c2w.clone())

@@ -1,6 +1,7 @@
 """The single-image datamodule: one input view (image + camera) plus random views for score distillation.
 
-Train batches (one per step, drawn when the loader asks, at the state of the last ``update_step``):
+Train batches (one per step, built once by :meth:`SingleImageIterableDataset.make_batch` at the trainer's step;
+in a Lightning fit the loader yields a placeholder and ``on_before_batch_transfer`` builds the batch):
 the reference view at the current stage resolution, with the keys of docs/DESIGN.md —
 ``rays_o``, ``rays_d`` (1, H, W, 3), ``c2w`` and ``canonical_c2w`` (1, 4, 4), ``fov_deg``,
 ``elevation_deg``, ``azimuth_deg``, ``camera_distance`` (1,), ``height``, ``width`` (ints),
@@ -20,11 +21,13 @@ colour (resized premultiplied, so transparent neighbours do not bleed in) and wh
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
 from lightning.pytorch import LightningDataModule
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -36,9 +39,9 @@ from threestudio.data.random_camera import (
     camera_rays,
 )
 from threestudio.data.utils import StagedResolution
-from threestudio.utils.base import Updateable
-from threestudio.utils.config import parse_structured
-from threestudio.utils.errors import ConfigError
+from threestudio.utils.base import Configurable, Updateable
+from threestudio.utils.config import config_to_primitive, parse_structured
+from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.image import composite, crop_to_square, load_image, resize_image
 
 logger = logging.getLogger(__name__)
@@ -58,13 +61,17 @@ class SingleImageDataModuleConfig:
     default_elevation_deg: float = 0.0
     default_azimuth_deg: float = 0.0
     default_camera_distance: float = 1.0
-    default_fovy_deg: float = 60.0
+    # a number, or "auto": from the image's EXIF focal length (threestudio.utils.exif), else fovy_fallback_deg;
+    # "auto" in random_camera.fovy_range / eval_fovy_deg (e.g. through ${data.default_fovy_deg}) follows it
+    default_fovy_deg: Any = 60.0
+    fovy_fallback_deg: float = 52.55
     image_path: str = ""
     crop_mode: str = "center_crop"  # how a non-square image is made square: center_crop | pad | stretch
     use_random_camera: bool = True
     # random training views and val/test orbits; its rays_d_normalize also applies to the reference view
     random_camera: RandomCameraConfig = field(default_factory=RandomCameraConfig)
-    # std of one random shift of the reference rays' origins and directions, redrawn every training step
+    # std of one random shift of the reference rays' origins and directions, drawn once per resolution stage
+    # (when the stage starts), as ZeroNVS does
     rays_noise_scale: float = 2e-3
     batch_size: int = 1  # the reference view is one image
     # kept for configs written for ZeroNVS; there is no depth/normal estimator here, so they must stay false
@@ -87,7 +94,7 @@ def _check_config(cfg: SingleImageDataModuleConfig) -> None:
             )
     if cfg.batch_size != 1:
         raise ConfigError(f"config key data.batch_size must be 1 (there is one input view), got {cfg.batch_size}")
-    if not 0 < cfg.default_fovy_deg < 180:
+    if not isinstance(cfg.default_fovy_deg, (int, float)) or not 0 < cfg.default_fovy_deg < 180:
         raise ConfigError(f"config key data.default_fovy_deg must lie in (0, 180), got {cfg.default_fovy_deg}")
     if cfg.default_camera_distance <= 0:
         raise ConfigError(
@@ -95,6 +102,48 @@ def _check_config(cfg: SingleImageDataModuleConfig) -> None:
         )
     if cfg.conditioning_max_size < 1:
         raise ConfigError(f"config key data.conditioning_max_size must be positive, got {cfg.conditioning_max_size}")
+
+
+def resolve_auto_fovy(cfg: DictConfig) -> DictConfig:
+    """Make ``default_fovy_deg: auto`` the EXIF fov of ``image_path`` (else ``fovy_fallback_deg``), in place.
+
+    "auto" entries of ``random_camera.fovy_range`` and ``random_camera.eval_fovy_deg`` get the input's fov
+    (the number given, or the one found). Logs one line when it picks the fov. Returns ``cfg``.
+    """
+    fovy = cfg.get("default_fovy_deg", SingleImageDataModuleConfig.default_fovy_deg)
+    if str(fovy) == "auto":
+        fovy = _auto_fovy(cfg)
+        cfg.default_fovy_deg = fovy
+    elif not isinstance(fovy, (int, float)) or isinstance(fovy, bool):
+        raise ConfigError(f"config key data.default_fovy_deg must be a number of degrees or auto, got {fovy!r}")
+    camera = cfg.get("random_camera")
+    if camera is not None:
+        if camera.get("fovy_range") is not None:
+            camera.fovy_range = [fovy if str(v) == "auto" else v for v in camera.fovy_range]
+        if str(camera.get("eval_fovy_deg")) == "auto":
+            camera.eval_fovy_deg = fovy
+    return cfg
+
+
+def _auto_fovy(cfg: DictConfig) -> float:
+    from threestudio.utils.exif import exif_fovy
+    from threestudio.utils.image import resolve_image_path
+
+    image_path = str(cfg.get("image_path") or "")
+    path = resolve_image_path(image_path) if image_path else ""
+    if image_path and not os.path.isfile(path):
+        raise UserError(f"image not found: {path}")
+    found = exif_fovy(path, str(cfg.get("crop_mode", "center_crop"))) if path else None
+    if found is not None:
+        fovy = round(found.fovy_deg, 3)
+        logger.info("data.default_fovy_deg = %.3f from the EXIF of %s: %s", fovy, image_path, found.description)
+        return fovy
+    fovy = float(cfg.get("fovy_fallback_deg", SingleImageDataModuleConfig.fovy_fallback_deg))
+    logger.info(
+        "data.default_fovy_deg = %g (data.fovy_fallback_deg): %s has no EXIF focal length; pass --fov or "
+        "data.default_fovy_deg=DEG if you know the input's vertical fov", fovy, image_path or "no image",
+    )
+    return fovy
 
 
 def resize_rgba(rgba: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
@@ -114,7 +163,8 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
     """Endless training batches: the reference view at the current stage plus lazily drawn random views.
 
     ``update_step(epoch, global_step)`` selects the resolution stage and forwards the step to the random
-    camera sampler; :meth:`collate` builds the batch from that state, so batches follow the current step.
+    camera sampler; :meth:`make_batch` builds the batch from that state, so batches follow the current step.
+    In a Lightning fit the datamodule does both, once per step (see ``on_before_batch_transfer``).
     """
 
     def __init__(
@@ -132,6 +182,7 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
         self.stages = StagedResolution(cfg.height, cfg.width, cfg.resolution_milestones, prefix="data")
         self.reference_cameras = reference.cameras()
         self._views: Dict[int, Dict[str, Tensor]] = {}
+        self._noisy_rays: Dict[int, tuple] = {}  # stage → (rays_o, rays_d) with that stage's ray noise
         self.global_step = 0
 
     @property
@@ -155,6 +206,20 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
             logger.debug("reference view at %dx%d", stage.height, stage.width)
         return self._views[stage_index]
 
+    def noisy_reference_rays(self, stage_index: int) -> tuple:
+        """``rays_o``, ``rays_d`` (1, H, W, 3) of the reference view at stage ``stage_index`` shifted by one
+        N(0, rays_noise_scale²) 3-vector each, drawn when the stage is first used and kept for the stage."""
+        if stage_index not in self._noisy_rays:
+            view = self.reference_view(stage_index)
+            rays_o, rays_d = view["rays_o"], view["rays_d"]
+            if self.cfg.rays_noise_scale > 0:
+                rays_o = rays_o + torch.randn(3) * self.cfg.rays_noise_scale
+                rays_d = rays_d + torch.randn(3) * self.cfg.rays_noise_scale
+                if self.cfg.random_camera.rays_d_normalize:
+                    rays_d = torch.nn.functional.normalize(rays_d, dim=-1)
+            self._noisy_rays[stage_index] = (rays_o, rays_d)
+        return self._noisy_rays[stage_index]
+
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         self.global_step = global_step
         if self.random_pose_generator is not None:
@@ -164,17 +229,12 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
         while True:
             yield {}
 
-    def collate(self, _: Any = None) -> Dict[str, Any]:
+    def make_batch(self) -> Dict[str, Any]:
         """The training batch at the current step (see the module docstring for its keys)."""
         stage_index = self.stages.index_at(self.global_step)
         stage = self.stages.stages[stage_index]
         view = self.reference_view(stage_index)
-        rays_o, rays_d = view["rays_o"], view["rays_d"]
-        if self.cfg.rays_noise_scale > 0:
-            rays_o = rays_o + torch.randn(3) * self.cfg.rays_noise_scale
-            rays_d = rays_d + torch.randn(3) * self.cfg.rays_noise_scale
-            if self.cfg.random_camera.rays_d_normalize:
-                rays_d = torch.nn.functional.normalize(rays_d, dim=-1)
+        rays_o, rays_d = self.noisy_reference_rays(stage_index)
         batch: Dict[str, Any] = {k: v.clone() for k, v in self.reference_cameras.items()}
         batch.update(
             rays_o=rays_o,
@@ -190,16 +250,30 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
         return batch
 
 
+# what the training loader yields inside a Lightning fit: on_before_batch_transfer builds the real batch
+_DEFERRED_BATCH = "deferred_training_batch"
+
+
 @threestudio.register("single-image-datamodule")
-class SingleImageDataModule(LightningDataModule):
-    """One input image and its camera; random views for distillation; orbits for validation and testing."""
+class SingleImageDataModule(LightningDataModule, Configurable):
+    """One input image and its camera; random views for distillation; orbits for validation and testing.
+
+    Building it checks the config; :meth:`setup` reads the image (once).
+    """
 
     Config = SingleImageDataModuleConfig
     cfg: SingleImageDataModuleConfig
 
     def __init__(self, cfg: Optional[Any] = None) -> None:
         super().__init__()
-        self.cfg = parse_structured(self.Config, cfg)
+        self._configure_from(cfg)
+
+    @classmethod
+    def parse_config(cls, cfg: Optional[Any]) -> Any:
+        """``cfg`` parsed after :meth:`resolve_config` (an ``auto`` fov becomes a number)."""
+        return parse_structured(cls.Config, cls.resolve_config(cfg))
+
+    def configure(self) -> None:
         _check_config(self.cfg)
         self.reference = ReferenceCamera(
             elevation_deg=float(self.cfg.default_elevation_deg),
@@ -210,12 +284,21 @@ class SingleImageDataModule(LightningDataModule):
         # checks the random camera config early (before setup), so bad keys fail at construction
         self.sampler = RandomCameraSampler(self.cfg.random_camera, self.reference)
         # validated here too, so a bad data.height fails at construction
-        StagedResolution(self.cfg.height, self.cfg.width, self.cfg.resolution_milestones, prefix="data")
-        self.rgba = self._load_image()  # read now, so a missing file fails before any model is built
+        self.stages = StagedResolution(self.cfg.height, self.cfg.width, self.cfg.resolution_milestones, prefix="data")
+        self.rgba: Optional[Tensor] = None  # (S, S, 4), read by setup
+
+    @staticmethod
+    def resolve_config(cfg: Optional[Any]) -> DictConfig:
+        """``cfg`` with ``default_fovy_deg: auto`` (and "auto" in the random camera's fov keys) made a number.
+
+        The runner calls this before it saves the trial's parsed config, so the fov used is recorded there.
+        """
+        return resolve_auto_fovy(OmegaConf.create(config_to_primitive(cfg) if cfg is not None else {}))
 
     def _load_image(self) -> Tensor:
         """The input as straight-alpha RGBA (S, S, 4) after ``crop_mode`` (for ``stretch``: as read)."""
-        image = load_image(self.cfg.image_path)
+        train_side = max(max(s.height, s.width) for s in self.stages.stages)
+        image = load_image(self.cfg.image_path, min_side=max(train_side, self.cfg.conditioning_max_size))
         rgba = crop_to_square(image, self.cfg.crop_mode, pad_value=0.0).contiguous()
         logger.info(
             "single image %s: %dx%d, %dx%d after crop_mode=%s",
@@ -226,9 +309,18 @@ class SingleImageDataModule(LightningDataModule):
             rgba.shape[0],
             self.cfg.crop_mode,
         )
+        if min(rgba.shape[:2]) < train_side:
+            logger.warning(
+                "image %s is %dx%d after crop_mode=%s, smaller than the training resolution %d px: it is upsampled "
+                "(blurry supervision); use a larger image or a smaller data.height/width",
+                self.cfg.image_path, rgba.shape[1], rgba.shape[0], self.cfg.crop_mode, train_side,
+            )
         return rgba
 
     def setup(self, stage: Optional[str] = None) -> None:
+        """Read the image (first call only) and build the datasets of ``stage`` (None: all)."""
+        if self.rgba is None:
+            self.rgba = self._load_image()
         rgba = self.rgba
         if stage in (None, "fit"):
             sampler = self.sampler if self.cfg.use_random_camera else None
@@ -238,12 +330,23 @@ class SingleImageDataModule(LightningDataModule):
         if stage in (None, "test", "predict"):
             self.test_dataset = self.sampler.eval_dataset("test")
 
-    def _loader(self, dataset: Any, batch_size: Optional[int]) -> DataLoader:
+    def _loader(self, dataset: Any, batch_size: Optional[int], collate_fn: Any = None) -> DataLoader:
         # num_workers=0: update_step changes the dataset's state in the main process every step
-        return DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=dataset.collate)
+        return DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=collate_fn or dataset.collate)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, batch_size=None)
+        return self._loader(self.train_dataset, batch_size=None, collate_fn=self._collate_train)
+
+    def _collate_train(self, _: Any) -> Dict[str, Any]:
+        """Outside a Lightning fit, the batch at the dataset's step; inside one, a placeholder that
+        :meth:`on_before_batch_transfer` replaces (so each step's batch is built once, at that step)."""
+        if self._in_fit():
+            return {_DEFERRED_BATCH: True}
+        return self.train_dataset.make_batch()
+
+    def _in_fit(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.training
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, batch_size=self.cfg.random_camera.eval_batch_size)
@@ -255,22 +358,25 @@ class SingleImageDataModule(LightningDataModule):
         return self.test_dataloader()
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """In a Lightning fit, redraw the training batch at the trainer's current step.
+        """In a Lightning fit, move the training dataset to the trainer's step and build that step's batch.
 
-        Lightning fetches a batch ahead (and calls ``on_train_batch_start`` only after fetching), so a batch
-        drawn by the loader reflects the state of an earlier step. This hook runs for the batch of the step
-        about to be taken, so stage switches and progressive ranges happen exactly at their steps.
+        Lightning fetches a batch ahead (and calls ``on_train_batch_start`` only after fetching), so the loader
+        yields a placeholder; this hook runs for the batch of the step about to be taken, so stage switches and
+        progressive ranges happen exactly at their steps. This is the only place a fit pushes the step into the
+        dataset.
         """
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.training and isinstance(batch, dict) and "rgb" in batch:
+        if isinstance(batch, dict) and batch.get(_DEFERRED_BATCH):
+            trainer = self.trainer
             self.train_dataset.update_step(trainer.current_epoch, trainer.global_step)
-            batch = self.train_dataset.collate(None)
+            batch = self.train_dataset.make_batch()
         return batch
 
     def conditioning(self) -> Dict[str, Tensor]:
         """The guidance's input view: ``images`` (1, S, S, 3) in [0, 1] composited on white, ``c2w`` (1, 4, 4),
         ``fov_deg`` (1,). S is the square's own side (for ``stretch``, the longer side), capped at
-        ``conditioning_max_size`` by antialiased downsizing."""
+        ``conditioning_max_size`` by antialiased downsizing. Needs :meth:`setup`."""
+        if self.rgba is None:
+            raise RuntimeError("call setup() before conditioning(): the image is read there")
         rgba = self.rgba
         side = min(max(rgba.shape[0], rgba.shape[1]), self.cfg.conditioning_max_size)
         image = resize_image(composite(rgba, 1.0), side, side).clamp(0.0, 1.0)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -85,6 +85,11 @@ _ACTIVATION_DERIVATIVES: Dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+def activations_with_derivative() -> List[str]:
+    """Names of the activations whose derivative is known (what the explicit input gradients support)."""
+    return sorted(_ACTIVATION_DERIVATIVES)
+
+
 def get_activation_derivative(name: Optional[str]) -> Optional[Callable[[Tensor], Tensor]]:
     """d activation / d input for ``name`` as a function of the input, or None where it is not provided."""
     return _ACTIVATION_DERIVATIVES.get("none" if name is None else str(name).lower())
@@ -101,7 +106,7 @@ def get_activation(name: Optional[str]) -> Callable[[Tensor], Tensor]:
 class HashGrid(nn.Module):
     """Multiresolution hash encoding (instant-NGP), pure PyTorch.
 
-    Input ``(N, n_input_dims)`` in [0, 1] (clamped), output ``(N, n_levels · n_features_per_level)`` float32.
+    Input ``(..., n_input_dims)`` in [0, 1] (clamped), output ``(..., n_levels · n_features_per_level)`` float32.
     The trainable table is the flat parameter ``params`` (like tiny-cuda-nn), level ``l`` occupying rows
     ``offsets[l]:offsets[l+1]`` of ``params.view(-1, n_features_per_level)``.
     """
@@ -206,7 +211,7 @@ class HashGrid(nn.Module):
         return weights
 
     def forward(self, x: Tensor) -> Tensor:
-        """Encode x (N, n_input_dims) in [0, 1] → (N, n_levels · n_features_per_level)."""
+        """Encode x (..., n_input_dims) in [0, 1] → (..., n_levels · n_features_per_level)."""
         if x.shape[-1] != self.n_input_dims:
             raise ValueError(f"HashGrid expects (..., {self.n_input_dims}) inputs, got {tuple(x.shape)}")
         lead = x.shape[:-1]
@@ -244,7 +249,8 @@ class HashGrid(nn.Module):
 
 
 class VanillaMLP(nn.Module):
-    """Fully connected network without biases (like tiny-cuda-nn's FullyFusedMLP and threestudio's VanillaMLP)."""
+    """Fully connected network; without biases by default (``bias=False``), like tiny-cuda-nn's FullyFusedMLP and
+    threestudio's VanillaMLP."""
 
     def __init__(
         self,

@@ -38,7 +38,7 @@ def build_optimizer(cfg: Dict[str, Any], param_groups: List[Dict[str, Any]]) -> 
     try:
         return optim_cls(param_groups, **cfg.get("args", {}))
     except TypeError as e:
-        raise ConfigError(f"bad optimizer arguments for {name}: {e}") from None
+        raise ConfigError(f"bad system.optimizer.args for {name}: {e}") from None
 
 
 class BaseSystem(pl.LightningModule, Updateable):
@@ -57,14 +57,14 @@ class BaseSystem(pl.LightningModule, Updateable):
         # start from a checkpoint's weights (no optimizer state)
         weights: Optional[str] = None
         weights_ignore_modules: Optional[List[str]] = None
-        # "auto": CUDA fast paths (tinycudann, nerfacc, ...) when available; "off": pure PyTorch
+        # "auto": CUDA fast paths (tiny-cuda-nn) when available; "off": pure PyTorch
         fast_paths: str = "auto"
         # stop after this many consecutive steps with a NaN/inf loss
         max_nonfinite_steps: int = 20
 
     cfg: Config
 
-    def __init__(self, cfg: Any, resumed: bool = False) -> None:
+    def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg)
         self._check_loss_config()
@@ -77,8 +77,9 @@ class BaseSystem(pl.LightningModule, Updateable):
         self.cfg.fast_paths = mode
         set_fast_paths(mode)
         self._save_dir: Optional[str] = None
-        self._resumed = resumed
         self._nonfinite_in_a_row = 0
+        self.nonfinite_streak_start: Optional[int] = None  # step of the first non-finite step of the streak
+        self._params_finite: Optional[Tensor] = None  # device flag set after each update, read with the next loss
         self._ckpt_global_step = 0
         self._step_started = 0.0
         self.configure()
@@ -94,7 +95,10 @@ class BaseSystem(pl.LightningModule, Updateable):
 
     def _check_loss_config(self) -> None:
         for key, value in self.cfg.loss.items():
-            C(config_to_primitive(value), 0, 0)  # a number or a schedule, else ConfigError now
+            try:
+                C(config_to_primitive(value), 0, 0)  # a number or a schedule, else ConfigError now
+            except ConfigError as e:
+                raise ConfigError(f"system.loss.{key}: {e}") from None
             name = key[len("lambda_") :] if key.startswith("lambda_") else None
             if name in self.LOSS_NAMES:
                 continue
@@ -115,21 +119,52 @@ class BaseSystem(pl.LightningModule, Updateable):
             return max(abs(v) for v in value[1:3]) if len(value) == 4 else max(abs(v) for v in value[:2])
         return abs(float(value))
 
+    def read_checkpoint(self, path: str, what: str) -> Dict[str, Any]:
+        """A Lightning checkpoint of this system, read without running code from it and checked to fit.
+
+        Raises UserError (one line) for a missing, empty, corrupt or unsafe file, one without a ``state_dict``,
+        and one whose tensors do not fit this system (unexpected keys or shapes).
+        """
+        from zeronvs_diffusion.torch_load import load_torch_file
+
+        state = load_torch_file(path, what, mmap=False)
+        state_dict = state.get("state_dict") if isinstance(state, dict) else None
+        if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+            raise UserError(f"{what} {path} is not a Lightning checkpoint of this project (no state_dict of tensors)")
+        own = self.state_dict()
+        unexpected = [k for k in state_dict if k not in own]
+        if unexpected:
+            raise UserError(f"{what} {path} holds keys this system does not have, e.g. {unexpected[:3]}")
+        mismatched = [
+            f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
+            for k, v in state_dict.items()
+            if tuple(v.shape) != tuple(own[k].shape)
+        ]
+        if mismatched:
+            raise UserError(
+                f"{what} {path} does not fit this system's config ({len(mismatched)} tensors of other shapes, e.g. "
+                f"{mismatched[0]}): was it written with another config?"
+            )
+        return state
+
     def load_weights(self, path: str, ignore_modules: Optional[List[str]] = None) -> None:
         """Load model weights (no optimizer state) from a Lightning checkpoint."""
-        if not os.path.isfile(path):
-            raise UserError(f"system.weights checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        state_dict = state.get("state_dict", state)
+        state = self.read_checkpoint(path, "system.weights checkpoint")
         ignore = tuple(f"{m}." for m in (ignore_modules or []))
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(ignore)}
-        missing, unexpected = self.load_state_dict(state_dict, strict=False)
-        if unexpected:
-            raise UserError(f"system.weights {path} holds keys this system does not have, e.g. {unexpected[:3]}")
+        state_dict = {k: v for k, v in state["state_dict"].items() if not k.startswith(ignore)}
+        missing, _ = self.load_state_dict(state_dict, strict=False)
         if missing:
             logger.warning("system.weights: %d parameters not in %s kept their initial values", len(missing), path)
         self._ckpt_global_step = int(state.get("global_step", 0))
         self.do_update_step(int(state.get("epoch", 0)), self._ckpt_global_step, on_load_weights=True)
+
+    def check_resume_checkpoint(self, path: str) -> Dict[str, Any]:
+        """The ``resume=`` checkpoint, read and checked to fit this system before anything is written."""
+        state = self.read_checkpoint(path, "resume checkpoint")
+        missing = [k for k in self.state_dict() if k not in state["state_dict"]]
+        if missing:
+            raise UserError(f"resume checkpoint {path} lacks tensors of this system, e.g. {missing[:3]}")
+        return state
 
     # ----- steps and schedules -------------------------------------------------------------------------------
     @property
@@ -151,33 +186,58 @@ class BaseSystem(pl.LightningModule, Updateable):
         self.do_update_step(int(checkpoint.get("epoch", 0)), self._ckpt_global_step, on_load_weights=True)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        dataset = getattr(self.trainer.datamodule, "train_dataset", None)
-        if isinstance(dataset, Updateable):
-            dataset.do_update_step(self.current_epoch, self.true_global_step)
+        # the datamodule moves its training dataset to the step itself (it builds the batch before this hook)
         self.do_update_step(self.current_epoch, self.true_global_step)
         self._step_started = time.perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._step_started:
             self.log("timing/step_s", time.perf_counter() - self._step_started, prog_bar=False)
+        # whether the update left every parameter finite: a device flag, read with the next step's loss (one sync)
+        params = [p for p in self.parameters() if p.requires_grad]
+        if params:
+            self._params_finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
+
+    @property
+    def nonfinite_streak(self) -> int:
+        """Consecutive non-finite steps up to now (0 after a finite one)."""
+        return self._nonfinite_in_a_row
+
+    def weights_are_finite(self) -> bool:
+        """False during a non-finite streak or when a parameter is NaN/inf (checkpoints are skipped then)."""
+        if self._nonfinite_in_a_row > 0:
+            return False
+        return all(bool(torch.isfinite(p).all()) for p in self.parameters())
+
+    def _nonfinite_terms(self, terms: Dict[str, Tensor], total: Tensor) -> List[str]:
+        """Names of what is NaN/inf in this step (loss terms, or the parameters after the last update); [] if none."""
+        finite = torch.isfinite(total)
+        if self._params_finite is not None:
+            finite = finite & self._params_finite.to(finite.device)
+        if bool(finite):  # the step's one host synchronisation
+            return []
+        if self._params_finite is not None and not bool(self._params_finite):
+            return ["parameters after the last update"]
+        return [k for k, v in terms.items() if not torch.isfinite(v)] or ["total"]
 
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Optional[Tensor]:
         terms = self.training_losses(batch)
         total: Tensor = sum(terms.values())  # type: ignore[assignment]
-        if not torch.isfinite(total):
+        bad = self._nonfinite_terms(terms, total)
+        if bad:
+            if self._nonfinite_in_a_row == 0:
+                self.nonfinite_streak_start = self.true_global_step
             self._nonfinite_in_a_row += 1
-            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
             logger.warning(
-                "step %d: non-finite loss (%s); step skipped (%d in a row)",
+                "step %d: non-finite %s; step skipped (%d in a row)",
                 self.true_global_step,
-                ", ".join(bad) or "total",
+                ", ".join(bad),
                 self._nonfinite_in_a_row,
             )
             if self._nonfinite_in_a_row >= self.cfg.max_nonfinite_steps:
                 raise TrainingDiverged(
-                    f"the loss was NaN/inf for {self._nonfinite_in_a_row} steps in a row at step "
-                    f"{self.true_global_step} ({', '.join(bad) or 'total'}); the last checkpoint is kept. "
-                    "Try a lower learning rate or loss weights."
+                    f"NaN/inf for {self._nonfinite_in_a_row} steps in a row at step {self.true_global_step} "
+                    f"({', '.join(bad)}); try a lower learning rate or loss weights"
                 )
             return None
         self._nonfinite_in_a_row = 0
@@ -240,11 +300,17 @@ class BaseSystem(pl.LightningModule, Updateable):
         self._save_dir = path
 
     def save_path(self, relative: str) -> str:
-        """Absolute path of ``relative`` inside the trial's ``save/`` folder (parent folders created)."""
+        """Absolute path of the file ``relative`` inside the trial's ``save/`` folder (parent folders created)."""
+        path = os.path.join(self.save_dir(), relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    def save_dir(self, relative: str = "") -> str:
+        """Absolute path of the folder ``relative`` inside the trial's ``save/`` folder (created)."""
         if self._save_dir is None:
             raise RuntimeError("set_save_dir() was not called")
         path = os.path.join(self._save_dir, relative)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(path, exist_ok=True)
         return path
 
 
@@ -260,6 +326,13 @@ def visualize_depth(depth: Tensor, opacity: Tensor) -> Tensor:
     img = 1.0 - ((d - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
     img = img * (opacity[..., 0] > 0.05)
     return img[..., None].expand(*img.shape, 3)
+
+
+def rgb_depth_opacity_row(out: Dict[str, Tensor], k: int = 0) -> Tensor:
+    """(H, 3W, 3) test frame of view ``k`` of a render: rgb | depth | opacity side by side."""
+    rgb = out["comp_rgb"][k].clamp(0, 1)
+    depth = visualize_depth(out["depth"][k], out["opacity"][k])
+    return torch.cat([rgb, depth, out["opacity"][k].expand_as(rgb)], dim=1)
 
 
 class BaseLift3DSystem(BaseSystem):
@@ -285,8 +358,17 @@ class BaseLift3DSystem(BaseSystem):
 
     def configure(self) -> None:
         # The SDS guidance, when a system uses one (see load_guidance). Not an nn.Module child: the diffusion
-        # weights never go into checkpoints and Lightning never moves them; on_fit_start does.
+        # weights never go into checkpoints and Lightning never moves them; on_fit_start does. Its section is
+        # parsed and checked now, in every mode; the weights load only when a mode needs them.
         self._guidance = None
+        self._guidance_cfg = None
+        if self.uses_guidance():
+            self._guidance_cfg = threestudio.find(self.cfg.guidance_type).parse_config(self.cfg.guidance)
+        elif self.cfg.guidance:
+            raise ConfigError(
+                f"system.guidance ({', '.join(sorted(self.cfg.guidance))}) is not used by this configuration; "
+                f"{self.guidance_hint()}"
+            )
         self.geometry = threestudio.find(self.cfg.geometry_type)(self.cfg.geometry)
         self.material = threestudio.find(self.cfg.material_type)(self.cfg.material)
         self.background = threestudio.find(self.cfg.background_type)(self.cfg.background)
@@ -294,9 +376,17 @@ class BaseLift3DSystem(BaseSystem):
             self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background
         )
 
+    def uses_guidance(self) -> bool:
+        """Whether this configuration builds ``guidance_type`` (then ``system.guidance`` is parsed at once)."""
+        return bool(self.cfg.guidance_type)
+
+    def guidance_hint(self) -> str:
+        """What to do about a ``system.guidance`` section that :meth:`uses_guidance` says is unused."""
+        return "remove it, or set system.guidance_type"
+
     def load_guidance(self, conditioning: Dict[str, Tensor]) -> None:
         """Build ``guidance_type`` from ``system.guidance`` and give it the conditioning view(s) of the datamodule."""
-        self._guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
+        self._guidance = threestudio.find(self.cfg.guidance_type)(self._guidance_cfg)
         self._guidance.set_conditions(conditioning["images"], conditioning["c2w"], conditioning["fov_deg"])
 
     def on_fit_start(self) -> None:
@@ -304,10 +394,10 @@ class BaseLift3DSystem(BaseSystem):
             self._guidance.to(self.device)
             self._guidance.set_save_dir(os.path.join(self._save_dir, "anchors"))
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        if self._guidance is not None:
-            self._guidance.update_step(self.current_epoch, self.true_global_step)
+    def updateable_children(self) -> Sequence[Updateable]:
+        """The geometry, material, background, renderer and (when built) the guidance."""
+        parts = [self.geometry, self.material, self.background, self.renderer]
+        return parts + ([self._guidance] if self._guidance is not None else [])
 
     def optimizer_param_groups(self) -> List[Dict[str, Any]]:
         """The proposal networks (if any) get ``renderer.prop_optimizer_config``'s options."""
@@ -351,19 +441,14 @@ class BaseLift3DSystem(BaseSystem):
 
         out = self(batch)
         index = int(batch["index"][0]) if "index" in batch else batch_idx
-        # test frames: rgb | depth | opacity side by side
-        rgb = out["comp_rgb"][0].clamp(0, 1)
-        row = torch.cat(
-            [rgb, visualize_depth(out["depth"][0], out["opacity"][0]), out["opacity"][0].expand_as(rgb)], dim=1
-        )
-        save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), row)
+        save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), rgb_depth_opacity_row(out))
 
     def on_test_epoch_end(self) -> None:
         if self.trainer.global_rank != 0:
             return
         from threestudio.utils.image import load_image, save_video
 
-        folder = self.save_path(f"it{self.true_global_step}-test/x")[:-2]
+        folder = self.save_dir(f"it{self.true_global_step}-test")
         frames = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
         if frames:
             video = self.save_path(f"it{self.true_global_step}-test.mp4")
@@ -380,6 +465,6 @@ class BaseLift3DSystem(BaseSystem):
         if self.trainer.global_rank != 0:
             return
         exporter = threestudio.find(self.cfg.exporter_type)(self.cfg.exporter, self.geometry, self.material)
-        folder = self.save_path(f"it{self.true_global_step}-export/x")[:-2]
+        folder = self.save_dir(f"it{self.true_global_step}-export")
         for path in exporter.export(folder):
             logger.info("exported %s", path)

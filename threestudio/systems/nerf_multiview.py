@@ -21,57 +21,29 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
 import threestudio
-from threestudio.systems.base import BaseLift3DSystem, visualize_depth
-from threestudio.systems.nvs import check_every_target_once, check_unsharded_test_loader, gather_records, owns_batch
-from threestudio.systems.zeronvs import opaque_loss, sparsity_loss
+from threestudio.systems.base import BaseLift3DSystem
+from threestudio.systems.heldout import HeldOutMetricsMixin
+from threestudio.utils.base import Updateable
 from threestudio.utils.errors import ConfigError, UserError
+from threestudio.utils.loss import distortion_loss, normalized_spacing, opaque_loss, sparsity_loss, weighted_mse
 
 logger = logging.getLogger(__name__)
 
 
-def weighted_mse(pred: Tensor, target: Tensor, weight: Optional[Tensor]) -> Tensor:
-    """Σ w‖pred − target‖² / (C Σ w) over rays; pred, target (..., C), weight (..., 1) or None (all ones)."""
-    se = (pred - target).square()
-    if weight is None:
-        return se.mean()
-    weight = weight.to(se.dtype)
-    return (se * weight).sum() / (weight.sum() * se.shape[-1]).clamp_min(1e-8)
-
-
-def distortion_loss(weights: Tensor, s_mid: Tensor, s_delta: Tensor) -> Tensor:
-    """mip-NeRF 360's distortion loss, mean over rays: Σᵢⱼ wᵢwⱼ|sᵢ − sⱼ| + ⅓ Σᵢ wᵢ²Δsᵢ.
-
-    weights, s_mid (interval midpoints), s_delta (interval lengths): (R, S), in the normalised ray spacing s ∈ [0, 1].
-    """
-    w_before = torch.cumsum(weights, dim=-1) - weights  # Σ_{j<i} w_j
-    ws_before = torch.cumsum(weights * s_mid, dim=-1) - weights * s_mid  # Σ_{j<i} w_j s_j
-    inter = 2.0 * (weights * (s_mid * w_before - ws_before)).sum(dim=-1)
-    intra = (weights.square() * s_delta).sum(dim=-1) / 3.0
-    return (inter + intra).mean()
-
-
-def normalized_spacing(t_mid: Tensor, t_delta: Tensor, near: float, far: float, sampling_type: str):
-    """Distances t (midpoints, lengths) → the renderer's normalised spacing s ∈ [0, 1] (uniform or lindisp)."""
-    if sampling_type == "lindisp":
-        scale = 1.0 / (1.0 / near - 1.0 / far)
-        return (1.0 / near - 1.0 / t_mid) * scale, t_delta / t_mid.square() * scale
-    return (t_mid - near) / (far - near), t_delta / (far - near)
-
-
 @threestudio.register("nerf-multiview-system")
-class NeRFMultiviewSystem(BaseLift3DSystem):
+class NeRFMultiviewSystem(HeldOutMetricsMixin, BaseLift3DSystem):
     LOSS_NAMES = ("rgb", "mask", "sparsity", "opaque", "distortion", "sds")
 
     @dataclass
     class Config(BaseLift3DSystem.Config):
-        guidance_type: str = "zeronvs-guidance"  # used only when system.loss.lambda_sds > 0
+        # used only when system.loss.lambda_sds > 0 (else a non-empty guidance or random_camera is an error)
+        guidance_type: str = "zeronvs-guidance"
         random_camera: dict = field(default_factory=dict)  # SDS views (RandomCameraConfig keys)
         metrics_use_mask: bool = False  # PSNR over the object mask only
 
@@ -80,39 +52,51 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
     def configure(self) -> None:
         super().configure()
         self._random_cameras = None
+        self._random_camera_cfg = None
         self._records: List[Dict[str, Any]] = []
+        if self._sds_enabled():
+            from threestudio.data.random_camera import RandomCameraConfig, check_random_camera_config
+            from threestudio.utils.config import parse_structured
+
+            self._random_camera_cfg = parse_structured(RandomCameraConfig, self.cfg.random_camera)
+            check_random_camera_config(self._random_camera_cfg, prefix="system.random_camera")
+        elif self.cfg.random_camera:
+            raise ConfigError(f"system.random_camera is used only with SDS; {self.guidance_hint()}")
 
     def _sds_enabled(self) -> bool:
         return self._max_weight(self.cfg.loss.get("lambda_sds", 0.0)) > 0
+
+    def uses_guidance(self) -> bool:
+        return self._sds_enabled()
+
+    def guidance_hint(self) -> str:
+        return "set system.loss.lambda_sds > 0 for score distillation, or remove the section"
 
     def prepare(self, mode: str, datamodule: Any) -> None:
         if not hasattr(datamodule, "targets") or not hasattr(datamodule, "conditioning"):
             raise ConfigError("nerf-multiview-system needs data_type: multiview-datamodule")
         if mode == "train" and datamodule.inputs.rgb is None:
             raise UserError("nerf-multiview-system trains on posed images; the input views have none")
-        self._target_indices = [int(i) for i in datamodule.targets.indices.tolist()]
         if mode == "train" and self._sds_enabled():
             self._prepare_sds(datamodule)
 
     def _prepare_sds(self, datamodule: Any) -> None:
-        from threestudio.data.random_camera import RandomCameraConfig, RandomCameraSampler, ReferenceCamera
+        from threestudio.data.random_camera import RandomCameraSampler, ReferenceCamera
         from threestudio.utils.camera import c2w_to_spherical
-        from threestudio.utils.config import parse_structured
 
         if not datamodule.cfg.canonicalize:
             raise ConfigError("system.loss.lambda_sds > 0 needs data.canonicalize=true (the diffusion model's frame)")
         cond = datamodule.conditioning()
         elevation, azimuth, distance = (float(v) for v in c2w_to_spherical(cond["c2w"][:1]))
         reference = ReferenceCamera(elevation, azimuth, distance, float(cond["fov_deg"][0]))
-        camera_cfg = parse_structured(RandomCameraConfig, self.cfg.random_camera)
-        self._random_cameras = RandomCameraSampler(camera_cfg, reference, prefix="system.random_camera")
+        self._random_cameras = RandomCameraSampler(self._random_camera_cfg, reference, prefix="system.random_camera")
         self.load_guidance(cond)
 
     # ------------------------------------------------------------------ training
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        if self._random_cameras is not None:
-            self._random_cameras.update_step(self.current_epoch, self.true_global_step)
+    def updateable_children(self) -> Sequence[Updateable]:
+        """The NeRF's parts and guidance, and the SDS views' sampler when SDS is on."""
+        extra = [self._random_cameras] if self._random_cameras is not None else []
+        return [*super().updateable_children(), *extra]
 
     def training_losses(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         terms: Dict[str, Tensor] = {}
@@ -150,44 +134,6 @@ class NeRFMultiviewSystem(BaseLift3DSystem):
         )
         return distortion_loss(out["weights"].reshape(n_rays, -1), s_mid, s_delta)
 
-    # ------------------------------------------------------------------ validation / test
-    def on_test_start(self) -> None:
-        check_unsharded_test_loader(self.trainer)
-        self._records = []
-
-    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        if not owns_batch(self.trainer, batch_idx):
-            return
-        from threestudio.utils.image import save_image
-        from threestudio.utils.metrics import compute_metrics
-
-        out = self(batch)
-        for k in range(out["comp_rgb"].shape[0]):
-            index = int(batch["index"][k])
-            rgb = out["comp_rgb"][k].clamp(0, 1)
-            row = torch.cat(
-                [rgb, visualize_depth(out["depth"][k], out["opacity"][k]), out["opacity"][k].expand_as(rgb)], dim=1
-            )
-            save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), row)
-            if "rgb" in batch:
-                mask = batch["mask"][k] if self.cfg.metrics_use_mask else None
-                self._records.append({"target": index, **compute_metrics(rgb, batch["rgb"][k], mask)})
-
-    def on_test_epoch_end(self) -> None:
-        records = gather_records(self, "nerf_test", self._records)
-        self._records = []
-        if records is None:
-            return
-        super().on_test_epoch_end()  # the test video (rank 0)
-        if records:
-            from threestudio.utils.metrics import write_metrics_json
-
-            check_every_target_once(records, self._target_indices)
-            payload = write_metrics_json(self.save_path("metrics.json"), records)
-            logger.info(
-                "held-out views (%d): PSNR %s, SSIM %s, LPIPS %s",
-                len(records),
-                payload["psnr"],
-                payload["ssim"],
-                payload["lpips"],
-            )
+    # ------------------------------------------------------------------ test (HeldOutMetricsMixin)
+    def metrics_mask(self, batch: Dict[str, Any], k: int) -> Optional[Tensor]:
+        return batch["mask"][k] if self.cfg.metrics_use_mask else None

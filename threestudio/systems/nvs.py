@@ -24,98 +24,36 @@ written atomically (temporary name, then rename).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 from torch import Tensor
 
 import threestudio
-from threestudio.models.guidance.zeronvs_guidance import check_compile_mode, check_precomputed_scale
 from threestudio.systems.base import BaseSystem
 from threestudio.utils.config import parse_structured
+from threestudio.utils.distributed import (
+    check_every_target_once,
+    check_unsharded_test_loader,
+    gather_records,
+    owns_batch,
+)
 from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.io import write_json_atomic
+from zeronvs_diffusion.model_config import DiffusionModelConfig, check_model_config, resolve_weights_dtype
 
 logger = logging.getLogger(__name__)
 
-PARTIAL_DIR = ".partial"
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# helpers shared with the multi-view NeRF system: atomic JSON, sharded test passes
-def owns_batch(trainer: Any, batch_idx: int) -> bool:
-    """Whether this process handles test batch ``batch_idx`` (batch k belongs to rank k mod world_size)."""
-    return trainer.world_size <= 1 or batch_idx % trainer.world_size == trainer.global_rank
-
-
-def check_unsharded_test_loader(trainer: Any) -> None:
-    """Refuse a test loader that Lightning sharded with a DistributedSampler (it pads: targets would repeat)."""
-    if trainer.world_size <= 1:
-        return
-    from torch.utils.data import DistributedSampler
-
-    loaders = trainer.test_dataloaders
-    for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
-        if isinstance(getattr(loader, "sampler", None), DistributedSampler):
-            raise UserError(
-                "the test targets are split across processes by the system itself; set "
-                "trainer.use_distributed_sampler=false (a DistributedSampler pads and would repeat targets)"
-            )
-
-
-def gather_records(system: BaseSystem, name: str, records: List[Dict[str, Any]]) -> Optional[List[Dict[str, Any]]]:
-    """Collect per-target ``records`` (dicts with ``target``) of every process; rank 0 gets them all.
-
-    Each rank writes ``save/.partial/{name}_rank{r}.json``; after a barrier rank 0 reads and deletes them and
-    returns the records sorted by target (other ranks get None). A single process returns its own records.
-    """
-    trainer = system.trainer
-    if trainer.world_size <= 1:
-        return sorted(records, key=lambda r: r["target"])
-    partial = system.save_path(os.path.join(PARTIAL_DIR, f"{name}_rank{trainer.global_rank}.json"))
-    write_json_atomic(partial, records)
-    trainer.strategy.barrier(f"{name}_partials")
-    if trainer.global_rank != 0:
-        return None
-    merged: List[Dict[str, Any]] = []
-    for rank in range(trainer.world_size):
-        path = system.save_path(os.path.join(PARTIAL_DIR, f"{name}_rank{rank}.json"))
-        with open(path) as f:
-            merged.extend(json.load(f))
-        os.remove(path)
-    try:
-        os.rmdir(os.path.dirname(partial))
-    except OSError:
-        pass  # other partial files still there
-    return sorted(merged, key=lambda r: r["target"])
-
-
-def check_every_target_once(records: List[Dict[str, Any]], expected: List[int]) -> None:
-    """Raise RuntimeError when the merged records miss a target or hold one twice."""
-    got = [int(r["target"]) for r in records]
-    if sorted(got) != sorted(int(i) for i in expected):
-        missing = sorted(set(expected) - set(got))
-        repeated = sorted({i for i in got if got.count(i) > 1})
-        raise RuntimeError(f"sharded test pass is incomplete: missing targets {missing}, repeated {repeated}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
 @dataclass
-class NVSModelConfig:
-    """``system.guidance``: the diffusion model (same key names as ``zeronvs-guidance``)."""
+class NVSModelConfig(DiffusionModelConfig):
+    """``system.guidance``: the diffusion model, the keys of ``zeronvs-guidance``'s model (its defaults for direct
+    sampling: guidance scale 3, half-precision weights on CUDA)."""
 
-    # ldm .ckpt (with pretrained_config), a folder written by zeronvs_diffusion.convert, or "random"
-    pretrained_model_name_or_path: str = "zeronvs.ckpt"
-    pretrained_config: Optional[str] = None
-    precomputed_scale: Optional[float] = None  # scene scale of the camera embedding (required)
-    guidance_scale: float = 3.0  # classifier-free guidance of the sampler
-    dtype: Optional[str] = None  # null: fp32 on the CPU, fp16 on CUDA; or fp32 | fp16 | bf16
-    # null, or a torch.compile mode for the UNet ("reduce-overhead": CUDA-graph replay on GPUs)
-    compile_unet: Optional[str] = None
+    guidance_scale: float = 3.0
+    half_precision_weights: bool = True
 
 
 @dataclass
@@ -145,10 +83,7 @@ class NVSSystem(BaseSystem):
         self.model_cfg: NVSModelConfig = parse_structured(NVSModelConfig, self.cfg.guidance)
         self.sampling_cfg: NVSSamplingConfig = parse_structured(NVSSamplingConfig, self.cfg.sampling)
         m, s = self.model_cfg, self.sampling_cfg
-        check_precomputed_scale(m.precomputed_scale)
-        check_compile_mode(m.compile_unet)
-        if m.dtype not in (None, "fp32", "fp16", "bf16"):
-            raise ConfigError(f"system.guidance.dtype is {m.dtype!r}; valid: null, fp32, fp16, bf16")
+        check_model_config(m)
         if s.steps < 1 or s.targets_per_batch < 1:
             raise ConfigError("system.sampling.steps and system.sampling.targets_per_batch must be >= 1")
         if not 0.0 <= s.eta <= 1.0:
@@ -173,7 +108,11 @@ class NVSSystem(BaseSystem):
         m = self.model_cfg
         logger.info("loading the ZeroNVS diffusion model from %s", m.pretrained_model_name_or_path)
         self._model = zeronvs_diffusion.load_model(
-            m.pretrained_model_name_or_path, config=m.pretrained_config, dtype=torch.float32, device="cpu"
+            m.pretrained_model_name_or_path,
+            config=m.pretrained_config,
+            dtype=torch.float32,
+            device="cpu",
+            trust_checkpoint=m.trust_checkpoint,
         )
         if m.compile_unet is not None:
             self._model.compile_unet(m.compile_unet)
@@ -186,9 +125,9 @@ class NVSSystem(BaseSystem):
         if self._model is None:
             raise RuntimeError("prepare('test', datamodule) must run before testing")
         check_unsharded_test_loader(self.trainer)
-        from zeronvs_diffusion.model import resolve_dtype
-
-        self._model.to(device=self.device, dtype=resolve_dtype(self.model_cfg.dtype, self.device))
+        m = self.model_cfg
+        dtype = resolve_weights_dtype(m.dtype, m.half_precision_weights, torch.device(self.device))
+        self._model.to(device=self.device, dtype=dtype)
         self._pending, self._records = [], []
 
     def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:

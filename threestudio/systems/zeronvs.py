@@ -16,39 +16,18 @@ from torch import Tensor
 
 import threestudio
 from threestudio.systems.base import BaseLift3DSystem
+from threestudio.systems.heldout import HeldOutMetricsMixin
 from threestudio.utils.errors import ConfigError
+from threestudio.utils.loss import normal_smoothness_2d, opaque_loss, orientation_loss, sparsity_loss
 
 logger = logging.getLogger(__name__)
 
 
-def normal_smoothness_2d(comp_normal: Tensor) -> Tensor:
-    """Mean squared difference of neighbouring pixels of rendered normals (B, H, W, 3)."""
-    return (comp_normal[:, 1:] - comp_normal[:, :-1]).square().mean() + (
-        comp_normal[:, :, 1:] - comp_normal[:, :, :-1]
-    ).square().mean()
-
-
-def orientation_loss(weights: Tensor, normal: Tensor, t_dirs: Tensor, opacity: Tensor) -> Tensor:
-    """Penalise normals facing away from the camera (Ref-NeRF): Σ w·max(0, n·d)² / #rays with opacity > 0.
-
-    weights (N, 1), normal (N, 3), t_dirs (N, 3) per sample; opacity (B, H, W, 1).
-    """
-    facing = (normal * t_dirs).sum(-1, keepdim=True).clamp_min(0.0) ** 2
-    return (weights.detach() * facing).sum() / (opacity > 0).sum().clamp_min(1)
-
-
-def sparsity_loss(opacity: Tensor) -> Tensor:
-    return (opacity**2 + 0.01).sqrt().mean()
-
-
-def opaque_loss(opacity: Tensor) -> Tensor:
-    """Binary entropy of the opacity: pushes every ray to fully opaque or fully empty."""
-    o = opacity.clamp(1e-3, 1 - 1e-3)
-    return F.binary_cross_entropy(o, o)
-
-
 @threestudio.register("zeronvs-system")
-class ZeroNVSSystem(BaseLift3DSystem):
+class ZeroNVSSystem(HeldOutMetricsMixin, BaseLift3DSystem):
+    """SDS from the guidance plus the reference-view losses; the test pass scores posed test views that carry
+    ground truth (``single-view-scene-datamodule``, :mod:`threestudio.systems.heldout`)."""
+
     LOSS_NAMES = ("sds", "rgb", "mask", "normal_smooth", "orient", "sparsity", "opaque")
     UNSUPPORTED_LOSS_NAMES = ("depth", "depth_rel", "normal", "3d_normal_smooth", "distortion", "clip")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch.nn as nn
 
@@ -13,20 +13,18 @@ from threestudio.utils.config import parse_structured
 class Updateable:
     """Something whose behaviour depends on the training step (schedules, coarse-to-fine, ...).
 
-    ``do_update_step`` calls ``update_step`` on this object and, recursively, on every Updateable
-    attribute or child module; override ``update_step`` only.
+    ``do_update_step`` calls ``do_update_step`` on each of :meth:`updateable_children` (the explicit list of the
+    parts this object updates), then ``update_step`` on this object. Override ``update_step`` and, for an object
+    that owns other Updateables, ``updateable_children``.
     """
 
+    def updateable_children(self) -> Sequence["Updateable"]:
+        """The Updateables this object updates, each once per step (none by default)."""
+        return ()
+
     def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
-        for attr in self.__dir__():
-            if attr.startswith("_"):
-                continue
-            try:
-                module = getattr(self, attr)
-            except Exception:
-                continue
-            if isinstance(module, Updateable) and module is not self:
-                module.do_update_step(epoch, global_step, on_load_weights=on_load_weights)
+        for child in self.updateable_children():
+            child.do_update_step(epoch, global_step, on_load_weights=on_load_weights)
         self.update_step(epoch, global_step, on_load_weights=on_load_weights)
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
@@ -42,8 +40,16 @@ class Configurable(Updateable):
 
     cfg: Config
 
+    @classmethod
+    def parse_config(cls, cfg: Optional[Any]) -> Any:
+        """``cfg`` parsed against ``Config`` and checked (keys, types, values) without building anything.
+
+        Systems call it for sections whose component they build later (e.g. the guidance, in ``prepare``).
+        """
+        return parse_structured(cls.Config, cfg)
+
     def _configure_from(self, cfg: Optional[Any], *args: Any, **kwargs: Any) -> None:
-        self.cfg = parse_structured(self.Config, cfg)
+        self.cfg = self.parse_config(cfg)
         self.configure(*args, **kwargs)
 
     def configure(self, *args: Any, **kwargs: Any) -> None:

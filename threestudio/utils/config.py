@@ -65,11 +65,27 @@ def parse_structured(fields: type, cfg: Optional[Any] = None) -> Any:
         if key not in valid:
             raise ConfigError(f"unknown config key {_full_key(cfg, str(key))!r}; valid keys here: {', '.join(valid)}")
     try:
-        return OmegaConf.merge(OmegaConf.structured(fields), cfg)
+        merged = OmegaConf.merge(OmegaConf.structured(fields), cfg)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
         msg = str(e).splitlines()[0]
         raise ConfigError(f"bad value for config key {_full_key(cfg, str(key))!r}: {msg}") from None
+    return _at_path(merged, _full_key(cfg, ""))
+
+
+def _at_path(node: DictConfig, path: str) -> DictConfig:
+    """``node`` placed at ``path`` (e.g. ``system.geometry``) of a new root, so that the error messages of the
+    components parsed from it name the full key (``system.geometry.radius``, not ``radius``)."""
+    parts = [p for p in path.split(".") if p]
+    if not parts or any("[" in p for p in parts):
+        return node
+    holder = OmegaConf.create({})
+    parent = holder
+    for part in parts[:-1]:
+        parent[part] = {}
+        parent = parent[part]
+    parent[parts[-1]] = node
+    return parent[parts[-1]]
 
 
 @dataclass
@@ -119,9 +135,14 @@ def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **ov
         if not os.path.isfile(path):
             raise UserError(f"config file not found: {path}")
         try:
-            confs.append(OmegaConf.load(path))
+            conf = OmegaConf.load(path)
         except Exception as e:
             raise UserError(f"cannot read config {path}: {str(e).splitlines()[0]}") from None
+        if not isinstance(conf, DictConfig):
+            raise UserError(
+                f"config {path}: its top level must be a mapping (key: value lines), not a {type(conf).__name__}"
+            )
+        confs.append(conf)
     for arg in cli_args:
         if "=" not in arg:
             raise ConfigError(f"command-line override {arg!r} is not of the form key=value")

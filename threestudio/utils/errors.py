@@ -1,19 +1,14 @@
-"""The one exception type for bad user input.
+"""The exception types for bad user input and for a diverged training.
 
 ``launch.py`` (and the other command-line entry points) turn a :class:`UserError` into a one-line
-message on stderr and exit code 2, with the traceback only under ``--verbose``.
+message on stderr and exit code 2, with the traceback only under ``--verbose``. ``UserError`` and
+``ConfigError`` are defined in :mod:`zeronvs_diffusion.errors` (the diffusion package stands alone) and
+re-exported here, so one ``except UserError`` catches the errors of both packages.
 """
 
+from zeronvs_diffusion.errors import ConfigError, UserError
 
-class UserError(Exception):
-    """Bad input from the user: a missing file, an unknown config key, a wrong value.
-
-    The message must say what is wrong and what to do about it, on one line.
-    """
-
-
-class ConfigError(UserError):
-    """A config key is unknown, mistyped or has a value of the wrong type."""
+__all__ = ["ConfigError", "TrainingDiverged", "UserError"]
 
 
 class TrainingDiverged(RuntimeError):

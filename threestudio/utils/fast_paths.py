@@ -1,4 +1,4 @@
-"""Optional CUDA fast paths (tiny-cuda-nn, nerfacc), chosen once per process.
+"""Optional CUDA fast paths (tiny-cuda-nn), chosen once per process.
 
 ``mode`` is ``"auto"`` (use a fast path when CUDA is available and its package imports) or ``"off"`` (always the
 pure-PyTorch reference path, the one the tests exercise). The system sets it from ``system.fast_paths``. The
@@ -60,8 +60,3 @@ def _package_usable(module_name: str) -> bool:
 def use_tcnn() -> bool:
     """True when tiny-cuda-nn encodings/networks should be used (mode auto, CUDA, ``tinycudann`` importable)."""
     return _mode == "auto" and _cuda_available() and _package_usable("tinycudann")
-
-
-def use_nerfacc() -> bool:
-    """True when nerfacc CUDA kernels may be used (mode auto, CUDA, ``nerfacc`` importable)."""
-    return _mode == "auto" and _cuda_available() and _package_usable("nerfacc")

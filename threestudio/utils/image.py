@@ -5,8 +5,10 @@ Images inside the pipeline are float tensors in [0, 1], channels last: (H, W, C)
 
 from __future__ import annotations
 
+import logging
+import math
 import os
-from typing import Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +17,8 @@ from torch import Tensor
 
 from threestudio.utils.errors import UserError
 from threestudio.utils.io import atomic_path
+
+logger = logging.getLogger(__name__)
 
 CropMode = Literal["center_crop", "pad", "stretch"]
 
@@ -41,27 +45,88 @@ def resolve_image_path(path: str) -> str:
     return candidate
 
 
-def load_image(path: str) -> Tensor:
+def _describe_unreadable(path: str) -> str:
+    """Why ``path`` is not an image, in words: empty, text, or an unknown binary format."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "the file is empty (0 bytes)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"not an image format Pillow knows (it starts with bytes {head[:8]!r}); pass a PNG or JPEG file"
+    if text.isprintable() or all(c.isprintable() or c.isspace() for c in text):
+        snippet = " ".join(text.split())[:40]
+        return f"the file holds text, not an image (it starts with {snippet!r}); pass a PNG or JPEG file"
+    return f"not an image format Pillow knows (it starts with bytes {head[:8]!r}); pass a PNG or JPEG file"
+
+
+_PLAIN_MODES = {"L": 255.0, "LA": 255.0, "RGB": 255.0, "RGBA": 255.0, "I": 65535.0, "F": 1.0}
+
+
+def _upright(im: Any, path: str) -> Any:
+    """Apply the EXIF orientation (a phone's portrait photo is stored sideways), with a one-line warning."""
+    from PIL import ImageOps
+
+    orientation = im.getexif().get(0x0112, 1)
+    if orientation in (None, 1):
+        return im
+    logger.warning("image %s: applied its EXIF orientation %s (the stored pixels are turned)", path, orientation)
+    return ImageOps.exif_transpose(im)
+
+
+def _plain_mode(im: Any) -> Any:
+    """Convert palette, 1-bit, CMYK, 16-bit, ... images to one of ``_PLAIN_MODES``."""
+    if im.mode in _PLAIN_MODES:
+        return im
+    if im.mode.startswith("I;16") or im.mode == "I;32":
+        return im.convert("I")
+    if im.mode in ("P", "PA"):
+        return im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    if im.mode == "1":
+        return im.convert("L")
+    return im.convert("RGBA" if "A" in im.getbands() else "RGB")
+
+
+def load_image(path: str, min_side: Optional[int] = None) -> Tensor:
     """Read an RGB(A)/grey image file as float RGBA (H, W, 4) in [0, 1] (alpha 1 where the file has none).
 
     ``path`` may be ``skimage:NAME`` for an image bundled with scikit-image (:func:`resolve_image_path`).
-    Raises :class:`UserError` naming the file when it is missing or unreadable.
+    The EXIF orientation is applied. ``min_side``: a large image is reduced while reading (JPEG: decoded
+    at a smaller DCT scale; others: box-filtered in 8/16 bit) by the largest integer factor that keeps the
+    shorter side at least ``min_side`` px, so an 8000² file never becomes a multi-GB float tensor.
+    Raises :class:`UserError` naming the file when it is missing or unreadable; warns (one line) when the
+    alpha channel is 0 everywhere.
     """
-    import imageio.v3 as iio
+    from PIL import Image, UnidentifiedImageError
 
     path = resolve_image_path(path)
     if not os.path.isfile(path):
         raise UserError(f"image not found: {path}")
     try:
-        arr = np.asarray(iio.imread(path))
+        with Image.open(path) as im:
+            full_size = im.size
+            if min_side is not None and im.format == "JPEG" and min(im.size) >= 2 * min_side:
+                k = min_side / min(im.size)
+                im.draft("RGB" if im.mode != "L" else "L", (math.ceil(im.width * k), math.ceil(im.height * k)))
+            im = _plain_mode(_upright(im, path))
+            factor = min(im.size) // min_side if min_side else 1
+            if factor >= 2 and im.mode != "F":
+                im = im.reduce(factor)
+            arr = np.asarray(im)
+            mode = im.mode
+    except UnidentifiedImageError:
+        raise UserError(f"cannot read image {path}: {_describe_unreadable(path)}") from None
     except Exception as e:
         raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise UserError(f"cannot read image {path}: unexpected array shape {arr.shape}")
-    scale = float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else 1.0
-    img = torch.from_numpy(arr.astype(np.float32) / scale)
+    if (arr.shape[1], arr.shape[0]) != full_size and min_side:
+        logger.info("image %s: %dx%d read as %dx%d (the run needs %d px)", path, *full_size, arr.shape[1],
+                    arr.shape[0], min_side)
+    img = torch.from_numpy(arr.astype(np.float32) / _PLAIN_MODES[mode])
     c = img.shape[-1]
     if c == 1:
         img = img.repeat(1, 1, 3)
@@ -69,6 +134,9 @@ def load_image(path: str) -> Tensor:
         img = torch.cat([img[..., :1].repeat(1, 1, 3), img[..., 1:]], dim=-1)
     if img.shape[-1] == 3:
         img = torch.cat([img, torch.ones_like(img[..., :1])], dim=-1)
+    elif not bool((img[..., 3] > 0).any()):
+        logger.warning("image %s: its alpha channel is 0 everywhere (fully transparent); the object mask is empty "
+                       "and no colour is used: save it without alpha or fix the alpha", path)
     return img[..., :4].clamp(0.0, 1.0)
 
 

@@ -15,21 +15,8 @@ import torch.nn as nn
 from torch import Tensor
 
 import threestudio
-from threestudio.utils.base import BaseModule
+from threestudio.models.background.base import BaseBackground
 from threestudio.utils.errors import ConfigError
-
-
-class BaseBackground(BaseModule):
-    """Colour (B, H, W, C) seen along ray directions (B, H, W, 3) that hit nothing."""
-
-    @dataclass
-    class Config(BaseModule.Config):
-        pass
-
-    cfg: Config
-
-    def forward(self, dirs: Tensor) -> Tensor:
-        raise NotImplementedError
 
 
 @threestudio.register("solid-color-background")

@@ -14,9 +14,10 @@ grid and MLP, density activation with a known derivative) writes the gradient ou
 Jacobian from the same gather (:meth:`HashGrid.forward_with_jacobian`), the MLP's input gradient
 (:meth:`VanillaMLP.forward_with_input_gradient`), autograd only through the cheap contraction and density bias. Both
 give the same values and gradients (tested); on the CPU they take the same time, and the GPU comparison is
-``scripts/device_bench.sh``'s to make. ``finite_difference``
-(alias ``finite_difference_laplacian``) uses central differences with step ``finite_difference_normal_eps``;
-``null`` computes none.
+``scripts/device_bench.sh``'s to make. ``finite_difference`` uses central differences with step
+``finite_difference_normal_eps`` (threestudio's ``finite_difference_laplacian``; its forward-difference
+``finite_difference`` is not offered, and ``finite_difference_laplacian`` is refused with that hint); ``null``
+computes none.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from threestudio.models.geometry.contraction import contract_to_unisphere
 from threestudio.models.networks import (
     HashGrid,
     VanillaMLP,
+    activations_with_derivative,
     get_activation,
     get_activation_derivative,
     get_encoding,
@@ -41,7 +43,7 @@ from threestudio.models.networks import (
 )
 from threestudio.utils.errors import ConfigError
 
-NORMAL_TYPES = (None, "analytic", "finite_difference", "finite_difference_laplacian")
+NORMAL_TYPES = (None, "analytic", "finite_difference")
 ANALYTIC_NORMAL_METHODS = ("autograd", "explicit")
 DENSITY_BIASES = ("blob_magic3d", "blob_dreamfusion")
 
@@ -86,6 +88,11 @@ class ImplicitVolume(BaseImplicitGeometry):
 
     def configure(self) -> None:
         super().configure()
+        if self.cfg.normal_type == "finite_difference_laplacian":
+            raise ConfigError(
+                "geometry.normal_type finite_difference_laplacian (threestudio's central differences) is "
+                "finite_difference here, which already uses central differences; set normal_type: finite_difference"
+            )
         if self.cfg.normal_type not in NORMAL_TYPES:
             raise ConfigError(
                 f"geometry.normal_type {self.cfg.normal_type!r} is not supported; use one of {NORMAL_TYPES}"
@@ -106,9 +113,10 @@ class ImplicitVolume(BaseImplicitGeometry):
                 self.encoding.n_output_dims, self.cfg.n_feature_dims, self.cfg.mlp_network_config
             )
         if self.cfg.analytic_normal_method == "explicit" and not self.has_explicit_normals:
+            known = ", ".join(activations_with_derivative())
             raise ConfigError(
-                "geometry.analytic_normal_method explicit needs the pure-PyTorch HashGrid and VanillaMLP (activations "
-                "relu/none) and a density_activation among softplus, exp, trunc_exp, relu, none; use autograd "
+                "geometry.analytic_normal_method explicit needs the pure-PyTorch HashGrid and a one-output VanillaMLP "
+                f"whose activations and the density_activation are among {known}; use autograd "
                 "(or system.fast_paths=off when tiny-cuda-nn was chosen)"
             )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -25,15 +25,13 @@ from torch import Tensor
 import threestudio
 from threestudio.utils.base import BaseObject
 from threestudio.utils.camera import c2w_to_spherical, orbit_c2w, rotation_angle_deg
-from threestudio.utils.errors import ConfigError, UserError
+from threestudio.utils.errors import ConfigError
 from threestudio.utils.image import resize_image, save_image
 from threestudio.utils.io import write_json_atomic
 from threestudio.utils.schedule import C, C_tensor
+from zeronvs_diffusion.model_config import DiffusionModelConfig, check_model_config, resolve_weights_dtype
 
 logger = logging.getLogger(__name__)
-
-DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # Keys of the original ZeroNVS guidance config that this implementation deliberately does not accept, with
 # what to do instead (docs/GUIDANCE.md lists them too).
@@ -47,25 +45,6 @@ ZERONVS_KEYS_NOT_USED = {
     "max_items_eval": "guidance evaluation images are not implemented; remove the key",
     "depth_threshold_for_anchor_guidance": "depth-based anchor masking is not implemented; remove the key",
 }
-
-
-def resolve_weights_dtype(dtype: str, half_precision_weights: bool, device: torch.device) -> torch.dtype:
-    """The dtype of the diffusion weights on ``device``.
-
-    CPU (and any non-CUDA device) always computes in fp32. On CUDA an explicit ``dtype`` wins; ``"auto"`` gives
-    bf16 (fp16 where the GPU lacks bf16) when ``half_precision_weights`` is set, else fp32.
-    """
-    if dtype not in DTYPE_CHOICES:
-        raise ConfigError(f"system.guidance.dtype is {dtype!r}; valid: {', '.join(DTYPE_CHOICES)}")
-    if device.type != "cuda":
-        if dtype not in ("auto", "fp32") or half_precision_weights:
-            logger.info("guidance weights stay fp32 on %s (half precision is used on CUDA only)", device)
-        return torch.float32
-    if dtype != "auto":
-        return _DTYPES[dtype]
-    if not half_precision_weights:
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def azimuth_distance_deg(azimuth_deg: Tensor, reference_deg: Tensor) -> Tensor:
@@ -94,11 +73,11 @@ def anchor_poses(input_c2w: Tensor, n_anchors: int) -> Tuple[Tensor, Tensor, Ten
 
 @dataclass
 class ConditioningBank:
-    """Conditioning views (K = input views then anchors): poses (K, 4, 4), fov (K,), raw CLIP embeddings
-    (K, 1, D), unscaled VAE latents (K, 4, h, w) and which entries are anchors (K,) bool."""
+    """Conditioning views (K = input views then anchors): poses (K, 4, 4), raw CLIP embeddings (K, 1, D),
+    unscaled VAE latents (K, 4, h, w) and which entries are anchors (K,) bool. The camera embedding uses the
+    target view's field of view, so the bank keeps none."""
 
     c2w: Tensor
-    fov_deg: Tensor
     clip_raw: Tensor
     c_concat: Tensor
     is_anchor: Tensor
@@ -116,26 +95,6 @@ class ConditioningBank:
 
 
 
-def check_precomputed_scale(scale: Optional[float]) -> float:
-    """The scene scale of the camera embedding (``system.guidance.precomputed_scale``); errors say what to set."""
-    if scale is None:
-        raise UserError(
-            "system.guidance.precomputed_scale is null, but there is no depth model to estimate the scene "
-            "scale here; set it, e.g. 0.7 as in the paper"
-        )
-    if scale <= 0:
-        raise ConfigError(f"system.guidance.precomputed_scale must be positive, got {scale}")
-    return float(scale)
-
-
-def check_compile_mode(mode: Optional[str]) -> None:
-    """``system.guidance.compile_unet``: null or one of zeronvs_diffusion's torch.compile modes."""
-    from zeronvs_diffusion.model import COMPILE_MODES
-
-    if mode is not None and mode not in COMPILE_MODES:
-        raise ConfigError(f"system.guidance.compile_unet is {mode!r}; valid: null, {', '.join(COMPILE_MODES)}")
-
-
 @threestudio.register("zeronvs-guidance")
 class ZeroNVSGuidance(BaseObject):
     """SDS with the ZeroNVS diffusion model (a BaseObject: its weights never enter the system's checkpoints).
@@ -145,27 +104,22 @@ class ZeroNVSGuidance(BaseObject):
     """
 
     @dataclass
-    class Config(BaseObject.Config):
-        # ldm .ckpt (with pretrained_config), a folder written by zeronvs_diffusion.convert, or "random"
-        pretrained_model_name_or_path: str = "zeronvs.ckpt"
-        pretrained_config: Optional[str] = None  # the latent-diffusion YAML; optional for a converted folder
-        guidance_scale: float = 5.0
-        guidance_scale_aux: Optional[float] = None  # for samples conditioned on an anchor; null = guidance_scale
-        precomputed_scale: Optional[float] = None  # scene scale of the camera embedding; required (0.7 in the paper)
+    class Config(DiffusionModelConfig):
+        """The diffusion model's keys (:class:`~zeronvs_diffusion.model_config.DiffusionModelConfig`) and SDS's."""
+
+        # for samples whose nearest bank view (by rotation) is an anchor, as ZeroNVS; null = guidance_scale
+        guidance_scale_aux: Optional[float] = None
         min_step_percent: Any = 0.02  # schedulable
         max_step_percent: Any = 0.98  # schedulable
         use_anisotropic_schedule: bool = False
         anisotropic_offset: float = 0.0  # steps of delay for a view opposite the input view
         grad_clip: Optional[Any] = None  # null or schedulable: clamp of the SDS gradient
-        half_precision_weights: bool = False
-        dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (CUDA only; CPU is always fp32)
         # recompute the VAE encoder's activations in the SDS backward instead of keeping them (less memory)
         vae_gradient_checkpointing: bool = False
-        # null, or a torch.compile mode for the UNet ("reduce-overhead": CUDA-graph replay on GPUs)
-        compile_unet: Optional[str] = None
         # SDS anchoring
         n_aux_c2w: int = 0  # number of anchor views; 0 = off
-        p_use_aux_cameras: Any = 0.0  # schedulable probability of conditioning on the nearest view
+        # schedulable probability of conditioning on the nearest bank view; ZeroNVS's paper schedule by default
+        p_use_aux_cameras: Any = field(default_factory=lambda: [0, 1.0, 0.0, 2000])
         anchor_ddim_steps: int = 500
         anchor_ddim_eta: float = 1.0
         anchor_guidance_scale: float = 3.0
@@ -173,21 +127,17 @@ class ZeroNVSGuidance(BaseObject):
 
     cfg: Config
 
-    def __init__(self, cfg: Optional[Any] = None, *args: Any, **kwargs: Any) -> None:
+    @classmethod
+    def parse_config(cls, cfg: Optional[Any]) -> Any:
+        """``system.guidance`` parsed and checked; loads no weights (systems call it when they are built)."""
         for key in cfg or {}:
             if key in ZERONVS_KEYS_NOT_USED:
                 raise ConfigError(
                     f"system.guidance.{key} is a key of the original ZeroNVS config that is not used here: "
                     f"{ZERONVS_KEYS_NOT_USED[key]}"
                 )
-        super().__init__(cfg, *args, **kwargs)
-
-    def configure(self) -> None:
-        cfg = self.cfg
-        check_precomputed_scale(cfg.precomputed_scale)
-        if cfg.dtype not in DTYPE_CHOICES:
-            raise ConfigError(f"system.guidance.dtype is {cfg.dtype!r}; valid: {', '.join(DTYPE_CHOICES)}")
-        check_compile_mode(cfg.compile_unet)
+        cfg = super().parse_config(cfg)
+        check_model_config(cfg)
         if cfg.n_aux_c2w < 0:
             raise ConfigError(f"system.guidance.n_aux_c2w must be >= 0, got {cfg.n_aux_c2w}")
         if cfg.n_aux_c2w > 0 and cfg.anchor_ddim_steps < 1:
@@ -195,13 +145,23 @@ class ZeroNVSGuidance(BaseObject):
         for key in ("min_step_percent", "max_step_percent", "p_use_aux_cameras", "grad_clip"):
             value = getattr(cfg, key)
             if value is not None:
-                C(value, 0, 0)  # raises ConfigError for a malformed schedule
+                try:
+                    C(value, 0, 0)  # raises ConfigError for a malformed schedule
+                except ConfigError as e:
+                    raise ConfigError(f"system.guidance.{key}: {e}") from None
+        return cfg
 
+    def configure(self) -> None:
+        cfg = self.cfg
         import zeronvs_diffusion
 
         logger.info("loading the ZeroNVS diffusion model from %s", cfg.pretrained_model_name_or_path)
         self.model = zeronvs_diffusion.load_model(
-            cfg.pretrained_model_name_or_path, config=cfg.pretrained_config, dtype=torch.float32, device="cpu"
+            cfg.pretrained_model_name_or_path,
+            config=cfg.pretrained_config,
+            dtype=torch.float32,
+            device="cpu",
+            trust_checkpoint=cfg.trust_checkpoint,
         )
         self.model.eval().requires_grad_(False)
         if cfg.vae_gradient_checkpointing:
@@ -294,7 +254,6 @@ class ZeroNVSGuidance(BaseObject):
             n = clip_raw.shape[0]
             self._bank = ConditioningBank(
                 c2w=self._input_c2w.to(self.device),
-                fov_deg=self._input_fov_deg.to(self.device),
                 clip_raw=clip_raw,
                 c_concat=c_concat,
                 is_anchor=torch.zeros(n, dtype=torch.bool, device=self.device),
@@ -329,7 +288,7 @@ class ZeroNVSGuidance(BaseObject):
         self._save_anchors(c2w, elevation, azimuth, distance, fov)
         clip_raw, c_concat = self._image_conditionings(self.anchor_images)
         return ConditioningBank(
-            c2w=c2w, fov_deg=fov.clone(), clip_raw=clip_raw, c_concat=c_concat,
+            c2w=c2w, clip_raw=clip_raw, c_concat=c_concat,
             is_anchor=torch.ones(n, dtype=torch.bool, device=self.device),
         )
 
@@ -378,15 +337,19 @@ class ZeroNVSGuidance(BaseObject):
         Each sample uses its input view (``cond_index``, default 0); with anchors, it uses instead, with
         probability ``p_use_aux_cameras``, the bank view (input or anchor) nearest by rotation angle.
         """
+        return self._select(target_c2w, cond_index)[0]
+
+    def _select(self, target_c2w: Tensor, cond_index: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """(chosen bank index, nearest bank index), each (B,) long; without anchors both are the input views."""
         bank = self.conditioning_bank()
         n_inputs = self._input_c2w.shape[0]  # the bank holds the input views first, then the anchors
         base = self._base_index(target_c2w.shape[0], cond_index, n_inputs)
         if len(bank) == n_inputs:
-            return base
+            return base, base
         angles = rotation_angle_deg(bank.c2w[None, :, :3, :3], target_c2w[:, None, :3, :3].to(bank.c2w))  # (B, K)
         nearest = angles.argmin(dim=1)
         use_nearest = torch.rand(base.shape[0], device=self.device) < self.p_use_aux_cameras_val
-        return torch.where(use_nearest, nearest, base)
+        return torch.where(use_nearest, nearest, base), nearest
 
     def _base_index(self, batch_size: int, cond_index: Optional[Tensor], n_inputs: int) -> Tensor:
         """Input view index (B,) long on the guidance's device: ``cond_index`` checked, or zeros.
@@ -528,12 +491,13 @@ class ZeroNVSGuidance(BaseObject):
         noise = torch.randn_like(latents)
 
         with torch.no_grad():
-            index = self.select_conditioning(target_c2w.to(self.device), cond_index)
+            index, nearest = self._select(target_c2w.to(self.device), cond_index)
             c_crossattn = self.cross_attention_conditioning(index, target_c2w, batch["fov_deg"].reshape(-1))
             on_anchor = bank.is_anchor[index]
+            # as ZeroNVS: the auxiliary scale goes with the nearest view, whichever view conditions the sample
             aux_scale = self.cfg.guidance_scale if self.cfg.guidance_scale_aux is None else self.cfg.guidance_scale_aux
             guidance_scale = torch.where(
-                on_anchor,
+                bank.is_anchor[nearest],
                 torch.full_like(on_anchor, aux_scale, dtype=torch.float32),
                 torch.full_like(on_anchor, self.cfg.guidance_scale, dtype=torch.float32),
             )

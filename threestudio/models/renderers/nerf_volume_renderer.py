@@ -1,16 +1,16 @@
 """``nerf-volume-renderer``: volume rendering of an implicit geometry with a material and a background.
 
-Pure PyTorch on dense (n_rays, n_samples) tensors (no nerfacc needed). Samples lie between ``near_plane`` and
+Pure PyTorch on dense (n_rays, n_samples) tensors. Samples lie between ``near_plane`` and
 ``far_plane`` along each ray, spaced ``uniform`` or ``lindisp``; the ``estimator`` places them:
 
 - ``proposal`` (ZeroNVS's default, nerfacc's PropNetEstimator): a small hash-grid density network
   (``proposal_network_config``) is evaluated at ``num_samples_per_ray_proposal`` stratified samples; the
   ``num_samples_per_ray`` rendered samples are drawn from its weights. In training the mip-NeRF 360 interlevel loss
   (NeRF weights detached: it trains only ``self.proposal_networks``) is returned as ``loss_proposal``; the system
-  optimises the proposal networks with ``prop_optimizer_config`` (and ``prop_scheduler_config``) in their own
-  parameter group. As in ZeroNVS, the proposal network sees points normalised to the box of half-size ``radius``
-  and proposes zero density outside it; ``unbounded_prop: true`` instead contracts space like the geometry
-  (mip-NeRF 360), for scenes with content far away.
+  optimises the proposal networks with ``prop_optimizer_config``'s options in their own parameter group (under the
+  system's learning-rate scheduler, like every group). As in ZeroNVS, the proposal network sees points normalised
+  to the box of half-size ``radius`` and proposes zero density outside it; ``unbounded_prop: true`` instead
+  contracts space like the geometry (mip-NeRF 360), for scenes with content far away.
 - ``importance``: ``num_samples_per_ray_importance`` coarse samples weighted by the geometry itself (no gradient),
   then ``num_samples_per_ray`` importance samples; both sets are rendered.
 - ``stratified``: ``num_samples_per_ray`` stratified samples.
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import threestudio
-from threestudio.models.background.solid_color import BaseBackground
+from threestudio.models.background.base import BaseBackground
 from threestudio.models.geometry.base import BaseImplicitGeometry
 from threestudio.models.geometry.contraction import contract_to_unisphere, scale_to_unit_cube
 from threestudio.models.materials.base import BaseMaterial
@@ -70,8 +70,8 @@ DEFAULT_PROPOSAL_NETWORK = {
                        "n_hidden_layers": 1},
 }
 # per-sample outputs returned in training (for regularisers); everything else is per ray
-_SAMPLE_KEYS = ("weights", "t_points", "t_intervals", "t_dirs", "ray_indices", "points", "density", "features",
-                "normal", "shading_normal", "normal_perturb")
+_SAMPLE_KEYS = ("weights", "t_points", "t_intervals", "t_dirs", "points", "density", "features", "normal",
+                "shading_normal")
 
 
 @threestudio.register("nerf-volume-renderer")
@@ -91,11 +91,9 @@ class NeRFVolumeRenderer(BaseModule):
         # samples per gradient-checkpointed chunk of the fields in training; 0 keeps the whole graph
         grad_checkpoint_chunk_size: int = 0
         return_comp_normal: bool = False
-        return_normal_perturb: bool = False
         # default: ZeroNVS's proposal network (5-level hash grid up to 128³, one 64-wide hidden layer)
         proposal_network_config: Optional[dict] = field(default_factory=lambda: dict(DEFAULT_PROPOSAL_NETWORK))
         prop_optimizer_config: Optional[dict] = None
-        prop_scheduler_config: Optional[dict] = None
         proposal_loss_weight: float = 1.0
         unbounded_prop: bool = False
 
@@ -150,12 +148,6 @@ class NeRFVolumeRenderer(BaseModule):
     def background(self) -> BaseBackground:
         return self._components["background"]
 
-    def set_components(self, geometry=None, material=None, background=None) -> None:
-        """Swap the geometry, material or background (e.g. after loading a checkpoint)."""
-        for name, module in (("geometry", geometry), ("material", material), ("background", background)):
-            if module is not None:
-                self._components[name] = module
-
     # ------------------------------------------------------------------ sampling
     def _to_distance(self, s: Tensor) -> Tensor:
         return spacing_to_distance(s, self.cfg.near_plane, self.cfg.far_plane, self.cfg.sampling_type)
@@ -199,7 +191,7 @@ class NeRFVolumeRenderer(BaseModule):
     def _needs_normal(self) -> bool:
         if self.geometry.cfg.normal_type is None:
             return False
-        return bool(self.material.requires_normal or self.cfg.return_comp_normal or self.cfg.return_normal_perturb)
+        return bool(self.material.requires_normal or self.cfg.return_comp_normal)
 
     def render_rays(
         self, rays_o: Tensor, rays_d: Tensor, light_positions: Tensor, bg_color: Tensor, **kwargs: Any
@@ -228,14 +220,12 @@ class NeRFVolumeRenderer(BaseModule):
         opacity = accumulate(weights)
         depth = accumulate(weights, t_mid[..., None])
         comp_rgb_fg = accumulate(weights, rgb.reshape(n_rays, n_samples, -1))
-        z_variance = accumulate(weights, ((t_mid - depth) ** 2)[..., None])
         out = {
             "comp_rgb": comp_rgb_fg + bg_color * (1.0 - opacity),
             "comp_rgb_fg": comp_rgb_fg,
             "comp_rgb_bg": bg_color,
             "opacity": opacity,
             "depth": depth,
-            "z_variance": z_variance,
         }
         if "normal" in geo_out and (self.cfg.return_comp_normal or not training):
             comp_normal = F.normalize(accumulate(weights, geo_out["normal"].reshape(n_rays, n_samples, 3)), dim=-1)
@@ -247,13 +237,8 @@ class NeRFVolumeRenderer(BaseModule):
                 t_points=t_mid.reshape(-1, 1),
                 t_intervals=deltas.reshape(-1, 1),
                 t_dirs=t_dirs,
-                ray_indices=torch.arange(n_rays, device=rays_o.device).repeat_interleave(n_samples),
                 points=flat_points,
             )
-            if self.cfg.return_normal_perturb and "normal" in geo_out:
-                perturbed = flat_points + torch.randn_like(flat_points) * 1e-2
-                perturbed_out = self._map_samples(partial(self.geometry, output_normal=True), perturbed, self.geometry)
-                out["normal_perturb"] = perturbed_out["normal"]
             if proposal_levels:
                 loss = sum(interlevel_loss(s_edges, weights, s_env, w_env) for s_env, w_env in proposal_levels)
                 out["loss_proposal"] = loss * self.cfg.proposal_loss_weight
@@ -270,7 +255,7 @@ class NeRFVolumeRenderer(BaseModule):
         """Render views: rays_o, rays_d (B, H, W, 3); light_positions (B, 3) or None (a light at each camera);
         bg_color (B, 3), (3,) or (B, H, W, 3) overrides the background module.
 
-        Returns comp_rgb, comp_rgb_fg, comp_rgb_bg (B, H, W, 3), opacity, depth, z_variance (B, H, W, 1),
+        Returns comp_rgb, comp_rgb_fg, comp_rgb_bg (B, H, W, 3), opacity, depth (B, H, W, 1),
         comp_normal (B, H, W, 3) when normals exist; in training also weights (N, 1), normal (N, 3), t_dirs (N, 3),
         points (N, 3), ... and loss_proposal (scalar) for the proposal estimator.
         """

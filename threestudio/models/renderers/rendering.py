@@ -42,27 +42,6 @@ def unit_edges(
     return edges
 
 
-def stratified_samples(
-    near: Union[float, Tensor],
-    far: Union[float, Tensor],
-    n_samples: int,
-    randomized: bool,
-    sampling_type: str = "uniform",
-    n_rays: int = 1,
-    device: Optional[torch.device] = None,
-) -> Tensor:
-    """Stratified interval edges t (n_rays, n_samples + 1) from near to far.
-
-    ``near``/``far`` are floats or (n_rays, 1) tensors (then ``n_rays``/``device`` come from them).
-    """
-    if isinstance(near, Tensor):
-        n_rays, device = near.shape[0], near.device
-    elif isinstance(far, Tensor):
-        n_rays, device = far.shape[0], far.device
-    s = unit_edges(n_rays, n_samples, randomized, device=device)
-    return spacing_to_distance(s, near, far, sampling_type)
-
-
 def render_weights(sigmas: Tensor, deltas: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """Compositing weights from densities.
 

@@ -1,0 +1,69 @@
+"""One run per trial folder at a time: an exclusive lock on ``TRIAL/.lock``.
+
+The lock is an ``fcntl.flock`` on the file, which the kernel releases when the holder dies; the file keeps the
+holder's pid, host and start time so that a second run can name it. A lock file left with content by a run
+that did not end cleanly (killed) is taken over with a warning. Without ``fcntl`` (Windows) runs are not locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from typing import Iterator
+
+from threestudio.utils.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+
+
+def _read(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, 4096).decode(errors="replace").strip()
+
+
+@contextlib.contextmanager
+def trial_lock(trial_dir: str) -> Iterator[None]:
+    """Hold the exclusive lock of ``trial_dir`` (which must exist) for the body.
+
+    Raises:
+        UserError: another live process holds it (the message names its pid, host and start time).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        logger.debug("no fcntl: trial %s is not locked", trial_dir)
+        yield
+        return
+    path = os.path.join(trial_dir, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _read(fd) or "a process that has not written its pid yet"
+        os.close(fd)
+        raise UserError(
+            f"trial {trial_dir} is in use by another run ({holder}); wait for it to end or stop it, "
+            "or choose another tag/name"
+        ) from None
+    try:
+        previous = _read(fd)
+        if previous:
+            logger.warning(
+                "trial %s: taking over the stale lock of a run that did not end cleanly (%s)", trial_dir, previous
+            )
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(
+            fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode()
+        )
+        os.fsync(fd)
+        yield
+    finally:
+        # empty (not removed: removing a flocked file lets two runs lock two different files), then release
+        os.ftruncate(fd, 0)
+        os.close(fd)
