@@ -215,6 +215,8 @@ def run_oracle_sds(
     factor = steps / float(OmegaConf.select(raw, "trainer.max_steps"))
     base += compressed_schedule_overrides(raw, factor)
     base += sds_weight_overrides(raw, height, overrides)
+    if str(OmegaConf.select(raw, "data.default_fovy_deg")) == "auto":  # no EXIF in a rendered world: the fallback
+        base.append(f"data.default_fovy_deg={OmegaConf.select(raw, 'data.fovy_fallback_deg')}")
     first = load_config(config_path, cli_args=[*base, *overrides])
     size = _single_stage(first.data.random_camera.height, "data.random_camera.height")
     camera = input_camera(first)
