@@ -5,6 +5,7 @@
     python scripts/bench.py diffusion [--steps N] [--batches 1,4,16] [--json OUT]
     python scripts/bench.py sds       --config configs/zeronvs.yaml [--steps N] [--json OUT]
     python scripts/bench.py load-memory [--json OUT]                          checkpoint load peak RSS
+    python scripts/bench.py oracle [--scenes S.yaml ...] [--steps N] [--renderers 16+16,32+32] [--json OUT]
 
 Each subcommand lives in scripts/benchmarks/<name>.py with ``add_arguments(parser)`` and ``run(args) -> dict``.
 Results go into docs/PERFORMANCE.md with device, date, command and torch version.
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "diffusion": "benchmarks.diffusion",
     "sds": "benchmarks.sds",
     "load-memory": "benchmarks.load_memory",
+    "oracle": "benchmarks.oracle",
 }
 
 

@@ -104,3 +104,20 @@ def camera_embedding(
     fov = torch.stack([fov_rad, torch.sin(fov_rad), torch.cos(fov_rad)], dim=-1)
     dtype = target_c2w.dtype if target_c2w.is_floating_point() else torch.float32
     return torch.cat([rel.reshape(batch_size, 16), fov], dim=-1).to(dtype)
+
+
+def relative_pose_from_embedding(embedding: Tensor, scale: Number = 1.0) -> tuple[Tensor, Tensor]:
+    """Invert the 7dof_quantile_scale :func:`camera_embedding`: (B,19) → relative pose and field of view.
+
+    The translation was squashed as ``5·tanh(t / (10·scale))``, so ``t = 10·scale·atanh(t_squashed / 5)``
+    (``scale`` clamped to ≥ 1e-2 as in the forward direction). Returns ``inv(cond) @ target`` (B,4,4) float64
+    and ``fov_deg`` (B,) float64.
+    """
+    if embedding.dim() != 2 or embedding.shape[-1] != SUPPORTED_CONDITIONING_MODES["7dof_quantile_scale"]:
+        raise ValueError(f"a 7dof_quantile_scale embedding is (B,19), got {tuple(embedding.shape)}")
+    emb = embedding.double()
+    rel = emb[:, :16].reshape(-1, 4, 4).clone()
+    s = _batch(scale, rel.shape[0], rel.device, rel.dtype).clamp_min(MIN_SCALE)
+    squashed = (rel[:, :3, 3] / SQUASH_AMPLITUDE).clamp(-1 + 1e-15, 1 - 1e-15)
+    rel[:, :3, 3] = SQUASH_RANGE * torch.atanh(squashed) * s[:, None]
+    return rel, torch.rad2deg(emb[:, 16])

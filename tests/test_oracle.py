@@ -1,0 +1,202 @@
+"""The oracle prior (zeronvs_diffusion.oracle): the world renderer against closed-form hits, the camera embedding's
+inverse, the exact noise prediction and its CFG-neutral unconditional branch, and a CI-sized single-image SDS run
+that must beat a control whose relative pose is inverted."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import yaml
+
+import threestudio
+import zeronvs_diffusion.camera as zcamera
+from threestudio.utils.camera import orbit_c2w
+from zeronvs_diffusion.camera import camera_embedding, relative_pose, relative_pose_from_embedding
+from zeronvs_diffusion.oracle import Scene, SceneError, load_oracle, render
+from zeronvs_diffusion.oracle.scene import pinhole_rays
+
+SCENE = "configs/oracle_scenes/two_primitives.yaml"
+FOV = 52.55
+
+
+def random_c2w(n, generator, max_translation=1.5):
+    q = torch.linalg.qr(torch.randn(n, 3, 3, generator=generator)).Q
+    q = q * torch.sign(torch.linalg.det(q))[:, None, None]
+    c2w = torch.eye(4).repeat(n, 1, 1)
+    c2w[:, :3, :3] = q
+    c2w[:, :3, 3] = (torch.rand(n, 3, generator=generator) * 2 - 1) * max_translation
+    return c2w
+
+
+def test_embedding_round_trips_pose():
+    g = torch.Generator().manual_seed(0)
+    cond, target = random_c2w(64, g), random_c2w(64, g)
+    fov = torch.rand(64, generator=g) * 40 + 30
+    scale = torch.rand(64, generator=g) * 0.8 + 0.3
+    embedding = camera_embedding(cond, target, fov, scale)  # float32, as the guidance computes it
+    rel, fov_back = relative_pose_from_embedding(embedding, scale)
+    assert (rel - relative_pose(cond, target)).abs().max() < 1e-5
+    assert (cond.double() @ rel - target.double()).abs().max() < 1e-5
+    assert (fov_back - fov.double()).abs().max() < 1e-4
+    # the scale matters: the wrong one gives a different translation
+    wrong, _ = relative_pose_from_embedding(embedding, scale * 2)
+    assert (wrong - rel)[:, :3, 3].abs().max() > 0.1
+
+
+def test_sphere_silhouette_and_depth_match_closed_form():
+    distance, radius, size = 2.0, 0.5, 33
+    scene = Scene.from_dict({"background": {"top": [0, 0, 1], "bottom": [0, 0, 1]},
+                             "primitives": [{"type": "sphere", "center": [0, 0, 0], "radius": radius,
+                                             "color": [1, 0, 0]}]})
+    c2w = orbit_c2w(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([distance]))
+    rgb, depth = render(scene, c2w, torch.tensor([FOV]), size, size, supersample=1)
+    # angle of each pixel-centre ray from the optical axis, from the pinhole model
+    focal = 0.5 * size / math.tan(math.radians(FOV / 2))
+    j, i = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    theta = torch.atan(torch.sqrt((i - size / 2) ** 2 + (j - size / 2) ** 2).double() / focal)
+    edge = math.asin(radius / distance)
+    inside, outside = theta < edge - 0.01, theta > edge + 0.01
+    assert bool(torch.isfinite(depth[0][inside]).all()) and bool(torch.isinf(depth[0][outside]).all())
+    assert torch.allclose(rgb[0][inside], torch.tensor([1.0, 0, 0]))
+    assert torch.allclose(rgb[0][outside], torch.tensor([0.0, 0, 1]))
+    t = distance * torch.cos(theta) - torch.sqrt(radius**2 - (distance * torch.sin(theta)) ** 2)
+    expected_depth = (t * torch.cos(theta)).float()
+    assert torch.allclose(depth[0][inside], expected_depth[inside], atol=1e-5)
+
+
+def test_plane_checker_cell_at_a_known_pixel():
+    height, cell, size = 1.0, 0.25, 32
+    dark, light = [0.1, 0.1, 0.1], [0.9, 0.8, 0.7]
+    scene = Scene.from_dict({"background": {"top": [0, 0, 1], "bottom": [0, 0, 1]},
+                             "primitives": [{"type": "plane", "height": 0.0,
+                                             "checker": {"colors": [dark, light], "cell": cell}}]})
+    c2w = torch.eye(4)[None]  # looking straight down -z from (0, 0, height): image x = world x, image up = world y
+    c2w[0, 2, 3] = height
+    rgb, depth = render(scene, c2w, torch.tensor([FOV]), size, size, supersample=2)
+    assert torch.allclose(depth, torch.full_like(depth, height), atol=1e-6)
+    focal = 0.5 * size / math.tan(math.radians(FOV / 2))
+    for col, row in [(3, 4), (20, 9), (27, 28)]:
+        x = height * (col + 0.5 - size / 2) / focal
+        y = -height * (row + 0.5 - size / 2) / focal
+        # the 3D checker's cell of the point just below the ground: floor(z / cell) = −1
+        parity = (math.floor(x / cell) + math.floor(y / cell) - 1) % 2
+        assert torch.allclose(rgb[0, row, col], torch.tensor([dark, light][parity]), atol=1e-6)
+
+
+def test_box_face_depth():
+    scene = Scene.from_dict({"background": {"top": [0, 0, 0], "bottom": [0, 0, 0]},
+                             "primitives": [{"type": "box", "center": [0, 0, 0], "size": [0.4, 0.6, 0.8],
+                                             "color": [0, 1, 0]}]})
+    c2w = orbit_c2w(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([2.0]))
+    rays_o, rays_d = pinhole_rays(c2w.double(), torch.tensor([FOV]).double(), 9, 9)
+    _, t = scene.trace(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3))
+    _, depth = render(scene, c2w, torch.tensor([FOV]), 9, 9, supersample=1)
+    assert depth[0, 4, 4].item() == pytest.approx(2.0 - 0.2, abs=1e-6)  # the +x face, half a size 0.4 away
+    assert torch.isfinite(t).sum() > 0
+
+
+def test_scene_errors_name_the_key(tmp_path):
+    with pytest.raises(SceneError, match=r"primitives\[0\].radius"):
+        Scene.from_dict({"background": {"top": [0, 0, 0], "bottom": [0, 0, 0]},
+                         "primitives": [{"type": "sphere", "center": [0, 0, 0], "radius": -1, "color": [1, 1, 1]}]})
+    with pytest.raises(SceneError, match="unknown key"):
+        Scene.from_dict({"background": {"top": [0, 0, 0], "bottom": [0, 0, 0]}, "lights": [],
+                         "primitives": [{"type": "plane", "height": 0, "color": [1, 1, 1]}]})
+    path = tmp_path / "world.yaml"
+    path.write_text(open(SCENE).read())
+    with pytest.raises(SceneError, match="input_camera"):
+        load_oracle(str(path))
+
+
+def input_camera():
+    return orbit_c2w(torch.tensor([31.0]), torch.tensor([0.0]), torch.tensor([1.0]))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    spec = yaml.safe_load(open(SCENE))
+    spec["input_camera"] = {"c2w": input_camera()[0].tolist(), "fov_deg": FOV}
+    spec["resolution"] = 16
+    path = tmp_path_factory.mktemp("oracle") / "world.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_oracle_noise_is_exact_and_cfg_neutral(world):
+    model = zeronvs_diffusion_load(world)
+    target = orbit_c2w(torch.tensor([50.0, 10.0]), torch.tensor([120.0, -70.0]), torch.tensor([1.4, 0.9]))
+    fov = torch.full((2,), FOV)
+    x0 = model.render_latents(target, fov)
+    clip = model.clip_embed(torch.rand(2, 16, 16, 3))
+    c_cross = model.project(clip, camera_embedding(input_camera(), target, fov, model.scale))
+    c_concat = model._input_latent.expand(2, -1, -1, -1)
+    t = torch.tensor([600, 900])
+    alpha_bar = model.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    noise = torch.randn_like(x0)
+    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+    eps = model.predict_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([torch.zeros_like(c_cross), c_cross]),
+                            torch.cat([torch.zeros_like(c_concat), c_concat]))
+    assert torch.allclose(eps[2:], noise, atol=1e-4)
+    assert torch.equal(eps[:2], eps[2:])  # unconditional = conditional: CFG is the identity
+    wrong_scale = model.project(clip, camera_embedding(input_camera(), target, fov, model.scale * 1.5))
+    eps_wrong = model.predict_eps(x_t, t, wrong_scale, c_concat)
+    assert (eps_wrong - noise).abs().mean() > 0.01
+
+
+def zeronvs_diffusion_load(world):
+    import zeronvs_diffusion
+
+    return zeronvs_diffusion.load_model(f"oracle:{world}")
+
+
+def test_guidance_fixed_point_is_the_true_view(world):
+    """Through the production guidance (CFG 9.5): zero SDS gradient at the true view, not at a wrong one."""
+    guidance = threestudio.find("zeronvs-guidance")(
+        {"pretrained_model_name_or_path": f"oracle:{world}", "pretrained_config": None, "guidance_scale": 9.5,
+         "precomputed_scale": zeronvs_diffusion_load(world).scale}
+    )
+    model = guidance.model
+    input_rgb, _ = render(model.scene, input_camera(), torch.tensor([FOV]), 16, 16)
+    guidance.set_conditions(input_rgb, input_camera(), torch.tensor([FOV]))
+    target = orbit_c2w(torch.tensor([40.0]), torch.tensor([150.0]), torch.tensor([1.2]))
+    batch = {"c2w": target, "fov_deg": torch.tensor([FOV])}
+    true_rgb, _ = render(model.scene, target, batch["fov_deg"], 16, 16)
+    assert guidance(true_rgb, batch)["grad_norm"].item() < 1e-3
+    assert guidance(input_rgb, batch)["grad_norm"].item() > 0.1
+    with pytest.raises(threestudio.utils.errors.UserError, match="input view"):
+        guidance.set_conditions(torch.rand(1, 16, 16, 3), input_camera(), torch.tensor([FOV]))
+        guidance(true_rgb, batch)
+
+
+def inverted_relative_pose(cond_c2w, target_c2w):
+    """The control's bug: the relative pose inverted (target's frame seen from the target, i.e. cond in target)."""
+    return relative_pose(target_c2w, cond_c2w)
+
+
+CI_NERF = [
+    "system.geometry.pos_encoding_config.n_levels=6", "system.geometry.pos_encoding_config.log2_hashmap_size=14",
+    "system.geometry.pos_encoding_config.base_resolution=8",
+    "system.geometry.mlp_network_config.n_neurons=16", "system.geometry.mlp_network_config.n_hidden_layers=1",
+    "system.renderer.proposal_network_config.encoding_config.n_levels=3",
+    "system.renderer.proposal_network_config.encoding_config.log2_hashmap_size=12",
+    "system.renderer.num_samples_per_ray=16", "system.renderer.num_samples_per_ray_proposal=16",
+    "system.fast_paths=off", "data.random_camera.batch_size=1",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "open finding (docs/PERFORMANCE.md, 'Oracle SDS check'): at CPU step counts the NeRF keeps its initial opaque "
+    "density blob (depth ≈ the near plane from every camera), so the good run and the inverted-pose control "
+    "score the same; remove this mark when the good run wins"))
+def test_ci_oracle_run_beats_inverted_pose_control(tmp_path, monkeypatch):
+    from threestudio.oracle_sds import run_oracle_sds
+
+    kwargs = dict(steps=40, height=32, overrides=CI_NERF, orbit_views=6)
+    good = run_oracle_sds(SCENE, str(tmp_path / "good"), **kwargs)
+    monkeypatch.setattr(zcamera, "relative_pose", inverted_relative_pose)
+    control = run_oracle_sds(SCENE, str(tmp_path / "control"), **kwargs)
+    assert set(good) >= {"heldout_psnr", "heldout_ssim", "input_psnr", "steps", "wall_s"}
+    assert good["heldout_psnr"] > control["heldout_psnr"] + 2.0, (good, control)

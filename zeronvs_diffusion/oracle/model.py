@@ -1,0 +1,207 @@
+"""An exact, weight-free stand-in for the ZeroNVS diffusion model: the oracle prior of a known world.
+
+``load_model("oracle:WORLD.yaml")`` returns an :class:`OracleModel`. It has the interface the guidance uses
+(``clip_embed``, ``encode_concat``, ``encode_latents``, ``project``, ``predict_eps``, ``decode``, ``scheduler``,
+``conditioning``) and receives only what the real UNet receives: noisy latents, timesteps, c_crossattn and
+c_concat. From the camera part of c_crossattn it recovers the target pose relative to the conditioning view
+(inverting 7dof_quantile_scale), composes it with the input view's pose in the world, renders the world there and
+returns the noise that is exact for that view. See docs/GUIDANCE.md ("The oracle prior") for what it is and is not.
+
+Stand-ins: the VAE is the identity on pixels at the oracle's resolution (latents = 2·rgb − 1, scale factor 1:
+differentiable and invertible); "CLIP" is the image's mean colour (unused by the prediction); cc_projection is
+concatenation, so the 19 camera numbers reach ``predict_eps`` unchanged.
+
+A world file is a scene (see :mod:`zeronvs_diffusion.oracle.scene`) plus ``input_camera: {c2w: 4×4, fov_deg}``
+(the input view's OpenGL pose in the world; ``scripts/oracle_sds.py`` writes it from ``data.default_*``),
+optional ``scale`` (the scene scale of the embedding; default the 20% quantile of the input view's depth, ZeroNVS's
+definition) and ``resolution`` (pixels a side of the latents, default 64).
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from zeronvs_diffusion.camera import relative_pose_from_embedding
+from zeronvs_diffusion.errors import UserError
+from zeronvs_diffusion.ldm_config import ConditioningSpec, scheduler_kwargs
+from zeronvs_diffusion.model import ZeroNVSModel
+from zeronvs_diffusion.oracle.scene import Scene, SceneError, read_mapping, render
+
+logger = logging.getLogger(__name__)
+
+ORACLE_PREFIX = "oracle:"
+WORLD_KEYS = ("input_camera", "scale", "resolution")
+MODE = "7dof_quantile_scale"
+EMBEDDING_DIM = 19
+CLIP_DIM = 3  # the "CLIP" stand-in: mean colour
+DEPTH_QUANTILE = 0.2
+# the conditioning image must be this world's input view: largest accepted mean |difference| in [-1, 1] units
+CONDITIONING_TOLERANCE = 0.1
+
+
+class PixelVAE(nn.Module):
+    """Identity "VAE": latents are the pixels (B, 3, R, R) in [-1, 1]; its posterior is a point mass."""
+
+    def encode(self, x: Tensor) -> SimpleNamespace:
+        point = SimpleNamespace(mode=lambda: x, sample=lambda generator=None: x)
+        return SimpleNamespace(latent_dist=point)
+
+    def decode(self, z: Tensor) -> SimpleNamespace:
+        return SimpleNamespace(sample=z)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Nothing to recompute: the identity keeps no activations."""
+
+
+class OracleModel(ZeroNVSModel):
+    """The oracle prior of ``scene`` seen from the input camera ``input_c2w`` (4, 4) with ``input_fov_deg``."""
+
+    def __init__(self, scene: Scene, input_c2w: Tensor, input_fov_deg: float, scale: Optional[float] = None,
+                 resolution: int = 64, supersample: int = 2):
+        from diffusers import DDIMScheduler
+
+        spec = ConditioningSpec(MODE, EMBEDDING_DIM, 1.0, int(resolution), int(resolution))
+        scheduler = DDIMScheduler(**scheduler_kwargs({}))  # the ldm defaults: ZeroNVS's noise schedule
+        super().__init__(None, PixelVAE(), None, None, scheduler, spec)
+        self.scene = scene
+        self.supersample = int(supersample)
+        self.input_c2w = input_c2w.double().reshape(4, 4)
+        self.input_fov_deg = float(input_fov_deg)
+        self.scale = self.depth_quantile_scale() if scale is None else float(scale)
+        if self.scale <= 0:
+            raise SceneError(f"the oracle world's scale must be positive, got {self.scale}")
+        self._input_latent = self.render_latents(self.input_c2w[None], torch.tensor([self.input_fov_deg]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.clip_mean.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip_mean.device
+
+    @property
+    def latent_channels(self) -> int:
+        return 3
+
+    # ------------------------------------------------------------------------------------ the world
+    def depth_quantile_scale(self) -> float:
+        """The 20% quantile of the input view's z-depth (ZeroNVS's scene scale)."""
+        res = self.conditioning.vae_resolution
+        _, depth = render(self.scene, self.input_c2w[None], torch.tensor([self.input_fov_deg]), res, res, 1)
+        value = torch.sort(depth.reshape(-1)).values[int(DEPTH_QUANTILE * depth.numel())].item()
+        if not torch.isfinite(torch.tensor(value)):
+            raise SceneError("the input view sees less than 20% geometry: set `scale` in the oracle world file")
+        return value
+
+    def render_latents(self, c2w: Tensor, fov_deg: Tensor) -> Tensor:
+        """Pixel latents (B, 3, R, R) in [-1, 1] of the world seen from ``c2w`` (B, 4, 4), ``fov_deg`` (B,)."""
+        res = self.conditioning.vae_resolution
+        rgb, _ = render(self.scene, c2w.double().cpu(), fov_deg.double().cpu(), res, res, self.supersample)
+        return (rgb.permute(0, 3, 1, 2) * 2.0 - 1.0) * self.conditioning.scale_factor
+
+    def target_poses(self, c_crossattn: Tensor) -> tuple[Tensor, Tensor]:
+        """World c2w (B, 4, 4) float64 and fov (B,) of the targets named by conditional c_crossattn (B, 1, D)."""
+        embedding = c_crossattn[:, 0, CLIP_DIM:CLIP_DIM + EMBEDDING_DIM]
+        rel, fov_deg = relative_pose_from_embedding(embedding.detach().cpu(), self.scale)
+        return self.input_c2w[None] @ rel, fov_deg
+
+    # ------------------------------------------------------------------------ the model interface
+    def clip_embed(self, img01: Tensor) -> Tensor:
+        """"CLIP" stand-in (B, 1, 3): the mean colour of images (B, H, W, 3) in [0, 1]."""
+        return self._channels_first(img01, img01.shape[1]).mean(dim=(2, 3))[:, None, :]
+
+    def project(self, clip_raw: Tensor, T: Tensor) -> Tensor:
+        """c_crossattn (B, 1, 3 + 19): the "CLIP" vector and the camera embedding, concatenated."""
+        T = T.to(device=clip_raw.device, dtype=clip_raw.dtype)
+        return torch.cat([clip_raw, T[:, None, :]], dim=-1).to(self.dtype)
+
+    def _check_conditioning_image(self, c_concat: Tensor) -> None:
+        diff = (c_concat.detach().float().cpu() - self._input_latent.float()).abs().mean(dim=(1, 2, 3))
+        if bool((diff > CONDITIONING_TOLERANCE).any()):
+            raise UserError(
+                f"the oracle was conditioned on an image that is not its world's input view (mean |difference| "
+                f"{diff.max().item():.3f}): it knows only the input view's pose, so SDS anchoring (n_aux_c2w > 0) "
+                "and other input images are not supported; render the input with scripts/oracle_sds.py"
+            )
+
+    @torch.no_grad()
+    def predict_eps(self, x_t: Tensor, t: Union[int, Tensor], c_crossattn: Tensor, c_concat: Tensor) -> Tensor:
+        """The exact noise (B, 3, R, R) of x_t at timesteps t (int or (B,)).
+
+        Conditional rows: ε = (x_t − √ᾱ_t·x₀)/√(1 − ᾱ_t) with x₀ the world rendered at the target pose read
+        from c_crossattn. Unconditional rows (c_crossattn all zero) get the prediction of the conditional row with
+        the same x_t and t in the batch, so classifier-free guidance at any scale is the identity.
+        """
+        batch = x_t.shape[0]
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(batch)
+        is_cond = (c_crossattn.reshape(batch, -1) != 0).any(dim=1).cpu()
+        if not bool(is_cond.any()):
+            raise RuntimeError("the oracle needs a conditional row (non-zero c_crossattn) in every batch")
+        self._check_conditioning_image(c_concat[is_cond.to(c_concat.device)])
+        c2w, fov_deg = self.target_poses(c_crossattn[is_cond.to(c_crossattn.device)])
+        x0 = torch.empty_like(x_t, dtype=torch.float32)
+        cond_rows = is_cond.nonzero().reshape(-1).to(x_t.device)
+        x0[cond_rows] = self.render_latents(c2w, fov_deg).to(x0)
+        uncond_rows = (~is_cond).nonzero().reshape(-1).to(x_t.device)
+        if uncond_rows.numel():
+            x0[uncond_rows] = x0[self._matching_rows(x_t, t, uncond_rows, cond_rows)]
+        alpha_bar = self.scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1).float()
+        eps = (x_t.float() - alpha_bar.sqrt() * x0) / (1.0 - alpha_bar).sqrt()
+        return eps.to(x_t.dtype)
+
+    @staticmethod
+    def _matching_rows(x_t: Tensor, t: Tensor, uncond_rows: Tensor, cond_rows: Tensor) -> Tensor:
+        """For each unconditional row, the conditional row with identical x_t and t (RuntimeError if none)."""
+        flat = x_t.reshape(x_t.shape[0], -1)
+        same = (flat[uncond_rows, None] == flat[None, cond_rows]).all(-1) & (t[uncond_rows, None] == t[None, cond_rows])
+        if not bool(same.any(dim=1).all()):
+            raise RuntimeError(
+                "the oracle's unconditional prediction is its conditional one: each unconditional row needs a "
+                "conditional row with the same x_t and t in the same batch"
+            )
+        return cond_rows[same.float().argmax(dim=1)]
+
+    def compile_unet(self, mode: str = "default") -> None:
+        raise UserError("the oracle prior has no UNet to compile; set system.guidance.compile_unet=null")
+
+    def save_pretrained(self, out_dir: str) -> None:
+        raise UserError("the oracle prior has no weights to save")
+
+
+def _input_camera(spec: Any, path: str) -> tuple[Tensor, float]:
+    if not isinstance(spec, Mapping) or set(spec) != {"c2w", "fov_deg"}:
+        raise SceneError(
+            f"{path} needs input_camera: {{c2w: 4×4 OpenGL camera-to-world, fov_deg: vertical fov}} — the input "
+            "view's pose in the world; scripts/oracle_sds.py writes it from data.default_* (docs/GUIDANCE.md)"
+        )
+    c2w = torch.tensor(spec["c2w"], dtype=torch.float64)
+    if c2w.shape != (4, 4):
+        raise SceneError(f"{path}: input_camera.c2w must be 4×4, got shape {tuple(c2w.shape)}")
+    return c2w, float(spec["fov_deg"])
+
+
+def load_oracle(path: str, config: Optional[str] = None, device: Union[str, torch.device] = "cpu") -> OracleModel:
+    """The oracle prior of the world file ``path`` (a scene plus ``input_camera``, optional ``scale``,
+    ``resolution``), frozen and in eval mode. ``config`` must be None: the oracle has no latent-diffusion YAML."""
+    if config is not None:
+        raise UserError(
+            f"the oracle prior takes no latent-diffusion YAML (got {config!r}); "
+            "set system.guidance.pretrained_config=null"
+        )
+    spec = dict(read_mapping(path, "oracle world"))
+    world = {key: spec.pop(key) for key in WORLD_KEYS if key in spec}
+    scene = Scene.from_dict(spec, where=path)
+    c2w, fov_deg = _input_camera(world.get("input_camera"), path)
+    scale = world.get("scale")
+    resolution = int(world.get("resolution", 64))
+    model = OracleModel(scene, c2w, fov_deg, None if scale is None else float(scale), resolution)
+    logger.info("oracle prior of %s: scale %.4f, %d px pixel latents", path, model.scale, resolution)
+    model.requires_grad_(False)
+    return model.to(device=device).eval()
