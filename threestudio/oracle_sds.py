@@ -33,6 +33,13 @@ STEP_KEYS = ("system.guidance.anisotropic_offset", "data.random_camera.progressi
 ORBIT_FRACTIONS = (0.3, 0.6)
 
 
+# The one deviation from the config's system in every oracle run: the worlds' sky is the NeRF's own background colour
+# (grey 0.5, what it renders over at evaluation), so training renders over that colour too. With the paper config's
+# random background colours in every training view, the grey sky can only be built as opaque density, and runs of
+# hundreds of steps fill the volume in front of every camera instead (docs/PERFORMANCE.md, "Oracle SDS check").
+WORLD_BACKGROUND_OVERRIDES = ("system.background.random_aug=false",)
+
+
 def cpu_overrides(height: int, batch_size: int = 1) -> List[str]:
     """Config overrides for a CPU-sized run at ``height`` px: one resolution stage with ``batch_size`` random views
     (the config's stage 2 takes 1), a small hash grid (8 levels of 2^14, finest 137) and proposal grid (4 levels of
@@ -217,6 +224,7 @@ def run_oracle_sds(
     base += sds_weight_overrides(raw, height, overrides)
     if str(OmegaConf.select(raw, "data.default_fovy_deg")) == "auto":  # no EXIF in a rendered world: the fallback
         base.append(f"data.default_fovy_deg={OmegaConf.select(raw, 'data.fovy_fallback_deg')}")
+    base += list(WORLD_BACKGROUND_OVERRIDES)
     first = load_config(config_path, cli_args=[*base, *overrides])
     size = _single_stage(first.data.random_camera.height, "data.random_camera.height")
     camera = input_camera(first)
