@@ -84,13 +84,12 @@ def sample_proposal(
     if not proposal_density_fns or len(proposal_density_fns) != len(proposal_samples):
         raise ValueError("sample_proposal needs one sample count per proposal density function")
     levels: List[Tuple[Tensor, Tensor]] = []
-    s = weights = rays_o.new_empty(0)  # replaced on the first level
     for density_fn, n_samples in zip(proposal_density_fns, proposal_samples):
         if levels:
-            s = sample_pdf(s, weights, n_samples, randomized)
+            s = sample_pdf(*levels[-1], n_samples, randomized)
         else:
             s = unit_edges(rays_o.shape[0], n_samples, randomized, device=rays_o.device)
         with torch.set_grad_enabled(requires_grad):
             weights = interval_weights(rays_o, rays_d, s, density_fn, to_distance, fast_paths)
         levels.append((s, weights))
-    return sample_pdf(s, weights, n_fine, randomized), levels
+    return sample_pdf(*levels[-1], n_fine, randomized), levels
