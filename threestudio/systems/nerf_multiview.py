@@ -74,7 +74,10 @@ class NeRFMultiviewSystem(HeldOutMetricsMixin, BaseLift3DSystem):
 
     def prepare(self, mode: str, datamodule: Any) -> None:
         if not hasattr(datamodule, "targets") or not hasattr(datamodule, "conditioning"):
-            raise ConfigError("nerf-multiview-system needs data_type: multiview-datamodule")
+            raise ConfigError(
+                "nerf-multiview-system needs posed views: data_type multiview-datamodule or "
+                "image-target-poses-datamodule"
+            )
         if mode == "train" and datamodule.inputs.rgb is None:
             raise UserError("nerf-multiview-system trains on posed images; the input views have none")
         if mode == "train" and self._sds_enabled():
@@ -84,7 +87,7 @@ class NeRFMultiviewSystem(HeldOutMetricsMixin, BaseLift3DSystem):
         from threestudio.data.random_camera import RandomCameraSampler, ReferenceCamera
         from threestudio.utils.camera import c2w_to_spherical
 
-        if not datamodule.cfg.canonicalize:
+        if not getattr(datamodule.cfg, "canonicalize", True):  # one image is always at the canonical camera
             raise ConfigError("system.loss.lambda_sds > 0 needs data.canonicalize=true (the diffusion model's frame)")
         cond = datamodule.conditioning()
         elevation, azimuth, distance = (float(v) for v in c2w_to_spherical(cond["c2w"][:1]))

@@ -1,7 +1,8 @@
 """Diffusion-only novel view synthesis (``system_type: nvs-system``): ZeroNVS sampled directly, no SDS, no NeRF.
 
-Run with ``--test`` (there is nothing to train) on the ``multiview-datamodule``. For every target view the
-datamodule names the nearest input view (``cond_index``, :meth:`MultiviewDataModule.selection`); the diffusion
+Run with ``--test`` (there is nothing to train) on ``multiview-datamodule`` (a posed scene) or
+``image-target-poses-datamodule`` (one image). For every target view the datamodule names the nearest input view
+(``cond_index``, :meth:`~threestudio.data.posed_views.PosedViewsDataModule.selection`); the diffusion
 model is conditioned on that single image with the camera embedding of (source → target) and sampled with DDIM
 and classifier-free guidance. Several targets go through one forward pass (``system.sampling.targets_per_batch``):
 the system collects the datamodule's one-target test batches and samples them together.
@@ -96,7 +97,10 @@ class NVSSystem(BaseSystem):
         if mode != "test":
             raise UserError(f"nvs-system only samples views: run launch.py with --test (not --{mode})")
         if not hasattr(datamodule, "conditioning") or not hasattr(datamodule, "selection"):
-            raise ConfigError("nvs-system needs data_type: multiview-datamodule (input views and target poses)")
+            raise ConfigError(
+                "nvs-system needs input views and target poses: data_type multiview-datamodule (a posed scene) or "
+                "image-target-poses-datamodule (one image)"
+            )
         height, width = datamodule.cfg.height, datamodule.cfg.width
         if height != width:
             raise ConfigError(

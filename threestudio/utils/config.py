@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional, Sequence
@@ -52,7 +53,8 @@ def parse_structured(fields: type, cfg: Optional[Any] = None) -> Any:
     """Validate ``cfg`` (dict, DictConfig or None) against the dataclass ``fields``.
 
     Returns a structured OmegaConf object with attribute access. Unknown keys and values of the
-    wrong type raise :class:`ConfigError` naming the full key and the valid keys.
+    wrong type raise :class:`ConfigError` naming the full key and the valid keys; a key in the dataclass's
+    ``KEY_HINTS`` (a ``ClassVar`` dict: renamed or removed key → what to do) raises "<full key> <hint>".
     """
     if cfg is None:
         cfg = {}
@@ -60,10 +62,7 @@ def parse_structured(fields: type, cfg: Optional[Any] = None) -> Any:
         return OmegaConf.structured(cfg)
     if not isinstance(cfg, (dict, DictConfig)):
         raise ConfigError(f"expected a mapping for {fields.__qualname__}, got {type(cfg).__name__}: {cfg!r}")
-    valid = [f.name for f in dataclasses.fields(fields)]
-    for key in cfg.keys():
-        if key not in valid:
-            raise ConfigError(f"unknown config key {_full_key(cfg, str(key))!r}; valid keys here: {', '.join(valid)}")
+    _check_keys(fields, cfg, _full_key(cfg, "").rstrip("."))
     try:
         merged = OmegaConf.merge(OmegaConf.structured(fields), cfg)
     except OmegaConfBaseException as e:
@@ -71,6 +70,46 @@ def parse_structured(fields: type, cfg: Optional[Any] = None) -> Any:
         msg = str(e).splitlines()[0]
         raise ConfigError(f"bad value for config key {_full_key(cfg, str(key))!r}: {msg}") from None
     return _at_path(merged, _full_key(cfg, ""))
+
+
+def in_section(cfg: Optional[Any], section: str) -> DictConfig:
+    """``cfg`` as the ``section`` node of a config (unless it already has a place in one), so that
+    :func:`parse_structured`'s messages name keys in full (``data.height``) also for a plain dict."""
+    if isinstance(cfg, DictConfig) and _full_key(cfg, ""):
+        return cfg
+    return OmegaConf.create({section: config_to_primitive(cfg) if cfg is not None else {}})[section]
+
+
+def _nested_dataclass(annotation: Any) -> Optional[type]:
+    """The dataclass of a field annotated ``X`` or ``Optional[X]``, else None."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    args = [a for a in getattr(annotation, "__args__", ()) or () if a is not type(None)]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
+
+
+def _check_keys(fields: type, cfg: Any, path: str) -> None:
+    """Unknown keys of ``cfg`` (and of its nested dataclass sections) → ConfigError naming the full key; keys in a
+    dataclass's ``KEY_HINTS`` → ConfigError with that hint."""
+    valid = [f.name for f in dataclasses.fields(fields)]
+    hints = getattr(fields, "KEY_HINTS", {})
+    try:
+        types = typing.get_type_hints(fields)
+    except Exception:  # pragma: no cover - unresolvable annotations: no nested check
+        types = {}
+    for key in cfg.keys():
+        full = f"{path}.{key}" if path else str(key)
+        if key in hints:
+            raise ConfigError(f"{full} {hints[key]}")
+        if key not in valid:
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(valid)}")
+        nested = _nested_dataclass(types.get(str(key)))
+        try:
+            value = cfg[key]
+        except OmegaConfBaseException:  # a missing value or an interpolation: the merge below reports it
+            value = None
+        if nested is not None and isinstance(value, (dict, DictConfig)):
+            _check_keys(nested, value, full)
 
 
 def _at_path(node: DictConfig, path: str) -> DictConfig:
