@@ -34,7 +34,6 @@ from torch import Tensor
 
 import threestudio
 from threestudio.systems.base import BaseSystem
-from threestudio.utils.config import parse_structured
 from threestudio.utils.distributed import (
     check_every_target_once,
     check_unsharded_test_loader,
@@ -73,16 +72,16 @@ class NVSSystem(BaseSystem):
 
     @dataclass
     class Config(BaseSystem.Config):
-        guidance: dict = field(default_factory=dict)
-        sampling: dict = field(default_factory=dict)
+        guidance: NVSModelConfig = field(default_factory=NVSModelConfig)
+        sampling: NVSSamplingConfig = field(default_factory=NVSSamplingConfig)
         metrics_use_mask: bool = False  # PSNR over the object mask only (the ZeroNVS DTU protocol uses full images)
         contact_sheet: bool = True
 
     cfg: Config
 
     def configure(self) -> None:
-        self.model_cfg: NVSModelConfig = parse_structured(NVSModelConfig, self.cfg.guidance)
-        self.sampling_cfg: NVSSamplingConfig = parse_structured(NVSSamplingConfig, self.cfg.sampling)
+        self.model_cfg: NVSModelConfig = self.cfg.guidance
+        self.sampling_cfg: NVSSamplingConfig = self.cfg.sampling
         m, s = self.model_cfg, self.sampling_cfg
         check_model_config(m)
         if s.steps < 1 or s.targets_per_batch < 1:
