@@ -157,7 +157,7 @@ def test_oracle_noise_is_exact_and_cfg_neutral(world):
 def zeronvs_diffusion_load(world):
     import zeronvs_diffusion
 
-    return zeronvs_diffusion.load_model(f"oracle:{world}")
+    return zeronvs_diffusion.load_prior(f"oracle:{world}")
 
 
 def test_guidance_fixed_point_is_the_true_view(world):

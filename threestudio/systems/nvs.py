@@ -106,19 +106,9 @@ class NVSSystem(BaseSystem):
                 f"nvs-system samples square views but data.height × data.width is {height}×{width}; set both to the "
                 "model's resolution (256 for the released model) with data.crop_square=true"
             )
-        import zeronvs_diffusion
+        from zeronvs_diffusion.sources import load_configured_model
 
-        m = self.model_cfg
-        logger.info("loading the ZeroNVS diffusion model from %s", m.pretrained_model_name_or_path)
-        self._model = zeronvs_diffusion.load_model(
-            m.pretrained_model_name_or_path,
-            config=m.pretrained_config,
-            dtype=torch.float32,
-            device="cpu",
-            trust_checkpoint=m.trust_checkpoint,
-        )
-        if m.compile_unet is not None:
-            self._model.compile_unet(m.compile_unet)
+        self._model = load_configured_model(self.model_cfg)
         self._conditioning = datamodule.conditioning()
         self._selection = datamodule.selection()
         self._target_indices = [int(i) for i in datamodule.targets.indices.tolist()]
