@@ -272,6 +272,8 @@ def run(
     cfg = load_config(config_path, cli_args=cli_args, n_gpus=n_gpus, **overrides)
     if transform is not None:
         transform(cfg)
+    if cfg.description:
+        logger.info("%s: %s", cfg.name, cfg.description)
     if cfg.use_timestamp:
         os.environ[_TIMESTAMP_ENV] = cfg.timestamp
     check_resume_path(cfg.resume)

@@ -410,8 +410,11 @@ class BaseLift3DSystem(BaseSystem):
         groups.append({"params": list(proposal.parameters()), "name": "proposal", **prop_args})
         return groups
 
+    # the batch keys the renderer reads; any other key (e.g. a stray `shading`) never reaches the material
+    RENDER_KEYS = ("rays_o", "rays_d", "light_positions")
+
     def forward(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
-        return self.renderer(**batch)
+        return self.renderer(**{key: batch[key] for key in self.RENDER_KEYS if key in batch})
 
     # ----- validation / test ---------------------------------------------------------------------------------
     def _visual_row(self, out: Dict[str, Tensor], extra: Sequence[Tensor] = ()) -> Tensor:

@@ -155,6 +155,15 @@ class ExperimentConfig:
     checkpoint: dict = field(default_factory=dict)
 
 
+# keys load_config derives (a trial's parsed.yaml records them); set on the command line they would be overwritten
+_TRIAL = "it is derived from exp_root_dir, name, tag and the time stamp (use_timestamp); set those instead"
+DERIVED_KEYS = {
+    "exp_dir": _TRIAL,
+    "trial_name": _TRIAL,
+    "trial_dir": _TRIAL,
+    "n_gpus": "it is the number of devices of launch.py --gpu (e.g. --gpu 0,1)",
+}
+
 _UNSAFE_FOLDER_CHARS = re.compile(r"[\[\]\s,{}:'\"]+")
 
 
@@ -185,6 +194,9 @@ def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **ov
     for arg in cli_args:
         if "=" not in arg:
             raise ConfigError(f"command-line override {arg!r} is not of the form key=value")
+        key = arg.split("=", 1)[0].strip()
+        if key in DERIVED_KEYS:
+            raise ConfigError(f"{key} cannot be set: {DERIVED_KEYS[key]}")
     try:
         confs.append(OmegaConf.from_dotlist(list(cli_args)))
     except OmegaConfBaseException as e:

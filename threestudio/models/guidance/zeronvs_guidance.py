@@ -456,7 +456,7 @@ class ZeroNVSGuidance(BaseObject):
             grad = grad.clamp(-self.grad_clip_val, self.grad_clip_val)
         return grad
 
-    def __call__(self, rgb: Tensor, batch: Dict[str, Any], **kwargs: Any) -> Dict[str, Any]:
+    def __call__(self, rgb: Tensor, batch: Dict[str, Any]) -> Dict[str, Any]:
         """SDS loss of renders ``rgb`` (B, H, W, 3) in [0, 1] seen from ``batch["c2w"]`` (B, 4, 4).
 
         ``batch`` also needs ``fov_deg`` (B,) and may hold ``cond_index`` (B,). Returns 0-dim tensors on the
