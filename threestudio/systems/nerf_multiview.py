@@ -134,10 +134,7 @@ class NeRFMultiviewSystem(HeldOutMetricsMixin, BaseLift3DSystem):
         if "loss_proposal" in out:
             terms["loss_proposal"] = out["loss_proposal"]
         if self._guidance is not None and self.loss_enabled("sds"):
-            views = move_data_to_device(self._random_cameras.sample(), self.device)
-            sds_out = self(views)
-            guidance_out = self._guidance(sds_out["comp_rgb"], views)
-            self.weighted("sds", guidance_out["loss_sds"], terms)
+            sds_out = self.sds_step(move_data_to_device(self._random_cameras.sample(), self.device), terms)
             if "loss_proposal" in sds_out:
                 terms["loss_proposal"] = terms["loss_proposal"] + sds_out["loss_proposal"]
         return terms

@@ -81,15 +81,7 @@ class ZeroNVSSystem(HeldOutMetricsMixin, BaseLift3DSystem):
     def training_losses(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         terms: Dict[str, Tensor] = {}
         if self.true_global_step >= self.cfg.freq.ref_only_steps:
-            views = batch["random_camera"]
-            out = self(views)
-            guidance_out = self._guidance(out["comp_rgb"], views)
-            self.weighted("sds", guidance_out["loss_sds"], terms)
-            for key, value in guidance_out.items():
-                # 0-dim device tensors, logged as they are: Lightning reads them when it writes the logs, so the
-                # step never waits for the GPU (a Python number would be copied to the device, which syncs)
-                if key != "loss_sds" and isinstance(value, Tensor):
-                    self.log(f"guidance/{key}", value if value.is_floating_point() else value.float())
+            out = self.sds_step(batch["random_camera"], terms)
             self._regularisers(out, terms, is_reference=False)
 
         out = self(batch)
