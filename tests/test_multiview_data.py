@@ -420,3 +420,9 @@ def test_bad_target_pose_files(tmp_path, rgba_image):
         dm_for(tmp_path / "broken.json")
     with pytest.raises(UserError, match="target_c2w_path not found"):
         dm_for(tmp_path / "missing.npy")
+
+
+def test_pose_scale_is_refused_with_an_orbit(rgba_image):
+    """pose_scale scales target files' translations; with an orbit it used to be accepted and ignored."""
+    with pytest.raises(ConfigError, match=r"data\.pose_scale .*data\.orbit\.distance"):
+        ImageTargetPosesDataModule(dict(image_path=str(rgba_image), orbit=dict(n_views=2), pose_scale=0.5))

@@ -5,7 +5,8 @@ The input view is ``image_path`` at the canonical camera (the orbit camera at ``
 ``default_fovy_deg`` of the processed image (after the optional centre square crop, ``crop_square``). Target poses
 come from ``target_c2w_path`` — an N×4×4 OpenGL camera-to-world ``.npy`` or ``.json`` (a list of 4×4 lists, or
 ``{"c2w": [...]}``) giving each target's pose *in the input camera's frame* (the input camera at the identity);
-translations are multiplied by ``pose_scale`` and mapped by ``canonical_c2w · rel`` — or from ``orbit``
+translations are multiplied by ``pose_scale`` (refused with an orbit) and mapped by ``canonical_c2w · rel`` — or from
+``orbit``
 (``n_views``, ``elevation_deg``, ``distance``, ``azimuth_start_deg``) around the origin. Targets have no ground
 truth; ``index`` is the target's position. Batches and methods are those of
 :class:`threestudio.data.posed_views.PosedViewsDataModule` (training rays: the input view, plus generated views).
@@ -96,6 +97,11 @@ class ImageTargetPosesDataModule(PosedViewsDataModule):
             raise ConfigError(f"config key data.pose_scale must be positive, got {cfg.pose_scale}")
         if cfg.target_c2w_path and cfg.orbit is not None:
             raise ConfigError("set at most one of data.target_c2w_path and data.orbit")
+        if cfg.orbit is not None and cfg.pose_scale != 1.0:
+            raise ConfigError(
+                "data.pose_scale scales the translations of data.target_c2w_path's poses; an orbit is placed by "
+                "data.orbit.distance: remove data.pose_scale"
+            )
 
     def load_views(self) -> PosedScene:
         cfg = self.cfg
