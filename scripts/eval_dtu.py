@@ -22,7 +22,7 @@ views, scales, run folder, and the per-scene numbers the ZeroNVS README expects 
 over the scans that finished), run folders under ``OUT/runs/`` and logs under ``OUT/logs/``. Exit code 0 when
 every scan finished, 1 otherwise. ``--dry-run`` prints the launch.py command lines and runs nothing.
 
-Scans run through submitit (``threestudio/utils/launcher.py``): ``--launcher local`` runs them in parallel, one
+Scans run through submitit (``scripts/launcher.py``): ``--launcher local`` runs them in parallel, one
 process per GPU of ``--gpus 0,1,2,3`` (no GPUs: one at a time on the CPU); ``--launcher slurm`` submits one job
 array (``--slurm-partition``, ``--slurm-time``, ``--slurm-gpus-per-task``; sbatch script and logs in
 ``OUT/submitit/``). A failed scan is listed as failed, the others still count. A rerun skips scans whose metrics
@@ -58,11 +58,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch.py")
 if ROOT not in sys.path:  # run as a script: make the repository's packages importable
     sys.path.insert(0, ROOT)
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+if SCRIPTS not in sys.path:  # launcher.py beside this script (also when imported from elsewhere)
+    sys.path.insert(0, SCRIPTS)
 NVS_CONFIG = os.path.join(ROOT, "configs", "zeronvs_nvs.yaml")
 NERF_CONFIG = os.path.join(ROOT, "configs", "nerf_multiview.yaml")
 SDS_CONFIG = os.path.join(ROOT, "configs", "zeronvs_dtu.yaml")
 
-from threestudio.utils.launcher import LAUNCHERS  # noqa: E402  (after the sys.path line)
+from launcher import LAUNCHERS  # noqa: E402  (after the sys.path line)
 
 INPUT_VIEW = 25
 EXCLUDED_VIEWS = [3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 36, 37, 38, 39]
@@ -266,7 +269,7 @@ def evaluate_scan(scan: int, scales: Dict[str, float], args: argparse.Namespace)
 
 def run_scans(args: argparse.Namespace, scales: Dict[int, Dict[str, float]]) -> List[Dict[str, object]]:
     """Evaluate every scan through the launcher; scans with metrics are reused unless ``--force``."""
-    from threestudio.utils.launcher import LauncherConfig, parse_gpus, run_jobs
+    from launcher import LauncherConfig, parse_gpus, run_jobs
 
     rows: Dict[int, Dict[str, object]] = {}
     jobs = []
@@ -415,8 +418,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for item in args.extra:
         if "=" not in item:
             raise SystemExit(f"error: --extra takes key=value overrides, got {item!r}")
+    from launcher import parse_gpus, parse_slurm_time
+
     from threestudio.utils.errors import UserError
-    from threestudio.utils.launcher import parse_gpus, parse_slurm_time
 
     try:
         parse_gpus(args.gpus), parse_slurm_time(args.slurm_time)

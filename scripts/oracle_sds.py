@@ -5,7 +5,8 @@
         [--json OUT] [--out DIR] [--eval-every K] [key=value ...]
 
 Runs configs/zeronvs.yaml's system, datamodule, random cameras, timestep schedule and SDS weighting (schedules
-compressed to --steps) with a CPU-sized NeRF at H px (--full-nerf keeps the config's NeRF), the input image being
+compressed to --steps) through the runner (a trial in OUT/oracle/) with a CPU-sized NeRF at H px (--full-nerf keeps
+the config's NeRF and resolution stages; the oracle then works at the last stage's size), the input image being
 the world rendered at the input camera. Prints and optionally writes JSON with heldout_psnr, heldout_ssim,
 input_psnr, steps, wall_s (and scale, field_evals, curve). See docs/GUIDANCE.md, "The oracle prior".
 """
@@ -20,6 +21,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # oracle_run.py beside this script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from threestudio.oracle_sds import run_oracle_sds
+    from oracle_run import run_oracle_sds
+
     from threestudio.utils.errors import UserError
     from threestudio.utils.io import write_json_atomic
 

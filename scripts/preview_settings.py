@@ -22,6 +22,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script: make the repository's packages importable
     sys.path.insert(0, ROOT)
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +98,12 @@ def main(argv=None) -> int:
     import zeronvs_diffusion
     from threestudio.utils.image import resize_image
     from threestudio.utils.io import write_json_atomic
-    from threestudio.utils.preview import candidates, sample_candidates, save_contact_sheet
+
+    sys.path.insert(0, SCRIPTS)
+    try:
+        from preview import candidates, sample_candidates, save_contact_sheet  # scripts/preview.py
+    finally:
+        sys.path.pop(0)
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = zeronvs_diffusion.load_model(args.ckpt, config=args.model_config, device=device)

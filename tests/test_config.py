@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,8 @@ import threestudio
 from threestudio.utils.config import load_config, parse_structured, safe_folder_name
 from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.schedule import C
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_schedule_linear_interpolation():
@@ -126,3 +129,21 @@ def test_diffusion_package_stands_alone():
     from zeronvs_diffusion.errors import CheckpointError, UnsupportedConfigError
 
     assert issubclass(CheckpointError, UserError) and issubclass(UnsupportedConfigError, ConfigError)
+
+
+@pytest.mark.parametrize("key", ["trial_dir", "exp_dir", "trial_name", "n_gpus"])
+def test_derived_keys_on_the_command_line_are_refused(key):
+    """Once silently overwritten by load_config; now one line saying what to set instead."""
+    with pytest.raises(ConfigError, match=rf"{key} cannot be set: it is"):
+        load_config(str(ROOT / "configs" / "smoke.yaml"), cli_args=[f"{key}=x"])
+
+
+def test_only_render_keys_reach_the_renderer():
+    """A stray batch key (e.g. `shading`, `ambient_ratio`) used to flow through renderer(**batch) into the material."""
+    from types import SimpleNamespace
+
+    from threestudio.systems.base import BaseLift3DSystem
+
+    fake = SimpleNamespace(renderer=lambda **kwargs: kwargs, RENDER_KEYS=BaseLift3DSystem.RENDER_KEYS)
+    batch = {"rays_o": 1, "rays_d": 2, "light_positions": 3, "shading": "textureless", "ambient_ratio": 1.0, "c2w": 4}
+    assert BaseLift3DSystem.forward(fake, batch) == {"rays_o": 1, "rays_d": 2, "light_positions": 3}

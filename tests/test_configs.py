@@ -24,9 +24,16 @@ def test_shipped_config_builds_its_system(name):
     cfg = load_config(str(ROOT / "configs" / name), cli_args=["data.image_path=unused.png"])
     threestudio.find(cfg.data_type)  # the datamodule is registered
     system = threestudio.find(cfg.system_type)(cfg.system)
+    assert type(system) is threestudio.find(cfg.system_type)
+    written = config_to_primitive(cfg.system)
+    assert_written_values_kept(config_to_primitive(system.cfg), written, "system")
+    for part in ("geometry", "material", "background", "renderer"):  # each built component holds its section
+        if part in written:
+            assert_written_values_kept(config_to_primitive(getattr(system, part).cfg), written[part], f"system.{part}")
     guidance_type = getattr(system.cfg, "guidance_type", None)
     if guidance_type and "guidance" in cfg.system:
-        parse_structured(threestudio.find(guidance_type).Config, cfg.system.guidance)
+        parsed = parse_structured(threestudio.find(guidance_type).Config, cfg.system.guidance)
+        assert_written_values_kept(config_to_primitive(parsed), written["guidance"], "system.guidance")
 
 
 # the data keys a shipped config leaves to the command line (building a datamodule reads no image pixels)
@@ -59,8 +66,10 @@ def assert_written_values_kept(parsed, written, where: str) -> None:
         assert isinstance(parsed, list) and len(parsed) == len(written), where
         for k, (p, w) in enumerate(zip(parsed, written)):
             assert_written_values_kept(p, w, f"{where}[{k}]")
-    elif written == "auto":  # resolved from the input when the datamodule is built
+    elif written == "auto" and where.startswith("data"):  # resolved from the input when the datamodule is built
         assert isinstance(parsed, (int, float)), where
+    elif where.endswith(".fast_paths") and written is False:  # YAML reads a bare `off` as false
+        assert parsed == "off", where
     else:
         assert parsed == written, where
 

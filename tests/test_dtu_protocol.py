@@ -30,7 +30,7 @@ def config(scene_dir, **overrides):
         "random_camera": {"height": 8, "width": 8, "batch_size": 2, "eval_height": 30, "eval_width": 40},
         "scene": {
             "scene_dir": str(scene_dir), "input_views": [25], "excluded_views": EXCLUDED, "height": 30, "width": 40,
-            "crop_square": False, "canonicalize": True, "pose_scale": POSE_SCALE, "default_elevation_deg": 20.0,
+            "crop_square": False, "canonicalize": True, "pose_scale": POSE_SCALE,
         },
     }
     for key, value in overrides.items():
@@ -94,7 +94,10 @@ def test_test_views_are_the_protocol_targets_relative_to_the_input(dm, dtu_scan2
     [
         ({"image_path": "x.png"}, "data.image_path comes from data.scene"),
         ({"scene.canonicalize": False}, "canonicalize must be true"),
-        ({"scene.default_elevation_deg": 31.0}, "data.scene.default_elevation_deg"),
+        ({"scene.default_elevation_deg": 31.0}, "data.scene.default_elevation_deg is not a scene key"),
+        ({"scene.train_rays_per_batch": 64}, "unknown config key 'data.scene.train_rays_per_batch'"),
+        ({"scene.generated_views_dir": "x"}, "unknown config key 'data.scene.generated_views_dir'"),
+        ({"scene.seed": 1}, "unknown config key 'data.scene.seed'"),
         ({"height": [15, 15]}, "aspect"),
         ({"scene_intrinsics": "opencv"}, "scene_intrinsics"),
     ],
@@ -107,14 +110,14 @@ def test_config_errors_name_the_key(dtu_scan24, overrides, message):
 def test_explicit_views_win_over_excluded_views_with_a_warning(dtu_scan24, caplog):
     cfg = dict(scene_dir=str(dtu_scan24), input_views=[0, 10, 20], excluded_views=EXCLUDED, target_views=None,
                height=6, width=8, crop_square=False)
-    with caplog.at_level(logging.WARNING, logger="threestudio.data.multiview"):
+    with caplog.at_level(logging.WARNING, logger="threestudio.data.posed_views"):
         dm = MultiviewDataModule(cfg)
         dm.setup("test")
     assert dm.inputs.indices.tolist() == [0, 10, 20]
     assert "input_views names camera(s) [20] of data.excluded_views" in caplog.text
     assert 20 not in dm.targets.indices.tolist() and 3 not in dm.targets.indices.tolist()
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="threestudio.data.multiview"):
+    with caplog.at_level(logging.WARNING, logger="threestudio.data.posed_views"):
         dm = MultiviewDataModule(dict(cfg, input_views=[25], target_views=[3, 8]))
         dm.setup("test")
     assert dm.targets.indices.tolist() == [3, 8] and "target_views names camera(s) [3]" in caplog.text

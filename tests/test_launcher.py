@@ -1,16 +1,22 @@
-"""threestudio/utils/launcher.py: scene fan-out on submitit's local and debug executors (CPU, trivial jobs)."""
+"""scripts/launcher.py: scene fan-out on submitit's local and debug executors (CPU, trivial jobs)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from threestudio.utils.errors import UserError
-from threestudio.utils.launcher import LauncherConfig, parse_gpus, parse_slurm_time, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+try:
+    from launcher import LauncherConfig, parse_gpus, parse_slurm_time, run_jobs  # scripts/launcher.py
+finally:
+    sys.path.pop(0)
+
 PYTHON_PATH = [str(ROOT), str(ROOT / "tests")]
 
 

@@ -1,4 +1,6 @@
-"""The multi-view datamodule (threestudio/data/multiview.py) and nearest-view selection."""
+"""The posed-view datamodules: a posed scene (threestudio/data/multiview.py), one image with target poses
+(threestudio/data/image_target_poses.py), their shared loading (threestudio/data/posed_views.py), and nearest-view
+selection."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 
 import threestudio
 from threestudio.data.idr_cameras import load_idr_cameras
+from threestudio.data.image_target_poses import ImageTargetPosesDataModule
 from threestudio.data.multiview import MultiviewDataModule
 from threestudio.data.view_selection import pairwise_view_distances, select_nearest
 from threestudio.utils.camera import c2w_to_spherical, opengl_to_opencv, orbit_c2w
@@ -22,13 +25,13 @@ from threestudio.utils.image import crop_to_square, load_image, resize_image
 
 EVAL_KEYS = {
     "rays_o", "rays_d", "c2w", "canonical_c2w", "fov_deg", "elevation_deg", "azimuth_deg", "camera_distance",
-    "height", "width", "index", "cond_index", "rgb", "mask",
+    "height", "width", "index", "cond_index", "light_positions", "rgb", "mask",
 }  # fmt: skip
 
 
-def loaded(cfg: Dict[str, Any]) -> MultiviewDataModule:
-    """The datamodule built from ``cfg`` with its files read (``setup``)."""
-    dm = MultiviewDataModule(cfg)
+def loaded(cfg: Dict[str, Any]):
+    """The datamodule of ``cfg`` (a posed scene, or with ``image_path`` one image) with its files read."""
+    dm = ImageTargetPosesDataModule(cfg) if "image_path" in cfg else MultiviewDataModule(cfg)
     dm.setup("test")
     return dm
 
@@ -123,7 +126,6 @@ def test_without_canonicalize_poses_stay_in_the_normalised_world(dtu_scan24):
     torch.testing.assert_close(dm.canonical_c2w.double(), raw[25], atol=1e-6, rtol=0)
     torch.testing.assert_close(dm.targets.c2w, raw[[31, 13, 0]])
     assert dm.scene_center.abs().max() == 0 and dm.scene_radius == 1.0
-    assert 0 < dm.near < dm.far
     flipped = loaded(dtu_cfg(dtu_scan24, canonicalize=False, pose_scale=2.0))
     expected = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64)) @ raw[25]
     expected[:3, 3] *= 2.0
@@ -366,9 +368,16 @@ def test_unreadable_image_names_file_and_camera(tmp_path):
 
 def test_config_errors(tmp_path, rgba_image):
     scene = make_scene(tmp_path / "s")
-    with pytest.raises(ConfigError, match="exactly one of data.scene_dir"):
+    with pytest.raises(ConfigError, match="data.image_path is for one image .*image-target-poses-datamodule"):
         MultiviewDataModule(dict(scene_dir=str(scene), image_path=str(rgba_image)))
-    with pytest.raises(ConfigError, match="unknown config key 'scene'"):
+    with pytest.raises(ConfigError, match="data.scene_dir is empty"):
+        MultiviewDataModule(dict(input_views=[0]))
+    with pytest.raises(ConfigError, match="data.image_path is empty"):
+        ImageTargetPosesDataModule(dict(orbit=dict(n_views=2)))
+    for key in ("near", "far"):  # once accepted and never read
+        with pytest.raises(ConfigError, match=rf"data\.{key} is not read by anything.*near_plane"):
+            MultiviewDataModule(scene_cfg(scene, **{key: 1.0}))
+    with pytest.raises(ConfigError, match="unknown config key 'data.scene'"):
         MultiviewDataModule(dict(scene=str(scene)))
     with pytest.raises(ConfigError, match="no-scene mode"):
         MultiviewDataModule(scene_cfg(scene, orbit=dict(n_views=2)))
@@ -386,7 +395,7 @@ def test_config_errors(tmp_path, rgba_image):
 )
 def test_one_image_mode_refuses_scene_keys(rgba_image, key, value):
     with pytest.raises(ConfigError, match=rf"data\.{key} apply to a posed scene"):
-        MultiviewDataModule(dict(image_path=str(rgba_image), **{key: value}))
+        ImageTargetPosesDataModule(dict(image_path=str(rgba_image), **{key: value}))
 
 
 def test_scene_mode_refuses_the_one_image_fov(tmp_path):
@@ -395,7 +404,7 @@ def test_scene_mode_refuses_the_one_image_fov(tmp_path):
 
 
 def test_bad_target_pose_files(tmp_path, rgba_image):
-    def dm_for(path: Path) -> MultiviewDataModule:
+    def dm_for(path: Path) -> ImageTargetPosesDataModule:
         return loaded(dict(image_path=str(rgba_image), target_c2w_path=str(path), height=8, width=8))
 
     np.save(tmp_path / "shape.npy", np.zeros((2, 3, 4)))
@@ -411,3 +420,9 @@ def test_bad_target_pose_files(tmp_path, rgba_image):
         dm_for(tmp_path / "broken.json")
     with pytest.raises(UserError, match="target_c2w_path not found"):
         dm_for(tmp_path / "missing.npy")
+
+
+def test_pose_scale_is_refused_with_an_orbit(rgba_image):
+    """pose_scale scales target files' translations; with an orbit it used to be accepted and ignored."""
+    with pytest.raises(ConfigError, match=r"data\.pose_scale .*data\.orbit\.distance"):
+        ImageTargetPosesDataModule(dict(image_path=str(rgba_image), orbit=dict(n_views=2), pose_scale=0.5))

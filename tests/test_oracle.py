@@ -5,6 +5,8 @@ that must beat a control whose relative pose is inverted."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,13 @@ from threestudio.utils.camera import orbit_c2w
 from zeronvs_diffusion.camera import camera_embedding, relative_pose, relative_pose_from_embedding
 from zeronvs_diffusion.oracle import Scene, SceneError, load_oracle, render
 from zeronvs_diffusion.oracle.scene import pinhole_rays
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+try:
+    import oracle_run  # noqa: F401  (scripts/oracle_run.py: the oracle run through threestudio.runner)
+finally:
+    sys.path.pop(0)
 
 SCENE = "configs/oracle_scenes/two_primitives.yaml"
 FOV = 52.55
@@ -148,7 +157,7 @@ def test_oracle_noise_is_exact_and_cfg_neutral(world):
 def zeronvs_diffusion_load(world):
     import zeronvs_diffusion
 
-    return zeronvs_diffusion.load_model(f"oracle:{world}")
+    return zeronvs_diffusion.load_prior(f"oracle:{world}")
 
 
 def test_guidance_fixed_point_is_the_true_view(world):
@@ -188,7 +197,7 @@ CI_NERF = [
 
 @pytest.mark.slow
 def test_ci_oracle_run_beats_inverted_pose_control(tmp_path, monkeypatch):
-    from threestudio.oracle_sds import run_oracle_sds
+    from oracle_run import run_oracle_sds
 
     kwargs = dict(steps=160, height=32, overrides=CI_NERF, orbit_views=6)
     good = run_oracle_sds(SCENE, str(tmp_path / "good"), **kwargs)
@@ -196,3 +205,48 @@ def test_ci_oracle_run_beats_inverted_pose_control(tmp_path, monkeypatch):
     control = run_oracle_sds(SCENE, str(tmp_path / "control"), **kwargs)
     assert set(good) >= {"heldout_psnr", "heldout_ssim", "input_psnr", "steps", "wall_s"}
     assert good["heldout_psnr"] > control["heldout_psnr"] + 2.0, (good, control)
+
+
+def test_oracle_config_compresses_every_schedule_form_and_keeps_stages():
+    """The oracle's config transform on the paper config with --full-nerf: staged resolutions kept with their
+    milestones compressed, 4- and 3-element schedules and step counts compressed, user keys untouched."""
+    from threestudio.utils.config import load_config
+
+    user = ["system.guidance.max_step_percent=[0,0.9,0.1,4000]", "system.loss.lambda_rgb=[1000.0,2000.0,4000]"]
+    cfg = load_config("configs/zeronvs.yaml", cli_args=user)
+    oracle_run.oracle_config(cfg, steps=400, height=32, cpu_sized=False, user_keys=[u.split("=")[0] for u in user],
+                             orbit_views=4)
+    assert list(cfg.data.height) == [128, 256] and list(cfg.data.resolution_milestones) == [200]
+    assert list(cfg.data.random_camera.resolution_milestones) == [200]
+    assert list(cfg.system.guidance.min_step_percent) == [0, 0.75, 0.02, 100]
+    assert list(cfg.system.guidance.max_step_percent) == [0, 0.9, 0.1, 4000]  # the user's, as given
+    assert list(cfg.system.guidance.p_use_aux_cameras) == [0, 1.0, 0.0, 200]
+    assert cfg.system.guidance.anisotropic_offset == 100 and cfg.data.random_camera.progressive_until == 100
+    assert list(cfg.system.loss.lambda_rgb) == [1000.0, 2000.0, 4000]  # the user's
+    assert oracle_run.compress_schedule([1000.0, 2000.0, 4000], 0.1) == [1000.0, 2000.0, 400]
+    assert cfg.system.loss.lambda_sds == pytest.approx(0.1)  # same first-stage height: no rescaling
+    assert cfg.trainer.max_steps == 400 and cfg.system.background.random_aug is False
+    assert oracle_run.oracle_resolution(cfg) == 256  # the oracle works at the last stage's size
+    cpu = load_config("configs/zeronvs.yaml")
+    oracle_run.oracle_config(cpu, steps=400, height=32, cpu_sized=True, user_keys=[], orbit_views=4)
+    assert cpu.data.random_camera.height == 32 and cpu.system.loss.lambda_sds == pytest.approx(0.1 * 16)
+
+
+@pytest.mark.slow
+def test_full_nerf_runs_on_the_paper_config(tmp_path):
+    """scripts/oracle_sds.py --full-nerf on configs/zeronvs.yaml: the config's NeRF and its two resolution stages
+    (shrunk to 16/24 px so the CPU can take two steps), through the runner's trial layout."""
+    sizes = ["data.height=[16,24]", "data.width=[16,24]", "data.random_camera.height=[16,24]",
+             "data.random_camera.width=[16,24]", "data.random_camera.batch_size=[1,1]",
+             "data.random_camera.eval_height=24", "data.random_camera.eval_width=24", "system.fast_paths=off"]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import oracle_sds
+    finally:
+        sys.path.pop(0)
+    result = oracle_sds.main(["--scene", SCENE, "--steps", "2", "--full-nerf", "--orbit-views", "2",
+                              "--out", str(tmp_path), *sizes])
+    assert result["height"] == 24 and math.isfinite(result["heldout_psnr"])
+    parsed = yaml.safe_load(open(Path(result["trial_dir"]) / "configs" / "parsed.yaml"))
+    assert parsed["data"]["resolution_milestones"] == [1] and parsed["system"]["geometry"]["pos_encoding_config"][
+        "n_levels"] == 16  # the paper's hash grid, stages switched after the first of two steps

@@ -45,7 +45,11 @@ def test_contact_sheet_and_json_for_every_candidate(tmp_path, preview):
 
 def test_rows_differ_by_their_settings_only(preview):
     import zeronvs_diffusion
-    from threestudio.utils.preview import candidates, sample_candidates
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from preview import candidates, sample_candidates  # scripts/preview.py
+    finally:
+        sys.path.pop(0)
 
     model = zeronvs_diffusion.load_model("random", config=str(ROOT / "configs" / "diffusion_tiny.yaml"))
     image = torch.rand(1, 32, 32, 3)

@@ -29,7 +29,6 @@ if importlib.util.find_spec("triton") is None:  # a requirement on Linux; CI mus
     pytest.skip("triton is not installed", allow_module_level=True)
 
 TOLERANCE = 1e-5
-CUDA_ONLY = fast_paths._device_supported  # the real rule, before the fixture below admits CPU tensors
 TINY_MLP = {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 16,
             "n_hidden_layers": 1}
 
@@ -43,13 +42,10 @@ def kernels():
     if type(tl.zeros).__name__ != "InterpretedFunction":
         pytest.fail("triton was imported before TRITON_INTERPRET=1 was set; run the tests with TRITON_INTERPRET=1 "
                     "(tests/conftest.py sets it unless the variable is already set to something else)", pytrace=False)
-    mp = pytest.MonkeyPatch()
     modules = {name: importlib.import_module(module_name) for name, module_name in KERNELS.items()}
-    mp.setattr(fast_paths, "_kernel_cache", {})
-    mp.setattr(fast_paths, "_logged_reasons", set())
-    mp.setattr(fast_paths, "_device_supported", lambda device: True)
+    fast_paths.admit_interpreted_kernels(True)
     yield modules
-    mp.undo()
+    fast_paths.admit_interpreted_kernels(False)
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -232,14 +228,15 @@ def test_self_checks_pass_and_catch_a_wrong_kernel(kernels, monkeypatch):
 # ---------------------------------------------------------------- selection and fallback (no interpreter needed)
 @pytest.fixture
 def fresh_selection(monkeypatch, caplog):
-    monkeypatch.setattr(fast_paths, "_kernel_cache", {})
-    monkeypatch.setattr(fast_paths, "_logged_reasons", set())
+    was_admitted = fast_paths.interpreted_kernels_admitted()
+    fast_paths.reset_selection()
     caplog.set_level(logging.INFO, logger=fast_paths.__name__)
-    return caplog
+    yield caplog
+    fast_paths.admit_interpreted_kernels(was_admitted)
 
 
 def test_auto_on_the_cpu_uses_the_reference_and_says_why_once(fresh_selection, monkeypatch):
-    monkeypatch.setattr(fast_paths, "_device_supported", CUDA_ONLY)
+    fast_paths.admit_interpreted_kernels(False)  # the real rule: CUDA only
     grid = HashGrid(3, n_levels=2, log2_hashmap_size=8, base_resolution=4, fast_paths="auto")
     for _ in range(2):
         grid(torch.rand(5, 3))
@@ -251,7 +248,6 @@ def test_auto_on_the_cpu_uses_the_reference_and_says_why_once(fresh_selection, m
 
 
 def test_triton_that_does_not_import_falls_back_with_one_line(fresh_selection, monkeypatch):
-    monkeypatch.setattr(fast_paths, "_device_supported", lambda device: True)
     monkeypatch.setattr(fast_paths, "_probe_cache", {"triton": False})
     for name in KERNELS:
         assert fast_paths.triton_kernels(name, "auto", "cuda:0") is None

@@ -20,6 +20,7 @@ _COMPONENT_MODULES: Dict[str, str] = {
     # data
     "single-image-datamodule": "threestudio.data.single_image",
     "multiview-datamodule": "threestudio.data.multiview",
+    "image-target-poses-datamodule": "threestudio.data.image_target_poses",
     "single-view-scene-datamodule": "threestudio.data.single_view_scene",
     # geometry
     "implicit-volume": "threestudio.models.geometry.implicit_volume",

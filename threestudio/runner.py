@@ -18,7 +18,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import threestudio
 from threestudio.utils.config import config_to_primitive, dump_config, load_config
@@ -202,13 +202,14 @@ def _build_trainer(
     resume_number: Optional[int],
     t_kwargs: Dict[str, Any],
     preloaded: Dict[str, Any],
+    extra_callbacks: Sequence[Any] = (),
 ) -> Any:
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from threestudio.utils.checkpoint_io import AtomicCheckpointIO, FiniteModelCheckpoint
 
-    callbacks, loggers = [], False
+    callbacks, loggers = list(extra_callbacks), False
     if mode == "train":
         ckpt_kwargs = dict(config_to_primitive(cfg.checkpoint))
         callbacks.append(FiniteModelCheckpoint(dirpath=os.path.join(trial_dir, "ckpts"), **ckpt_kwargs))
@@ -250,14 +251,29 @@ def resolve_data_config(cfg: Any) -> None:
         cfg.data = resolve(cfg.data)
 
 
-def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int = 1) -> str:
-    """Run ``mode`` (train | validate | test | export) for the config. Returns the trial folder."""
+def run(
+    config_path: str,
+    mode: str,
+    cli_args: Sequence[str] = (),
+    n_gpus: int = 1,
+    transform: Optional[Callable[[Any], None]] = None,
+    callbacks: Sequence[Any] = (),
+) -> str:
+    """Run ``mode`` (train | validate | test | export) for the config. Returns the trial folder.
+
+    For tools built on the runner (``scripts/oracle_run.py``): ``transform(cfg)`` edits the loaded config in place
+    before anything else reads it (not the trial folder keys), and ``callbacks`` join the Trainer's.
+    """
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     started = time.perf_counter()
     timestamp = os.environ.get(_TIMESTAMP_ENV)
     overrides = {"timestamp": timestamp} if timestamp else {}
     cfg = load_config(config_path, cli_args=cli_args, n_gpus=n_gpus, **overrides)
+    if transform is not None:
+        transform(cfg)
+    if cfg.description:
+        logger.info("%s: %s", cfg.name, cfg.description)
     if cfg.use_timestamp:
         os.environ[_TIMESTAMP_ENV] = cfg.timestamp
     check_resume_path(cfg.resume)
@@ -278,7 +294,7 @@ def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int =
     preloaded = _check_before_writing(cfg, mode, system, n_gpus)
 
     if _rank() != 0:  # DDP workers: rank 0 owns the folder, its lock and its config
-        return _fit_or_render(cfg, mode, system, datamodule, None, n_gpus, preloaded, started)
+        return _fit_or_render(cfg, mode, system, datamodule, None, n_gpus, preloaded, started, callbacks)
     if not plan.existing:
         os.makedirs(os.path.dirname(plan.trial_dir) or ".", exist_ok=True)
         try:
@@ -291,7 +307,7 @@ def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int =
     with trial_lock(plan.trial_dir):
         remove_stale_temporaries(os.path.join(plan.trial_dir, "ckpts"))
         resume_number = _write_trial_config(cfg, plan, mode)
-        return _fit_or_render(cfg, mode, system, datamodule, resume_number, n_gpus, preloaded, started)
+        return _fit_or_render(cfg, mode, system, datamodule, resume_number, n_gpus, preloaded, started, callbacks)
 
 
 def _fit_or_render(
@@ -303,13 +319,14 @@ def _fit_or_render(
     n_gpus: int,
     preloaded: dict,
     started: float,
+    callbacks: Sequence[Any] = (),
 ) -> str:
     """Run the Lightning loop of ``mode`` in ``cfg.trial_dir``, then write the run's report; returns the trial."""
     trial_dir, resume = cfg.trial_dir, cfg.resume
     system.set_save_dir(os.path.join(trial_dir, "save"))
     logger.info("trial folder: %s", trial_dir)
     t_kwargs = trainer_kwargs(cfg.trainer, n_gpus)
-    trainer = _build_trainer(cfg, mode, trial_dir, resume_number, t_kwargs, preloaded)
+    trainer = _build_trainer(cfg, mode, trial_dir, resume_number, t_kwargs, preloaded, callbacks)
     if mode == "train":
         try:
             trainer.fit(system, datamodule=datamodule, ckpt_path=resume)

@@ -16,6 +16,8 @@ from typing import Any
 
 _EXPORTS = {
     "load_model": "zeronvs_diffusion.model",
+    "load_prior": "zeronvs_diffusion.sources",
+    "load_configured_model": "zeronvs_diffusion.sources",
     "ZeroNVSModel": "zeronvs_diffusion.model",
     "camera_embedding": "zeronvs_diffusion.camera",
     "sample_views": "zeronvs_diffusion.sampling",

@@ -347,8 +347,8 @@ def load_model(
     Args:
         path_or_dir: a latent-diffusion checkpoint (``zeronvs.ckpt``, needs ``config``), a folder written by
             ``python -m zeronvs_diffusion.convert`` (``config`` optional and unused), ``"random"``
-            (needs ``config``; weights drawn with ``seed``), or ``"oracle:WORLD.yaml"`` (the exact prior of a
-            known world, no ``config``; see :mod:`zeronvs_diffusion.oracle`).
+            (needs ``config``; weights drawn with ``seed``). Other sources (the oracle prior) are
+            :func:`zeronvs_diffusion.sources.load_prior`'s.
         config: the latent-diffusion YAML (``zeronvs_config.yaml``).
         dtype: None (fp32 on CPU, fp16 on CUDA), 'fp32' | 'fp16' | 'bf16' or a torch.dtype.
         device: where the model lives.
@@ -356,10 +356,6 @@ def load_model(
             allow-list of :mod:`zeronvs_diffusion.torch_load`; only for files from a trusted source.
     """
     path = os.fspath(path_or_dir) if path_or_dir is not None else ""
-    if path.startswith("oracle:"):  # the weight-free oracle prior of a known world (zeronvs_diffusion.oracle)
-        from zeronvs_diffusion.oracle import load_oracle
-
-        return load_oracle(path[len("oracle:"):], config=config, device=device)
     torch_dtype = resolve_dtype(dtype, device)
     if path and _is_converted_folder(path):
         modules, scheduler, conditioning = _load_folder(path, torch_dtype)

@@ -1,7 +1,7 @@
 """Oracle SDS check: held-out orbit PSNR of single-image SDS against the oracle prior, an inverted-pose control,
 the PSNR-vs-steps curve, and held-out PSNR against field evaluations per step for a few renderer settings.
 
-Each run is ``threestudio.oracle_sds.run_oracle_sds`` (what ``scripts/oracle_sds.py`` runs). The control runs the
+Each run is ``scripts/oracle_run.py``'s ``run_oracle_sds`` (what ``scripts/oracle_sds.py`` runs). The control runs the
 same with ``zeronvs_diffusion.camera.relative_pose`` monkeypatched to return the inverse relative pose — a
 benchmark/test-only patch, not a user option. ``--renderers S+P,...`` adds runs on the first scene with S samples
 per ray and P proposal samples (the quality-per-work table).
@@ -46,7 +46,7 @@ def inverted_relative_pose() -> Iterator[None]:
 
 
 def _run(scene: str, out: str, args: argparse.Namespace, extra: List[str], eval_every: int) -> Dict[str, Any]:
-    from threestudio.oracle_sds import run_oracle_sds
+    from oracle_run import run_oracle_sds  # scripts/ is on sys.path (scripts/bench.py)
 
     return run_oracle_sds(scene, out, steps=args.steps, height=args.height, overrides=[*args.overrides, *extra],
                           eval_every=eval_every)

@@ -21,6 +21,7 @@ colour (resized premultiplied, so transparent neighbours do not bleed in) and wh
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -40,7 +41,7 @@ from threestudio.data.random_camera import (
 )
 from threestudio.data.utils import StagedResolution
 from threestudio.utils.base import Configurable, Updateable
-from threestudio.utils.config import config_to_primitive, parse_structured
+from threestudio.utils.config import config_to_primitive, in_section, parse_structured
 from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.image import composite, crop_to_square, load_image, resize_image
 
@@ -271,7 +272,7 @@ class SingleImageDataModule(LightningDataModule, Configurable):
     @classmethod
     def parse_config(cls, cfg: Optional[Any]) -> Any:
         """``cfg`` parsed after :meth:`resolve_config` (an ``auto`` fov becomes a number)."""
-        return parse_structured(cls.Config, cls.resolve_config(cfg))
+        return parse_structured(cls.Config, in_section(cls.resolve_config(cfg), "data"))
 
     def configure(self) -> None:
         _check_config(self.cfg)
@@ -372,16 +373,21 @@ class SingleImageDataModule(LightningDataModule, Configurable):
         return batch
 
     def conditioning(self) -> Dict[str, Tensor]:
-        """The guidance's input view: ``images`` (1, S, S, 3) in [0, 1] composited on white, ``c2w`` (1, 4, 4),
-        ``fov_deg`` (1,). S is the square's own side (for ``stretch``, the longer side), capped at
-        ``conditioning_max_size`` by antialiased downsizing. Needs :meth:`setup`."""
+        """The guidance's input view: the ``crop_mode`` square of the image, ``images`` (1, S, S, 3) in [0, 1]
+        composited on white, ``c2w`` (1, 4, 4), ``fov_deg`` (1,) the vertical fov of that square. S is the square's
+        own side (for ``stretch``, the longer side), capped at ``conditioning_max_size`` by antialiased downsizing.
+        Needs :meth:`setup`."""
         if self.rgba is None:
             raise RuntimeError("call setup() before conditioning(): the image is read there")
-        rgba = self.rgba
-        side = min(max(rgba.shape[0], rgba.shape[1]), self.cfg.conditioning_max_size)
-        image = resize_image(composite(rgba, 1.0), side, side).clamp(0.0, 1.0)
+        square = crop_to_square(self.rgba, self.cfg.crop_mode, pad_value=0.0)  # as read, when already square
+        side = min(max(square.shape[0], square.shape[1]), self.cfg.conditioning_max_size)
+        image = resize_image(composite(square, 1.0), side, side).clamp(0.0, 1.0)
+        fovy = self.reference.fovy_deg
+        rows = square.shape[0] if self.cfg.crop_mode != "stretch" else self.rgba.shape[0]
+        if rows != self.rgba.shape[0]:  # a square cut from a taller frame sees a smaller vertical fov
+            fovy = math.degrees(2 * math.atan(math.tan(math.radians(fovy) / 2) * rows / self.rgba.shape[0]))
         return {
             "images": image[None].contiguous(),
             "c2w": self.reference.c2w(),
-            "fov_deg": torch.tensor([self.reference.fovy_deg], dtype=torch.float32),
+            "fov_deg": torch.tensor([fovy], dtype=torch.float32),
         }

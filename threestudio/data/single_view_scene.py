@@ -1,22 +1,24 @@
 """Single-image SDS from one view of a posed scene, tested on the scene's other views (ZeroNVS's DTU protocol).
 
 ``single-view-scene-datamodule`` is the single-image datamodule (:mod:`threestudio.data.single_image`: the same
-training batches, random cameras and validation orbit) whose input is the first of ``scene.input_views`` of the
-posed scene ``scene`` (the keys of :class:`threestudio.data.multiview.MultiviewDataModuleConfig`), and whose test
+training batches, random cameras, validation orbit and conditioning) whose input is the first of
+``scene.input_views`` of the posed scene ``scene`` (a :class:`SceneSectionConfig`: the scene keys of
+:class:`threestudio.data.posed_views.PosedSceneConfig`, read with the shared posed-view loading), and whose test
 split is that scene's target views with their ground truth, posed in the canonical frame of the input camera
-(``scene.canonicalize`` must be true; its ``default_*`` angles and distance must equal ``data.default_*``). This is
-what ZeroNVS's ``data.view_synthesis`` does for DTU (kylesargent/ZeroNVS ``threestudio/data/image.py``).
+(``data.default_elevation_deg`` / ``default_azimuth_deg`` / ``default_camera_distance``; ``scene.canonicalize``
+must be true). This is what ZeroNVS's ``data.view_synthesis`` does for DTU (kylesargent/ZeroNVS
+``threestudio/data/image.py``).
 
 - The reference view (RGB loss) is the whole input frame at ``data.height`` × ``data.width`` (same aspect as the
   image); the guidance is conditioned on its ``crop_mode`` square (``center_crop``: ZeroNVS's central crop).
-- ``image_path`` and (when ``auto``) ``default_fovy_deg`` are filled in from the scene by :meth:`resolve_config`, so
-  the trial's parsed config records them.
+- ``image_path`` and (when ``auto``) ``default_fovy_deg`` are filled in from the scene by :meth:`resolve_config`
+  (which reads the scene's cameras), so the trial's parsed config records them.
 - ``scene_intrinsics``: ``zeronvs`` (ZeroNVS's DTU evaluation) renders the reference and every test view with a
   centred pinhole camera whose vertical fov is ``2·atan(cy / fy)`` of the input camera; ``calibrated`` uses each
   test view's own intrinsics (principal point included) and the input's fov ``2·atan(H / 2fy)``.
 
-Test batches are the multi-view evaluation batches (``rgb``, ``mask``, ``index``, ...) at ``scene.height`` ×
-``scene.width``; the test loader yields one view per batch.
+Test batches are the posed-view batches (``rgb``, ``mask``, ``index``, ...; :mod:`threestudio.data.posed_views`)
+at ``scene.height`` × ``scene.width``; the test loader yields one view per batch.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -34,17 +36,39 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 import threestudio
-from threestudio.data.idr_cameras import list_images, load_idr_cameras
-from threestudio.data.multiview import MultiviewDataModule, MultiviewEvalDataset, ViewSet
+from threestudio.data.posed_views import (
+    SCENE_FORMATS,
+    PosedScene,
+    PosedSceneConfig,
+    PosedViewDataset,
+    ViewSet,
+    canonical_camera,
+    check_posed_scene_config,
+    load_posed_scene,
+)
 from threestudio.data.single_image import SingleImageDataModule, SingleImageDataModuleConfig
+from threestudio.data.view_selection import select_nearest
 from threestudio.utils.camera import focal_to_fov
 from threestudio.utils.config import config_to_primitive
 from threestudio.utils.errors import ConfigError, UserError
-from threestudio.utils.image import composite, crop_to_square, load_image, resize_image
+from threestudio.utils.image import load_image
 
 logger = logging.getLogger(__name__)
 
 SCENE_INTRINSICS = ("zeronvs", "calibrated")
+
+
+_CANONICAL = "is not a scene key: the input camera of the single-image pipeline is data.{0}; remove it"
+
+
+@dataclass
+class SceneSectionConfig(PosedSceneConfig):
+    """``data.scene``: the posed scene's files and views (:class:`~threestudio.data.posed_views.PosedSceneConfig`)."""
+
+    KEY_HINTS: ClassVar[Dict[str, str]] = {
+        key: _CANONICAL.format(key)
+        for key in ("default_elevation_deg", "default_azimuth_deg", "default_camera_distance")
+    }
 
 
 @dataclass
@@ -52,7 +76,7 @@ class SingleViewSceneConfig(SingleImageDataModuleConfig):
     """``single-image-datamodule`` keys plus the posed scene (see the module docstring)."""
 
     default_fovy_deg: Any = "auto"  # auto: from the scene's input camera (see scene_intrinsics); a number wins
-    scene: dict = field(default_factory=dict)  # multiview-datamodule keys: scene_dir, input_views, pose_scale, ...
+    scene: SceneSectionConfig = field(default_factory=SceneSectionConfig)
     scene_intrinsics: str = "zeronvs"  # zeronvs | calibrated
 
 
@@ -72,24 +96,28 @@ class SingleViewSceneDataModule(SingleImageDataModule):
     @staticmethod
     def resolve_config(cfg: Optional[Any]) -> DictConfig:
         """``cfg`` with ``image_path`` (the first input view's file) and, when ``auto``, ``default_fovy_deg`` (its
-        camera's, see ``scene_intrinsics``) filled in from the scene. The runner calls this before it saves the
-        trial's parsed config, so both are recorded there."""
+        camera's, see ``scene_intrinsics``) filled in from the scene, whose cameras it reads. The runner calls this
+        before it saves the trial's parsed config, so both are recorded there."""
         cfg = OmegaConf.create(config_to_primitive(cfg) if cfg is not None else {})
         scene = cfg.get("scene") or {}
         scene_dir = scene.get("scene_dir")
         if not scene_dir or OmegaConf.is_missing(scene, "scene_dir"):
             raise ConfigError("config key data.scene.scene_dir is empty; set it to the posed scene folder")
+        fmt = str(scene.get("format", PosedSceneConfig.format))
+        if fmt not in SCENE_FORMATS:
+            raise ConfigError(f"config key data.scene.format is {fmt!r}; valid: {', '.join(SCENE_FORMATS)}")
+        cameras = SCENE_FORMATS[fmt](str(scene_dir), False)
         index = int((scene.get("input_views") or [0])[0])
-        images = list_images(os.path.join(str(scene_dir), "image"))
-        if not 0 <= index < len(images):
-            raise UserError(f"data.scene.input_views: view {index} has no image in {os.path.join(scene_dir, 'image')}")
-        if cfg.get("image_path") and os.path.abspath(cfg.image_path) != os.path.abspath(images[index]):
+        if not 0 <= index < len(cameras):
+            raise UserError(f"data.scene.input_views: view {index} has no image in {scene_dir}")
+        image = cameras.image_paths[index]
+        if cfg.get("image_path") and os.path.abspath(cfg.image_path) != os.path.abspath(image):
             raise ConfigError("data.image_path comes from data.scene (its first input view); remove the key")
-        cfg.image_path = images[index]
+        cfg.image_path = image
         if str(cfg.get("default_fovy_deg", "auto")) == "auto":
-            K = load_idr_cameras(str(scene_dir), normalize=True)[index].K
+            K = cameras.K[index].numpy()
             mode = cfg.get("scene_intrinsics", SingleViewSceneConfig.scene_intrinsics)
-            height = load_image(images[index]).shape[0]
+            height = load_image(image).shape[0]
             cfg.default_fovy_deg = (
                 math.degrees(2 * math.atan2(float(K[1, 2]), float(K[1, 1])))
                 if mode == "zeronvs"
@@ -105,19 +133,11 @@ class SingleViewSceneDataModule(SingleImageDataModule):
             raise ConfigError(
                 f"config key data.scene_intrinsics is {cfg.scene_intrinsics!r}; valid: {', '.join(SCENE_INTRINSICS)}"
             )
-        self.scene = MultiviewDataModule(cfg.scene)
-        self._check_scene(cfg)
-        super().configure()
-
-    def _check_scene(self, cfg: SingleViewSceneConfig) -> None:
-        scene = self.scene.cfg
-        if not scene.canonicalize:
+        if not cfg.scene.canonicalize:
             raise ConfigError("data.scene.canonicalize must be true: test poses are relative to the input camera")
-        for key in ("default_elevation_deg", "default_azimuth_deg", "default_camera_distance"):
-            if not math.isclose(float(getattr(scene, key)), float(getattr(cfg, key)), abs_tol=1e-6):
-                raise ConfigError(
-                    f"data.scene.{key} ({getattr(scene, key)}) must equal data.{key} ({getattr(cfg, key)})"
-                )
+        check_posed_scene_config(cfg.scene, prefix="data.scene")
+        self.scene: Optional[PosedScene] = None  # read by setup
+        super().configure()
 
     def _load_image(self) -> Tensor:
         """The whole input frame as straight-alpha RGBA (H, W, 4): the reference view is not cropped."""
@@ -133,22 +153,31 @@ class SingleViewSceneDataModule(SingleImageDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Read the input frame and the scene (first call only) and build the datasets of ``stage``."""
-        self.scene.setup("test")
+        if self.scene is None:
+            cfg = self.cfg
+            canonical = canonical_camera(
+                cfg.default_elevation_deg, cfg.default_azimuth_deg, cfg.default_camera_distance
+            )
+            self.scene = load_posed_scene(cfg.scene, canonical, prefix="data.scene")
         super().setup(stage)
         if stage in (None, "test", "predict"):
             self.test_dataset = self._test_dataset()
 
-    def _test_dataset(self) -> MultiviewEvalDataset:
+    def _test_dataset(self) -> PosedViewDataset:
         scene, targets = self.scene, self.scene.targets
+        height, width = int(self.cfg.scene.height), int(self.cfg.scene.width)
         if self.cfg.scene_intrinsics == "zeronvs":
-            height, width = int(scene.cfg.height), int(scene.cfg.width)
             fovy = float(self.cfg.default_fovy_deg)
             targets = dataclasses.replace(
                 targets,
                 intrinsics=centred_intrinsics(fovy, height, width, len(targets)),
                 fov_deg=torch.full((len(targets),), fovy),
             )
-        return MultiviewEvalDataset(targets, scene.cond_index, scene.canonical_c2w, scene.cfg.height, scene.cfg.width)
+        if len(targets):
+            cond_index = select_nearest(scene.inputs.selection_c2w, scene.targets.selection_c2w)[0]
+        else:
+            cond_index = torch.zeros(0, dtype=torch.long)
+        return PosedViewDataset(targets, cond_index, scene.inputs.c2w[0].float(), height, width)
 
     @property
     def targets(self) -> ViewSet:
@@ -157,19 +186,3 @@ class SingleViewSceneDataModule(SingleImageDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.test_dataset, batch_size=None, num_workers=0, collate_fn=self.test_dataset.collate)
-
-    def conditioning(self) -> Dict[str, Tensor]:
-        """The guidance's input view: the ``crop_mode`` square of the input frame (images (1, S, S, 3) in [0, 1]
-        on white, S capped at ``conditioning_max_size``), ``c2w`` (1, 4, 4), ``fov_deg`` (1,) of that square."""
-        if self.rgba is None:
-            raise RuntimeError("call setup() before conditioning(): the image is read there")
-        square = crop_to_square(self.rgba, self.cfg.crop_mode, pad_value=0.0)
-        side = min(square.shape[0], self.cfg.conditioning_max_size)
-        image = resize_image(composite(square, 1.0), side, side).clamp(0.0, 1.0)
-        rows = square.shape[0] if self.cfg.crop_mode != "stretch" else self.rgba.shape[0]
-        half = math.tan(math.radians(self.reference.fovy_deg) / 2) * rows / self.rgba.shape[0]
-        return {
-            "images": image[None].contiguous(),
-            "c2w": self.reference.c2w(),
-            "fov_deg": torch.tensor([math.degrees(2 * math.atan(half))], dtype=torch.float32),
-        }

@@ -323,11 +323,16 @@ def visualize_depth(depth: Tensor, opacity: Tensor) -> Tensor:
     return img[..., None].expand(*img.shape, 3)
 
 
-def rgb_depth_opacity_row(out: Dict[str, Tensor], k: int = 0) -> Tensor:
-    """(H, 3W, 3) test frame of view ``k`` of a render: rgb | depth | opacity side by side."""
+def visual_row(out: Dict[str, Tensor], k: int = 0, extra: Sequence[Tensor] = (), normal: bool = False) -> Tensor:
+    """(H, n·W, 3) panels of view ``k`` of a render side by side: [extra…, rgb, (normal), depth, opacity]; the
+    normal panel when ``normal`` and the render has ``comp_normal``. The test frame is ``visual_row(out, k)``."""
     rgb = out["comp_rgb"][k].clamp(0, 1)
-    depth = visualize_depth(out["depth"][k], out["opacity"][k])
-    return torch.cat([rgb, depth, out["opacity"][k].expand_as(rgb)], dim=1)
+    panels = [*extra, rgb]
+    if normal and "comp_normal" in out:
+        panels.append(out["comp_normal"][k].clamp(0, 1))
+    panels.append(visualize_depth(out["depth"][k], out["opacity"][k]))
+    panels.append(out["opacity"][k].clamp(0, 1).expand(*rgb.shape[:2], 3))
+    return torch.cat([p.to(rgb) for p in panels], dim=1)
 
 
 class BaseLift3DSystem(BaseSystem):
@@ -385,6 +390,20 @@ class BaseLift3DSystem(BaseSystem):
         self._guidance = threestudio.find(self.cfg.guidance_type)(self._guidance_cfg)
         self._guidance.set_conditions(conditioning["images"], conditioning["c2w"], conditioning["fov_deg"])
 
+    def sds_step(self, views: Dict[str, Any], terms: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The one SDS step of every system: render ``views``, score the renders with the guidance, add
+        ``lambda_sds · loss_sds`` to ``terms`` and log the guidance's diagnostics (``guidance/*``). Returns the
+        render, for the caller's regularisers."""
+        out = self(views)
+        guidance_out = self._guidance(out["comp_rgb"], views)
+        self.weighted("sds", guidance_out["loss_sds"], terms)
+        for key, value in guidance_out.items():
+            # 0-dim device tensors, logged as they are: Lightning reads them when it writes the logs, so the
+            # step never waits for the GPU (a Python number would be copied to the device, which syncs)
+            if key != "loss_sds" and isinstance(value, Tensor):
+                self.log(f"guidance/{key}", value if value.is_floating_point() else value.float())
+        return out
+
     def on_fit_start(self) -> None:
         if self._guidance is not None:
             self._guidance.to(self.device)
@@ -410,34 +429,21 @@ class BaseLift3DSystem(BaseSystem):
         groups.append({"params": list(proposal.parameters()), "name": "proposal", **prop_args})
         return groups
 
+    # the batch keys the renderer reads; any other key (e.g. a stray `shading`) never reaches the material
+    RENDER_KEYS = ("rays_o", "rays_d", "light_positions")
+
     def forward(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
-        return self.renderer(**batch)
+        return self.renderer(**{key: batch[key] for key in self.RENDER_KEYS if key in batch})
 
-    # ----- validation / test ---------------------------------------------------------------------------------
-    def _visual_row(self, out: Dict[str, Tensor], extra: Sequence[Tensor] = ()) -> Tensor:
-        """(H, k·W, 3) row: [extra…, rgb, (normal), depth, opacity] of the first view."""
-        rgb = out["comp_rgb"][0].clamp(0, 1)
-        panels = [*extra, rgb]
-        if "comp_normal" in out:
-            panels.append(out["comp_normal"][0].clamp(0, 1))
-        panels.append(visualize_depth(out["depth"][0], out["opacity"][0]))
-        panels.append(out["opacity"][0].clamp(0, 1).expand(*rgb.shape[:2], 3))
-        return torch.cat([p.to(rgb) for p in panels], dim=1)
-
+    # ----- validation / test (the test pass: threestudio.systems.heldout.HeldOutMetricsMixin) ------------------
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         from threestudio.utils.image import save_image
 
         out = self(batch)
         extra = [batch["rgb"][0]] if "rgb" in batch else []
         index = int(batch["index"][0]) if "index" in batch else batch_idx
-        save_image(self.save_path(f"it{self.true_global_step}-val/{index:04d}.png"), self._visual_row(out, extra))
-
-    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        from threestudio.utils.image import save_image
-
-        out = self(batch)
-        index = int(batch["index"][0]) if "index" in batch else batch_idx
-        save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), rgb_depth_opacity_row(out))
+        image = visual_row(out, 0, extra, normal=True)
+        save_image(self.save_path(f"it{self.true_global_step}-val/{index:04d}.png"), image)
 
     def on_test_epoch_end(self) -> None:
         if self.trainer.global_rank != 0:

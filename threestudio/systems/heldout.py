@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from torch import Tensor
 
-from threestudio.systems.base import rgb_depth_opacity_row
+from threestudio.systems.base import visual_row
 from threestudio.utils.distributed import (
     check_every_target_once,
     check_unsharded_test_loader,
@@ -48,7 +48,7 @@ class HeldOutMetricsMixin:
         out = self(batch)
         for k in range(out["comp_rgb"].shape[0]):
             index = int(batch["index"][k]) if "index" in batch else batch_idx
-            save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), rgb_depth_opacity_row(out, k))
+            save_image(self.save_path(f"it{self.true_global_step}-test/{index:04d}.png"), visual_row(out, k))
             if "rgb" in batch:
                 rgb = out["comp_rgb"][k].clamp(0, 1)
                 metrics = compute_metrics(rgb, batch["rgb"][k], self.metrics_mask(batch, k))

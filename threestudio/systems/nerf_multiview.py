@@ -20,20 +20,40 @@ opacity), the test video, and ``save/metrics.json`` (PSNR/SSIM/LPIPS against the
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
 import threestudio
+from threestudio.data.random_camera import RandomCameraConfig, check_random_camera_config
 from threestudio.systems.base import BaseLift3DSystem
 from threestudio.systems.heldout import HeldOutMetricsMixin
 from threestudio.utils.base import Updateable
+from threestudio.utils.config import parse_structured
 from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.loss import distortion_loss, normalized_spacing, opaque_loss, sparsity_loss, weighted_mse
 
 logger = logging.getLogger(__name__)
+
+
+_NOT_SAMPLED = (
+    "is not used by nerf-multiview-system: system.random_camera only samples the SDS views; validation and test "
+    "render the datamodule's targets. Remove it"
+)
+
+
+@dataclass
+class SDSCameraConfig(RandomCameraConfig):
+    """``system.random_camera``: the SDS views' sampler (the sampling keys of
+    :class:`~threestudio.data.random_camera.RandomCameraConfig`; its evaluation-orbit keys are refused)."""
+
+    KEY_HINTS: ClassVar[Dict[str, str]] = {
+        key: _NOT_SAMPLED
+        for key in ("eval_height", "eval_width", "eval_batch_size", "n_val_views", "n_test_views",
+                    "eval_elevation_deg", "eval_camera_distance", "eval_fovy_deg")
+    }
 
 
 @threestudio.register("nerf-multiview-system")
@@ -44,7 +64,7 @@ class NeRFMultiviewSystem(HeldOutMetricsMixin, BaseLift3DSystem):
     class Config(BaseLift3DSystem.Config):
         # used only when system.loss.lambda_sds > 0 (else a non-empty guidance or random_camera is an error)
         guidance_type: str = "zeronvs-guidance"
-        random_camera: dict = field(default_factory=dict)  # SDS views (RandomCameraConfig keys)
+        random_camera: Optional[SDSCameraConfig] = None  # SDS views; null: the defaults
         metrics_use_mask: bool = False  # PSNR over the object mask only
 
     cfg: Config
@@ -55,12 +75,9 @@ class NeRFMultiviewSystem(HeldOutMetricsMixin, BaseLift3DSystem):
         self._random_camera_cfg = None
         self._records: List[Dict[str, Any]] = []
         if self._sds_enabled():
-            from threestudio.data.random_camera import RandomCameraConfig, check_random_camera_config
-            from threestudio.utils.config import parse_structured
-
-            self._random_camera_cfg = parse_structured(RandomCameraConfig, self.cfg.random_camera)
+            self._random_camera_cfg = self.cfg.random_camera or parse_structured(SDSCameraConfig, {})
             check_random_camera_config(self._random_camera_cfg, prefix="system.random_camera")
-        elif self.cfg.random_camera:
+        elif self.cfg.random_camera is not None:
             raise ConfigError(f"system.random_camera is used only with SDS; {self.guidance_hint()}")
 
     def _sds_enabled(self) -> bool:
@@ -74,7 +91,10 @@ class NeRFMultiviewSystem(HeldOutMetricsMixin, BaseLift3DSystem):
 
     def prepare(self, mode: str, datamodule: Any) -> None:
         if not hasattr(datamodule, "targets") or not hasattr(datamodule, "conditioning"):
-            raise ConfigError("nerf-multiview-system needs data_type: multiview-datamodule")
+            raise ConfigError(
+                "nerf-multiview-system needs posed views: data_type multiview-datamodule or "
+                "image-target-poses-datamodule"
+            )
         if mode == "train" and datamodule.inputs.rgb is None:
             raise UserError("nerf-multiview-system trains on posed images; the input views have none")
         if mode == "train" and self._sds_enabled():
@@ -84,7 +104,7 @@ class NeRFMultiviewSystem(HeldOutMetricsMixin, BaseLift3DSystem):
         from threestudio.data.random_camera import RandomCameraSampler, ReferenceCamera
         from threestudio.utils.camera import c2w_to_spherical
 
-        if not datamodule.cfg.canonicalize:
+        if not getattr(datamodule.cfg, "canonicalize", True):  # one image is always at the canonical camera
             raise ConfigError("system.loss.lambda_sds > 0 needs data.canonicalize=true (the diffusion model's frame)")
         cond = datamodule.conditioning()
         elevation, azimuth, distance = (float(v) for v in c2w_to_spherical(cond["c2w"][:1]))
@@ -114,10 +134,7 @@ class NeRFMultiviewSystem(HeldOutMetricsMixin, BaseLift3DSystem):
         if "loss_proposal" in out:
             terms["loss_proposal"] = out["loss_proposal"]
         if self._guidance is not None and self.loss_enabled("sds"):
-            views = move_data_to_device(self._random_cameras.sample(), self.device)
-            sds_out = self(views)
-            guidance_out = self._guidance(sds_out["comp_rgb"], views)
-            self.weighted("sds", guidance_out["loss_sds"], terms)
+            sds_out = self.sds_step(move_data_to_device(self._random_cameras.sample(), self.device), terms)
             if "loss_proposal" in sds_out:
                 terms["loss_proposal"] = terms["loss_proposal"] + sds_out["loss_proposal"]
         return terms

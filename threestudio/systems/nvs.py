@@ -1,7 +1,8 @@
 """Diffusion-only novel view synthesis (``system_type: nvs-system``): ZeroNVS sampled directly, no SDS, no NeRF.
 
-Run with ``--test`` (there is nothing to train) on the ``multiview-datamodule``. For every target view the
-datamodule names the nearest input view (``cond_index``, :meth:`MultiviewDataModule.selection`); the diffusion
+Run with ``--test`` (there is nothing to train) on ``multiview-datamodule`` (a posed scene) or
+``image-target-poses-datamodule`` (one image). For every target view the datamodule names the nearest input view
+(``cond_index``, :meth:`~threestudio.data.posed_views.PosedViewsDataModule.selection`); the diffusion
 model is conditioned on that single image with the camera embedding of (source → target) and sampled with DDIM
 and classifier-free guidance. Several targets go through one forward pass (``system.sampling.targets_per_batch``):
 the system collects the datamodule's one-target test batches and samples them together.
@@ -33,7 +34,6 @@ from torch import Tensor
 
 import threestudio
 from threestudio.systems.base import BaseSystem
-from threestudio.utils.config import parse_structured
 from threestudio.utils.distributed import (
     check_every_target_once,
     check_unsharded_test_loader,
@@ -72,16 +72,16 @@ class NVSSystem(BaseSystem):
 
     @dataclass
     class Config(BaseSystem.Config):
-        guidance: dict = field(default_factory=dict)
-        sampling: dict = field(default_factory=dict)
+        guidance: NVSModelConfig = field(default_factory=NVSModelConfig)
+        sampling: NVSSamplingConfig = field(default_factory=NVSSamplingConfig)
         metrics_use_mask: bool = False  # PSNR over the object mask only (the ZeroNVS DTU protocol uses full images)
         contact_sheet: bool = True
 
     cfg: Config
 
     def configure(self) -> None:
-        self.model_cfg: NVSModelConfig = parse_structured(NVSModelConfig, self.cfg.guidance)
-        self.sampling_cfg: NVSSamplingConfig = parse_structured(NVSSamplingConfig, self.cfg.sampling)
+        self.model_cfg: NVSModelConfig = self.cfg.guidance
+        self.sampling_cfg: NVSSamplingConfig = self.cfg.sampling
         m, s = self.model_cfg, self.sampling_cfg
         check_model_config(m)
         if s.steps < 1 or s.targets_per_batch < 1:
@@ -96,26 +96,19 @@ class NVSSystem(BaseSystem):
         if mode != "test":
             raise UserError(f"nvs-system only samples views: run launch.py with --test (not --{mode})")
         if not hasattr(datamodule, "conditioning") or not hasattr(datamodule, "selection"):
-            raise ConfigError("nvs-system needs data_type: multiview-datamodule (input views and target poses)")
+            raise ConfigError(
+                "nvs-system needs input views and target poses: data_type multiview-datamodule (a posed scene) or "
+                "image-target-poses-datamodule (one image)"
+            )
         height, width = datamodule.cfg.height, datamodule.cfg.width
         if height != width:
             raise ConfigError(
                 f"nvs-system samples square views but data.height × data.width is {height}×{width}; set both to the "
                 "model's resolution (256 for the released model) with data.crop_square=true"
             )
-        import zeronvs_diffusion
+        from zeronvs_diffusion.sources import load_configured_model
 
-        m = self.model_cfg
-        logger.info("loading the ZeroNVS diffusion model from %s", m.pretrained_model_name_or_path)
-        self._model = zeronvs_diffusion.load_model(
-            m.pretrained_model_name_or_path,
-            config=m.pretrained_config,
-            dtype=torch.float32,
-            device="cpu",
-            trust_checkpoint=m.trust_checkpoint,
-        )
-        if m.compile_unet is not None:
-            self._model.compile_unet(m.compile_unet)
+        self._model = load_configured_model(self.model_cfg)
         self._conditioning = datamodule.conditioning()
         self._selection = datamodule.selection()
         self._target_indices = [int(i) for i in datamodule.targets.indices.tolist()]

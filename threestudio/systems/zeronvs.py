@@ -23,6 +23,14 @@ from threestudio.utils.loss import normal_smoothness_2d, opaque_loss, orientatio
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class FreqConfig:
+    """``system.freq`` (ZeroNVS's keys): ``ref_only_steps`` = steps with the reference-view loss only."""
+
+    ref_only_steps: int = 0
+    guidance_eval: int = 0  # ZeroNVS's guidance evaluation images: not implemented here, so it must stay 0
+
+
 @threestudio.register("zeronvs-system")
 class ZeroNVSSystem(HeldOutMetricsMixin, BaseLift3DSystem):
     """SDS from the guidance plus the reference-view losses; the test pass scores posed test views that carry
@@ -34,17 +42,13 @@ class ZeroNVSSystem(HeldOutMetricsMixin, BaseLift3DSystem):
     @dataclass
     class Config(BaseLift3DSystem.Config):
         guidance_type: str = "zeronvs-guidance"
-        # ZeroNVS's `system.freq`: ref_only_steps = steps with the reference-view loss only
-        freq: dict = field(default_factory=lambda: {"ref_only_steps": 0})
+        freq: FreqConfig = field(default_factory=FreqConfig)
 
     cfg: Config
 
     def configure(self) -> None:
         super().configure()
-        unknown = set(self.cfg.freq) - {"ref_only_steps", "guidance_eval"}
-        if unknown:
-            raise ConfigError(f"unknown config key 'system.freq.{sorted(unknown)[0]}'; valid keys: ref_only_steps")
-        if self.cfg.freq.get("guidance_eval", 0):
+        if self.cfg.freq.guidance_eval:
             raise ConfigError("system.freq.guidance_eval is not supported; set it to 0")
 
     def prepare(self, mode: str, datamodule: Any) -> None:
@@ -76,16 +80,8 @@ class ZeroNVSSystem(HeldOutMetricsMixin, BaseLift3DSystem):
 
     def training_losses(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         terms: Dict[str, Tensor] = {}
-        if self.true_global_step >= int(self.cfg.freq.get("ref_only_steps", 0)):
-            views = batch["random_camera"]
-            out = self(views)
-            guidance_out = self._guidance(out["comp_rgb"], views)
-            self.weighted("sds", guidance_out["loss_sds"], terms)
-            for key, value in guidance_out.items():
-                # 0-dim device tensors, logged as they are: Lightning reads them when it writes the logs, so the
-                # step never waits for the GPU (a Python number would be copied to the device, which syncs)
-                if key != "loss_sds" and isinstance(value, Tensor):
-                    self.log(f"guidance/{key}", value if value.is_floating_point() else value.float())
+        if self.true_global_step >= self.cfg.freq.ref_only_steps:
+            out = self.sds_step(batch["random_camera"], terms)
             self._regularisers(out, terms, is_reference=False)
 
         out = self(batch)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional, Sequence
@@ -52,7 +53,8 @@ def parse_structured(fields: type, cfg: Optional[Any] = None) -> Any:
     """Validate ``cfg`` (dict, DictConfig or None) against the dataclass ``fields``.
 
     Returns a structured OmegaConf object with attribute access. Unknown keys and values of the
-    wrong type raise :class:`ConfigError` naming the full key and the valid keys.
+    wrong type raise :class:`ConfigError` naming the full key and the valid keys; a key in the dataclass's
+    ``KEY_HINTS`` (a ``ClassVar`` dict: renamed or removed key → what to do) raises "<full key> <hint>".
     """
     if cfg is None:
         cfg = {}
@@ -60,10 +62,7 @@ def parse_structured(fields: type, cfg: Optional[Any] = None) -> Any:
         return OmegaConf.structured(cfg)
     if not isinstance(cfg, (dict, DictConfig)):
         raise ConfigError(f"expected a mapping for {fields.__qualname__}, got {type(cfg).__name__}: {cfg!r}")
-    valid = [f.name for f in dataclasses.fields(fields)]
-    for key in cfg.keys():
-        if key not in valid:
-            raise ConfigError(f"unknown config key {_full_key(cfg, str(key))!r}; valid keys here: {', '.join(valid)}")
+    _check_keys(fields, cfg, _full_key(cfg, "").rstrip("."))
     try:
         merged = OmegaConf.merge(OmegaConf.structured(fields), cfg)
     except OmegaConfBaseException as e:
@@ -71,6 +70,46 @@ def parse_structured(fields: type, cfg: Optional[Any] = None) -> Any:
         msg = str(e).splitlines()[0]
         raise ConfigError(f"bad value for config key {_full_key(cfg, str(key))!r}: {msg}") from None
     return _at_path(merged, _full_key(cfg, ""))
+
+
+def in_section(cfg: Optional[Any], section: str) -> DictConfig:
+    """``cfg`` as the ``section`` node of a config (unless it already has a place in one), so that
+    :func:`parse_structured`'s messages name keys in full (``data.height``) also for a plain dict."""
+    if isinstance(cfg, DictConfig) and _full_key(cfg, ""):
+        return cfg
+    return OmegaConf.create({section: config_to_primitive(cfg) if cfg is not None else {}})[section]
+
+
+def _nested_dataclass(annotation: Any) -> Optional[type]:
+    """The dataclass of a field annotated ``X`` or ``Optional[X]``, else None."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    args = [a for a in getattr(annotation, "__args__", ()) or () if a is not type(None)]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
+
+
+def _check_keys(fields: type, cfg: Any, path: str) -> None:
+    """Unknown keys of ``cfg`` (and of its nested dataclass sections) → ConfigError naming the full key; keys in a
+    dataclass's ``KEY_HINTS`` → ConfigError with that hint."""
+    valid = [f.name for f in dataclasses.fields(fields)]
+    hints = getattr(fields, "KEY_HINTS", {})
+    try:
+        types = typing.get_type_hints(fields)
+    except Exception:  # pragma: no cover - unresolvable annotations: no nested check
+        types = {}
+    for key in cfg.keys():
+        full = f"{path}.{key}" if path else str(key)
+        if key in hints:
+            raise ConfigError(f"{full} {hints[key]}")
+        if key not in valid:
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(valid)}")
+        nested = _nested_dataclass(types.get(str(key)))
+        try:
+            value = cfg[key]
+        except OmegaConfBaseException:  # a missing value or an interpolation: the merge below reports it
+            value = None
+        if nested is not None and isinstance(value, (dict, DictConfig)):
+            _check_keys(nested, value, full)
 
 
 def _at_path(node: DictConfig, path: str) -> DictConfig:
@@ -116,6 +155,15 @@ class ExperimentConfig:
     checkpoint: dict = field(default_factory=dict)
 
 
+# keys load_config derives (a trial's parsed.yaml records them); set on the command line they would be overwritten
+_TRIAL = "it is derived from exp_root_dir, name, tag and the time stamp (use_timestamp); set those instead"
+DERIVED_KEYS = {
+    "exp_dir": _TRIAL,
+    "trial_name": _TRIAL,
+    "trial_dir": _TRIAL,
+    "n_gpus": "it is the number of devices of launch.py --gpu (e.g. --gpu 0,1)",
+}
+
 _UNSAFE_FOLDER_CHARS = re.compile(r"[\[\]\s,{}:'\"]+")
 
 
@@ -146,6 +194,9 @@ def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **ov
     for arg in cli_args:
         if "=" not in arg:
             raise ConfigError(f"command-line override {arg!r} is not of the form key=value")
+        key = arg.split("=", 1)[0].strip()
+        if key in DERIVED_KEYS:
+            raise ConfigError(f"{key} cannot be set: {DERIVED_KEYS[key]}")
     try:
         confs.append(OmegaConf.from_dotlist(list(cli_args)))
     except OmegaConfBaseException as e:

@@ -8,7 +8,8 @@ install logs one line and falls back to PyTorch.
 
 Triton kernels (:func:`triton_kernels`) are used in mode auto on CUDA tensors when ``triton`` imports and the
 kernel module's one-time self-check on that device (a small batch compared with the reference) passes; otherwise
-one log line says why and the reference runs.
+one log line says why and the reference runs. :func:`admit_interpreted_kernels` lets them take CPU tensors through
+Triton's interpreter (``TRITON_INTERPRET=1``): for tests and kernel development only, never for speed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,27 @@ _probe_cache: Dict[str, bool] = {}
 _kernel_cache: Dict[Tuple[str, str], Optional[ModuleType]] = {}
 # one line per reason (e.g. "no CUDA") rather than one per kernel
 _logged_reasons: set = set()
+_admit_cpu = False  # admit_interpreted_kernels()
+
+
+def reset_selection() -> None:
+    """Forget every kernel choice and logged reason (the next call decides and logs again)."""
+    _kernel_cache.clear()
+    _logged_reasons.clear()
+
+
+def admit_interpreted_kernels(enabled: bool = True) -> None:
+    """Let :func:`triton_kernels` hand out kernels for CPU tensors, run by Triton's interpreter (set
+    ``TRITON_INTERPRET=1`` before ``triton`` is first imported; ``tests/conftest.py`` does). For the kernel tests
+    and kernel development only: interpreted kernels are slow. Resets the selection (:func:`reset_selection`)."""
+    global _admit_cpu
+    _admit_cpu = bool(enabled)
+    reset_selection()
+
+
+def interpreted_kernels_admitted() -> bool:
+    """Whether :func:`admit_interpreted_kernels` is on."""
+    return _admit_cpu
 
 
 def parse_fast_paths(value: Any, key: str = "system.fast_paths") -> str:
@@ -68,8 +90,8 @@ def use_tcnn(mode: str) -> bool:
 
 
 def _device_supported(device: Any) -> bool:
-    """Devices the Triton kernels are compiled for (CUDA; tests also admit the CPU under ``TRITON_INTERPRET=1``)."""
-    return getattr(device, "type", str(device)) == "cuda"
+    """Devices the Triton kernels run on: CUDA, and any device after :func:`admit_interpreted_kernels`."""
+    return _admit_cpu or str(getattr(device, "type", device)).split(":")[0] == "cuda"
 
 
 def _log_once(reason: str) -> None:

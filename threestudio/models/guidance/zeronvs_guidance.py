@@ -153,23 +153,13 @@ class ZeroNVSGuidance(BaseObject):
 
     def configure(self) -> None:
         cfg = self.cfg
-        import zeronvs_diffusion
+        from zeronvs_diffusion.sources import load_configured_model
 
-        logger.info("loading the ZeroNVS diffusion model from %s", cfg.pretrained_model_name_or_path)
-        self.model = zeronvs_diffusion.load_model(
-            cfg.pretrained_model_name_or_path,
-            config=cfg.pretrained_config,
-            dtype=torch.float32,
-            device="cpu",
-            trust_checkpoint=cfg.trust_checkpoint,
-        )
-        self.model.eval().requires_grad_(False)
+        self.model = load_configured_model(cfg)
         if cfg.vae_gradient_checkpointing:
             # diffusers checkpoints the encoder's down/mid blocks whenever autograd records (eval mode included);
             # the decoder only ever runs without gradients here, so the switch only affects the SDS encode.
             self.model.vae.enable_gradient_checkpointing()
-        if cfg.compile_unet is not None:
-            self.model.compile_unet(cfg.compile_unet)
         self.device = torch.device("cpu")
         self.weights_dtype = torch.float32
 
@@ -466,7 +456,7 @@ class ZeroNVSGuidance(BaseObject):
             grad = grad.clamp(-self.grad_clip_val, self.grad_clip_val)
         return grad
 
-    def __call__(self, rgb: Tensor, batch: Dict[str, Any], **kwargs: Any) -> Dict[str, Any]:
+    def __call__(self, rgb: Tensor, batch: Dict[str, Any]) -> Dict[str, Any]:
         """SDS loss of renders ``rgb`` (B, H, W, 3) in [0, 1] seen from ``batch["c2w"]`` (B, 4, 4).
 
         ``batch`` also needs ``fov_deg`` (B,) and may hold ``cond_index`` (B,). Returns 0-dim tensors on the
