@@ -9,7 +9,8 @@ Triton kernels (:mod:`threestudio.kernels.hash_grid`) for inputs that need no gr
 Jacobian (:meth:`HashGrid.forward_with_jacobian`, explicit analytic normals) and their table gradients. Inputs that
 require a gradient (autograd analytic normals differentiate the grid twice) use the reference.
 
-:class:`HashGrid` follows instant-NGP: level ``l`` has scale ``base_resolution · per_level_scale^l − 1`` and
+:class:`HashGrid` follows instant-NGP: level ``l`` has scale ``base_resolution · per_level_scale^l − 1`` (computed in
+float32 as tiny-cuda-nn does, :func:`tcnn_grid_scale`) and
 ``ceil(scale) + 1`` vertices per axis; a level whose dense grid fits in ``2^log2_hashmap_size`` entries is indexed
 densely, larger levels use the spatial hash ``xor_d(x_d · π_d) mod T`` with the instant-NGP primes. Features are
 interpolated (d-)linearly between the ``2^d`` cell corners, so the output is differentiable w.r.t. both the table and
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -107,6 +109,20 @@ def get_activation(name: Optional[str]) -> Callable[[Tensor], Tensor]:
     return _ACTIVATIONS[key]
 
 
+def _f32(value: float) -> float:
+    """``value`` rounded to the nearest float32."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def tcnn_grid_scale(level: int, per_level_scale: float, base_resolution: int) -> float:
+    """Scale of hash-grid level ``level`` as tiny-cuda-nn computes it, in float32:
+    ``exp2f(level · log2f(per_level_scale)) · base_resolution − 1`` (level 15 of the paper grid: 4094.9985, not the
+    4095 of exact arithmetic). Each float32 operation is rounded from the correctly rounded double result."""
+    log2_scale = _f32(math.log2(_f32(per_level_scale)))
+    power = _f32(2.0 ** _f32(level * log2_scale))
+    return _f32(_f32(power * base_resolution) - 1.0)
+
+
 class HashGrid(nn.Module):
     """Multiresolution hash encoding (instant-NGP), pure PyTorch.
 
@@ -141,7 +157,7 @@ class HashGrid(nn.Module):
 
         scales, resolutions, sizes, dense = [], [], [], []
         for level in range(n_levels):
-            scale = base_resolution * per_level_scale**level - 1.0
+            scale = tcnn_grid_scale(level, per_level_scale, base_resolution)
             resolution = int(math.ceil(scale)) + 1
             dense_size = resolution**n_input_dims
             is_dense = dense_size <= hashmap_size
