@@ -197,3 +197,33 @@ def test_export_auto_threshold_and_empty_mesh_error(tmp_path):
         make_exporter(geo, threshold=25.0, resolution=16).export(str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="formats"):
         make_exporter(geo, formats=["glb"])
+
+
+@pytest.mark.parametrize("method", ["autograd", "explicit"])
+def test_fields_run_in_fp32_under_autocast(method):
+    """Under mixed precision the geometry and proposal MLPs, the grid and the analytic normals stay fp32 (ZeroNVS
+    disables autocast in its MLPs); CPU bf16 autocast stands in for CUDA's fp16."""
+    from tests.test_rendering import camera_rays, make_renderer
+
+    renderer = make_renderer("proposal", geometry={"analytic_normal_method": method},
+                             material="diffuse-with-point-light-material", return_comp_normal=True)
+    geometry = renderer.geometry
+    mlps = {"density": geometry.density_network, "features": geometry.feature_network,
+            "proposal": renderer.proposal_networks[0][1]}
+    seen = {}
+    for name, mlp in mlps.items():
+        mlp.register_forward_hook(lambda module, args, out, name=name: seen.setdefault(name, set()).add(out.dtype))
+    rays_o, rays_d = camera_rays()
+    renderer.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.nn.Linear(4, 4)(torch.ones(1, 4)).dtype == torch.bfloat16  # autocast is on
+        out = renderer(rays_o, rays_d)
+        geo = geometry(torch.randn(8, 3) * 0.3, output_normal=True)
+        loss = out["comp_rgb"].float().mean() + out["loss_proposal"]
+    loss.backward()
+    # (explicit normals call the density MLP's forward_with_input_gradient, which the hook does not see)
+    assert set(seen) == set(mlps) - ({"density"} if method == "explicit" else set())
+    assert all(dtypes == {torch.float32} for dtypes in seen.values())
+    assert all(v.dtype == torch.float32 for v in geo.values())
+    assert out["loss_proposal"].dtype == torch.float32 and out["weights"].dtype == torch.float32
+    assert geometry.encoding.params.grad.dtype == torch.float32

@@ -26,6 +26,7 @@ feature differences and the second graph, about 3.4 KiB per sample in all (docs/
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import struct
@@ -107,6 +108,19 @@ def get_activation(name: Optional[str]) -> Callable[[Tensor], Tensor]:
     if key not in _ACTIVATIONS:
         raise ConfigError(f"unknown activation {name!r}; valid: {', '.join(sorted(_ACTIVATIONS))}")
     return _ACTIVATIONS[key]
+
+
+def autocast_off(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a field method ``method(self, x, ...)`` with autocast disabled on ``x``'s device: the fields are fp32
+    under any autocast (mixed precision), as in ZeroNVS, whose MLPs disable autocast and whose tiny-cuda-nn grid
+    is fp32. Autograd through the method (analytic normals' double backward) stays fp32 too."""
+
+    @functools.wraps(method)
+    def fp32_method(self: Any, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(x.device.type, enabled=False):
+            return method(self, x, *args, **kwargs)
+
+    return fp32_method
 
 
 def _f32(value: float) -> float:
@@ -240,6 +254,7 @@ class HashGrid(nn.Module):
         kernels = triton_kernels("hash_grid", self.fast_paths, x.device)
         return kernels if kernels is not None and kernels.supports(self, x) else None
 
+    @autocast_off
     def forward(self, x: Tensor) -> Tensor:
         """Encode x (..., n_input_dims) in [0, 1] → (..., n_levels · n_features_per_level)."""
         if x.shape[-1] != self.n_input_dims:
@@ -256,6 +271,7 @@ class HashGrid(nn.Module):
             feats = lower + (upper - lower) * frac[:, :, d, None, None]
         return feats.reshape(*lead, self.n_output_dims)
 
+    @autocast_off
     def forward_with_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Encoding (N, n_output_dims) and its Jacobian w.r.t. the input (N, n_output_dims, n_input_dims), x (N, d)
         in [0, 1], from one gather; both differentiable w.r.t. the table with first-order autograd only.
@@ -286,7 +302,7 @@ class HashGrid(nn.Module):
 
 class VanillaMLP(nn.Module):
     """Fully connected network; without biases by default (``bias=False``), like tiny-cuda-nn's FullyFusedMLP and
-    threestudio's VanillaMLP."""
+    threestudio's VanillaMLP; autocast is disabled inside (fp32 under mixed precision, as threestudio's)."""
 
     def __init__(
         self,
@@ -317,12 +333,14 @@ class VanillaMLP(nn.Module):
             and get_activation_derivative(self.output_activation_name) is not None
         )
 
+    @autocast_off
     def forward_with_input_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Output (N, 1) and its gradient w.r.t. the input (N, n_input_dims), as explicit first-order
         differentiable ops (the chain rule written out: w_L·diag(σ'(z_{L−1}))·W_{L−1}···diag(σ'(z_1))·W_1)."""
         if not self.has_input_gradient:
             raise ValueError("forward_with_input_gradient needs one output and known activation derivatives")
         derivative = get_activation_derivative(self.activation_name)
+        x = x.to(self.layers[0].weight.dtype)
         slopes = []
         for i, layer in enumerate(self.layers):
             z = layer(x)
@@ -337,8 +355,10 @@ class VanillaMLP(nn.Module):
             grad = (grad * slope) @ layer.weight
         return x, grad
 
+    @autocast_off
     def forward(self, x: Tensor) -> Tensor:
-        """(N, n_input_dims) → (N, n_output_dims)."""
+        """(N, n_input_dims) → (N, n_output_dims), in the layers' dtype (fp32) under any autocast."""
+        x = x.to(self.layers[0].weight.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x)
             x = self.activation(x) if i < len(self.layers) - 1 else self.output_activation(x)
