@@ -376,7 +376,7 @@ class BaseLift3DSystem(BaseSystem):
             self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background,
             fast_paths=self.cfg.fast_paths,
         )
-        # a plain attribute, not a Lightning optimizer: stepped by on_train_batch_end (see _step_proposal_optimizer)
+        # a plain attribute, not a Lightning optimizer: stepped by on_train_batch_end (see step_proposal_optimizer)
         self.proposal_optimizer = self._build_proposal_optimizer()
         self._proposal_loss: Optional[Tensor] = None
 
@@ -430,12 +430,12 @@ class BaseLift3DSystem(BaseSystem):
 
     def main_loss_terms(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         """:meth:`training_losses` without ``loss_proposal`` when the proposal networks have their own optimizer:
-        that term is kept for :meth:`_step_proposal_optimizer`, after the main step."""
+        that term is kept for :meth:`step_proposal_optimizer`, after the main step."""
         terms = self.training_losses(batch)
         self._proposal_loss = terms.pop("loss_proposal", None) if self.proposal_optimizer is not None else None
         return terms
 
-    def _step_proposal_optimizer(self) -> None:
+    def step_proposal_optimizer(self) -> None:
         """One step of the proposal optimizer on this training step's proposal loss (the sum over the step's
         renders), as ZeroNVS's renderer does in ``update_step_end``: after the main step, whether or not the main
         step was skipped (non-finite loss, or a GradScaler overflow), with its own unscaled fp32 backward. A
@@ -453,7 +453,7 @@ class BaseLift3DSystem(BaseSystem):
             self.proposal_optimizer.step()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._step_proposal_optimizer()
+        self.step_proposal_optimizer()
         super().on_train_batch_end(outputs, batch, batch_idx)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:

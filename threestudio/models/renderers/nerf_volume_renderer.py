@@ -10,7 +10,7 @@ Pure PyTorch on dense (n_rays, n_samples) tensors. Samples lie between ``near_pl
   (:func:`.rendering.interlevel_loss`; NeRF weights detached: it trains only ``self.proposal_networks``) is returned
   as ``loss_proposal`` × ``proposal_loss_weight`` (1.0); the system sums it over the step's renders and, with
   ``prop_optimizer_config``, steps the proposal networks' own optimizer with it after the main step, as ZeroNVS
-  (``BaseLift3DSystem._step_proposal_optimizer``; without that config they join the main optimizer and the term
+  (``BaseLift3DSystem.step_proposal_optimizer``; without that config they join the main optimizer and the term
   the main loss). As in ZeroNVS, the proposal network sees points normalised to the box of half-size ``radius`` and
   proposes zero density outside it; ``unbounded_prop: true`` instead contracts space like the geometry (mip-NeRF
   360), for scenes with content far away.
