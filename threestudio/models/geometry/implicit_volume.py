@@ -15,10 +15,10 @@ Jacobian from the same gather (:meth:`HashGrid.forward_with_jacobian`), the MLP'
 (:meth:`VanillaMLP.forward_with_input_gradient`), autograd only through the cheap contraction and density bias. Both
 give the same values and gradients (tested to 1e-5 at the paper's geometry); on the CPU they take the same time. The
 shipped configs that render normals use ``explicit``: on CUDA the grid then stays on the Triton kernels (their
-Jacobian), whereas ``autograd``'s double backward keeps it on the reference (docs/PERFORMANCE.md, "Traced step"). ``finite_difference`` uses central differences with step
-``finite_difference_normal_eps`` (threestudio's ``finite_difference_laplacian``; its forward-difference
-``finite_difference`` is not offered, and ``finite_difference_laplacian`` is refused with that hint); ``null``
-computes none.
+Jacobian), whereas ``autograd``'s double backward keeps it on the reference (docs/PERFORMANCE.md, "Traced step").
+``finite_difference`` uses central differences with step ``finite_difference_normal_eps`` (threestudio's
+``finite_difference_laplacian``; its forward-difference ``finite_difference`` is not offered, and
+``finite_difference_laplacian`` is refused with that hint); ``null`` computes none.
 """
 
 from __future__ import annotations
