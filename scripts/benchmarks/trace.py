@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="system.fast_paths (default: the config's); auto uses the Triton kernels on CUDA")
     parser.add_argument("--launches", action="store_true",
                         help="list every distinct Triton launch (kernel, arguments) in the result")
+    parser.add_argument("--aot", default=None, metavar="sm_80,sm_90",
+                        help="also compile every distinct Triton launch of the step ahead of time for these targets "
+                        "(PTX + cubin, bundled ptxas) and list registers / shared memory / spills per kernel")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
 
 
@@ -139,7 +142,34 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.launches:
         result["launches"] = _distinct_launches(tracer.launches)
     _print_table(result)
+    if args.aot:
+        result["aot"] = _compile_ahead_of_time(tracer.launches, args.aot.split(","))
+        result["errors"] = result["errors"] + [
+            {"kind": "Triton AOT", "where": row["kernel"], "detail": row.get("error", "register spills"),
+             "part": row["target"]} for row in result["aot"] if row.get("error") or row.get("spill_bytes")]
     return result
+
+
+def _compile_ahead_of_time(launches: list, targets: list) -> list:
+    """Every distinct launch compiled for every target (threestudio.kernels.aot), printed as a table."""
+    from threestudio.kernels import KERNELS, aot
+
+    unknown = sorted(set(targets) - set(aot.TARGETS))
+    if unknown:
+        raise SystemExit(f"--aot targets must be among {', '.join(aot.TARGETS)}, got {', '.join(unknown)}")
+    rows = aot.compile_all(launches, targets)
+    launched = {f"{launch['module']}.{launch['kernel']}" for launch in launches}
+    for kernel in sorted(set(aot.launched_kernels(KERNELS.values())) - launched):
+        rows += [{"kernel": kernel, "target": target, "error": "no launch of this step binds this kernel: compile "
+                  "it from a step that launches it"} for target in targets]
+    print(f"{'kernel':<30}{'target':>8}{'regs':>6}{'shared B':>10}{'spill B':>9}  constexprs")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['kernel']:<30}{row['target']:>8}  ERROR {row['error'][:200]}")
+            continue
+        print(f"{row['kernel']:<30}{row['target']:>8}{row['registers']:>6}{row['shared_bytes']:>10}"
+              f"{row['spill_bytes']:>9}  {row['constexprs']}")
+    return rows
 
 
 def _warm_up(system: Any, guidance: Any, optimizer: Any) -> None:
