@@ -52,7 +52,7 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 _aten = torch.ops.aten
 # operators that move no data (metadata, aliasing) beyond what func.is_view already says
 _NO_TRAFFIC = {_aten.detach.default, _aten.empty.memory_format, _aten.empty_strided.default, _aten.lift_fresh.default,
-               _aten.alias.default, _aten._local_scalar_dense.default}
+               _aten.alias.default, _aten._local_scalar_dense.default, _aten._unsafe_view.default}
 
 
 @dataclass
