@@ -80,7 +80,7 @@ def build(directory: Optional[str] = None) -> str:
     os.makedirs(directory, exist_ok=True)
     partial = f"{library}.{os.getpid()}.tmp"
     command = [
-        compiler, "-O1", "-std=c++17", "-shared", "-fPIC", "-D_GLIBCXX_USE_CXX11_ABI=1",
+        compiler, "-O1", "-std=c++17", "-shared", "-fPIC",
         "-I", os.path.join(torch_dir, "include"), SOURCE,
         "-L", os.path.join(torch_dir, "lib"), "-lc10", "-ltorch_cpu", "-o", partial,
     ]
