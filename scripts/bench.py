@@ -6,8 +6,11 @@
     python scripts/bench.py sds       --config configs/zeronvs.yaml [--steps N] [--json OUT]
     python scripts/bench.py load-memory [--json OUT]                          checkpoint load peak RSS
     python scripts/bench.py oracle [--scenes S.yaml ...] [--steps N] [--renderers 16+16,32+32] [--json OUT]
+    python scripts/bench.py trace  [--stage 1|2] [--fast-paths auto|off] [key=value ...]   one step on fake CUDA
 
-Each subcommand lives in scripts/benchmarks/<name>.py with ``add_arguments(parser)`` and ``run(args) -> dict``.
+Each subcommand lives in scripts/benchmarks/<name>.py with ``add_arguments(parser)`` and ``run(args) -> dict``
+(and optionally ``before_torch(args)``, called before anything imports torch). A result with a non-empty
+``errors`` list makes the command exit 1.
 Results go into docs/PERFORMANCE.md with device, date, command and torch version.
 """
 
@@ -31,6 +34,7 @@ BENCHMARKS = {
     "sds": "benchmarks.sds",
     "load-memory": "benchmarks.load_memory",
     "oracle": "benchmarks.oracle",
+    "trace": "benchmarks.trace",
 }
 
 
@@ -63,13 +67,15 @@ def main(argv: list[str] | None = None) -> int:
         module.add_arguments(p)
         p.add_argument("--json", default=None, help="also write the result as JSON to this file")
     args = parser.parse_args(argv)
+    if hasattr(modules[args.benchmark], "before_torch"):
+        modules[args.benchmark].before_torch(args)
     result = {"benchmark": args.benchmark, **environment(), "result": modules[args.benchmark].run(args)}
     print(json.dumps(result, indent=2))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
-    return 0
+    return 1 if result["result"].get("errors") else 0
 
 
 if __name__ == "__main__":

@@ -89,3 +89,13 @@ def test_without_grad_or_chunking_it_is_a_plain_call():
     with torch.no_grad():
         assert recomputed_map(mlp, x, list(mlp.parameters()), 4).grad_fn is None
     assert recomputed_map(mlp, x, list(mlp.parameters()), 0).grad_fn is not None
+
+
+def test_it_runs_on_the_meta_device():
+    """Tracing without memory: meta tensors have no autocast; forward and backward still run (shapes only)."""
+    with torch.device("meta"):
+        mlp = VanillaMLP(3, 1, n_neurons=8, n_hidden_layers=1)
+        x = torch.empty(10, 3)
+    out = recomputed_map(mlp, x, list(mlp.parameters()), 4)
+    out.sum().backward()
+    assert out.shape == (10, 1) and all(p.grad is not None and p.grad.is_meta for p in mlp.parameters())

@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-checkpoint-chunk", type=int, default=None,
                         help="renderer.grad_checkpoint_chunk_size (samples per checkpointed chunk; 0 = keep the "
                              "whole graph; default: the config's)")
-    parser.add_argument("--normal-method", default="autograd", choices=["autograd", "explicit"],
-                        help="geometry.analytic_normal_method (explicit: no double backward through the grid)")
+    parser.add_argument("--normal-method", default=None, choices=["autograd", "explicit"],
+                        help="geometry.analytic_normal_method (default: the config's; explicit: no double backward "
+                        "through the grid)")
     parser.add_argument("--normal-type", default="analytic", choices=["analytic", "finite_difference", "none"],
                         help="geometry.normal_type (analytic = paper: double backward through the hash grid)")
 
@@ -86,8 +87,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     system = config_to_primitive(load_config(args.config).system)
     if args.encoding_only:
         return _time_encoding(args, system, mode, device)
+    normal_method = args.normal_method or system["geometry"].get("analytic_normal_method", "autograd")
     geometry_cfg = dict(system["geometry"], normal_type=None if args.normal_type == "none" else args.normal_type,
-                        analytic_normal_method=args.normal_method)
+                        analytic_normal_method=normal_method)
     geometry = threestudio.find(system["geometry_type"])(geometry_cfg, fast_paths=mode)
     # shading is timed, as after ZeroNVS's ambient-only phase
     material = threestudio.find(system["material_type"])(dict(system["material"], ambient_only_steps=0))
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "tcnn": fast_paths.use_tcnn(mode) if on_gpu else False,
         "triton_kernels": _kernel_status(args, device),
         "normal_type": args.normal_type,
-        "analytic_normal_method": args.normal_method,
+        "analytic_normal_method": normal_method,
         "rays_per_step": n_rays,
         "config": args.config,
         "samples_per_ray": renderer.cfg.num_samples_per_ray + renderer.cfg.num_samples_per_ray_proposal,

@@ -16,7 +16,8 @@ gradients again (third order) is not supported.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence, Tuple, TypeVar, Union
+import contextlib
+from typing import Callable, Dict, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -24,8 +25,13 @@ from torch import Tensor
 FieldOutput = TypeVar("FieldOutput", Tensor, Dict[str, Tensor])
 
 
-def _autocast_state(device_type: str) -> Tuple[bool, torch.dtype]:
-    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+def _autocast_state(device_type: str) -> Tuple[bool, Optional[torch.dtype]]:
+    """Whether autocast is on for ``device_type`` and its dtype; (False, None) on devices without autocast
+    (``meta``: tracing without memory)."""
+    try:
+        return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    except RuntimeError:  # "unknown device type for autocast"
+        return False, None
 
 
 class _RecomputeInBackward(torch.autograd.Function):
@@ -47,7 +53,9 @@ class _RecomputeInBackward(torch.autograd.Function):
         points, *params = ctx.saved_tensors
         points = points.detach().requires_grad_(ctx.needs_input_grad[1])
         enabled, dtype = ctx.autocast
-        with torch.enable_grad(), torch.autocast(points.device.type, dtype=dtype, enabled=enabled):
+        autocast = (torch.autocast(points.device.type, dtype=dtype, enabled=enabled) if dtype is not None
+                    else contextlib.nullcontext())
+        with torch.enable_grad(), autocast:
             outputs = ctx.fn(points)
         pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None and o.requires_grad]
         inputs = ([points] if ctx.needs_input_grad[1] else []) + list(params)

@@ -13,11 +13,12 @@ density with ``create_graph``, so training backpropagates twice through the grid
 grid and MLP, density activation with a known derivative) writes the gradient out with first-order ops — the grid's
 Jacobian from the same gather (:meth:`HashGrid.forward_with_jacobian`), the MLP's input gradient
 (:meth:`VanillaMLP.forward_with_input_gradient`), autograd only through the cheap contraction and density bias. Both
-give the same values and gradients (tested); on the CPU they take the same time, and the GPU comparison is
-``scripts/device_bench.sh``'s to make. ``finite_difference`` uses central differences with step
-``finite_difference_normal_eps`` (threestudio's ``finite_difference_laplacian``; its forward-difference
-``finite_difference`` is not offered, and ``finite_difference_laplacian`` is refused with that hint); ``null``
-computes none.
+give the same values and gradients (tested to 1e-5 at the paper's geometry); on the CPU they take the same time. The
+shipped configs that render normals use ``explicit``: on CUDA the grid then stays on the Triton kernels (their
+Jacobian), whereas ``autograd``'s double backward keeps it on the reference (docs/PERFORMANCE.md, "Traced step").
+``finite_difference`` uses central differences with step ``finite_difference_normal_eps`` (threestudio's
+``finite_difference_laplacian``; its forward-difference ``finite_difference`` is not offered, and
+``finite_difference_laplacian`` is refused with that hint); ``null`` computes none.
 
 The field runs in fp32 under any autocast (``forward``/``forward_density`` disable it, and so do the hash grid and
 the MLPs), as ZeroNVS's fields do under ``16-mixed``; only the diffusion side follows the precision setting.

@@ -1,0 +1,452 @@
+"""Trace a training step on fake CUDA tensors: device errors, FLOPs, live memory and a roofline floor per part.
+
+Nothing here measures a GPU. A step runs under :class:`~torch._subclasses.fake_tensor.FakeTensorMode` with every
+module and batch on ``cuda`` (on a CPU build of torch through :mod:`threestudio.utils.fake_cuda`): each operator
+computes only the shapes, dtypes and devices of its outputs, with CUDA's autocast rules, so a full-size model and a
+paper-sized step cost seconds of Python and no memory. :class:`StepTracer` (a ``TorchDispatchMode`` inside the fake
+mode) sees every operator of the forward, the backward and the optimizer and records:
+
+- **errors**: a CUDA tensor read back by the host (``.item()``, ``bool()``, ``.cpu()`` ...: a synchronisation on a
+  GPU) and operators that mix devices, each with the project's source line;
+- **matmul/conv FLOPs** (:data:`torch.utils.flop_counter.flop_registry`), by the precision they would run in;
+- **traffic** of an eager (unfused) execution: every operator that is not a view reads its tensor inputs and writes
+  its outputs once; Triton launches (not executed: :func:`record_triton_launches`) read and write their tensor
+  arguments once, the hash-grid table counted as the rows its points gather;
+- **live memory**: the bytes of every CUDA storage from its creation until Python lets go of it (weak references
+  to the storages), i.e. what ``torch.cuda.memory_allocated`` would show without the caching allocator's rounding,
+  cuBLAS/cuDNN workspaces and fragmentation; the peak is taken per part and over the step.
+
+Parts are named by the caller (:meth:`StepTracer.part`, :meth:`StepTracer.wrap`); the backward is split by the part
+whose forward created each autograd node (``backward:<part>``). :func:`roofline` turns a part's FLOPs and bytes into
+the time floor on the devices of :data:`DEVICES`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import traceback
+import weakref
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+GIB = 2**30
+
+# Datasheet peaks (dense, no sparsity) of the SXM parts: HBM bandwidth (bytes/s) and FLOP/s by the precision an
+# operator runs in ("tensor": fp16/bf16 tensor cores; "tf32": fp32 convolutions, cuDNN's default; "fp32": fp32
+# matmuls, PyTorch's default without TF32). docs/PERFORMANCE.md states them.
+DEVICES: Dict[str, Dict[str, float]] = {
+    "H100": {"bandwidth": 3.35e12, "tensor": 989e12, "tf32": 494e12, "fp32": 67e12},
+    "A100": {"bandwidth": 2.039e12, "tensor": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+}
+PRECISIONS = ("tensor", "tf32", "fp32")
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_aten = torch.ops.aten
+# operators that move no data (metadata, aliasing) beyond what func.is_view already says
+_NO_TRAFFIC = {_aten.detach.default, _aten.empty.memory_format, _aten.empty_strided.default, _aten.lift_fresh.default,
+               _aten.alias.default, _aten._local_scalar_dense.default, _aten._unsafe_view.default}
+
+
+@dataclass
+class PartStats:
+    """What one part of the step did: FLOPs by precision, bytes moved, operators, Triton launches, peak live bytes."""
+
+    flops: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(PRECISIONS, 0.0))
+    bytes: float = 0.0
+    ops: int = 0
+    triton_launches: int = 0
+    triton_bytes: float = 0.0
+    peak_bytes: int = 0
+    op_bytes: Dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "flops": dict(self.flops),
+            "gflops": sum(self.flops.values()) / 1e9,
+            "traffic_gb": self.bytes / 1e9,
+            "ops": self.ops,
+            "triton_launches": self.triton_launches,
+            "triton_traffic_gb": self.triton_bytes / 1e9,
+            "peak_gib": self.peak_bytes / GIB,
+            "floor_s": roofline(self.flops, self.bytes),
+            "top_traffic_gb": {k: v / 1e9 for k, v in sorted(self.op_bytes.items(), key=lambda kv: -kv[1])[:6]},
+        }
+
+
+def roofline(flops: Dict[str, float], traffic: float) -> Dict[str, Dict[str, Any]]:
+    """Per device of :data:`DEVICES`: compute time (FLOPs / peak of their precision), memory time (bytes /
+    bandwidth), the floor max(compute, memory) in seconds and which of the two bounds it."""
+    out = {}
+    for name, peaks in DEVICES.items():
+        compute = sum(flops.get(p, 0.0) / peaks[p] for p in PRECISIONS)
+        memory = traffic / peaks["bandwidth"]
+        out[name] = {"compute_s": compute, "memory_s": memory, "floor_s": max(compute, memory),
+                     "bound": "compute" if compute > memory else "memory"}
+    return out
+
+
+def _project_line() -> str:
+    """The innermost frame of the project's code (not this module) on the current stack, as ``path:line (fn)``."""
+    for frame in reversed(traceback.extract_stack()):
+        path = os.path.abspath(frame.filename)
+        if path.startswith(_REPO_ROOT) and path != os.path.abspath(__file__):
+            return f"{os.path.relpath(path, _REPO_ROOT)}:{frame.lineno} ({frame.name})"
+    return "(outside the project)"
+
+
+def _tensors(tree: Any) -> List[Tensor]:
+    return [t for t in tree_flatten(tree)[0] if isinstance(t, Tensor)]
+
+
+def _bytes_of(t: Tensor) -> int:
+    """Bytes an operator touches in t: its elements, at most its storage (expanded tensors repeat elements)."""
+    try:
+        return min(t.numel() * t.element_size(), t.untyped_storage().nbytes())
+    except (RuntimeError, NotImplementedError):
+        return t.numel() * t.element_size()
+
+
+class StepTracer(TorchDispatchMode):
+    """Records device errors, FLOPs, traffic and live memory of everything run under it (module docstring).
+
+    Use inside a fake mode whose tensors sit on ``device_type``; only storages on that device are counted."""
+
+    def __init__(self, device_type: str = "cuda") -> None:
+        super().__init__()
+        self.device_type = device_type
+        self.live = 0
+        self.peak = 0
+        self._storages: Dict[int, tuple] = {}
+        self.current = "setup"
+        self._op = "(tensor from outside)"
+        self.parts: Dict[str, PartStats] = defaultdict(PartStats)
+        self.errors: List[Dict[str, str]] = []
+        self.warnings: List[Dict[str, str]] = []
+        self.launches: List[Dict[str, Any]] = []
+        self._node_parts: Dict[int, str] = {}
+        self.at_peak: Dict[str, float] = {}  # live GiB at the peak by (part, operator) that allocated it
+        self._snapshot_peak = 0
+        self._hooked: List[Any] = []
+
+    # ------------------------------------------------------------------ parts
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """Attribute what runs inside to part ``name`` (parts nest: the innermost wins)."""
+        previous, self.current = self.current, name
+        self.parts[name].peak_bytes = max(self.parts[name].peak_bytes, self.live)
+        try:
+            yield
+        finally:
+            self.current = previous
+
+    def wrap(self, obj: Any, method: str, name: str) -> None:
+        """Run ``obj.method`` as part ``name``; the autograd nodes its outputs hang on get ``backward:name``."""
+        original: Callable = getattr(obj, method)
+
+        @functools.wraps(original)
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            with self.part(name):
+                result = original(*args, **kwargs)
+            self.label_backward(result, name)
+            return result
+
+        setattr(obj, method, traced)
+
+    def label_backward(self, outputs: Any, name: str) -> None:
+        """Give every autograd node reachable from ``outputs`` and not labelled yet the part ``backward:name``: the
+        backward then runs those nodes as that part."""
+        stack = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in self._node_parts:
+                continue
+            self._node_parts[id(node)] = f"backward:{name}"
+            self._hooked.append(node)  # keeps the id valid while the trace lives
+            node.register_prehook(functools.partial(self._enter_backward_part, f"backward:{name}"))
+            stack.extend(next_node for next_node, _ in node.next_functions)
+
+    def _enter_backward_part(self, name: str, grad_outputs: Any) -> None:
+        self.current = name
+        self.parts[name].peak_bytes = max(self.parts[name].peak_bytes, self.live)
+
+    # ------------------------------------------------------------------ memory
+    def track(self, tensor: Tensor) -> None:
+        """Count ``tensor``'s storage as live until it is freed (once per storage)."""
+        if tensor.device.type != self.device_type:
+            return
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key in self._storages:
+            return
+        nbytes = storage.nbytes()
+        origin = f"{self.current}: {self._op}"
+        self._storages[key] = (nbytes, weakref.ref(storage, functools.partial(self._freed, key)), origin)
+        self.live += nbytes
+        if self.live > self.peak:
+            self.peak = self.live
+            if self.peak > self._snapshot_peak * 1.01:
+                self._snapshot()
+        stats = self.parts[self.current]
+        stats.peak_bytes = max(stats.peak_bytes, self.live)
+
+    def _freed(self, key: int, _ref: Any) -> None:
+        nbytes = self._storages.pop(key, (0, None, None))[0]
+        self.live -= nbytes
+
+    def _snapshot(self) -> None:
+        """Remember what is live now (the largest groups by allocating part and operator)."""
+        groups: Dict[str, float] = defaultdict(float)
+        for nbytes, _, origin in self._storages.values():
+            groups[origin] += nbytes / GIB
+        self.at_peak = dict(sorted(groups.items(), key=lambda kv: -kv[1])[:12])
+        self._snapshot_peak = self.peak
+
+    def track_all(self, tensors: Sequence[Tensor]) -> None:
+        for t in tensors:
+            self.track(t)
+
+    # ------------------------------------------------------------------ errors
+    def error(self, kind: str, detail: str) -> None:
+        self.errors.append({"kind": kind, "where": _project_line(), "detail": detail, "part": self.current})
+
+    def _on_device(self, t: Any) -> bool:
+        return isinstance(t, Tensor) and t.device.type == self.device_type
+
+    # ------------------------------------------------------------------ operators
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        if func is _aten._local_scalar_dense.default:
+            return self._scalar(func, args)
+        if func in (_aten._to_copy.default, _aten.copy_.default) and self._reads_back(func, args, kwargs):
+            self.error("host read-back", f"{func} copies a {self.device_type} tensor to the host (a device sync)")
+        try:
+            out = func(*args, **kwargs)
+        except RuntimeError as e:
+            if "device" in str(e).lower():
+                self.error("device mismatch", f"{func}: {str(e).splitlines()[0]}")
+            raise
+        self._op = func.__name__
+        self._account(func, args, kwargs, out)
+        self._op = "(tensor from outside)"
+        return out
+
+    def _scalar(self, func, args):
+        (t,) = args
+        if self._on_device(t):
+            self.error("host read-back", f"a Python number of a {self.device_type} tensor (.item(), bool(), "
+                       "float(), int(), if-tensor): the host waits for the device")
+            return False if t.dtype == torch.bool else 0
+        try:
+            return func(t)
+        except Exception as e:  # a data-dependent host value fake tensors cannot know
+            self.warnings.append({"kind": "host value unknown to the trace", "where": _project_line(),
+                                  "detail": f"{type(e).__name__}; used 0", "part": self.current})
+            return False if t.dtype == torch.bool else 0
+
+    def _reads_back(self, func, args, kwargs) -> bool:
+        if func is _aten.copy_.default:
+            dst, src = args[0], args[1]
+            return self._on_device(src) and isinstance(dst, Tensor) and dst.device.type == "cpu"
+        target = kwargs.get("device")
+        return self._on_device(args[0]) and target is not None and torch.device(target).type == "cpu"
+
+    def _account(self, func, args, kwargs, out) -> None:
+        stats = self.parts[self.current]
+        stats.ops += 1
+        inputs = [t for t in _tensors((args, kwargs)) if self._on_device(t)]
+        outputs = [t for t in _tensors(out) if self._on_device(t)]
+        if func.namespace == "aten" and not (func.is_view or func in _NO_TRAFFIC):
+            seen, moved = set(), 0
+            for t in inputs + outputs:
+                key = t.untyped_storage()._cdata
+                if key not in seen:
+                    seen.add(key)
+                    moved += _bytes_of(t)
+            stats.bytes += moved
+            stats.op_bytes[func.__name__] += moved
+        packet = func._overloadpacket
+        if packet in _flop_registry():
+            flops = _flop_registry()[packet](*args, **kwargs, out_val=out)
+            stats.flops[_precision(func, inputs)] += float(flops)
+        self.track_all(outputs)
+
+    # ------------------------------------------------------------------ report
+    def report(self) -> Dict[str, Any]:
+        parts = {name: stats.as_dict() for name, stats in self.parts.items()}
+        step_parts = {k: v for k, v in parts.items() if k != "setup"}
+        flops = {p: sum(s["flops"][p] for s in step_parts.values()) for p in PRECISIONS}
+        floors = {dev: sum(s["floor_s"][dev]["floor_s"] for s in step_parts.values()) for dev in DEVICES}
+        return {
+            "peak_gib": self.peak / GIB,
+            "setup_gib": self.parts["setup"].peak_bytes / GIB if "setup" in self.parts else 0.0,
+            "gflops": sum(flops.values()) / 1e9,
+            "traffic_gb": sum(s["traffic_gb"] for s in step_parts.values()),
+            "floor_s": floors,
+            "live_at_peak_gib": self.at_peak,
+            "parts": parts,
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
+
+
+@functools.lru_cache(maxsize=1)
+def _flop_registry() -> Dict[Any, Callable]:
+    from torch.utils.flop_counter import flop_registry
+
+    return flop_registry
+
+
+def _precision(func, inputs: List[Tensor]) -> str:
+    dtype = inputs[0].dtype if inputs else torch.float32
+    if dtype in (torch.float16, torch.bfloat16):
+        return "tensor"
+    if "convolution" in func.__name__:
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
+
+
+# ---------------------------------------------------------------------- Triton launches (recorded, not run)
+def _launch_traffic(kernel_name: str, named: Dict[str, Any]) -> float:
+    """Bytes a launch moves: each tensor argument read or written once, except the hash-grid table, of which only
+    the rows gathered (or atomically added: read + write) by its points' cell corners count."""
+    total = 0.0
+    for name, value in named.items():
+        if not isinstance(value, Tensor):
+            continue
+        if name == "table_ptr" and "N_CORNERS" in named:
+            rows = named["n_points"] * len(named["scales_ptr"]) * named["N_CORNERS"]
+            per_row = named["F"] * value.element_size() * (2 if named.get("BACKWARD") else 1)
+            total += min(rows * per_row, _bytes_of(value) * (2 if named.get("BACKWARD") else 1))
+        else:
+            total += _bytes_of(value)
+    return total
+
+
+@contextlib.contextmanager
+def record_triton_launches(tracer: StepTracer) -> Iterator[None]:
+    """Replace Triton kernel launches by a record in ``tracer.launches`` (kernel, grid, every argument by name:
+    tensors as dtype/shape/alignment, numbers as values) and their traffic; nothing is compiled or run. The outputs
+    were allocated by the launchers (``torch.empty``), so their memory is already counted."""
+    import triton.runtime.jit as jit
+
+    classes = [jit.JITFunction]
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        classes.append(InterpretedFunction)
+    except ImportError:  # pragma: no cover - a Triton without its interpreter
+        pass
+
+    def run(self, *args, grid, warmup=False, **kwargs):
+        fn = getattr(self, "fn", self)
+        names = list(getattr(self, "arg_names", None) or fn.__code__.co_varnames[: fn.__code__.co_argcount])
+        named = dict(zip(names, args))
+        named.update(kwargs)
+        stats = tracer.parts[tracer.current]
+        stats.triton_launches += 1
+        traffic = _launch_traffic(fn.__name__, named)
+        stats.triton_bytes += traffic
+        stats.bytes += traffic
+        stats.op_bytes[f"triton:{fn.__name__}"] += traffic
+        tracer.launches.append({
+            "module": fn.__module__, "kernel": fn.__name__, "part": tracer.current,
+            "grid": [int(g) for g in (grid(named) if callable(grid) else grid)],
+            "args": {k: _describe_arg(v) for k, v in named.items()},
+        })
+
+    originals = [(cls, cls.run) for cls in classes]
+    try:
+        for cls in classes:
+            cls.run = run
+        yield
+    finally:
+        for cls, original in originals:
+            cls.run = original
+
+
+def _describe_arg(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        offset_bytes = value.storage_offset() * value.element_size()
+        return {"tensor": str(value.dtype).replace("torch.", ""), "shape": list(value.shape),
+                "aligned16": offset_bytes % 16 == 0}
+    if isinstance(value, (bool, int, float)):
+        return value
+    return repr(value)
+
+
+# ---------------------------------------------------------------------- the fake-CUDA session
+def _apply_to_fake(self: nn.Module, fn: Callable, recurse: bool = True) -> nn.Module:
+    """``nn.Module._apply`` for fake tensors: torch's own swaps parameters in place, which fake tensors refuse."""
+    if recurse:
+        for module in self.children():
+            module._apply(fn)
+    for key, param in self._parameters.items():
+        if param is None:
+            continue
+        with torch.no_grad():
+            applied = fn(param)
+        if applied is not param:
+            self._parameters[key] = nn.Parameter(applied, requires_grad=param.requires_grad)
+    for key, buffer in self._buffers.items():
+        if buffer is not None:
+            self._buffers[key] = fn(buffer)
+    return self
+
+
+@contextlib.contextmanager
+def fake_cuda_session(tracer: Optional[StepTracer] = None) -> Iterator[Any]:
+    """Fake tensors on ``cuda`` with CUDA's autocast, ``Module.to`` working on them and, when ``tracer`` is given,
+    every operator traced. Real tensors passed in (data from the host) become fake. Needs
+    :func:`threestudio.utils.fake_cuda.install` before ``import torch`` on a CPU build (for the backward)."""
+    import torch.cuda.amp.common as amp_common
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from threestudio.utils import fake_cuda
+
+    if not fake_cuda.active():
+        raise RuntimeError("fake CUDA is not installed: call threestudio.utils.fake_cuda.install() before "
+                           "`import torch` (python scripts/bench.py trace does)")
+    patches = [
+        (nn.Module, "_apply", _apply_to_fake),
+        (amp_common, "amp_definitely_not_available", lambda: False),  # torch.autocast("cuda") stays enabled
+        (torch.cuda, "is_bf16_supported", lambda *a, **k: True),  # the H100/A100 the trace stands for
+        (torch.cuda, "current_device", lambda: 0),
+    ]
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    try:
+        for obj, name, value in patches:
+            setattr(obj, name, value)
+        with mode, (tracer if tracer is not None else contextlib.nullcontext()):
+            yield mode
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
+
+
+def trust_triton_kernels(device: Any) -> Dict[str, bool]:
+    """Let :func:`threestudio.utils.fast_paths.triton_kernels` choose the Triton kernels on ``device`` without their
+    one-time self-check (it compares values, which fake tensors do not have): the trace then takes the path a GPU
+    whose self-check passed takes. Returns which kernel modules import (Triton missing: none)."""
+    import importlib
+
+    from threestudio.kernels import KERNELS
+    from threestudio.utils import fast_paths
+
+    usable = {}
+    for name, module_name in KERNELS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            module = None
+        fast_paths._kernel_cache[(name, str(torch.device(device)))] = module
+        usable[name] = module is not None
+    return usable
