@@ -219,9 +219,10 @@ def _build_trainer(
     preloaded: Dict[str, Any],
 ) -> Any:
     import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from threestudio.utils.checkpoint_io import AtomicCheckpointIO, FiniteModelCheckpoint
+    from threestudio.utils.trial_loggers import TrialCSVLogger as CSVLogger
+    from threestudio.utils.trial_loggers import TrialTensorBoardLogger as TensorBoardLogger
 
     callbacks, loggers = [], False
     if mode == "train":
@@ -454,7 +455,10 @@ def _run(config_path: str, mode: str, cli_args: Sequence[str], n_gpus: int, stop
             resume_number = _write_trial_config(cfg, plan, mode)
             return _fit_or_render(cfg, mode, system, datamodule, resume_number, n_gpus, preloaded, started, stop)
     except (OSError, UserError) as e:
-        raise _write_failure(e, plan) from None
+        failure = _write_failure(e, plan)
+        if failure is e:
+            raise
+        raise failure from e
 
 
 def _stop_if_signalled(stop: Any) -> None:

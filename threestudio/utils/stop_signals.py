@@ -55,7 +55,7 @@ class StopRequest:
         connector = getattr(self.trainer, "_signal_connector", None)
         if first and connector is not None:
             connector.received_sigterm = True  # Lightning's loops stop at the next step / view boundary
-            logger.warning("received %s: stopping after the current step (send it again to stop at once)",
+            logger.warning("received %s: stopping after the current step or view (send it again to stop at once)",
                            signal_name(signum))
             return
         raise KeyboardInterrupt(signal_name(signum))
