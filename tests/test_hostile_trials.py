@@ -513,9 +513,9 @@ def test_cli_hostile_command_lines_stop_before_any_write(smoke_trial, tmp_path, 
     shutil.copytree(smoke_trial, linked)
     os.remove(linked / ".lock") if (linked / ".lock").exists() else None
     os.symlink(victim, linked / ".lock")
-    no_parsed = tmp_path / "no_parsed" / "trial"
+    no_parsed = tmp_path / "no_parsed" / "smoke" / smoke_trial.name  # where smoke_args(tmp_path / "no_parsed") puts it
     shutil.copytree(smoke_trial, no_parsed)
-    (no_parsed / "configs" / "parsed.yaml").rename(tmp_path / "parsed.yaml")
+    (no_parsed / "configs" / "parsed.yaml").unlink()
     metrics_before = (no_parsed / "csv_logs" / "metrics.csv").read_bytes()
     step = torch.load(no_parsed / "ckpts" / "last.ckpt", weights_only=True)["global_step"]
     poses = np.eye(4)[None].repeat(2, 0)
@@ -531,7 +531,8 @@ def test_cli_hostile_command_lines_stop_before_any_write(smoke_trial, tmp_path, 
         (["--train", *smoke_args(fresh, "name=../../escaped")], 2, "one folder name"),
         (["--train", *smoke_args(fresh, "tag=/abs/path")], 2, "one folder name"),
         (["--train", *smoke_args(fresh, "tag=${oc.env:HOME}")], 2, "oc.env"),
-        (["--train", *smoke_args(fresh, "trainer.devices=64", "trainer.accelerator=cpu")], 2, "trainer.devices"),
+        (["--train", *smoke_args(fresh, f"trainer.devices={(os.cpu_count() or 1) + 1}", "trainer.accelerator=cpu")], 2,
+         "trainer.devices"),
         (["--train", *smoke_args(fresh, "data.default_elevation_deg=nan")], 2, "default_elevation_deg"),
         (["--train", *smoke_args(fresh, "data.default_elevation_deg=500")], 2, "default_elevation_deg"),
         (["--test", "--config", ROOT / "configs" / "zeronvs_nvs_image.yaml", f"exp_root_dir={fresh}",
@@ -539,8 +540,8 @@ def test_cli_hostile_command_lines_stop_before_any_write(smoke_trial, tmp_path, 
           "data.height=32", "data.width=32", f"system.guidance.pretrained_config={TINY_YAML}"], 2, "camera 1"),
         (["--train", *smoke_args(fresh, f"system.guidance.pretrained_model_name_or_path={tampered}")], 2,
          "not a usable converted model"),
-        (["--train", "--config", tmp_path / "parsed.yaml", f"resume={no_parsed}/ckpts/last.ckpt",
-          f"trainer.max_steps={step + 1}", "data.random_camera.n_test_views=1"], 0, ""),
+        (["--train", *smoke_args(tmp_path / "no_parsed", f"resume={no_parsed}/ckpts/last.ckpt",
+                                 f"trainer.max_steps={step + 1}", "data.random_camera.n_test_views=1")], 0, ""),
     ]  # fmt: skip
     results = run_cases([argv for argv, _, _ in expectations])
     for (argv, rc, text), result in zip(expectations, results):
@@ -577,3 +578,15 @@ def test_a_full_or_read_only_disk_at_start_leaves_no_trial(tmp_path, size, mount
     assert "rc=2" in res.stdout and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
     assert expected in errors[0], errors
     assert "skimage_motorcycle_left" not in res.stdout, f"a trial was left: {res.stdout}"
+
+
+def test_a_background_writer_failing_on_a_full_disk_is_one_line(capsys):
+    """TensorBoard's writer thread on a full disk: one line naming the file, not a thread traceback."""
+    import threading
+
+    import launch
+
+    error = OSError(errno.ENOSPC, "No space left on device", "tb_logs/events.out")
+    launch._background_failure(threading.ExceptHookArgs([OSError, error, None, threading.current_thread()]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tb_logs/events.out" in err[0] and "No space left" in err[0]

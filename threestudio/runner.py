@@ -354,7 +354,7 @@ def _write_failure(error: BaseException, plan: TrialPlan) -> BaseException:
         if isinstance(error, DiskFullError):
             return error
         last = os.path.join(plan.trial_dir, "ckpts", "last.ckpt")
-        return UserError(f"{detail}; free space, then continue with resume={last}")
+        return UserError(f"{detail}; free space, then run again (resume={last} continues or renders the trial)")
     if isinstance(error, OSError) and errno_ in _NOT_WRITABLE:
         return UserError(
             f"cannot write {filename or plan.trial_dir}: {error.strerror}; the trial's folder must be writable "
@@ -438,15 +438,17 @@ def _run(config_path: str, mode: str, cli_args: Sequence[str], n_gpus: int, stop
     system.prepare(mode, datamodule)
     preloaded = _check_before_writing(cfg, mode, system, n_gpus)
 
+    from threestudio.utils.io import confined_writes
+
     if _rank() != 0:  # DDP workers: rank 0 owns the folder, its lock and its config
-        return _fit_or_render(cfg, mode, system, datamodule, None, n_gpus, preloaded, started, stop)
+        with confined_writes(plan.trial_dir):
+            return _fit_or_render(cfg, mode, system, datamodule, None, n_gpus, preloaded, started, stop)
     if plan.existing:
         check_trial_links(plan.trial_dir)
     else:
         create_trial_folder(plan.trial_dir)
     stop.trial_dir = plan.trial_dir
     from threestudio.utils.checkpoint_io import remove_stale_temporaries
-    from threestudio.utils.io import confined_writes
     from threestudio.utils.trial_lock import trial_lock
 
     try:
