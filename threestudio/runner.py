@@ -298,8 +298,8 @@ def resolve_data_config(cfg: Any) -> None:
 
 
 def check_trial_links(trial_dir: str) -> None:
-    """UserError when the existing trial holds a symbolic link leading out of it (or a hard-linked file): its
-    runs would write (or truncate) files outside the trial through it."""
+    """UserError when the existing trial holds a symbolic link leading out of it: its runs would write (or
+    truncate) files outside the trial through it."""
     from threestudio.utils.io import links_leaving
 
     found = links_leaving(trial_dir)

@@ -58,17 +58,17 @@ def ensure_folder(path: str) -> str:
 
 
 def links_leaving(folder: str) -> List[str]:
-    """The symbolic links below ``folder`` (files or folders, not followed) whose targets lie outside it, and
-    the files below it with more than one hard link (writing them would change a file elsewhere)."""
+    """The symbolic links below ``folder`` (files or folders, not followed) whose targets lie outside it.
+
+    (Hard links are not listed: atomic writes replace a file rather than write into it; the one file written in
+    place before anything else, the trial's lock, refuses a hard-linked file itself.)
+    """
     real_root = os.path.realpath(folder)
     found = []
     for top, dirs, files in os.walk(folder):
         for name in dirs + files:
             path = os.path.join(top, name)
-            if os.path.islink(path):
-                if not _is_within(os.path.realpath(path), real_root):
-                    found.append(path)
-            elif name in files and os.stat(path, follow_symlinks=False).st_nlink > 1:
+            if os.path.islink(path) and not _is_within(os.path.realpath(path), real_root):
                 found.append(path)
     return found
 
