@@ -7,7 +7,8 @@
 
 This file only parses the command line and wires the parts together; the work is in threestudio/.
 Bad input (a missing file, an unknown key, ...) ends with a one-line message and exit code 2
-(the traceback only with --verbose).
+(the traceback only with --verbose); SIGTERM / SIGINT end with one line saying where the run stopped and how to
+continue, and exit code 143 / 130.
 """
 
 from __future__ import annotations
