@@ -7,7 +7,8 @@
 
 This file only parses the command line and wires the parts together; the work is in threestudio/.
 Bad input (a missing file, an unknown key, ...) ends with a one-line message and exit code 2
-(the traceback only with --verbose).
+(the traceback only with --verbose); SIGTERM / SIGINT end with one line saying where the run stopped and how to
+continue, and exit code 143 / 130.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import errno
 import logging
 import os
 import sys
+import threading
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -47,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _background_failure(hook_args: threading.ExceptHookArgs) -> None:
+    """A logger's writer thread that fails (e.g. TensorBoard on a full disk): one line, not a traceback."""
+    error = hook_args.exc_value
+    if isinstance(error, OSError) and not logger.isEnabledFor(logging.DEBUG):
+        where = f" writing {error.filename}" if error.filename else ""
+        print(f"error: a background writer ({hook_args.thread.name if hook_args.thread else 'thread'}) failed"
+              f"{where}: {error.strerror or error}", file=sys.stderr)
+        return
+    threading.__excepthook__(hook_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, extras = build_parser().parse_known_args(argv)
     unknown_flags = [e for e in extras if e.startswith("--")]
@@ -67,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own messages
     from threestudio.utils.errors import TrainingDiverged, UserError
+    from threestudio.utils.stop_signals import RunInterrupted
 
+    threading.excepthook = _background_failure
     try:
         from threestudio.runner import run
 
@@ -78,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunInterrupted as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     except TrainingDiverged as e:
         if args.verbose:
             raise

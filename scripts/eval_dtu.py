@@ -20,13 +20,16 @@ pixelNeRF's ``ROOT/scan{N}``) in the IDR/NeuS layout (``image/``, ``cameras.npz`
 Writes ``OUT/dtu_{mode}.md`` and ``OUT/dtu_{mode}.csv`` (one row per scan: PSNR, SSIM, LPIPS, number of target
 views, scales, run folder, and the per-scene numbers the ZeroNVS README expects from its SDS protocol; then the mean
 over the scans that finished), run folders under ``OUT/runs/`` and logs under ``OUT/logs/``. Exit code 0 when
-every scan finished, 1 otherwise. ``--dry-run`` prints the launch.py command lines and runs nothing.
+every scan finished, 1 otherwise (130 when interrupted with Ctrl-C). A run that a signal stopped, or that left no
+``metrics.json``, is a failure naming the signal; a stage is finished only when its completion marker
+(``eval_dtu_stage_done.json`` in its run folder) is written, last. ``--dry-run`` prints the launch.py command
+lines and runs nothing.
 
 Scans run through submitit (``scripts/launcher.py``): ``--launcher local`` runs them in parallel, one
 process per GPU of ``--gpus 0,1,2,3`` (no GPUs: one at a time on the CPU); ``--launcher slurm`` submits one job
 array (``--slurm-partition``, ``--slurm-time``, ``--slurm-gpus-per-task``; sbatch script and logs in
-``OUT/submitit/``). A failed scan is listed as failed, the others still count. A rerun skips scans whose metrics
-exist (``--force`` redoes them) and replaces the run folders of the scans it redoes.
+``OUT/submitit/``). A failed scan is listed as failed, the others still count. A rerun skips scans whose last
+stage finished (``--force`` redoes them) and replaces the run folders of the scans it redoes.
 
     python scripts/eval_dtu.py --root DTU --mode sds --out eval_dtu --ckpt zeronvs.ckpt \\
         --model-config zeronvs_config.yaml [--scans 8 21] [--gt-to-pred-scale 8=1.3] [--dry-run]
@@ -245,17 +248,61 @@ def _run(run: LaunchRun) -> int:
         return subprocess.run(run.cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
+# written into a run's trial folder, last, once the run exited 0 and left its metrics.json: a stage (and a scan,
+# by its last stage) counts as finished only with it
+STAGE_DONE = "eval_dtu_stage_done.json"
+
+
+def describe_exit(code: int) -> str:
+    """``exit 2``, ``killed by SIGKILL`` (a negative code), ``stopped by SIGTERM (exit 143)`` (128 + signal)."""
+    import signal
+
+    def name(number: int) -> str:
+        try:
+            return signal.Signals(number).name
+        except ValueError:
+            return f"signal {number}"
+
+    if code < 0:
+        return f"killed by {name(-code)}"
+    if code > 128 and code - 128 in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL):
+        return f"stopped by {name(code - 128)} (exit {code})"
+    return f"exit {code}"
+
+
+def stage_finished(run: LaunchRun) -> bool:
+    return os.path.isfile(os.path.join(run.trial, STAGE_DONE))
+
+
+def finish_stage(run: LaunchRun, code: int) -> Optional[str]:
+    """After ``run`` exited: an error message, or None after writing its completion marker (last)."""
+    from threestudio.utils.io import write_json_atomic
+
+    if code != 0:
+        return f"run failed ({describe_exit(code)}), see {run.log}"
+    metrics = os.path.join(run.save, "metrics.json")
+    if not os.path.isfile(metrics):
+        return f"run exited 0 but wrote no {metrics} (interrupted?), see {run.log}"
+    write_json_atomic(os.path.join(run.trial, STAGE_DONE), {"cmd": run.cmd, "metrics": metrics})
+    return None
+
+
 def run_scan(scan: int, runs: List[LaunchRun]) -> Optional[str]:
-    """Execute the runs of ``scan`` in order; returns an error message, or None when all succeeded."""
+    """Execute the runs of ``scan`` in order; returns an error message, or None when all succeeded.
+
+    A run counts as done only when it exited 0 and wrote its ``metrics.json`` (then :data:`STAGE_DONE` is
+    written into its trial); a later stage never starts on the output of an unfinished one.
+    """
     for run in runs:
         if os.path.exists(run.trial):
             return f"{run.trial} already exists; use another --out or remove it"
         started = time.perf_counter()
         code = _run(run)
-        logger.info("scan %d: %s exit %d in %.0f s (log %s)", scan, run.trial, code, time.perf_counter() - started,
-                    run.log)
-        if code != 0:
-            return f"run failed (exit {code}), see {run.log}"
+        logger.info("scan %d: %s %s in %.0f s (log %s)", scan, run.trial, describe_exit(code),
+                    time.perf_counter() - started, run.log)
+        error = finish_stage(run, code)
+        if error is not None:
+            return error
     return None
 
 
@@ -275,9 +322,9 @@ def run_scans(args: argparse.Namespace, scales: Dict[int, Dict[str, float]]) -> 
     jobs = []
     for scan in args.scans:
         runs = build_runs(scan, scales[scan], args)
-        metrics = os.path.join(runs[-1].save, "metrics.json")
-        if os.path.isfile(metrics) and not args.force:
-            logger.info("scan %s: metrics exist (%s), skipped; --force reruns it", scan, metrics)
+        if stage_finished(runs[-1]) and not args.force:
+            logger.info("scan %s: metrics exist and its runs finished (%s), skipped; --force reruns it", scan,
+                        runs[-1].trial)
             rows[scan] = collect_row(scan, scales[scan], runs, None, args.mode)
             continue
         for run in runs:
@@ -436,7 +483,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(shlex.join(run.cmd))
         return 0
     os.makedirs(args.out, exist_ok=True)
-    rows = run_scans(args, scales)
+    try:
+        rows = run_scans(args, scales)
+    except KeyboardInterrupt:
+        print(f"error: interrupted (SIGINT); the scans finished so far are kept in {args.out}/runs — run the same "
+              "command again to do the others", file=sys.stderr)
+        return 130
     paths = write_tables(args.out, args.mode, rows, args)
     mean = mean_row(rows, args.mode)
     logger.info("mean over %d scan(s): PSNR %s, SSIM %s, LPIPS %s; tables %s and %s",

@@ -15,6 +15,7 @@ views look like plausible turns of the scene, then pass its values to launch_inf
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -50,8 +51,16 @@ def check_args(args: argparse.Namespace) -> None:
     """Raise UserError for values the preview cannot use (before the model loads)."""
     from threestudio.utils.errors import UserError
 
-    if any(not s > 0 for s in args.scales):
-        raise UserError(f"--scales must be positive, got {args.scales}")
+    if any(not 0 < s < math.inf for s in args.scales):
+        raise UserError(f"--scales must be positive finite numbers, got {args.scales}")
+    if any(not math.isfinite(a) for a in args.azimuths):
+        raise UserError(f"--azimuths must be finite numbers of degrees, got {args.azimuths}")
+    if not math.isfinite(args.guidance_scale) or not 0 <= args.eta < math.inf:
+        raise UserError(f"--guidance-scale must be finite and --eta >= 0, got {args.guidance_scale} and {args.eta}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is an existing file; give a folder (it is created)")
+    if args.device is not None:
+        check_device(args.device)
     if args.fov is not None and not 0 < args.fov < 180:
         raise UserError(f"--fov must lie in (0, 180) degrees, got {args.fov}")
     if any(not -90 <= e <= 90 for e in args.elevations):
@@ -64,6 +73,23 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"checkpoint not found: {args.ckpt} (pass --ckpt PATH, or --ckpt random --model-config YAML)")
     if args.model_config is not None and not os.path.isfile(args.model_config):
         raise UserError(f"model config not found: {args.model_config}")
+
+
+def check_device(device: str) -> None:
+    """UserError for a --device torch cannot use here (cuda without CUDA, a bad name)."""
+    import torch
+
+    from threestudio.utils.errors import UserError
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r} is not a device name; use cpu or cuda (cuda:N)") from None
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {device}: CUDA is not available here ({torch.cuda.device_count()} GPU(s)); "
+                        "use --device cpu")
+    if parsed.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: use cpu or cuda")
 
 
 def input_view(image: str, fov: float | None) -> tuple:

@@ -22,13 +22,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("trials", nargs="+", help="trial folders (holding configs/parsed.yaml)")
     args = parser.parse_args(argv)
+    from threestudio.utils.errors import UserError
     from threestudio.utils.report import write_report
 
     for trial in args.trials:
         if not os.path.isfile(os.path.join(trial, "configs", "parsed.yaml")):
             print(f"error: {trial} is not a trial folder (no configs/parsed.yaml)", file=sys.stderr)
             return 2
-        print(write_report(trial))
+        try:
+            print(write_report(trial))
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

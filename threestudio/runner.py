@@ -11,11 +11,13 @@ A resume keeps what the trial holds: its config goes to ``configs/parsed-resume-
 
 from __future__ import annotations
 
+import errno
 import glob
 import inspect
 import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -150,10 +152,15 @@ def plan_trial(cfg: Any, config_path: str, is_owner: bool = True) -> TrialPlan:
             if os.path.abspath(ckpt_trial) != os.path.abspath(trial_dir):
                 logger.info("continuing the trial the checkpoint lives in: %s", ckpt_trial)
             return TrialPlan(ckpt_trial, existing=True)
-    if is_owner and os.path.exists(trial_dir):
+    if is_owner and os.path.lexists(trial_dir):
+        last = os.path.join(trial_dir, "ckpts", "last.ckpt")
+        follow = (
+            f"or pass resume={last} to continue or render it"
+            if os.path.isfile(last)
+            else "or remove it (it holds no checkpoint to resume from)"
+        )
         raise UserError(
-            f"trial folder {trial_dir} already exists; pick another tag/name, set use_timestamp=true, "
-            f"or pass resume={trial_dir}/ckpts/last.ckpt to continue or render it"
+            f"trial folder {trial_dir} already exists; pick another tag/name, set use_timestamp=true, {follow}"
         )
     return TrialPlan(trial_dir, existing=False)
 
@@ -170,11 +177,14 @@ def check_resume_path(resume: Optional[str]) -> None:
 
 
 def _resume_number(trial_dir: str) -> int:
-    """1 + the number of earlier resumes of the trial (from its ``configs/parsed-resume-N.yaml``)."""
+    """1 + the number of earlier resumes of the trial (its ``configs/parsed-resume-N.yaml`` and
+    ``csv_logs/resume-N/``: a number either of them used is never used again)."""
+    root = glob.escape(trial_dir)
     done = [
         int(m.group(1))
-        for p in glob.glob(os.path.join(glob.escape(trial_dir), "configs", "parsed-resume-*.yaml"))
-        if (m := re.search(r"parsed-resume-(\d+)\.yaml$", p))
+        for p in glob.glob(os.path.join(root, "configs", "parsed-resume-*.yaml"))
+        + glob.glob(os.path.join(root, "csv_logs", "resume-*"))
+        if (m := re.search(r"resume-(\d+)(\.yaml)?$", p))
     ]
     return max(done, default=0) + 1
 
@@ -183,11 +193,16 @@ def _write_trial_config(cfg: Any, plan: TrialPlan, mode: str) -> Optional[int]:
     """Write the run's config into the trial; returns the resume number N of a training resume, else None.
 
     A new trial gets ``configs/parsed.yaml``; a training resume ``configs/parsed-resume-N.yaml`` (parsed.yaml and
-    the earlier ones are kept). Rendering an existing trial writes nothing (unless it has no parsed.yaml).
+    the earlier ones are kept), also when the trial lost its parsed.yaml: its logs then go to ``resume-N`` too,
+    so nothing the trial holds is replaced. Rendering an existing trial writes nothing (unless it has no
+    parsed.yaml).
     """
     parsed = os.path.join(plan.trial_dir, "configs", "parsed.yaml")
-    if plan.existing and mode == "train" and os.path.exists(parsed):
+    if plan.existing and mode == "train":
         number = _resume_number(plan.trial_dir)
+        if not os.path.exists(parsed):
+            logger.warning("trial %s has no configs/parsed.yaml; this resume's config goes to "
+                           "configs/parsed-resume-%d.yaml (its earlier logs are kept)", plan.trial_dir, number)
         dump_config(os.path.join(plan.trial_dir, "configs", f"parsed-resume-{number}.yaml"), cfg)
         return number
     if not os.path.exists(parsed):
@@ -205,9 +220,10 @@ def _build_trainer(
     extra_callbacks: Sequence[Any] = (),
 ) -> Any:
     import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from threestudio.utils.checkpoint_io import AtomicCheckpointIO, FiniteModelCheckpoint
+    from threestudio.utils.trial_loggers import TrialCSVLogger as CSVLogger
+    from threestudio.utils.trial_loggers import TrialTensorBoardLogger as TensorBoardLogger
 
     callbacks, loggers = list(extra_callbacks), False
     if mode == "train":
@@ -227,11 +243,42 @@ def _build_trainer(
     )
 
 
+def check_devices(kwargs: dict) -> None:
+    """ConfigError when ``trainer.accelerator`` / ``trainer.devices`` ask for devices this machine lacks (more
+    processes than CPU cores on the CPU; Lightning's own checks for GPUs), before the trial exists."""
+    from lightning.pytorch import Trainer
+
+    devices, accelerator = kwargs.get("devices"), kwargs.get("accelerator")
+    cores = os.cpu_count() or 1
+    if accelerator == "cpu" and _is_int(devices) and devices > cores:
+        raise ConfigError(
+            f"trainer.devices={devices} asks for {devices} processes on the CPU, but this machine has {cores} CPU "
+            "core(s); set trainer.devices to at most that (1 is usual on the CPU)"
+        )
+    quiet = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [q.level for q in quiet]
+    try:
+        for q in quiet:
+            q.setLevel(logging.WARNING)
+        Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                **{k: v for k, v in kwargs.items() if k in ("accelerator", "devices", "strategy", "num_nodes",
+                                                            "precision")})
+    except Exception as e:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} / trainer.devices={devices}: {str(e).splitlines()[0]}"
+        ) from None
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+
+
 def _check_before_writing(cfg: Any, mode: str, system: Any, n_gpus: int) -> Dict[str, Any]:
     """Check everything left that can fail on user input; returns the resume checkpoint read (by path)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     kwargs = trainer_kwargs(cfg.trainer, n_gpus)
+    if _rank() == 0:
+        check_devices(kwargs)
     ckpt_kwargs = dict(config_to_primitive(cfg.checkpoint))
     _check_kwargs(ModelCheckpoint.__init__, ckpt_kwargs, "checkpoint")
     if mode == "train":  # the values only training uses
@@ -251,6 +298,72 @@ def resolve_data_config(cfg: Any) -> None:
         cfg.data = resolve(cfg.data)
 
 
+def check_trial_links(trial_dir: str) -> None:
+    """UserError when the existing trial holds a symbolic link leading out of it: its runs would write (or
+    truncate) files outside the trial through it."""
+    from threestudio.utils.io import links_leaving
+
+    found = links_leaving(trial_dir)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise UserError(
+            f"trial {trial_dir} holds {found[0]}{more}, a link to a file or folder outside the trial; a run writes "
+            "only inside its trial: remove the link(s), or copy the trial without them"
+        )
+
+
+def create_trial_folder(trial_dir: str) -> None:
+    """Create the new trial's folder (atomically: of two runs racing for it, one gets the error)."""
+    try:
+        os.makedirs(os.path.dirname(trial_dir) or ".", exist_ok=True)
+        os.mkdir(trial_dir)
+    except FileExistsError:
+        raise UserError(f"trial folder {trial_dir} already exists (created by another run just now)") from None
+    except OSError as e:
+        raise UserError(
+            f"cannot create the trial folder {trial_dir}: {e.strerror or e} ({e.filename or trial_dir}); set "
+            "exp_root_dir to a folder you can write"
+        ) from None
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _has_checkpoint(trial_dir: str) -> bool:
+    return bool(glob.glob(os.path.join(glob.escape(trial_dir), "ckpts", "*.ckpt")))
+
+
+def _write_failure(error: BaseException, plan: TrialPlan) -> BaseException:
+    """The error to show for ``error`` raised while the run wrote its trial.
+
+    A full disk names the file; a new trial left without any checkpoint is removed (no trial rather than a
+    broken one). A folder the run may not write names it. Anything else is ``error`` itself.
+    """
+    from threestudio.utils.checkpoint_io import DiskFullError
+
+    filename = getattr(error, "filename", None)
+    errno_ = getattr(error, "errno", None)
+    full = isinstance(error, DiskFullError) or (isinstance(error, OSError) and errno_ in _NO_SPACE)
+    if full:
+        where = f" writing {filename}" if filename else ""
+        detail = str(error) if isinstance(error, DiskFullError) else f"no space left on the device{where}"
+        if not plan.existing and not _has_checkpoint(plan.trial_dir):
+            shutil.rmtree(plan.trial_dir, ignore_errors=True)
+            return UserError(f"{detail}; the new trial {plan.trial_dir} was removed (it held no checkpoint yet) — "
+                             "free space and run again")
+        if isinstance(error, DiskFullError):
+            return error
+        last = os.path.join(plan.trial_dir, "ckpts", "last.ckpt")
+        return UserError(f"{detail}; free space, then run again (resume={last} continues or renders the trial)")
+    if isinstance(error, OSError) and errno_ in _NOT_WRITABLE:
+        return UserError(
+            f"cannot write {filename or plan.trial_dir}: {error.strerror}; the trial's folder must be writable "
+            "(copy the trial somewhere writable, or set exp_root_dir)"
+        )
+    return error
+
+
 def run(
     config_path: str,
     mode: str,
@@ -261,9 +374,64 @@ def run(
 ) -> str:
     """Run ``mode`` (train | validate | test | export) for the config. Returns the trial folder.
 
+    SIGTERM and SIGINT stop the run with :class:`~threestudio.utils.stop_signals.RunInterrupted`
+    (:mod:`threestudio.utils.stop_signals`), whose message says where it stopped and how to continue.
+
     For tools built on the runner (``scripts/oracle_run.py``): ``transform(cfg)`` edits the loaded config in place
     before anything else reads it (not the trial folder keys), and ``callbacks`` join the Trainer's.
     """
+    from threestudio.utils.stop_signals import RunInterrupted, stop_on_signals
+
+    with stop_on_signals() as stop:
+        try:
+            return _run(config_path, mode, cli_args, n_gpus, stop, transform, callbacks)
+        except (KeyboardInterrupt, SystemExit) as e:
+            if stop.signum is None:
+                raise
+            raise RunInterrupted(stop.signum, _stopped_message(stop, config_path, mode)) from e
+
+
+def _stopped_message(stop: Any, config_path: str, mode: str) -> str:
+    """Where a run stopped by a signal stopped, and how to continue (one line)."""
+    from threestudio.utils.stop_signals import signal_name
+
+    name = signal_name(stop.signum)
+    trial = stop.trial_dir
+    if trial is None or not os.path.isdir(trial):
+        return f"stopped by {name} before the trial folder was created; nothing was written"
+    parsed = os.path.join(trial, "configs", "parsed.yaml")
+    config = parsed if os.path.isfile(parsed) else config_path
+    last = os.path.join(trial, "ckpts", "last.ckpt")
+    stage = stop.stage
+    if stage == "test":
+        done, total = stop.views_done, stop.views_total
+        if total and done == total:
+            return f"stopped by {name} after the test pass of {trial} had rendered all {total} views"
+        views = f" after {done} of {total} views" if done is not None and total else ""
+        again = (f"render them again with: python launch.py --config {config} --test resume={last}"
+                 if os.path.isfile(last) else "no checkpoint to render from")
+        return (f"stopped by {name}: the test pass of {trial} was interrupted{views}, so save/ holds an "
+                f"incomplete set of test frames and no video; {again}")
+    if stage == "train":
+        if not os.path.isfile(last):
+            return (f"stopped by {name} during training, before any checkpoint was written; {trial} holds none: "
+                    "remove it and start again")
+        step = stop.saved_step
+        holds = f"last.ckpt holds step {step}" if step is not None else "last.ckpt holds the latest saved step"
+        return (f"stopped by {name} during training; {holds}; continue with: python launch.py --config {config} "
+                f"--train resume={last}")
+    return f"stopped by {name} ({mode} of {trial}); nothing of the trial was removed; run it again to finish"
+
+
+def _run(
+    config_path: str,
+    mode: str,
+    cli_args: Sequence[str],
+    n_gpus: int,
+    stop: Any,
+    transform: Optional[Callable[[Any], None]],
+    callbacks: Sequence[Any],
+) -> str:
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     started = time.perf_counter()
@@ -293,21 +461,49 @@ def run(
     system.prepare(mode, datamodule)
     preloaded = _check_before_writing(cfg, mode, system, n_gpus)
 
+    from threestudio.utils.io import confined_writes
+
     if _rank() != 0:  # DDP workers: rank 0 owns the folder, its lock and its config
-        return _fit_or_render(cfg, mode, system, datamodule, None, n_gpus, preloaded, started, callbacks)
-    if not plan.existing:
-        os.makedirs(os.path.dirname(plan.trial_dir) or ".", exist_ok=True)
-        try:
-            os.mkdir(plan.trial_dir)  # atomic: of two runs racing for a new trial, one gets an error here
-        except FileExistsError:
-            raise UserError(f"trial folder {plan.trial_dir} already exists (created by another run just now)") from None
+        with confined_writes(plan.trial_dir):
+            return _fit_or_render(cfg, mode, system, datamodule, None, n_gpus, preloaded, started, stop, callbacks)
+    if plan.existing:
+        check_trial_links(plan.trial_dir)
+    else:
+        create_trial_folder(plan.trial_dir)
+    stop.trial_dir = plan.trial_dir
     from threestudio.utils.checkpoint_io import remove_stale_temporaries
     from threestudio.utils.trial_lock import trial_lock
 
-    with trial_lock(plan.trial_dir):
-        remove_stale_temporaries(os.path.join(plan.trial_dir, "ckpts"))
-        resume_number = _write_trial_config(cfg, plan, mode)
-        return _fit_or_render(cfg, mode, system, datamodule, resume_number, n_gpus, preloaded, started, callbacks)
+    try:
+        with confined_writes(plan.trial_dir), trial_lock(plan.trial_dir):
+            remove_stale_temporaries(os.path.join(plan.trial_dir, "ckpts"))
+            resume_number = _write_trial_config(cfg, plan, mode)
+            return _fit_or_render(
+                cfg, mode, system, datamodule, resume_number, n_gpus, preloaded, started, stop, callbacks
+            )
+    except (OSError, UserError) as e:
+        failure = _write_failure(e, plan)
+        if failure is e:
+            raise
+        raise failure from e
+
+
+def _stop_if_signalled(stop: Any) -> None:
+    """A loop that ended early because of a signal returns normally in Lightning: stop the run here."""
+    if stop.signum is not None:
+        raise KeyboardInterrupt
+
+
+def _test_pass(trainer: Any, system: Any, datamodule: Any, resume: Optional[str], stop: Any) -> None:
+    """``trainer.test``; a stop by a signal records how many views were rendered (for the message)."""
+    stop.stage = "test"
+    try:
+        with stop.graceful(trainer):
+            trainer.test(system, datamodule=datamodule, ckpt_path=resume)
+    finally:
+        if stop.signum is not None:
+            stop.views_done = trainer.test_loop.batch_progress.current.completed
+            stop.views_total = sum(trainer.num_test_batches or [0])
 
 
 def _fit_or_render(
@@ -319,6 +515,7 @@ def _fit_or_render(
     n_gpus: int,
     preloaded: dict,
     started: float,
+    stop: Any,
     callbacks: Sequence[Any] = (),
 ) -> str:
     """Run the Lightning loop of ``mode`` in ``cfg.trial_dir``, then write the run's report; returns the trial."""
@@ -328,17 +525,24 @@ def _fit_or_render(
     t_kwargs = trainer_kwargs(cfg.trainer, n_gpus)
     trainer = _build_trainer(cfg, mode, trial_dir, resume_number, t_kwargs, preloaded, callbacks)
     if mode == "train":
+        stop.stage = "train"
         try:
-            trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
+            with stop.graceful(trainer):
+                trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}; {trainer.checkpoint_callback.kept_checkpoint()}") from None
-        trainer.test(system, datamodule=datamodule)
+        finally:
+            stop.saved_step = trainer.checkpoint_callback.saved_step
+        _stop_if_signalled(stop)
+        _test_pass(trainer, system, datamodule, None, stop)
     elif mode == "validate":
-        trainer.validate(system, datamodule=datamodule, ckpt_path=resume)
+        with stop.graceful(trainer):
+            trainer.validate(system, datamodule=datamodule, ckpt_path=resume)
     elif mode == "test":
-        trainer.test(system, datamodule=datamodule, ckpt_path=resume)
+        _test_pass(trainer, system, datamodule, resume, stop)
     else:
         trainer.predict(system, datamodule=datamodule, ckpt_path=resume, return_predictions=False)
+    _stop_if_signalled(stop)
     if mode in ("train", "test") and _rank() == 0:
         from threestudio.utils.report import finish_run
 

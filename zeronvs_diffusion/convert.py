@@ -10,6 +10,7 @@ The folder holds ``model_index.json``, ``unet/``, ``vae/``, ``image_encoder/``, 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -20,9 +21,58 @@ from typing import List, Optional, Union
 import torch
 
 from zeronvs_diffusion.errors import UserError
-from zeronvs_diffusion.model import MODEL_INDEX, load_model
+from zeronvs_diffusion.model import COMPONENT_CLASSES, CONDITIONING_FILE, MODEL_INDEX, load_model
 
 logger = logging.getLogger(__name__)
+
+
+# what a converted folder holds (ZeroNVSModel.save_pretrained): --overwrite replaces only such a folder
+CONVERTED_ENTRIES = {MODEL_INDEX, CONDITIONING_FILE, *COMPONENT_CLASSES}
+
+
+def _is_within(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_out_dir(out_dir: str, inputs: List[str], overwrite: bool) -> None:
+    """UserError, before anything is converted, for an ``--out`` the converter must not write or replace.
+
+    ``--out`` must not be a symbolic link or a file; an existing non-empty folder is replaced only with
+    ``--overwrite``, only when it is itself a converted model (``model_index.json`` of a ZeroNVSModel,
+    ``conditioning.json``, nothing but the component folders) and never when it holds one of the ``inputs``.
+    """
+    if os.path.islink(out_dir):
+        raise UserError(f"--out {out_dir} is a symbolic link; give the real folder path")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir} is an existing file; give a folder path (it is created)")
+    for path in inputs:
+        if path and os.path.exists(path) and _is_within(path, out_dir):
+            raise UserError(f"--out {out_dir} holds the input {path}; write the converted model to another folder")
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return
+    if not overwrite:
+        raise UserError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
+    foreign = sorted(set(os.listdir(out_dir)) - CONVERTED_ENTRIES)
+    if foreign or not _is_converted_model(out_dir):
+        what = f"it holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}" if foreign else (
+            f"it has no {MODEL_INDEX} of a ZeroNVSModel and {CONDITIONING_FILE}")
+        raise UserError(
+            f"--overwrite replaces only a folder written by this converter, and {out_dir} is not one ({what}); "
+            "choose another --out"
+        )
+
+
+def _is_converted_model(folder: str) -> bool:
+    """``folder`` has the marker files of a converted model: a ZeroNVSModel ``model_index.json`` and
+    ``conditioning.json``."""
+    try:
+        with open(os.path.join(folder, MODEL_INDEX), encoding="utf-8") as f:
+            index = json.load(f)
+    except (OSError, ValueError):
+        return False
+    marker = isinstance(index, dict) and index.get("_class_name") == "ZeroNVSModel"
+    return marker and os.path.isfile(os.path.join(folder, CONDITIONING_FILE))
 
 
 def convert(
@@ -40,10 +90,7 @@ def convert(
     checkpoint that holds more than tensors.
     """
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"--out {out_dir} is an existing file; give a folder path (it is created)")
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise UserError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
+    check_out_dir(out_dir, [ckpt, config], overwrite)
     model = load_model(ckpt, config, dtype=dtype, device="cpu", trust_checkpoint=trust_checkpoint)
     parent = os.path.dirname(out_dir) or "."
     os.makedirs(parent, exist_ok=True)

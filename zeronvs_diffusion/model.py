@@ -202,6 +202,26 @@ def _load_folder(folder: str, dtype: torch.dtype) -> Tuple[Dict[str, nn.Module],
     return modules, scheduler, conditioning
 
 
+def _load_checked_folder(folder: str, dtype: torch.dtype) -> Tuple[Dict[str, nn.Module], Any, ConditioningSpec]:
+    """:func:`_load_folder`, with any failure of a damaged or edited folder (bad JSON, missing configs, weights
+    of other shapes, impossible scheduler values) turned into one CheckpointError line naming the folder."""
+    try:
+        modules, scheduler, conditioning = _load_folder(folder, dtype)
+        steps = scheduler.config.num_train_timesteps
+        if not isinstance(steps, int) or steps < 1 or not bool(torch.isfinite(scheduler.alphas_cumprod).all()):
+            raise ValueError(f"scheduler: num_train_timesteps={steps!r} (must be a positive integer)")
+    except CheckpointError:
+        raise
+    except Exception as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = " ".join(lines[:2])[:300] or type(e).__name__
+        raise CheckpointError(
+            f"{folder} is not a usable converted model ({type(e).__name__}: {detail}); re-run "
+            "`python -m zeronvs_diffusion.convert` to write it again"
+        ) from None
+    return modules, scheduler, conditioning
+
+
 # ------------------------------------------------------------------------------------------- the model
 class ZeroNVSModel(nn.Module):
     """The frozen ZeroNVS diffusion model and its conditioning maths.
@@ -358,7 +378,7 @@ def load_model(
     path = os.fspath(path_or_dir) if path_or_dir is not None else ""
     torch_dtype = resolve_dtype(dtype, device)
     if path and _is_converted_folder(path):
-        modules, scheduler, conditioning = _load_folder(path, torch_dtype)
+        modules, scheduler, conditioning = _load_checked_folder(path, torch_dtype)
     else:
         if path != "random" and not os.path.isfile(path):
             hint = " (a folder, but without model_index.json)" if os.path.isdir(path) else ""

@@ -143,6 +143,9 @@ def prepare_image(
     return rgb.contiguous(), mask
 
 
+MAX_POSE_TRANSLATION = 1e4  # scene units; the input camera is about 1 from the origin
+
+
 def load_c2w_file(path: str) -> Tensor:
     """Camera-to-world matrices (N, 4, 4) from a ``.npy`` or ``.json`` file; UserError naming file and index."""
     if not os.path.isfile(path):
@@ -169,6 +172,11 @@ def load_c2w_file(path: str) -> Tensor:
             raise UserError(f"{path}: camera {i} has non-finite entries")
         if abs(np.linalg.det(m[:3, :3])) < 1e-6 or not np.allclose(m[3], [0, 0, 0, 1], atol=1e-6):
             raise UserError(f"{path}: camera {i} is not a rigid camera-to-world matrix (singular or bad last row)")
+        if np.abs(m[:3, :3]).max() > 1e3 or np.abs(m[:3, 3]).max() > MAX_POSE_TRANSLATION:
+            raise UserError(
+                f"{path}: camera {i} has entries of {np.abs(m[:3]).max():.3g}; poses are relative to the input "
+                f"camera in scene units (translations within ±{MAX_POSE_TRANSLATION:g})"
+            )
     return torch.from_numpy(arr)
 
 

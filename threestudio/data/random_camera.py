@@ -273,6 +273,19 @@ class ReferenceCamera:
         return self.cameras()["c2w"]
 
 
+def check_eval_camera(cfg: Any, prefix: str) -> None:
+    """ConfigError for an orbit camera value (``eval_*``) that is NaN, infinite or out of range."""
+    checks = (
+        ("eval_elevation_deg", lambda v: -90 <= v <= 90, "lie in [-90, 90] degrees"),
+        ("eval_camera_distance", lambda v: 0 < v < math.inf, "be a positive finite number"),
+        ("eval_fovy_deg", lambda v: 0 < v < 180, "lie in (0, 180) degrees"),
+    )
+    for key, valid, what in checks:
+        value = getattr(cfg, key, None)
+        if value is not None and not valid(value):
+            raise ConfigError(f"config key {prefix}.{key} must {what}, got {value}")
+
+
 def check_random_camera_config(cfg: Any, prefix: str = "data.random_camera") -> None:
     """Raise :class:`ConfigError` naming the key for values the sampler cannot use."""
     for key in ("elevation_range", "azimuth_range", "camera_distance_range", "light_distance_range"):
@@ -286,6 +299,7 @@ def check_random_camera_config(cfg: Any, prefix: str = "data.random_camera") -> 
         raise ConfigError(f"config key {prefix}.elevation_range must lie within [-90, 90], got {[low, high]}")
     if as_range(cfg.camera_distance_range, f"{prefix}.camera_distance_range")[0] <= 0:
         raise ConfigError(f"config key {prefix}.camera_distance_range must be positive")
+    check_eval_camera(cfg, prefix)
     if cfg.elevation_sampling not in ELEVATION_SAMPLINGS:
         raise ConfigError(
             f"config key {prefix}.elevation_sampling is {cfg.elevation_sampling!r}; "

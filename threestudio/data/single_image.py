@@ -82,6 +82,10 @@ class SingleImageDataModuleConfig:
     conditioning_max_size: int = 512
 
 
+# fovs a photo can have: outside it an EXIF focal length (65535 mm, a camera's "unknown") or a given fov is a mistake
+PLAUSIBLE_FOVY_DEG = (1.0, 170.0)
+
+
 def _check_config(cfg: SingleImageDataModuleConfig) -> None:
     if not cfg.image_path:
         raise ConfigError("config key data.image_path is empty; set it to the input image (RGB or RGBA file)")
@@ -95,11 +99,21 @@ def _check_config(cfg: SingleImageDataModuleConfig) -> None:
             )
     if cfg.batch_size != 1:
         raise ConfigError(f"config key data.batch_size must be 1 (there is one input view), got {cfg.batch_size}")
-    if not isinstance(cfg.default_fovy_deg, (int, float)) or not 0 < cfg.default_fovy_deg < 180:
-        raise ConfigError(f"config key data.default_fovy_deg must lie in (0, 180), got {cfg.default_fovy_deg}")
-    if cfg.default_camera_distance <= 0:
+    low, high = PLAUSIBLE_FOVY_DEG
+    if not isinstance(cfg.default_fovy_deg, (int, float)) or not low <= cfg.default_fovy_deg <= high:
         raise ConfigError(
-            f"config key data.default_camera_distance must be positive, got {cfg.default_camera_distance}"
+            f"config key data.default_fovy_deg must lie in [{low:g}, {high:g}] degrees, got {cfg.default_fovy_deg}"
+        )
+    if not -90 <= cfg.default_elevation_deg <= 90:  # also NaN
+        raise ConfigError(
+            f"config key data.default_elevation_deg must lie in [-90, 90] degrees, got {cfg.default_elevation_deg}"
+        )
+    if not math.isfinite(cfg.default_azimuth_deg):
+        raise ConfigError(f"config key data.default_azimuth_deg must be a finite number, got {cfg.default_azimuth_deg}")
+    if not 0 < cfg.default_camera_distance < math.inf:  # also NaN
+        raise ConfigError(
+            f"config key data.default_camera_distance must be a positive finite number, got "
+            f"{cfg.default_camera_distance}"
         )
     if cfg.conditioning_max_size < 1:
         raise ConfigError(f"config key data.conditioning_max_size must be positive, got {cfg.conditioning_max_size}")
@@ -135,6 +149,12 @@ def _auto_fovy(cfg: DictConfig) -> float:
     if image_path and not os.path.isfile(path):
         raise UserError(f"image not found: {path}")
     found = exif_fovy(path, str(cfg.get("crop_mode", "center_crop"))) if path else None
+    if found is not None and not PLAUSIBLE_FOVY_DEG[0] <= found.fovy_deg <= PLAUSIBLE_FOVY_DEG[1]:
+        logger.warning(
+            "%s: its EXIF gives a vertical fov of %.3g°, outside the plausible %g-%g° (%s); it is not used",
+            image_path, found.fovy_deg, *PLAUSIBLE_FOVY_DEG, found.description,
+        )
+        found = None
     if found is not None:
         fovy = round(found.fovy_deg, 3)
         logger.info("data.default_fovy_deg = %.3f from the EXIF of %s: %s", fovy, image_path, found.description)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, List, Sequence, Tuple
 
@@ -28,10 +29,10 @@ def as_int_list(value: Any, key: str) -> List[int]:
 
 
 def as_range(value: Any, key: str) -> Tuple[float, float]:
-    """A ``[low, high]`` pair from a config value, checked to have two numbers with low <= high."""
+    """A ``[low, high]`` pair from a config value, checked to have two finite numbers with low <= high."""
     values = list(value)
-    if len(values) != 2 or values[0] > values[1]:
-        raise ConfigError(f"config key {key!r} must be [low, high] with low <= high, got {values!r}")
+    if len(values) != 2 or not values[0] <= values[1] or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"config key {key!r} must be [low, high] of finite numbers with low <= high, got {values!r}")
     return float(values[0]), float(values[1])
 
 

@@ -22,6 +22,7 @@ from threestudio.utils.base import Updateable
 from threestudio.utils.config import config_to_primitive, parse_structured
 from threestudio.utils.errors import ConfigError, TrainingDiverged, UserError
 from threestudio.utils.fast_paths import parse_fast_paths
+from threestudio.utils.io import ensure_folder
 from threestudio.utils.schedule import C
 
 logger = logging.getLogger(__name__)
@@ -302,7 +303,7 @@ class BaseSystem(pl.LightningModule, Updateable):
     def save_path(self, relative: str) -> str:
         """Absolute path of the file ``relative`` inside the trial's ``save/`` folder (parent folders created)."""
         path = os.path.join(self.save_dir(), relative)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        ensure_folder(os.path.dirname(path))  # never through a link out of the trial
         return path
 
     def save_dir(self, relative: str = "") -> str:
@@ -310,7 +311,7 @@ class BaseSystem(pl.LightningModule, Updateable):
         if self._save_dir is None:
             raise RuntimeError("set_save_dir() was not called")
         path = os.path.join(self._save_dir, relative)
-        os.makedirs(path, exist_ok=True)
+        ensure_folder(path)
         return path
 
 
@@ -522,6 +523,6 @@ class BaseLift3DSystem(BaseSystem):
         if self.trainer.global_rank != 0:
             return
         exporter = threestudio.find(self.cfg.exporter_type)(self.cfg.exporter, self.geometry, self.material)
-        folder = self.save_dir(f"it{self.true_global_step}-export")
+        folder = os.path.join(self.save_dir(), f"it{self.true_global_step}-export")  # the exporter creates it
         for path in exporter.export(folder):
             logger.info("exported %s", path)

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from threestudio.utils.errors import UserError
 from threestudio.utils.io import atomic_path
@@ -39,6 +40,14 @@ def _tensor_bytes(obj: Any) -> int:
     return 0
 
 
+class DiskFullError(UserError):
+    """A checkpoint could not be written for lack of space; ``filename`` is the file."""
+
+    def __init__(self, filename: str, message: str) -> None:
+        super().__init__(message)
+        self.filename = filename
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
@@ -55,7 +64,8 @@ def atomic_torch_save(obj: Any, path: str) -> None:
             raise
         folder = os.path.dirname(os.path.abspath(path))
         free = shutil.disk_usage(folder).free
-        raise UserError(
+        raise DiskFullError(
+            path,
             f"no space left on the device writing {path} (needs about {_tensor_bytes(obj) / 2**20:.1f} MiB, "
             f"{free / 2**20:.1f} MiB free); the previous {os.path.basename(path)} is intact — free space and resume"
         ) from None
@@ -146,9 +156,24 @@ class FiniteModelCheckpoint(ModelCheckpoint):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
+        if isinstance(exception, SIGTERMException):
+            self._save_at_signal(trainer)
         started = getattr(pl_module, "nonfinite_streak_start", None)
         if started is not None and self.saved_step == started:
             self._roll_back()
+
+    def _save_at_signal(self, trainer: Any) -> None:
+        """Training stopped by a signal (threestudio.utils.stop_signals) at a step boundary: write that step's
+        checkpoints as a scheduled save would, so that ``resume=`` continues from it."""
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
+        if not fitting or trainer.global_step == 0 or self._last_global_step_saved == trainer.global_step:
+            return
+        if self._weights_bad(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+        logger.info("step %d: checkpoint written at the signal", trainer.global_step)
 
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
         if self.saved_step != trainer.global_step:

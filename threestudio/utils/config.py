@@ -21,19 +21,41 @@ from omegaconf.errors import OmegaConfBaseException
 from threestudio.utils.errors import ConfigError, UserError
 
 
+def _numbers(name: str, fn: Any) -> Any:
+    """The arithmetic resolver ``name``: numbers in, a number out (``${mul:'aaaa',1000000000}`` would otherwise
+    build a 4 GB string)."""
+
+    def resolver(*args: Any) -> Any:
+        if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+            raise ConfigError(f"${{{name}:...}} takes numbers, got {', '.join(repr(a)[:40] for a in args)}")
+        return fn(*args)
+
+    return resolver
+
+
+def _environment_refused(*args: Any) -> Any:
+    raise ConfigError(
+        "${oc.env:...} is disabled: configs do not read environment variables (their values would end up in the "
+        "trial's folder name, parsed.yaml and checkpoints); pass the value on the command line as key=value"
+    )
+
+
 def _register_resolvers() -> None:
+    """threestudio's resolvers (arithmetic on numbers only, basename, rmspace); ``oc.env`` refuses (see
+    :func:`_environment_refused`): an experiment config never reads the environment."""
     resolvers = {
-        "add": lambda a, b: a + b,
-        "sub": lambda a, b: a - b,
-        "mul": lambda a, b: a * b,
-        "div": lambda a, b: a / b,
-        "idiv": lambda a, b: a // b,
+        "add": _numbers("add", lambda a, b: a + b),
+        "sub": _numbers("sub", lambda a, b: a - b),
+        "mul": _numbers("mul", lambda a, b: a * b),
+        "div": _numbers("div", lambda a, b: a / b),
+        "idiv": _numbers("idiv", lambda a, b: a // b),
         "basename": lambda p: os.path.splitext(os.path.basename(str(p)))[0],
         "rmspace": lambda s, sub="_": str(s).replace(" ", sub),
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    OmegaConf.register_new_resolver("oc.env", _environment_refused, replace=True)
 
 
 _register_resolvers()
@@ -173,6 +195,22 @@ def safe_folder_name(name: str) -> str:
     return name or "default"
 
 
+def check_path_component(value: str, key: str) -> None:
+    """ConfigError unless ``value`` can be one folder name: no ``/`` or ``\\``, not ``.`` or ``..``, no NUL,
+    newline or other control character, at most 255 bytes (a name must not lead out of ``exp_root_dir``)."""
+    bad = [c for c in ("/", "\\") if c in value]
+    if value in (".", "..") or bad or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        what = "a control character (NUL, newline, ...)" if not bad and value not in (".", "..") else repr(
+            bad[0] if bad else value
+        )
+        raise ConfigError(
+            f"config key {key} must be one folder name, got {value!r} (contains {what}); use letters, digits, "
+            "'-', '_', '.' (it becomes a folder inside exp_root_dir)"
+        )
+    if len(value.encode()) > 255:
+        raise ConfigError(f"config key {key} is too long for a folder name ({len(value.encode())} bytes, max 255)")
+
+
 def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **overrides: Any) -> Any:
     """Load YAML files, merge the CLI dotlist ``key=value`` overrides, derive the trial folder.
 
@@ -199,7 +237,7 @@ def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **ov
             raise ConfigError(f"{key} cannot be set: {DERIVED_KEYS[key]}")
     try:
         confs.append(OmegaConf.from_dotlist(list(cli_args)))
-    except OmegaConfBaseException as e:
+    except Exception as e:  # OmegaConf's errors, and YAML's for values it cannot read (a NUL byte, ...)
         raise ConfigError(f"cannot parse command-line overrides: {str(e).splitlines()[0]}") from None
     confs.append(OmegaConf.create(overrides))
     cfg = OmegaConf.merge(*confs)
@@ -209,6 +247,10 @@ def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **ov
         raise ConfigError(f"cannot resolve config: {str(e).splitlines()[0]}") from None
     scfg = parse_structured(ExperimentConfig, cfg)
     scfg.n_gpus = n_gpus
+    for key in ("name", "tag"):
+        check_path_component(str(scfg[key]), key)
+    if "\0" in scfg.exp_root_dir:
+        raise ConfigError(f"config key exp_root_dir holds a NUL byte: {scfg.exp_root_dir!r}")
     tag = safe_folder_name(scfg.tag) if scfg.tag else ""
     if scfg.use_timestamp:
         if scfg.timestamp is None:
@@ -216,16 +258,18 @@ def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **ov
     else:
         scfg.timestamp = ""
     scfg.trial_name = (tag + scfg.timestamp) or "run"
+    check_path_component(scfg.trial_name, "tag (with the timestamp)")
     scfg.exp_dir = os.path.join(scfg.exp_root_dir, safe_folder_name(scfg.name))
     scfg.trial_dir = os.path.join(scfg.exp_dir, scfg.trial_name)
     return scfg
 
 
 def dump_config(path: str, cfg: Any) -> None:
-    """Write ``cfg`` as YAML (the trial's ``configs/parsed.yaml``)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        OmegaConf.save(config=cfg, f=f)
+    """Write ``cfg`` as YAML (the trial's ``configs/parsed.yaml``), atomically: a full disk or a kill leaves no
+    partial file, and a symbolic link at ``path`` is replaced, never followed."""
+    from threestudio.utils.io import write_bytes_atomic
+
+    write_bytes_atomic(path, OmegaConf.to_yaml(cfg).encode())
 
 
 def config_to_primitive(cfg: Any, resolve: bool = True) -> Any:

@@ -67,7 +67,7 @@ def focal_from_exif(tags: dict, width: int, height: int) -> Optional[ExifFocal]:
         return ExifFocal(f35 * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM, f"FocalLengthIn35mmFilm {f35:g} mm")
     f_mm = _number(tags.get(TAG_FOCAL_LENGTH))
     x_res = _number(tags.get(TAG_FOCAL_PLANE_X_RESOLUTION))
-    unit_mm = MM_PER_UNIT.get(int(tags.get(TAG_FOCAL_PLANE_RESOLUTION_UNIT, 2) or 0))
+    unit_mm = MM_PER_UNIT.get(_number(tags.get(TAG_FOCAL_PLANE_RESOLUTION_UNIT, 2)) or 0)  # "abc": no unit
     if f_mm is None or x_res is None or unit_mm is None:
         return None
     focal_px = f_mm * x_res / unit_mm

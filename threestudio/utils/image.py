@@ -71,6 +71,10 @@ def _upright(im: Any, path: str) -> Any:
     orientation = im.getexif().get(0x0112, 1)
     if orientation in (None, 1):
         return im
+    if orientation not in range(2, 9):
+        logger.warning("image %s: its EXIF orientation %r is not a valid value (1-8); the pixels are used as stored",
+                       path, orientation)
+        return im
     logger.warning("image %s: applied its EXIF orientation %s (the stored pixels are turned)", path, orientation)
     return ImageOps.exif_transpose(im)
 

@@ -26,6 +26,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from threestudio.utils.errors import UserError
 from threestudio.utils.io import write_bytes_atomic, write_json_atomic
 
 RUN_STATS = "run_stats.json"
@@ -256,12 +257,26 @@ table{border-collapse:collapse;font-size:13px}th,td{padding:3px 10px;text-align:
 video{max-width:100%;min-width:384px;image-rendering:pixelated;background:#000}"""
 
 
+def read_trial_config(parsed: str) -> dict:
+    """The trial's ``configs/parsed.yaml`` as a plain dict ({} when absent); UserError for a file that is not a
+    config (unreadable, not YAML, or not a mapping)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not os.path.isfile(parsed):
+        return {}
+    try:
+        conf = OmegaConf.load(parsed)
+    except Exception as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot read {parsed}: {detail}; it is not a trial config") from None
+    if not isinstance(conf, DictConfig):
+        raise UserError(f"{parsed} is not a trial config: its top level is a {type(conf).__name__}, not a mapping")
+    return OmegaConf.to_container(conf, resolve=False)
+
+
 def write_report(trial_dir: str) -> str:
     """Write ``TRIAL/save/report.html`` from what the trial folder holds; returns its path."""
-    from omegaconf import OmegaConf
-
-    parsed = os.path.join(trial_dir, "configs", "parsed.yaml")
-    cfg = OmegaConf.to_container(OmegaConf.load(parsed), resolve=False) if os.path.isfile(parsed) else {}
+    cfg = read_trial_config(os.path.join(trial_dir, "configs", "parsed.yaml"))
     title = f"{cfg.get('name', 'run')} / {os.path.basename(os.path.normpath(trial_dir))}"
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"

@@ -1,16 +1,20 @@
 """One run per trial folder at a time: an exclusive lock on ``TRIAL/.lock``.
 
 The lock is an ``fcntl.flock`` on the file, which the kernel releases when the holder dies; the file keeps the
-holder's pid, host and start time so that a second run can name it. A lock file left with content by a run
-that did not end cleanly (killed) is taken over with a warning. Without ``fcntl`` (Windows) runs are not locked.
+holder's pid, host and start time so that a second run can name it. It is opened without following a
+symbolic link and only when it is a plain file with one link (the lock never truncates a file elsewhere).
+A lock file left with content by a run that did not end cleanly (killed) is taken over with a warning.
+Without ``fcntl`` (Windows) runs are not locked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
+import stat
 import time
 from typing import Iterator
 
@@ -26,6 +30,25 @@ def _read(fd: int) -> str:
     return os.read(fd, 4096).decode(errors="replace").strip()
 
 
+def _open_lock_file(path: str) -> int:
+    """Open (or create) the lock file ``path``: never through a symbolic link, never a file linked elsewhere."""
+    refused = (
+        f"{path} is a symbolic link or a file with other hard links, not the trial's own lock file; "
+        "remove it (a trial's files must not be links to files outside it)"
+    )
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(refused) from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise UserError(refused)
+    return fd
+
+
 @contextlib.contextmanager
 def trial_lock(trial_dir: str) -> Iterator[None]:
     """Hold the exclusive lock of ``trial_dir`` (which must exist) for the body.
@@ -39,8 +62,7 @@ def trial_lock(trial_dir: str) -> Iterator[None]:
         logger.debug("no fcntl: trial %s is not locked", trial_dir)
         yield
         return
-    path = os.path.join(trial_dir, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock_file(os.path.join(trial_dir, LOCK_NAME))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -33,7 +33,7 @@ from torch import Tensor
 import threestudio
 from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import ConfigError, UserError
-from threestudio.utils.io import write_bytes_atomic
+from threestudio.utils.io import ensure_folder, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -201,11 +201,23 @@ class MeshExporter(BaseObject):
         return vertices, faces, colors
 
     def export(self, save_dir: str) -> List[str]:
-        """Write ``{save_name}.obj`` / ``.ply`` into ``save_dir``; returns the written paths."""
+        """Write ``{save_name}.obj`` / ``.ply`` into ``save_dir``; returns the written paths. ``save_dir`` is
+        created only once the mesh exists, and removed again (when empty) if writing fails."""
+        vertices, faces, colors = self.extract_mesh()
+        created = not os.path.isdir(save_dir)
+        ensure_folder(save_dir)
+        try:
+            paths = self._write(save_dir, vertices, faces, colors)
+        except BaseException:
+            if created and not os.listdir(save_dir):  # no empty export folder that looks like a result
+                os.rmdir(save_dir)
+            raise
+        logger.info("exported a mesh with %d vertices and %d faces to %s", len(vertices), len(faces), paths)
+        return paths
+
+    def _write(self, save_dir: str, vertices: np.ndarray, faces: np.ndarray, colors: Any) -> List[str]:
         import trimesh  # lazily: only exports need it
 
-        vertices, faces, colors = self.extract_mesh()
-        os.makedirs(save_dir, exist_ok=True)
         paths = []
         for fmt in self.cfg.formats:
             path = os.path.join(save_dir, f"{self.cfg.save_name}.{fmt}")
@@ -217,5 +229,4 @@ class MeshExporter(BaseObject):
                 data = mesh.export(file_type="ply")
             write_bytes_atomic(path, data)
             paths.append(path)
-        logger.info("exported a mesh with %d vertices and %d faces to %s", len(vertices), len(faces), paths)
         return paths
