@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import glob
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,17 @@ def test_train_writes_checkpoint_config_logs_and_test_video(smoke_trial: Path):
     assert list((smoke_trial / "save").glob("it6-val/*.png")), "validation renders missing"
     rows = list(csv.DictReader(open(smoke_trial / "csv_logs" / "metrics.csv")))
     assert any(r.get("train/loss_sds") for r in rows) and any(r.get("train/loss_rgb") for r in rows)
+
+
+def test_a_launched_run_shows_progress_and_no_noise(smoke_trial: Path):
+    output = (smoke_trial.parent.parent / "launch_output.txt").read_text()
+    # Lightning's tqdm bar: the training epoch counts to max_steps, with its rate and ETA
+    bar = rf"Epoch 0: 100%\S*\s*\S*\| {SMOKE_STEPS}/{SMOKE_STEPS} \[[0-9:]+<[0-9:]+, +[0-9.]+(it/s|s/it)"
+    assert re.search(bar, output), output[-3000:]
+    assert "Testing DataLoader 0: 100%" in output
+    for noise in ("LeafSpec", "ckpt_path", "predict returned None"):
+        assert noise not in output, noise
+    assert sum(ln.count("model.obj") for ln in output.splitlines()) <= 1  # the mesh path once
 
 
 def test_export_mesh(smoke_trial: Path):
@@ -172,6 +184,36 @@ def test_launch_inference_without_weights_stops_with_exit_2(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_launch_inference_reads_paths_from_the_callers_folder(tmp_path: Path):
+    """IMAGE, --ckpt, --model-config and --config relative to where the user stands, not to the repository."""
+    import shutil
+
+    from threestudio.utils.image import resolve_image_path
+
+    shutil.copy(resolve_image_path("skimage:motorcycle_left"), tmp_path / "photo.png")
+    (tmp_path / "cfg").mkdir()
+    shutil.copy(ROOT / "configs" / "smoke.yaml", tmp_path / "cfg" / "pipeline.yaml")
+    shutil.copy(ROOT / "configs" / "diffusion_tiny.yaml", tmp_path / "cfg" / "tiny.yaml")
+    script = ["bash", str(ROOT / "launch_inference.sh")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    res = subprocess.run([*script, "photo.png", "--ckpt", "weights/zeronvs.ckpt"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "checkpoint weights/zeronvs.ckpt" in res.stderr, res.stderr  # photo.png found
+    res = subprocess.run(
+        [*script, "photo.png", "--ckpt", "random", "--model-config", "cfg/tiny.yaml", "--config", "cfg/pipeline.yaml",
+         "--fov", "40", "trainer.max_steps=2", "trainer.val_check_interval=2", "data.random_camera.n_test_views=2",
+         "use_timestamp=false", "tag=here", "--quiet"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "it/s" not in res.stderr and "s/it" not in res.stderr and "%|" not in res.stderr  # --quiet: no bar
+    parsed = (tmp_path / "outputs" / "smoke" / "here" / "configs" / "parsed.yaml").read_text()
+    assert "image_path: photo.png" in parsed and "default_fovy_deg: 40" in parsed
+    help_text = subprocess.run([*script, "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert help_text.startswith("ZeroNVS one-image inference") and "set -euo" not in help_text
+    assert "--model-config" in help_text and "folder you run" in help_text
+
+
 def _report_sources(page: str) -> list:
     import re
 
@@ -181,7 +223,7 @@ def _report_sources(page: str) -> list:
 def test_train_writes_a_self_contained_report(smoke_trial: Path):
     save = smoke_trial / "save"
     page = (save / "report.html").read_text()
-    assert "vertical fov (deg)</th><td>52.55<" in page  # the fallback: the bundled example has no EXIF
+    assert "vertical fov (deg)</th><td>28.21<" in page  # the bundled example's calibrated fov
     assert "<h2>Losses</h2>" in page and "http://" not in page and "https://" not in page
     sources = _report_sources(page)
     relative = [s for s in sources if not s.startswith("data:image/png;base64,")]

@@ -106,6 +106,11 @@ def trainer_kwargs(cfg_trainer: dict, n_gpus: int) -> dict:
         kwargs["devices"] = n_gpus if kwargs["accelerator"] in ("gpu", "cuda") else 1
     # analytic normals need autograd while rendering validation/test views
     kwargs.setdefault("inference_mode", False)
+    from threestudio.utils.progress import is_quiet
+
+    if is_quiet():  # --quiet (or THREESTUDIO_QUIET=1): no progress bar or model table, whatever the config says
+        kwargs["enable_progress_bar"] = False
+        kwargs["enable_model_summary"] = False
     on_cpu = kwargs["accelerator"] == "cpu" or (kwargs["accelerator"] == "auto" and not torch.cuda.is_available())
     if on_cpu and str(kwargs.get("precision", "32")) in ("16-mixed", "16", "16-true"):
         logger.info("precision %s needs CUDA; using 32-bit on the CPU", kwargs["precision"])
@@ -207,8 +212,9 @@ def _build_trainer(
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from threestudio.utils.checkpoint_io import AtomicCheckpointIO, FiniteModelCheckpoint
+    from threestudio.utils.progress import lightning_progress_callbacks
 
-    callbacks, loggers = [], False
+    callbacks, loggers = lightning_progress_callbacks(t_kwargs.get("enable_progress_bar")), False
     if mode == "train":
         ckpt_kwargs = dict(config_to_primitive(cfg.checkpoint))
         callbacks.append(FiniteModelCheckpoint(dirpath=os.path.join(trial_dir, "ckpts"), **ckpt_kwargs))
@@ -269,6 +275,9 @@ def run(config_path: str, mode: str, cli_args: Sequence[str] = (), n_gpus: int =
 
     import lightning.pytorch as pl
 
+    from threestudio.utils.noise import silence_unactionable_warnings
+
+    silence_unactionable_warnings(mode)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = threestudio.find(cfg.data_type)(cfg.data)
     system = threestudio.find(cfg.system_type)(cfg.system)
@@ -316,6 +325,8 @@ def _fit_or_render(
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}; {trainer.checkpoint_callback.kept_checkpoint()}") from None
         trainer.test(system, datamodule=datamodule)
+        if getattr(system.cfg, "export_after_train", False) and trainer.global_rank == 0:
+            system.export_mesh()
     elif mode == "validate":
         trainer.validate(system, datamodule=datamodule, ckpt_path=resume)
     elif mode == "test":

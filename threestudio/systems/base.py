@@ -347,6 +347,8 @@ class BaseLift3DSystem(BaseSystem):
         guidance: dict = field(default_factory=dict)
         exporter_type: str = "mesh-exporter"
         exporter: dict = field(default_factory=dict)
+        # --train ends with the --export pass too: the mesh in save/it{step}-export/, shown in the report
+        export_after_train: bool = False
         test_video_fps: int = 30
 
     cfg: Config
@@ -460,7 +462,9 @@ class BaseLift3DSystem(BaseSystem):
     def on_predict_epoch_end(self) -> None:
         if self.trainer.global_rank != 0:
             return
+        self.export_mesh()
+
+    def export_mesh(self) -> List[str]:
+        """Run the exporter into ``save/it{step}-export/`` (it logs what it wrote); returns the written paths."""
         exporter = threestudio.find(self.cfg.exporter_type)(self.cfg.exporter, self.geometry, self.material)
-        folder = self.save_dir(f"it{self.true_global_step}-export")
-        for path in exporter.export(folder):
-            logger.info("exported %s", path)
+        return exporter.export(self.save_dir(f"it{self.true_global_step}-export"))
