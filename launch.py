@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown option(s) {' '.join(unknown_flags)}; see --help", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    from threestudio.utils.threads import set_cpu_thread_defaults
+
+    set_cpu_thread_defaults()  # before torch is imported: no busy-waiting OpenMP threads on shared cores
     n_gpus = 1
     if args.gpu is not None:
         # Must happen before torch initialises CUDA.

@@ -424,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from threestudio.utils.threads import set_cpu_thread_defaults
+
+    set_cpu_thread_defaults()  # before torch is imported (docs/PERFORMANCE.md, "CPU threads")
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
     if args.steps is not None and args.steps < 1:
         raise SystemExit("error: --steps must be >= 1")

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--out", required=True, help="output folder (preview.png, preview.json)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar; warnings and errors only")
     return parser
 
 
@@ -83,13 +84,21 @@ def main(argv=None) -> int:
     import logging
 
     args = build_parser().parse_args(argv)
+    from threestudio.utils.threads import set_cpu_thread_defaults
+
+    set_cpu_thread_defaults()  # before torch is imported (docs/PERFORMANCE.md, "CPU threads")
     from threestudio.data.examples import example_camera
 
     example = example_camera(args.image)
     if args.elevation is None:
         args.elevation = example.elevation_deg if example is not None else 31.0
     args.elevations = args.elevations or [args.elevation]
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="[%(levelname)s] %(name)s: %(message)s")
+    if args.quiet:
+        from threestudio.utils.progress import set_quiet
+
+        set_quiet()
     from threestudio.utils.errors import UserError
 
     try:

@@ -212,7 +212,7 @@ def run_oracle_sds(
     import threestudio
     from threestudio.runner import trainer_kwargs
     from threestudio.utils.config import load_config
-    from threestudio.utils.image import save_image
+    from threestudio.utils.image import labelled_rows, save_image
     from zeronvs_diffusion.oracle import load_oracle, render
 
     start = time.perf_counter()
@@ -254,8 +254,12 @@ def run_oracle_sds(
     callbacks, curve = [], []
     if eval_every > 0:
         callbacks.append(_make_curve_callback()(eval_every, orbit, truth, size, curve, on_curve))
+    from threestudio.utils.progress import lightning_progress_callbacks
+
     kwargs = trainer_kwargs(cfg.trainer, 1)
-    kwargs.update(logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+    bar = lightning_progress_callbacks(kwargs.get("enable_progress_bar"))  # none under --quiet
+    callbacks += bar
+    kwargs.update(logger=False, enable_checkpointing=False, enable_progress_bar=bool(bar), limit_val_batches=0,
                   num_sanity_val_steps=0)
     trainer = pl.Trainer(callbacks=callbacks, default_root_dir=out_dir, **kwargs)
     trainer.fit(system, datamodule=datamodule)
@@ -263,7 +267,9 @@ def run_oracle_sds(
     pred = render_nerf(system, orbit, size)
     heldout = score(pred, truth)
     input_pred = render_nerf(system, camera, size)
-    save_image(os.path.join(out_dir, "heldout.png"), torch.cat([torch.cat(list(pred), 1), torch.cat(list(truth), 1)]))
+    # the held-out orbit, left to right: what the NeRF renders above what the world looks like
+    rows = [(f"NeRF (SDS, {steps} steps)", torch.cat(list(pred), 1)), ("oracle world", torch.cat(list(truth), 1))]
+    save_image(os.path.join(out_dir, "heldout.png"), labelled_rows(rows))
     result = {
         "heldout_psnr": heldout["psnr"],
         "heldout_ssim": heldout["ssim"],
