@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import SMOKE_STEPS, launch, smoke_args
@@ -32,11 +33,18 @@ def test_train_writes_checkpoint_config_logs_and_test_video(smoke_trial: Path):
     video = smoke_trial / "save" / f"it{SMOKE_STEPS}-test.mp4"
     assert video.is_file() and video.stat().st_size > 1000
     frames = sorted((smoke_trial / "save" / f"it{SMOKE_STEPS}-test").glob("*.png"))
-    assert [f.name for f in frames] == [f"{k:04d}.png" for k in range(8)]
+    assert [f.name for f in frames] == [f"{k:04d}.png" for k in range(48)]
     from threestudio.utils.image import load_image
 
     frame = load_image(str(frames[0]))
     assert frame.shape[:2] == (32, 3 * 32)  # rgb | depth | opacity
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(str(video)) as reader:  # a few seconds, enlarged 8x (nearest neighbour) for viewing
+        meta = reader.get_meta_data()
+        first = reader.get_data(0)
+    assert meta["fps"] == 16 and meta["duration"] >= 2.9 and meta["size"] == (8 * 96, 8 * 32)
+    assert np.abs(first[:8, :8].astype(float) - first[0, 0]).max() < 12  # one rendered pixel = one 8x8 block
     assert list((smoke_trial / "save").glob("it6-val/*.png")), "validation renders missing"
     rows = list(csv.DictReader(open(smoke_trial / "csv_logs" / "metrics.csv")))
     assert any(r.get("train/loss_sds") for r in rows) and any(r.get("train/loss_rgb") for r in rows)
@@ -232,6 +240,19 @@ def test_train_writes_a_self_contained_report(smoke_trial: Path):
     assert {"it6-val/0000.png", f"it{SMOKE_STEPS}-val/0000.png", newest_video} <= set(relative)
     assert all((save / s).is_file() for s in relative)
     assert len(sources) - len(relative) == 2  # the input image and the loss plot, embedded
+    # --train ended with the export; the page shows that mesh (viewer and mesh embedded, files linked)
+    assert (save / f"it{SMOKE_STEPS}-export" / "model.obj").is_file()
+    assert '<canvas id=mesh-canvas' in page and '<script type="application/json" id="mesh-data">' in page
+    for name in ("model.obj", "model.ply"):
+        assert f'<a href="it{SMOKE_STEPS}-export/{name}">' in page
+    assert "<script src=" not in page  # nothing loaded from elsewhere
+    from PIL import Image
+
+    thumb = re.search(r'<img src="data:image/png;base64,([^"]+)" alt="input image', page).group(1)
+    import base64
+    import io
+
+    assert Image.open(io.BytesIO(base64.b64decode(thumb))).size == (320, 320)  # the square the run used
     import json
 
     stats = json.loads((save / "run_stats.json").read_text())
@@ -251,6 +272,7 @@ def test_report_renders_in_headless_chromium(smoke_trial: Path, tmp_path: Path):
     res = subprocess.run([*check, str(smoke_trial / "save" / "report.html"), str(tmp_path / "shot.png")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert "the mesh view drew" in res.stdout
     broken = tmp_path / "broken"
     import shutil
 
@@ -259,3 +281,10 @@ def test_report_renders_in_headless_chromium(smoke_trial: Path, tmp_path: Path):
     res = subprocess.run([*check, str(broken / "save" / "report.html"), str(tmp_path / "b.png")], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 1 and "1 image(s) failed to load" in res.stdout
+    page = (smoke_trial / "save" / "report.html").read_text()
+    no_mesh = re.sub(r'(<script type="application/json" id="mesh-data">)[^<]*', r"\1{}", page)
+    (broken / "save" / "report.html").write_text(no_mesh)
+    shutil.copy(smoke_trial / "save" / "it6-val" / "0000.png", broken / "save" / "it6-val" / "0000.png")
+    res = subprocess.run([*check, str(broken / "save" / "report.html"), str(tmp_path / "c.png")], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1 and "the mesh view did not draw" in res.stdout, res.stdout

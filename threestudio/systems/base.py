@@ -25,6 +25,7 @@ from threestudio.utils.fast_paths import parse_fast_paths
 from threestudio.utils.schedule import C
 
 logger = logging.getLogger(__name__)
+VIDEO_MIN_HEIGHT = 256  # test videos of smaller renders are enlarged (nearest neighbour) to at least this height
 
 
 def build_optimizer(cfg: Dict[str, Any], param_groups: List[Dict[str, Any]]) -> torch.optim.Optimizer:
@@ -451,9 +452,12 @@ class BaseLift3DSystem(BaseSystem):
         if frames:
             video = self.save_path(f"it{self.true_global_step}-test.mp4")
             save_video(
-                video, (load_image(os.path.join(folder, f))[..., :3] for f in frames), fps=self.cfg.test_video_fps
+                video,
+                (load_image(os.path.join(folder, f))[..., :3] for f in frames),
+                fps=self.cfg.test_video_fps,
+                min_height=VIDEO_MIN_HEIGHT,
             )
-            logger.info("test video: %s (%d frames)", video, len(frames))
+            logger.info("test video: %s (%d frames, %.1f s)", video, len(frames), len(frames) / self.cfg.test_video_fps)
 
     # ----- export --------------------------------------------------------------------------------------------
     def predict_step(self, batch: Dict[str, Any], batch_idx: int) -> None:

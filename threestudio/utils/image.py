@@ -201,15 +201,18 @@ def save_image(path: str, img: Tensor | np.ndarray) -> str:
     return path
 
 
-def save_video(path: str, frames: Iterable[Tensor | np.ndarray], fps: int = 30) -> str:
-    """Write [0, 1] frames (H, W, 3) to an H.264 mp4 atomically. Sizes are padded to even numbers."""
+def save_video(path: str, frames: Iterable[Tensor | np.ndarray], fps: int = 30, min_height: int = 0) -> str:
+    """Write [0, 1] frames (H, W, 3) to an H.264 mp4 atomically. Sizes are padded to even numbers.
+
+    Frames lower than ``min_height`` are enlarged by an integer factor, nearest neighbour (small renders stay
+    sharp blocks instead of a player's blur)."""
     import imageio.v2 as imageio
 
     with atomic_path(path) as tmp:
         writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", macro_block_size=1)
         with writer:
             for frame in frames:
-                arr = to_uint8(frame)
+                arr = upscale_nearest(frame, min_height)
                 h, w = arr.shape[:2]
                 arr = np.pad(arr, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
                 writer.append_data(arr)
