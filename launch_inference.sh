@@ -76,8 +76,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   {
     joined="${missing[0]}"; [ ${#missing[@]} -gt 1 ] && joined="$joined and ${missing[1]}"
     echo "error: missing $joined."
+    # the same place as zeronvs_diffusion/errors.py's WEIGHTS_SOURCE
     echo "  ZeroNVS needs its released weights: put zeronvs.ckpt (15.5 GB) and zeronvs_config.yaml from the ZeroNVS"
-    echo "  release (github.com/kylesargent/ZeroNVS, README 'Inference') in $REPO, or pass --ckpt/--model-config."
+    echo "  release (https://github.com/kylesargent/ZeroNVS#models (README section 'Models')) in $REPO,"
+    echo "  or pass --ckpt/--model-config."
     echo "  Without them, the CPU demo runs the same pipeline with a tiny random model:"
     echo "    python $REPO/launch.py --config $REPO/configs/smoke.yaml --train"
   } >&2

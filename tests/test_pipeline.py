@@ -190,6 +190,9 @@ def test_launch_inference_without_weights_stops_with_exit_2(tmp_path: Path):
     assert res.returncode == 2
     assert "zeronvs.ckpt" in res.stderr and "configs/smoke.yaml" in res.stderr
     assert list(tmp_path.iterdir()) == []
+    from zeronvs_diffusion.errors import HOW_TO_GET_WEIGHTS, WEIGHTS_SOURCE
+
+    assert WEIGHTS_SOURCE in res.stderr and WEIGHTS_SOURCE in HOW_TO_GET_WEIGHTS  # both messages: the same place
 
 
 def test_launch_inference_reads_paths_from_the_callers_folder(tmp_path: Path):
@@ -240,11 +243,12 @@ def test_train_writes_a_self_contained_report(smoke_trial: Path):
     assert {"it6-val/0000.png", f"it{SMOKE_STEPS}-val/0000.png", newest_video} <= set(relative)
     assert all((save / s).is_file() for s in relative)
     assert len(sources) - len(relative) == 2  # the input image and the loss plot, embedded
-    # --train ended with the export; the page shows that mesh (viewer and mesh embedded, files linked)
+    # --train ended with the export; the page shows the newest mesh (viewer and mesh embedded, files linked)
     assert (save / f"it{SMOKE_STEPS}-export" / "model.obj").is_file()
+    newest_export = max(save.glob("it*-export"), key=lambda p: int(p.name[2:].split("-")[0])).name
     assert '<canvas id=mesh-canvas' in page and '<script type="application/json" id="mesh-data">' in page
     for name in ("model.obj", "model.ply"):
-        assert f'<a href="it{SMOKE_STEPS}-export/{name}">' in page
+        assert f'<a href="{newest_export}/{name}">' in page
     assert "<script src=" not in page  # nothing loaded from elsewhere
     from PIL import Image
 
