@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--test", action="store_true", help="render the test views (video, frames, metrics)")
     mode.add_argument("--export", action="store_true", help="export a mesh from the density field")
     parser.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars; warnings and errors only")
     return parser
 
 
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown option(s) {' '.join(unknown_flags)}; see --help", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    from threestudio.utils.threads import set_cpu_thread_defaults
+
+    set_cpu_thread_defaults()  # before torch is imported: no busy-waiting OpenMP threads on shared cores
     n_gpus = 1
     if args.gpu is not None:
         # Must happen before torch initialises CUDA.
@@ -74,11 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
         n_gpus = max(1, len([g for g in args.gpu.split(",") if g.strip()]))
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="[%(levelname)s] %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="[%(levelname)s] %(name)s: %(message)s")
     logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own messages
+    if args.quiet:
+        from threestudio.utils.progress import set_quiet
+
+        set_quiet()
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     from threestudio.utils.errors import TrainingDiverged, UserError
     from threestudio.utils.stop_signals import RunInterrupted
 

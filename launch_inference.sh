@@ -6,27 +6,36 @@
 #
 # IMAGE           input image (RGB or RGBA); default: the bundled example skimage:motorcycle_left
 # --fov DEG       vertical field of view of the (centre-cropped, square) image; default: from the image's EXIF
-#                 focal length, else 52.55 (28.2 for the bundled example, whose calibration is known)
+#                 focal length, else 52.55 (the bundled example: its calibrated 28.2)
 # --elevation DEG elevation of the input camera above the ground plane; default 31.0
 # --scale S       how close the content is to the camera (smaller is closer; see the paper); default 0.7
-# --ckpt PATH     zeronvs.ckpt or a folder converted with `python -m zeronvs_diffusion.convert`; default ./zeronvs.ckpt
-# --model-config  the checkpoint's latent-diffusion YAML; default ./zeronvs_config.yaml (optional for a converted folder)
-# --config        pipeline config; default configs/zeronvs.yaml
+# --ckpt PATH     zeronvs.ckpt or a folder converted with `python -m zeronvs_diffusion.convert`;
+#                 default: zeronvs.ckpt in the repository root
+# --model-config  the checkpoint's latent-diffusion YAML (optional for a converted folder);
+#                 default: zeronvs_config.yaml in the repository root
+# --config        pipeline config; default: the repository's configs/zeronvs.yaml
+# --gpu IDS       GPU(s) to use; default 0 (the CPU when there is no CUDA)
+# --quiet         no progress bar; warnings and errors only
 # key=value       any further config override, e.g. trainer.max_steps=1000
+#
+# Relative paths (IMAGE, --ckpt, --model-config, --config, paths in key=value) are read from the folder you run
+# the script in, and the trial is written to ./outputs there (exp_root_dir), as `python launch.py` does.
 set -euo pipefail
-cd "$(dirname "$0")"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 IMAGE=""
 FOV=""
 ELEVATION_DEG=31.0
 SCALE=0.7
-CKPT_PATH=zeronvs.ckpt
-CONFIG_PATH=zeronvs_config.yaml
-PIPELINE_CONFIG=configs/zeronvs.yaml
+CKPT_PATH="$REPO/zeronvs.ckpt"
+CONFIG_PATH="$REPO/zeronvs_config.yaml"
+PIPELINE_CONFIG="$REPO/configs/zeronvs.yaml"
 GPU=0
+QUIET=()
 EXTRA=()
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+# the comment block at the top of this file, without its "# "
+usage() { sed -n '2,/^[^#]/p' "${BASH_SOURCE[0]}" | sed -n 's/^#\( \{0,1\}\)//p'; }
 need_value() { if [ $# -lt 2 ]; then echo "error: $1 needs a value" >&2; exit 2; fi; }
 
 while [ $# -gt 0 ]; do
@@ -39,6 +48,7 @@ while [ $# -gt 0 ]; do
     --model-config) need_value "$@"; CONFIG_PATH="$2"; shift 2 ;;
     --config) need_value "$@"; PIPELINE_CONFIG="$2"; shift 2 ;;
     --gpu) need_value "$@"; GPU="$2"; shift 2 ;;
+    --quiet) QUIET=(--quiet); shift ;;
     --*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     *=*) EXTRA+=("$1"); shift ;;
     *) if [ -n "$IMAGE" ]; then echo "error: more than one image given ($IMAGE, $1)" >&2; exit 2; fi
@@ -46,14 +56,15 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if [ -z "$IMAGE" ]; then
-  IMAGE="skimage:motorcycle_left"
-  FOV="${FOV:-28.2}"
-fi
-FOV_ARG=()  # without --fov the config's data.default_fovy_deg (auto: EXIF, else its fallback) applies
+# without IMAGE the config's data.image_path applies (the bundled example)
+IMAGE_ARG=()
+if [ -n "$IMAGE" ]; then IMAGE_ARG=("data.image_path=$IMAGE"); fi
+# without --fov the config's data.default_fovy_deg applies (auto: the bundled example's calibration, the EXIF
+# focal length, else data.fovy_fallback_deg; see threestudio/data/examples.py)
+FOV_ARG=()
 if [ -n "$FOV" ]; then FOV_ARG=("data.default_fovy_deg=$FOV"); fi
 
-if [[ "$IMAGE" != skimage:* && ! -f "$IMAGE" ]]; then
+if [[ -n "$IMAGE" && "$IMAGE" != skimage:* && ! -f "$IMAGE" ]]; then
   echo "error: input image not found: $IMAGE" >&2
   exit 2
 fi
@@ -65,10 +76,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   {
     joined="${missing[0]}"; [ ${#missing[@]} -gt 1 ] && joined="$joined and ${missing[1]}"
     echo "error: missing $joined."
+    # the same place as zeronvs_diffusion/errors.py's WEIGHTS_SOURCE
     echo "  ZeroNVS needs its released weights: put zeronvs.ckpt (15.5 GB) and zeronvs_config.yaml from the ZeroNVS"
-    echo "  release (github.com/kylesargent/ZeroNVS, README 'Inference') in $(pwd), or pass --ckpt/--model-config."
+    echo "  release (https://github.com/kylesargent/ZeroNVS#models (README section 'Models')) in $REPO,"
+    echo "  or pass --ckpt/--model-config."
     echo "  Without them, the CPU demo runs the same pipeline with a tiny random model:"
-    echo "    python launch.py --config configs/smoke.yaml --train"
+    echo "    python $REPO/launch.py --config $REPO/configs/smoke.yaml --train"
   } >&2
   exit 2
 fi
@@ -76,8 +89,8 @@ fi
 MODEL_CONFIG_ARG=()
 if [ -f "$CONFIG_PATH" ]; then MODEL_CONFIG_ARG=("system.guidance.pretrained_config=$CONFIG_PATH"); fi
 
-exec python launch.py --config "$PIPELINE_CONFIG" --train --gpu "$GPU" \
-  data.image_path="$IMAGE" \
+exec python "$REPO/launch.py" --config "$PIPELINE_CONFIG" --train --gpu "$GPU" "${QUIET[@]}" \
+  "${IMAGE_ARG[@]}" \
   system.guidance.pretrained_model_name_or_path="$CKPT_PATH" \
   "${MODEL_CONFIG_ARG[@]}" \
   data.default_elevation_deg="$ELEVATION_DEG" \

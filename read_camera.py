@@ -91,8 +91,25 @@ def format_table(cameras: Sequence[IDRCamera]) -> str:
     return "\n".join(lines)
 
 
+def look_at_point(cameras: Sequence[IDRCamera]) -> np.ndarray:
+    """The point (3,) closest, in least squares, to every camera's optical axis (what the cameras look at)."""
+    a, b = np.zeros((3, 3)), np.zeros(3)
+    for cam in cameras:
+        d = cam.c2w_opencv[:3, 2] / np.linalg.norm(cam.c2w_opencv[:3, 2])  # OpenCV: +z looks forward
+        m = np.eye(3) - np.outer(d, d)
+        a += m
+        b += m @ cam.center
+    return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
+def label_every(n: int, max_labels: int = 12) -> int:
+    """Label every k-th camera so that at most ``max_labels`` labels are drawn."""
+    return max(1, -(-n // max_labels))
+
+
 def plot_cameras(cameras: Sequence[IDRCamera], path: str) -> None:
-    """Draw camera frusta (OpenCV pinhole pyramids) and, for normalised cameras, the unit sphere."""
+    """Draw camera frusta (OpenCV pinhole pyramids, sized to the scene and coloured by index, a sparse set of
+    labels), the point they look at, the world axes and, for normalised cameras, the unit sphere."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,30 +118,51 @@ def plot_cameras(cameras: Sequence[IDRCamera], path: str) -> None:
     fig = plt.figure(figsize=(8, 8))
     ax = fig.add_subplot(projection="3d")
     centers = np.stack([cam.center for cam in cameras])
-    extent = max(float(np.abs(centers).max()), 1.0)
-    depth = 0.15 * extent
-    for cam in cameras:
+    target = look_at_point(cameras) if len(cameras) > 1 else centers[0] + cameras[0].c2w_opencv[:3, 2]
+    distance = float(np.median(np.linalg.norm(centers - target, axis=1)))
+    depth = 0.18 * distance  # frusta a fifth of the way to what they look at
+    colours = plt.get_cmap("viridis")(np.linspace(0, 1, len(cameras)))
+    every = label_every(len(cameras))
+    for i, (cam, colour) in enumerate(zip(cameras, colours)):
         w, h = cam.image_size or (2 * cam.K[0, 2], 2 * cam.K[1, 2])
         pixels = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], dtype=np.float64)
         corners_cam = (np.linalg.inv(cam.K) @ pixels.T).T * depth
         corners = corners_cam @ cam.c2w_opencv[:3, :3].T + cam.center
         for corner in corners:
-            ax.plot(*zip(cam.center, corner), color="tab:blue", linewidth=0.6)
+            ax.plot(*zip(cam.center, corner), color=colour, linewidth=0.7)
         ring = np.vstack([corners, corners[:1]])
-        ax.plot(ring[:, 0], ring[:, 1], ring[:, 2], color="tab:blue", linewidth=0.8)
-        ax.plot(*zip(corners[0], corners[1]), color="tab:red", linewidth=1.2)  # top edge of the image
-        ax.text(*cam.center, str(cam.index), fontsize=6)
+        ax.plot(ring[:, 0], ring[:, 1], ring[:, 2], color=colour, linewidth=0.9)
+        ax.plot(*zip(corners[0], corners[1]), color="tab:red", linewidth=1.6)  # top edge of the image
+        if i % every == 0 or i == len(cameras) - 1:
+            ax.text(*cam.center, f" {cam.index}", fontsize=8, color="black")
+    ax.scatter(*target, marker="*", s=160, color="tab:orange", depthshade=False, zorder=5)
+    ax.text(*target, "  look-at", fontsize=8, color="tab:orange")
+    points = [centers, target[None]]
     if cameras[0].normalized:
         u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 24), np.linspace(0, np.pi, 12))
         ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="grey", linewidth=0.3)
+        points.append(np.array([[-1, -1, -1], [1, 1, 1]]))
+    axis_length = 0.5 * distance
+    for k, (name, colour) in enumerate(zip("xyz", ("tab:red", "tab:green", "tab:blue"))):
+        tip = np.zeros(3)
+        tip[k] = axis_length
+        ax.quiver(0, 0, 0, *tip, color=colour, linewidth=2, arrow_length_ratio=0.15)
+        ax.text(*(tip * 1.1), name, color=colour, fontsize=10, fontweight="bold")
+    points.append(np.array([[0, 0, 0], [axis_length] * 3]))
+    everything = np.concatenate(points)
+    middle = (everything.min(0) + everything.max(0)) / 2
+    half = (everything.max(0) - everything.min(0)).max() / 2 * 1.05 + depth
+    ax.set_xlim(middle[0] - half, middle[0] + half)
+    ax.set_ylim(middle[1] - half, middle[1] + half)
+    ax.set_zlim(middle[2] - half, middle[2] + half)
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_zlabel("z")
-    ax.set_xlim(-extent, extent)
-    ax.set_ylim(-extent, extent)
-    ax.set_zlim(-extent, extent)
     ax.set_box_aspect((1, 1, 1))
-    ax.set_title(f"{len(cameras)} cameras (blue frusta, red = image top edge)")
+    labelled = "every camera labelled" if every == 1 else f"every {every}th camera labelled"
+    ax.set_title(f"{len(cameras)} cameras, coloured by index (dark → light), {labelled}\n"
+                 "red edge = image top; star = the point they look at; arrows = world x, y, z", fontsize=10)
+    fig.tight_layout()
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         fig.savefig(path, dpi=120)

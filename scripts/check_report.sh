@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Open a trial's report page in headless Chromium; fail on a blank page or an image that does not load.
+# Open a trial's report page in headless Chromium; fail on a blank page, an image that does not load, or a mesh
+# view that did not draw.
 #
 #   bash scripts/check_report.sh TRIAL/save/report.html [SCREENSHOT.png]
 #
@@ -16,7 +17,9 @@ if [ -z "$CHROMIUM" ]; then echo "error: Chromium not found; install it with: ap
 
 PROFILE="$(mktemp -d)"
 trap 'rm -rf "$PROFILE"' EXIT
-FLAGS=(--headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update
+# WebGL (the mesh view) on the CPU: SwiftShader, which headless Chromium only uses when asked
+FLAGS=(--headless --no-sandbox --disable-gpu --use-angle=swiftshader --enable-unsafe-swiftshader
+       --disable-background-networking --disable-component-update
        --no-first-run --user-data-dir="$PROFILE" --hide-scrollbars --virtual-time-budget=5000)
 
 # the DOM after load: a report image that failed to load sets <body data-broken="1"> (its onerror attribute)
@@ -37,6 +40,9 @@ if "<body" not in dom:
     problems.append("Chromium returned no DOM")
 if 'data-broken="1"' in dom:
     problems.append(str(dom.count('<b class="missing">')) + " image(s) failed to load")
+if 'id="mesh-canvas"' in dom and 'data-drawn="1"' not in dom:
+    problems.append("the mesh view did not draw" + (" (" + dom.split('data-error="')[1].split('"')[0] + ")"
+                                                    if 'data-error="' in dom else ""))
 img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
 inked = float((img < 200).mean())  # share of pixels that are not (near) white
 if img.std() < 5 or inked < 0.01:
@@ -44,5 +50,6 @@ if img.std() < 5 or inked < 0.01:
 if problems:
     print("report check FAILED: " + "; ".join(problems) + f" (screenshot {shot})")
     sys.exit(1)
-print(f"report check ok: {shot} ({img.shape[1]}x{img.shape[0]}, {inked:.1%} non-white pixels, every image loaded)")
+mesh = ", the mesh view drew" if 'id="mesh-canvas"' in dom else ""
+print(f"report check ok: {shot} ({img.shape[1]}x{img.shape[0]}, {inked:.1%} non-white pixels, every image loaded{mesh})")
 PY

@@ -163,6 +163,21 @@ def scene_dir(root: str, scan: int) -> str:
     return pixelnerf if not os.path.isdir(ours) and os.path.isdir(pixelnerf) else ours
 
 
+def check_scenes(root: str, scans: Sequence[int]) -> Optional[str]:
+    """One line saying what is wrong with ``--root`` / ``--scans`` (a missing folder, scans without a scene folder
+    or without ``cameras.npz``), or None; checked before anything runs, ``--dry-run`` included."""
+    if not os.path.isdir(root):
+        return f"--root {root} is not a folder (it should hold dtu_scan{{N}} or scan{{N}} scene folders)"
+    missing = [scan for scan in scans if not os.path.isdir(scene_dir(root, scan))]
+    if missing:
+        return (f"no scene folder for scan(s) {' '.join(map(str, missing))} under {root} (expected dtu_scan{{N}} or "
+                "scan{N}); pass --scans with the scans you have")
+    no_cameras = [scan for scan in scans if not os.path.isfile(os.path.join(scene_dir(root, scan), "cameras.npz"))]
+    if no_cameras:
+        return f"no cameras.npz in the scene folder of scan(s) {' '.join(map(str, no_cameras))} under {root}"
+    return None
+
+
 def _model_overrides(args: argparse.Namespace) -> List[str]:
     out = []
     if args.ckpt:
@@ -459,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from threestudio.utils.threads import set_cpu_thread_defaults
+
+    set_cpu_thread_defaults()  # before torch is imported (docs/PERFORMANCE.md, "CPU threads")
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
     if args.steps is not None and args.steps < 1:
         raise SystemExit("error: --steps must be >= 1")
@@ -473,8 +491,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parse_gpus(args.gpus), parse_slurm_time(args.slurm_time)
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
-    if not args.dry_run and not os.path.isdir(args.root):
-        raise SystemExit(f"error: --root {args.root} is not a folder")
+    problem = check_scenes(args.root, args.scans)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     args.root, args.out = os.path.abspath(args.root), os.path.abspath(args.out)  # the same for every worker
     scales = scan_scales(args)
     if args.dry_run:

@@ -72,7 +72,7 @@ def cpu_size(height: int, batch_size: int = 1) -> Dict[str, Any]:
 # hundreds of steps fill the volume in front of every camera instead (docs/PERFORMANCE.md, "Oracle SDS check").
 WORLD_BACKGROUND = {"system.background.random_aug": False}
 # the runner's train mode validates on the config's schedule and tests after fit: the oracle scores its own orbit
-RUN_SETTINGS = {"trainer.limit_val_batches": 0, "trainer.num_sanity_val_steps": 0, "trainer.enable_progress_bar": False}
+RUN_SETTINGS = {"trainer.limit_val_batches": 0, "trainer.num_sanity_val_steps": 0}
 
 
 def _set(cfg: Any, key: str, value: Any) -> None:
@@ -265,13 +265,15 @@ class OracleScore(_callback_base()):
                 self.hook(step, value)
 
     def on_train_end(self, trainer: Any, system: Any) -> None:
-        from threestudio.utils.image import save_image
+        from threestudio.utils.image import labelled_rows, save_image
 
         pred = render_nerf(system, self.orbit, self.size)
         heldout = score(pred, self.truth)
         input_pred = render_nerf(system, self.camera, self.size)
-        panels = torch.cat([torch.cat(list(pred), 1), torch.cat(list(self.truth), 1)])
-        save_image(os.path.join(self.out_dir, "heldout.png"), panels)
+        # the held-out orbit, left to right: what the NeRF renders above what the world looks like
+        rows = [(f"NeRF (SDS, {trainer.global_step} steps)", torch.cat(list(pred), 1)),
+                ("oracle world", torch.cat(list(self.truth), 1))]
+        save_image(os.path.join(self.out_dir, "heldout.png"), labelled_rows(rows))
         self.result = {
             "heldout_psnr": heldout["psnr"],
             "heldout_ssim": heldout["ssim"],

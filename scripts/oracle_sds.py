@@ -35,16 +35,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=0, help="held-out PSNR every K steps into 'curve' (0: off)")
     p.add_argument("--orbit-views", type=int, default=12, help="views of the held-out orbit (default 12)")
     p.add_argument("--full-nerf", action="store_true", help="keep the config's NeRF and resolution stages")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; warnings, errors and the result only")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (they win over the script's)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from oracle_run import run_oracle_sds
+    from threestudio.utils.threads import set_cpu_thread_defaults
 
+    set_cpu_thread_defaults()  # before torch is imported (docs/PERFORMANCE.md, "CPU threads")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lightning.pytorch").propagate = False  # it prints its own lines: only once
+    if args.quiet:
+        from threestudio.utils.progress import set_quiet
+
+        set_quiet()
+    from oracle_run import run_oracle_sds
     from threestudio.utils.errors import UserError
+    from threestudio.utils.noise import silence_unactionable_warnings
+
+    silence_unactionable_warnings("train")
     from threestudio.utils.io import write_json_atomic
 
     name = os.path.splitext(os.path.basename(args.scene))[0]

@@ -70,6 +70,10 @@ def sample_candidates(
         jobs += [(k, j, cond[0], targets[j]) for j in range(len(azimuths_deg))]
     out: List[Tensor] = []
     device = model.device
+    from threestudio.utils.progress import progress
+
+    n_batches = -(-len(jobs) // views_per_batch)
+    bar = progress(total=n_batches * steps, desc=f"DDIM, {len(jobs)} views in {n_batches} batch(es)", unit="step")
     for start in range(0, len(jobs), views_per_batch):
         chunk = jobs[start : start + views_per_batch]
         scale = torch.tensor([cands[k].scale for k, *_ in chunk], device=device)
@@ -85,8 +89,10 @@ def sample_candidates(
             guidance_scale=guidance_scale,
             generator=torch.Generator().manual_seed(seed + start),
             x_T=torch.stack([noise[j] for _, j, _, _ in chunk]),
+            on_step=lambda _: bar.update(),
         )
         out.append(views.float().permute(0, 2, 3, 1).cpu())
+    bar.close()
     return torch.cat(out).reshape(len(cands), len(azimuths_deg), *out[0].shape[1:])
 
 
@@ -97,12 +103,16 @@ def save_contact_sheet(
     import matplotlib
 
     matplotlib.use("Agg")
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     from threestudio.utils.io import atomic_path
 
     k, v = views.shape[:2]
-    fig, axes = plt.subplots(k, v + 1, figsize=(1.7 * (v + 1) + 0.6, 1.75 * k + 0.5), squeeze=False)
+    width = 1.7 * (v + 1) + 0.6
+    # constrained layout keeps the title above the column labels whatever the number of rows
+    fig, axes = plt.subplots(k, v + 1, figsize=(width, 1.75 * k + 0.8), squeeze=False, layout="constrained")
     for row in range(k):
         panels = [image01[0]] + [views[row, j] for j in range(v)]
         for col, panel in enumerate(panels):
@@ -113,8 +123,7 @@ def save_contact_sheet(
             if row == 0:
                 ax.set_title("input" if col == 0 else f"azimuth {azimuths_deg[col - 1]:+g}°", fontsize=8)
         axes[row, 0].set_ylabel(cands[row].label, fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(textwrap.fill(title, width=int(width * 13)), fontsize=9)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

@@ -9,7 +9,8 @@ orbit through the input camera (the nvs-system's DDIM sampler). Writes DIR/previ
 candidate, and DIR/preview.json (the settings, the fov used and where it came from, timing). Pick the row whose
 views look like plausible turns of the scene, then pass its values to launch_inference.sh (--scale,
 --elevation, --fov). ``--ckpt random --model-config configs/diffusion_tiny.yaml`` runs a tiny random model
-(CPU tests; its images mean nothing). Without --fov the fov comes from the image's EXIF focal length, else 52.55.
+(CPU tests; its images mean nothing). Without --fov the fov comes from the image's EXIF focal length, else 52.55
+(the bundled example skimage:motorcycle_left: its calibrated 28.21).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", help="input image (RGB or RGBA), or skimage:NAME")
     parser.add_argument("--fov", type=float, help="vertical fov of the square crop (default: EXIF, else 52.55)")
-    parser.add_argument("--elevation", type=float, default=31.0, help="input camera elevation (default 31)")
+    parser.add_argument("--elevation", type=float, default=None,
+                        help="input camera elevation (default 31; the bundled example: its suggested one)")
     parser.add_argument("--elevations", type=float, nargs="+", help="candidate elevations (default: --elevation)")
     parser.add_argument("--scales", type=float, nargs="+", required=True, help="candidate scales, e.g. 0.5 0.7 1.0")
     parser.add_argument("--azimuths", type=float, nargs="+", default=[-90.0, -45.0, 45.0, 90.0, 180.0],
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--out", required=True, help="output folder (preview.png, preview.json)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar; warnings and errors only")
     return parser
 
 
@@ -96,21 +99,33 @@ def input_view(image: str, fov: float | None) -> tuple:
     """(image (1, S, S, 3) on white, vertical fov, a line saying where the fov came from)."""
     from omegaconf import OmegaConf
 
-    from threestudio.data.single_image import resolve_auto_fovy
+    from threestudio.data.single_image import auto_fovy
     from threestudio.utils.image import composite, crop_to_square, load_image
 
-    cfg = resolve_auto_fovy(OmegaConf.create({"image_path": image, "default_fovy_deg": "auto" if fov is None else fov}))
+    fovy, source = (fov, "--fov") if fov is not None else auto_fovy(OmegaConf.create({"image_path": image}))
     rgba = crop_to_square(load_image(image, min_side=512), "center_crop")
-    source = "--fov" if fov is not None else "EXIF or fallback (see the log)"
-    return composite(rgba, 1.0)[None], float(cfg.default_fovy_deg), source
+    return composite(rgba, 1.0)[None], float(fovy), source
 
 
 def main(argv=None) -> int:
     import logging
 
     args = build_parser().parse_args(argv)
+    from threestudio.utils.threads import set_cpu_thread_defaults
+
+    set_cpu_thread_defaults()  # before torch is imported (docs/PERFORMANCE.md, "CPU threads")
+    from threestudio.data.examples import example_camera
+
+    example = example_camera(args.image)
+    if args.elevation is None:
+        args.elevation = example.elevation_deg if example is not None else 31.0
     args.elevations = args.elevations or [args.elevation]
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="[%(levelname)s] %(name)s: %(message)s")
+    if args.quiet:
+        from threestudio.utils.progress import set_quiet
+
+        set_quiet()
     from threestudio.utils.errors import UserError
 
     try:

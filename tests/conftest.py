@@ -24,6 +24,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Triton kernels run on CPU tensors through Triton's interpreter (tests/test_triton_kernels.py). It must be chosen
 # before anything imports triton (lightning and diffusers do): triton.language's own helpers are made then.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# no progress bars in tests (scripts and launch.py subprocesses inherit it; threestudio/utils/progress.py); the test
+# of the progress bar itself launches without it
+os.environ["THREESTUDIO_QUIET"] = "1"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROOT = REPO_ROOT
@@ -70,8 +73,10 @@ def _seed_and_threads():
 SMOKE_STEPS = 12
 
 
-def launch(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+def launch(*args: str, cwd: Path = ROOT, timeout: int = 600, quiet: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    if not quiet:
+        env.pop("THREESTUDIO_QUIET")
     return subprocess.run(
         [sys.executable, str(ROOT / "launch.py"), *args],
         cwd=cwd,
@@ -101,8 +106,10 @@ def smoke_trial(tmp_path_factory) -> Path:
         *smoke_args(
             root, f"trainer.max_steps={SMOKE_STEPS}", "trainer.val_check_interval=6", "checkpoint.every_n_train_steps=6"
         ),
+        quiet=False,  # as a user runs it: its output (with the progress bar) is kept for test_pipeline.py
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (root / "launch_output.txt").write_text(res.stdout + res.stderr)
     trials = glob.glob(str(root / "smoke" / "*"))
     assert len(trials) == 1, trials
     return Path(trials[0])

@@ -7,6 +7,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,38 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
                           timeout=400)
 
 
+def fake_dtu(root: Path, scans=(*eval_dtu.PROTOCOL_SCANS, 24)) -> Path:
+    """Scene folders that pass eval_dtu's up-front checks (a folder with a cameras.npz per scan)."""
+    for scan in scans:
+        (root / f"dtu_scan{scan}").mkdir(parents=True, exist_ok=True)
+        (root / f"dtu_scan{scan}" / "cameras.npz").write_bytes(b"")
+    return root
+
+
+FAKE_DTU = fake_dtu(Path(tempfile.mkdtemp(prefix="fake_dtu_")))
+
+
 def dry_run(capsys, *args: str):
-    assert eval_dtu.main(["--root", "DTU", "--out", "out", "--dry-run", *args]) == 0
+    assert eval_dtu.main(["--root", str(FAKE_DTU), "--out", "out", "--dry-run", *args]) == 0
     return [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_root_and_scans_are_checked_first_in_one_line(tmp_path, capsys, dry):
+    flags = ["--dry-run"] if dry else []
+    out = tmp_path / "out"
+    no_cameras = fake_dtu(tmp_path / "nocams", [24])
+    (no_cameras / "dtu_scan24" / "cameras.npz").unlink()
+    cases = [
+        (["--root", str(tmp_path / "nonexistent")], "is not a folder"),
+        (["--root", str(FAKE_DTU), "--scans", "24", "99", "98"], "no scene folder for scan(s) 99 98"),
+        (["--root", str(no_cameras), "--scans", "24"], "no cameras.npz in the scene folder of scan(s) 24"),
+    ]
+    for argv, expected in cases:
+        assert eval_dtu.main([*argv, "--mode", "nvs", "--out", str(out), *flags]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1 and expected in captured.err, captured.err
+    assert not out.exists()  # nothing written, nothing run
 
 
 def overrides(cmd):
@@ -67,7 +97,7 @@ def test_sds_dry_run_is_the_original_protocol(capsys):
         assert cmd[1].endswith("launch.py") and cmd[2:5] == ["--config", str(ROOT / "configs" / "zeronvs_dtu.yaml"),
                                                              "--train"]
         o = overrides(cmd)
-        assert o["data.scene.scene_dir"] == os.path.join(os.path.abspath("DTU"), f"dtu_scan{scan}")
+        assert o["data.scene.scene_dir"] == str(FAKE_DTU / f"dtu_scan{scan}")
         assert float(o["data.scene.pose_scale"]) == pytest.approx(1 / (2.02 * scale))
         assert o["tag"] == f"scan{scan}" and o["name"] == "sds" and o["use_timestamp"] == "false"
     # the table is overridable; --pose-scale sets the pose scale directly and wins
@@ -161,12 +191,13 @@ def test_nvs_mode_tiny_writes_markdown_and_csv(tmp_path, dtu_scan24, zeronvs_tin
 
 
 @pytest.mark.slow
-def test_missing_scan_is_reported_not_fatal(tmp_path, dtu_scan24):
+def test_failed_scan_is_reported_not_fatal(tmp_path, dtu_scan24):
     out = tmp_path / "eval"
-    res = run_script("--root", str(dtu_scan24.parent), "--scans", "8", "--mode", "sds", "--out", str(out))
+    root = fake_dtu(tmp_path / "dtu", [8])  # passes the up-front checks; its empty cameras.npz fails the run
+    res = run_script("--root", str(root), "--scans", "8", "--mode", "sds", "--out", str(out))
     assert res.returncode == 1
     rows = list(csv.DictReader(open(out / "dtu_sds.csv")))
-    assert "dtu_scan8" in rows[0]["error"]
+    assert "scan8" in rows[0]["error"]
     assert float(rows[0]["paper_psnr"]) == pytest.approx(13.2329)  # the paper's numbers stay beside ours
     assert rows[1]["paper_psnr"] == rows[1]["psnr"] == ""  # the paper's mean covers the finished scans only
 
@@ -174,13 +205,15 @@ def test_missing_scan_is_reported_not_fatal(tmp_path, dtu_scan24):
 @pytest.mark.slow
 def test_fan_out_lists_failed_scans_skips_finished_ones_and_force_reruns(tmp_path, dtu_scan24, zeronvs_tiny_dir):
     out = tmp_path / "eval"
-    common = ["--root", str(dtu_scan24.parent), "--mode", "nvs", "--out", str(out), "--launcher", "local",
+    root = fake_dtu(tmp_path / "dtu", [99])  # scan 99's empty cameras.npz fails its run
+    (root / "dtu_scan24").symlink_to(dtu_scan24)
+    common = ["--root", str(root), "--mode", "nvs", "--out", str(out), "--launcher", "local",
               "--ckpt", str(zeronvs_tiny_dir / "model.ckpt"), "--model-config", str(zeronvs_tiny_dir / "config.yaml"),
               "--steps", "1", "--extra", "data.height=32", "data.width=32", "data.target_views=[31]"]
     res = run_script("--scans", "24", "99", *common)
     assert res.returncode == 1, res.stderr[-3000:]
     rows = {r["scan"]: r for r in csv.DictReader(open(out / "dtu_nvs.csv"))}
-    assert rows["24"]["psnr"] and not rows["24"]["error"] and "dtu_scan99" in rows["99"]["error"]
+    assert rows["24"]["psnr"] and not rows["24"]["error"] and "scan99" in rows["99"]["error"]
     assert rows["mean"]["psnr"] == rows["24"]["psnr"]  # the failed scan does not count
     assert list((out / "submitit").glob("*_log.out")), "submitit's per-job logs"
     marker = out / "runs" / "nvs" / "scan24" / "kept"

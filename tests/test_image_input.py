@@ -151,3 +151,31 @@ def test_the_shipped_configs_resolve_auto_fov_into_the_parsed_config(tmp_path):
         explicit = load_config(f"configs/{name}.yaml", cli_args=[f"data.image_path={path}", "data.default_fovy_deg=30"])
         resolve_data_config(explicit)
         assert explicit.data.default_fovy_deg == 30 and list(explicit.data.random_camera.fovy_range) == [30, 30]
+
+
+def test_the_bundled_example_has_one_camera_in_every_entry_point(tmp_path):
+    """launch.py (both shipped configs), launch_inference.sh (which passes no --fov for it) and the preview all take
+    the example's calibrated fov from threestudio/data/examples.py; the configs use its elevation and scale."""
+    import sys
+
+    from threestudio.data.examples import example_camera
+    from threestudio.runner import resolve_data_config
+    from threestudio.utils.config import load_config
+
+    camera = example_camera("skimage:motorcycle_left")
+    assert camera.fovy_deg == pytest.approx(28.21, abs=0.01)  # 2 atan(250 / 994.978 px)
+    for name in ("smoke", "zeronvs"):
+        cfg = load_config(f"configs/{name}.yaml")
+        assert cfg.data.image_path == "skimage:motorcycle_left"
+        resolve_data_config(cfg)
+        assert cfg.data.default_fovy_deg == camera.fovy_deg
+        assert cfg.data.default_elevation_deg == camera.elevation_deg
+        assert cfg.system.guidance.precomputed_scale == camera.scale
+    script = open("launch_inference.sh").read()
+    assert "28.2" not in script.split("set -euo pipefail")[1]  # no second copy of the number in the script's code
+    sys.path.insert(0, "scripts")
+    import preview_settings
+
+    _, fovy, source = preview_settings.input_view("skimage:motorcycle_left", None)
+    assert fovy == camera.fovy_deg and "calibration" in source
+    assert preview_settings.input_view("skimage:motorcycle_left", 40.0)[1:] == (40.0, "--fov")

@@ -8,10 +8,12 @@ from __future__ import annotations
 import csv
 import glob
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import SMOKE_STEPS, launch, smoke_args
@@ -31,14 +33,32 @@ def test_train_writes_checkpoint_config_logs_and_test_video(smoke_trial: Path):
     video = smoke_trial / "save" / f"it{SMOKE_STEPS}-test.mp4"
     assert video.is_file() and video.stat().st_size > 1000
     frames = sorted((smoke_trial / "save" / f"it{SMOKE_STEPS}-test").glob("*.png"))
-    assert [f.name for f in frames] == [f"{k:04d}.png" for k in range(8)]
+    assert [f.name for f in frames] == [f"{k:04d}.png" for k in range(48)]
     from threestudio.utils.image import load_image
 
     frame = load_image(str(frames[0]))
     assert frame.shape[:2] == (32, 3 * 32)  # rgb | depth | opacity
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(str(video)) as reader:  # a few seconds, enlarged 8x (nearest neighbour) for viewing
+        meta = reader.get_meta_data()
+        first = reader.get_data(0)
+    assert meta["fps"] == 16 and meta["duration"] >= 2.9 and meta["size"] == (8 * 96, 8 * 32)
+    assert np.abs(first[:8, :8].astype(float) - first[0, 0]).max() < 12  # one rendered pixel = one 8x8 block
     assert list((smoke_trial / "save").glob("it6-val/*.png")), "validation renders missing"
     rows = list(csv.DictReader(open(smoke_trial / "csv_logs" / "metrics.csv")))
     assert any(r.get("train/loss_sds") for r in rows) and any(r.get("train/loss_rgb") for r in rows)
+
+
+def test_a_launched_run_shows_progress_and_no_noise(smoke_trial: Path):
+    output = (smoke_trial.parent.parent / "launch_output.txt").read_text()
+    # Lightning's tqdm bar: the training epoch counts to max_steps, with its rate and ETA
+    bar = rf"Epoch 0: 100%\S*\s*\S*\| {SMOKE_STEPS}/{SMOKE_STEPS} \[[0-9:]+<[0-9:]+, +[0-9.]+(it/s|s/it)"
+    assert re.search(bar, output), output[-3000:]
+    assert "Testing DataLoader 0: 100%" in output
+    for noise in ("LeafSpec", "ckpt_path", "predict returned None"):
+        assert noise not in output, noise
+    assert sum(ln.count("model.obj") for ln in output.splitlines()) <= 1  # the mesh path once
 
 
 def test_export_mesh(smoke_trial: Path):
@@ -170,6 +190,39 @@ def test_launch_inference_without_weights_stops_with_exit_2(tmp_path: Path):
     assert res.returncode == 2
     assert "zeronvs.ckpt" in res.stderr and "configs/smoke.yaml" in res.stderr
     assert list(tmp_path.iterdir()) == []
+    from zeronvs_diffusion.errors import HOW_TO_GET_WEIGHTS, WEIGHTS_SOURCE
+
+    assert WEIGHTS_SOURCE in res.stderr and WEIGHTS_SOURCE in HOW_TO_GET_WEIGHTS  # both messages: the same place
+
+
+def test_launch_inference_reads_paths_from_the_callers_folder(tmp_path: Path):
+    """IMAGE, --ckpt, --model-config and --config relative to where the user stands, not to the repository."""
+    import shutil
+
+    from threestudio.utils.image import resolve_image_path
+
+    shutil.copy(resolve_image_path("skimage:motorcycle_left"), tmp_path / "photo.png")
+    (tmp_path / "cfg").mkdir()
+    shutil.copy(ROOT / "configs" / "smoke.yaml", tmp_path / "cfg" / "pipeline.yaml")
+    shutil.copy(ROOT / "configs" / "diffusion_tiny.yaml", tmp_path / "cfg" / "tiny.yaml")
+    script = ["bash", str(ROOT / "launch_inference.sh")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    res = subprocess.run([*script, "photo.png", "--ckpt", "weights/zeronvs.ckpt"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "checkpoint weights/zeronvs.ckpt" in res.stderr, res.stderr  # photo.png found
+    res = subprocess.run(
+        [*script, "photo.png", "--ckpt", "random", "--model-config", "cfg/tiny.yaml", "--config", "cfg/pipeline.yaml",
+         "--fov", "40", "trainer.max_steps=2", "trainer.val_check_interval=2", "data.random_camera.n_test_views=2",
+         "use_timestamp=false", "tag=here", "--quiet"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "it/s" not in res.stderr and "s/it" not in res.stderr and "%|" not in res.stderr  # --quiet: no bar
+    parsed = (tmp_path / "outputs" / "smoke" / "here" / "configs" / "parsed.yaml").read_text()
+    assert "image_path: photo.png" in parsed and "default_fovy_deg: 40" in parsed
+    help_text = subprocess.run([*script, "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert help_text.startswith("ZeroNVS one-image inference") and "set -euo" not in help_text
+    assert "--model-config" in help_text and "folder you run" in help_text
 
 
 def _report_sources(page: str) -> list:
@@ -181,7 +234,7 @@ def _report_sources(page: str) -> list:
 def test_train_writes_a_self_contained_report(smoke_trial: Path):
     save = smoke_trial / "save"
     page = (save / "report.html").read_text()
-    assert "vertical fov (deg)</th><td>52.55<" in page  # the fallback: the bundled example has no EXIF
+    assert "vertical fov (deg)</th><td>28.21<" in page  # the bundled example's calibrated fov
     assert "<h2>Losses</h2>" in page and "http://" not in page and "https://" not in page
     sources = _report_sources(page)
     relative = [s for s in sources if not s.startswith("data:image/png;base64,")]
@@ -190,6 +243,20 @@ def test_train_writes_a_self_contained_report(smoke_trial: Path):
     assert {"it6-val/0000.png", f"it{SMOKE_STEPS}-val/0000.png", newest_video} <= set(relative)
     assert all((save / s).is_file() for s in relative)
     assert len(sources) - len(relative) == 2  # the input image and the loss plot, embedded
+    # --train ended with the export; the page shows the newest mesh (viewer and mesh embedded, files linked)
+    assert (save / f"it{SMOKE_STEPS}-export" / "model.obj").is_file()
+    newest_export = max(save.glob("it*-export"), key=lambda p: int(p.name[2:].split("-")[0])).name
+    assert '<canvas id=mesh-canvas' in page and '<script type="application/json" id="mesh-data">' in page
+    for name in ("model.obj", "model.ply"):
+        assert f'<a href="{newest_export}/{name}">' in page
+    assert "<script src=" not in page  # nothing loaded from elsewhere
+    from PIL import Image
+
+    thumb = re.search(r'<img src="data:image/png;base64,([^"]+)" alt="input image', page).group(1)
+    import base64
+    import io
+
+    assert Image.open(io.BytesIO(base64.b64decode(thumb))).size == (320, 320)  # the square the run used
     import json
 
     stats = json.loads((save / "run_stats.json").read_text())
@@ -209,6 +276,7 @@ def test_report_renders_in_headless_chromium(smoke_trial: Path, tmp_path: Path):
     res = subprocess.run([*check, str(smoke_trial / "save" / "report.html"), str(tmp_path / "shot.png")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert "the mesh view drew" in res.stdout
     broken = tmp_path / "broken"
     import shutil
 
@@ -217,3 +285,10 @@ def test_report_renders_in_headless_chromium(smoke_trial: Path, tmp_path: Path):
     res = subprocess.run([*check, str(broken / "save" / "report.html"), str(tmp_path / "b.png")], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 1 and "1 image(s) failed to load" in res.stdout
+    page = (smoke_trial / "save" / "report.html").read_text()
+    no_mesh = re.sub(r'(<script type="application/json" id="mesh-data">)[^<]*', r"\1{}", page)
+    (broken / "save" / "report.html").write_text(no_mesh)
+    shutil.copy(smoke_trial / "save" / "it6-val" / "0000.png", broken / "save" / "it6-val" / "0000.png")
+    res = subprocess.run([*check, str(broken / "save" / "report.html"), str(tmp_path / "c.png")], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1 and "the mesh view did not draw" in res.stdout, res.stdout

@@ -39,6 +39,7 @@ def test_contact_sheet_and_json_for_every_candidate(tmp_path, preview):
     from threestudio.utils.exif import fovy_from_focal
 
     assert meta["fovy_deg"] == pytest.approx(fovy_from_focal(35 * np.hypot(40, 24) / np.hypot(36, 24), 24), abs=1e-2)
+    assert meta["fov_source"].startswith("EXIF: FocalLengthIn35mmFilm")  # where the fov came from, not "see the log"
     sheet = np.asarray(Image.open(out / "preview.png"))
     assert sheet.shape[0] > sheet.shape[1] > 200  # 4 rows of 3 panels, labelled
 

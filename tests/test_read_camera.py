@@ -156,6 +156,15 @@ def test_cli_table_image_size_raw_world_and_plot(dtu_scan24, tmp_path, capsys):
     assert raw["normalized"] is False and raw["distance"] > 100  # DTU's raw world is in millimetres
 
 
+def test_plot_helpers_find_the_look_at_point_and_label_sparsely(dtu_scan24):
+    cameras = load_idr_cameras(str(dtu_scan24 / "cameras.npz"))
+    target = read_camera.look_at_point(cameras)
+    assert np.linalg.norm(target) < 0.5  # DTU's cameras look at the object, inside the unit sphere
+    for cam in cameras:  # the point lies in front of every camera
+        assert (target - cam.center) @ cam.c2w_opencv[:3, 2] > 0
+    assert read_camera.label_every(49) == 5 and read_camera.label_every(2) == 1
+
+
 def test_cli_bad_input_exits_2_with_one_line(dtu_scan24, tmp_path, capsys):
     assert read_camera.main([str(dtu_scan24), "--index", "49"]) == 2
     err = capsys.readouterr().err.strip()

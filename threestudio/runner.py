@@ -108,6 +108,11 @@ def trainer_kwargs(cfg_trainer: dict, n_gpus: int) -> dict:
         kwargs["devices"] = n_gpus if kwargs["accelerator"] in ("gpu", "cuda") else 1
     # analytic normals need autograd while rendering validation/test views
     kwargs.setdefault("inference_mode", False)
+    from threestudio.utils.progress import is_quiet
+
+    if is_quiet():  # --quiet (or THREESTUDIO_QUIET=1): no progress bar or model table, whatever the config says
+        kwargs["enable_progress_bar"] = False
+        kwargs["enable_model_summary"] = False
     on_cpu = kwargs["accelerator"] == "cpu" or (kwargs["accelerator"] == "auto" and not torch.cuda.is_available())
     if on_cpu and str(kwargs.get("precision", "32")) in ("16-mixed", "16", "16-true"):
         logger.info("precision %s needs CUDA; using 32-bit on the CPU", kwargs["precision"])
@@ -225,7 +230,10 @@ def _build_trainer(
     from threestudio.utils.trial_loggers import TrialCSVLogger as CSVLogger
     from threestudio.utils.trial_loggers import TrialTensorBoardLogger as TensorBoardLogger
 
-    callbacks, loggers = list(extra_callbacks), False
+    from threestudio.utils.progress import lightning_progress_callbacks
+
+    callbacks = list(extra_callbacks) + lightning_progress_callbacks(t_kwargs.get("enable_progress_bar"))
+    loggers = False
     if mode == "train":
         ckpt_kwargs = dict(config_to_primitive(cfg.checkpoint))
         callbacks.append(FiniteModelCheckpoint(dirpath=os.path.join(trial_dir, "ckpts"), **ckpt_kwargs))
@@ -453,6 +461,9 @@ def _run(
 
     import lightning.pytorch as pl
 
+    from threestudio.utils.noise import silence_unactionable_warnings
+
+    silence_unactionable_warnings(mode)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = threestudio.find(cfg.data_type)(cfg.data)
     system = threestudio.find(cfg.system_type)(cfg.system)
@@ -535,6 +546,8 @@ def _fit_or_render(
             stop.saved_step = trainer.checkpoint_callback.saved_step
         _stop_if_signalled(stop)
         _test_pass(trainer, system, datamodule, None, stop)
+        if getattr(system.cfg, "export_after_train", False) and trainer.global_rank == 0:
+            system.export_mesh()
     elif mode == "validate":
         with stop.graceful(trainer):
             trainer.validate(system, datamodule=datamodule, ckpt_path=resume)

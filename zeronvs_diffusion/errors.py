@@ -7,10 +7,11 @@ them, and re-exported by :mod:`threestudio.utils.errors`: command-line entry poi
 
 from __future__ import annotations
 
+# where the released weights are described: the ZeroNVS README's "Models" section (launch_inference.sh says the same)
+WEIGHTS_SOURCE = "https://github.com/kylesargent/ZeroNVS#models (README section 'Models')"
 HOW_TO_GET_WEIGHTS = (
-    "download zeronvs.ckpt and zeronvs_config.yaml from the ZeroNVS release "
-    "(https://github.com/kylesargent/ZeroNVS, 'Trained models'), or pass a folder written by "
-    "`python -m zeronvs_diffusion.convert`"
+    f"download zeronvs.ckpt and zeronvs_config.yaml from the ZeroNVS release ({WEIGHTS_SOURCE}), or pass a folder "
+    "written by `python -m zeronvs_diffusion.convert`"
 )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -20,11 +20,13 @@ def ddim_sample_latents(
     guidance_scale: float = 3.0,
     generator: Optional[torch.Generator] = None,
     x_T: Optional[Tensor] = None,
+    on_step: Optional[Callable[[int], None]] = None,
 ) -> Tensor:
     """DDIM from noise to scaled latents (N,C,h,w) given conditionings (N,1,context) and (N,C,h,w).
 
     The unconditional branch uses zeros for both conditionings (after the projection), batched as
     [uncond; cond]; guidance_scale 1 skips it. ``x_T`` (N,C,h,w) replaces the initial noise.
+    ``on_step(i)`` is called after step i (0-based), e.g. to advance a progress bar.
     """
     from diffusers import DDIMScheduler
 
@@ -45,13 +47,15 @@ def ddim_sample_latents(
     if use_cfg:
         c_crossattn = torch.cat([torch.zeros_like(c_crossattn), c_crossattn])
         c_concat = torch.cat([torch.zeros_like(c_concat), c_concat])
-    for t in scheduler.timesteps:
+    for i, t in enumerate(scheduler.timesteps):
         x_in = torch.cat([latents, latents]) if use_cfg else latents
         eps = model.predict_eps(x_in, t, c_crossattn, c_concat)
         if use_cfg:
             eps_uncond, eps_cond = eps.chunk(2)
             eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
         latents = scheduler.step(eps, t, latents, eta=eta, generator=generator).prev_sample
+        if on_step is not None:
+            on_step(i)
     return latents
 
 
@@ -68,6 +72,7 @@ def sample_views(
     guidance_scale: float = 3.0,
     generator: Optional[torch.Generator] = None,
     x_T: Optional[Tensor] = None,
+    on_step: Optional[Callable[[int], None]] = None,
 ) -> Tensor:
     """Novel views (N,3,H,W) in [0,1] of ``cond_img01`` at N target cameras.
 
@@ -78,7 +83,8 @@ def sample_views(
         fov_deg, scale: field of view (deg) and scene scale, scalars or (N,).
         steps, eta, guidance_scale: DDIM settings (ZeroNVS's direct sampling: 50, 1.0, 3.0).
         generator, x_T: seed the noise, or give the initial latents (N,C,h,w).
+        on_step: called with the step index after every DDIM step (progress).
     """
     c_crossattn, c_concat = model.conditionings(cond_img01, cond_c2w, target_c2w, fov_deg, scale)
-    latents = ddim_sample_latents(model, c_crossattn, c_concat, steps, eta, guidance_scale, generator, x_T)
+    latents = ddim_sample_latents(model, c_crossattn, c_concat, steps, eta, guidance_scale, generator, x_T, on_step)
     return ((model.decode(latents).float() + 1.0) / 2.0).clamp(0.0, 1.0)

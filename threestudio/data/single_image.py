@@ -127,7 +127,7 @@ def resolve_auto_fovy(cfg: DictConfig) -> DictConfig:
     """
     fovy = cfg.get("default_fovy_deg", SingleImageDataModuleConfig.default_fovy_deg)
     if str(fovy) == "auto":
-        fovy = _auto_fovy(cfg)
+        fovy, _ = auto_fovy(cfg)
         cfg.default_fovy_deg = fovy
     elif not isinstance(fovy, (int, float)) or isinstance(fovy, bool):
         raise ConfigError(f"config key data.default_fovy_deg must be a number of degrees or auto, got {fovy!r}")
@@ -140,11 +140,18 @@ def resolve_auto_fovy(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def _auto_fovy(cfg: DictConfig) -> float:
+def auto_fovy(cfg: DictConfig) -> tuple[float, str]:
+    """The fov ``auto`` stands for and where it comes from, in words: a bundled example's known camera
+    (:mod:`threestudio.data.examples`), the image's EXIF focal length, else ``fovy_fallback_deg``."""
+    from threestudio.data.examples import example_camera
     from threestudio.utils.exif import exif_fovy
     from threestudio.utils.image import resolve_image_path
 
     image_path = str(cfg.get("image_path") or "")
+    example = example_camera(image_path)
+    if example is not None:
+        logger.info("data.default_fovy_deg = %g from %s", example.fovy_deg, example.source)
+        return example.fovy_deg, example.source
     path = resolve_image_path(image_path) if image_path else ""
     if image_path and not os.path.isfile(path):
         raise UserError(f"image not found: {path}")
@@ -158,13 +165,13 @@ def _auto_fovy(cfg: DictConfig) -> float:
     if found is not None:
         fovy = round(found.fovy_deg, 3)
         logger.info("data.default_fovy_deg = %.3f from the EXIF of %s: %s", fovy, image_path, found.description)
-        return fovy
+        return fovy, f"EXIF: {found.description}"
     fovy = float(cfg.get("fovy_fallback_deg", SingleImageDataModuleConfig.fovy_fallback_deg))
     logger.info(
         "data.default_fovy_deg = %g (data.fovy_fallback_deg): %s has no EXIF focal length; pass --fov or "
         "data.default_fovy_deg=DEG if you know the input's vertical fov", fovy, image_path or "no image",
     )
-    return fovy
+    return fovy, "data.fovy_fallback_deg (no EXIF focal length)"
 
 
 def resize_rgba(rgba: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:

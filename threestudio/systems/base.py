@@ -26,6 +26,7 @@ from threestudio.utils.io import ensure_folder
 from threestudio.utils.schedule import C
 
 logger = logging.getLogger(__name__)
+VIDEO_MIN_HEIGHT = 256  # test videos of smaller renders are enlarged (nearest neighbour) to at least this height
 
 
 def build_optimizer(cfg: Dict[str, Any], param_groups: List[Dict[str, Any]]) -> torch.optim.Optimizer:
@@ -358,6 +359,8 @@ class BaseLift3DSystem(BaseSystem):
         guidance: dict = field(default_factory=dict)
         exporter_type: str = "mesh-exporter"
         exporter: dict = field(default_factory=dict)
+        # --train ends with the --export pass too: the mesh in save/it{step}-export/, shown in the report
+        export_after_train: bool = False
         test_video_fps: int = 30
 
     cfg: Config
@@ -511,9 +514,12 @@ class BaseLift3DSystem(BaseSystem):
         if frames:
             video = self.save_path(f"it{self.true_global_step}-test.mp4")
             save_video(
-                video, (load_image(os.path.join(folder, f))[..., :3] for f in frames), fps=self.cfg.test_video_fps
+                video,
+                (load_image(os.path.join(folder, f))[..., :3] for f in frames),
+                fps=self.cfg.test_video_fps,
+                min_height=VIDEO_MIN_HEIGHT,
             )
-            logger.info("test video: %s (%d frames)", video, len(frames))
+            logger.info("test video: %s (%d frames, %.1f s)", video, len(frames), len(frames) / self.cfg.test_video_fps)
 
     # ----- export --------------------------------------------------------------------------------------------
     def predict_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
@@ -522,7 +528,10 @@ class BaseLift3DSystem(BaseSystem):
     def on_predict_epoch_end(self) -> None:
         if self.trainer.global_rank != 0:
             return
+        self.export_mesh()
+
+    def export_mesh(self) -> List[str]:
+        """Run the exporter into ``save/it{step}-export/`` (it logs what it wrote); returns the written paths."""
         exporter = threestudio.find(self.cfg.exporter_type)(self.cfg.exporter, self.geometry, self.material)
         folder = os.path.join(self.save_dir(), f"it{self.true_global_step}-export")  # the exporter creates it
-        for path in exporter.export(folder):
-            logger.info("exported %s", path)
+        return exporter.export(folder)

@@ -157,12 +157,14 @@ class NVSSystem(BaseSystem):
         vertical field of view.
         """
         import zeronvs_diffusion
+        from threestudio.utils.progress import progress
 
         cond = self._conditioning
         src = torch.tensor([it["cond_index"] for it in items], dtype=torch.long)
         indices = [it["index"] for it in items]
         device = self.device
         generator = torch.Generator().manual_seed(self.sampling_cfg.seed + indices[0])
+        bar = progress(total=self.sampling_cfg.steps, desc=f"DDIM, {len(items)} view(s)", unit="step", leave=False)
         images = zeronvs_diffusion.sample_views(
             self._model,
             cond["images"][src].to(device),
@@ -175,7 +177,9 @@ class NVSSystem(BaseSystem):
             guidance_scale=self.model_cfg.guidance_scale,
             generator=generator,
             x_T=self._initial_latents(indices),
+            on_step=lambda _: bar.update(),
         )
+        bar.close()
         return images.float().permute(0, 2, 3, 1).cpu()
 
     def _sample_pending(self) -> None:

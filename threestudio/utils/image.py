@@ -185,7 +185,9 @@ def resize_image(img: Tensor, height: int, width: int, mode: str = "bilinear") -
 
 
 def to_uint8(img: Tensor | np.ndarray) -> np.ndarray:
-    """[0, 1] float image (tensor or array) → uint8 array."""
+    """[0, 1] float image (tensor or array) → uint8 array; a uint8 array is returned as it is."""
+    if isinstance(img, np.ndarray) and img.dtype == np.uint8:
+        return img
     if isinstance(img, Tensor):
         img = img.detach().float().cpu().numpy()
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -203,16 +205,44 @@ def save_image(path: str, img: Tensor | np.ndarray) -> str:
     return path
 
 
-def save_video(path: str, frames: Iterable[Tensor | np.ndarray], fps: int = 30) -> str:
-    """Write [0, 1] frames (H, W, 3) to an H.264 mp4 atomically. Sizes are padded to even numbers."""
+def save_video(path: str, frames: Iterable[Tensor | np.ndarray], fps: int = 30, min_height: int = 0) -> str:
+    """Write [0, 1] frames (H, W, 3) to an H.264 mp4 atomically. Sizes are padded to even numbers.
+
+    Frames lower than ``min_height`` are enlarged by an integer factor, nearest neighbour (small renders stay
+    sharp blocks instead of a player's blur)."""
     import imageio.v2 as imageio
 
     with atomic_path(path) as tmp:
         writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", macro_block_size=1)
         with writer:
             for frame in frames:
-                arr = to_uint8(frame)
+                arr = upscale_nearest(frame, min_height)
                 h, w = arr.shape[:2]
                 arr = np.pad(arr, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
                 writer.append_data(arr)
     return path
+
+
+def upscale_nearest(img: Tensor | np.ndarray, min_height: int) -> np.ndarray:
+    """uint8 (H, W, C) image enlarged by the integer factor that makes it at least ``min_height`` high (nearest
+    neighbour: each rendered pixel stays one sharp block); unchanged when it already is."""
+    arr = to_uint8(img)
+    k = max(1, -(-min_height // arr.shape[0]))
+    return arr.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else arr
+
+
+def labelled_rows(rows: Sequence[tuple], min_height: int = 96) -> np.ndarray:
+    """One uint8 picture of image rows, each ``(label, image (H, W, 3) in [0, 1])`` of the same size, enlarged
+    (nearest neighbour) to at least ``min_height`` px a row, with its label written in a white margin on the left."""
+    from PIL import Image, ImageDraw
+
+    images = [upscale_nearest(img, min_height) for _, img in rows]
+    draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    margin = 12 + max(int(draw_probe.textlength(label)) for label, _ in rows)
+    height, width = images[0].shape[:2]
+    canvas = Image.new("RGB", (margin + width, height * len(rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, ((label, _), arr) in enumerate(zip(rows, images)):
+        canvas.paste(Image.fromarray(arr[..., :3]), (margin, i * height))
+        draw.text((6, i * height + height // 2), label, fill="black", anchor="lm")
+    return np.asarray(canvas)

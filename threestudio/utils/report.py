@@ -4,10 +4,12 @@ Written at the end of ``--train`` / ``--test`` (:func:`finish_run`) and by ``pyt
 It shows the input image, the settings that matter (fov, elevation, scale, guidance scale, steps, precision,
 device), loss curves from ``csv_logs/metrics.csv`` (matplotlib PNGs embedded as data URIs), the validation
 renders over training, the test video, the NVS contact sheet and metrics when present, wall time and peak
-memory (from ``save/run_stats.json``, which :func:`finish_run` keeps per mode). Renders and videos are linked
-by paths relative to the page (they sit next to it); nothing is fetched from the network and there is no
-script beyond an ``onerror`` attribute that marks a missing image (``<body data-broken>``, checked by
-``scripts/check_report.sh``).
+memory (from ``save/run_stats.json``, which :func:`finish_run` keeps per mode), and the newest exported mesh
+in an interactive WebGL view (``report_assets/mesh_viewer.js``, a small viewer written for this page, and the
+mesh itself are embedded; the mesh files are linked). Renders and videos are linked by paths relative to the page
+(they sit next to it); nothing is fetched from the network. An ``onerror`` attribute marks a missing image
+(``<body data-broken>``) and the viewer marks its canvas ``data-drawn`` once it drew the mesh, both checked by
+``scripts/check_report.sh``.
 """
 
 from __future__ import annotations
@@ -70,10 +72,11 @@ def _data_uri_png(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def _image_thumbnail(path: str, max_side: int = 320) -> Optional[str]:
-    """The input image as an embedded PNG (downsized), or None when it cannot be read."""
+def _image_thumbnail(path: str, max_side: int = 320, crop_mode: Optional[str] = None) -> Optional[str]:
+    """The input image as an embedded PNG (downsized; made square by ``crop_mode`` as the run did, when given),
+    or None when it cannot be read."""
     from threestudio.utils.errors import UserError
-    from threestudio.utils.image import load_image, resize_image, to_uint8
+    from threestudio.utils.image import crop_to_square, load_image, resize_image, to_uint8
 
     image_logger = logging.getLogger("threestudio.utils.image")
     level = image_logger.level
@@ -84,6 +87,8 @@ def _image_thumbnail(path: str, max_side: int = 320) -> Optional[str]:
         return None
     finally:
         image_logger.setLevel(level)
+    if crop_mode in ("center_crop", "pad"):  # "stretch" squeezes the whole image: shown as it is
+        img = crop_to_square(img, crop_mode)
     h, w = img.shape[:2]
     k = min(1.0, max_side / max(h, w))
     img = resize_image(img, max(1, round(h * k)), max(1, round(w * k)))
@@ -209,8 +214,9 @@ def _sections(trial_dir: str, cfg: dict) -> List[str]:
         cuda = f", peak GPU memory {s['peak_cuda_mb']:.0f} MiB" if s.get("peak_cuda_mb") else ""
         settings.append((f"--{mode}", f"{s['wall_s']:.1f} s on {s['device']}, peak RSS {s['peak_rss_mb']:.0f} MiB"
                          f"{cuda} (finished {s['finished']})"))
-    thumb = _image_thumbnail(str(image_path)) if image_path else None
-    head = _img(thumb, "input image") if thumb else ""
+    crop_mode = _get(cfg, "data.crop_mode") or "center_crop"
+    thumb = _image_thumbnail(str(image_path), crop_mode=crop_mode) if image_path else None
+    head = _img(thumb, f"input image ({crop_mode} square, as the run used it)") if thumb else ""
     out.append(f"<h2>Input and settings</h2><div class=row>{head}{_table(settings)}</div>")
 
     plot = loss_plot(read_metrics_csv(os.path.join(trial_dir, "csv_logs", "metrics.csv")))
@@ -235,6 +241,10 @@ def _sections(trial_dir: str, cfg: dict) -> List[str]:
                    f'<video src="{rel}" controls loop muted autoplay playsinline></video>'
                    f'<div class=cap><a href="{rel}">{rel}</a></div>')
 
+    mesh = _mesh_section(save)
+    if mesh:
+        out.append(mesh)
+
     sheet = os.path.join(save, "contact_sheet.png")
     metrics = _read_json(os.path.join(save, "metrics.json"))
     if os.path.isfile(sheet) or metrics:
@@ -249,12 +259,63 @@ def _sections(trial_dir: str, cfg: dict) -> List[str]:
     return out
 
 
+MESH_MAX_FACES = 300_000  # the page embeds at most this many triangles of the mesh (every k-th face beyond)
+VIEWER_JS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report_assets", "mesh_viewer.js")
+
+
+def _mesh_payload(path: str) -> Optional[tuple]:
+    """(JSON for mesh_viewer.js, faces shown, faces in the file) of an exported mesh file, or None."""
+    import numpy as np
+    import trimesh
+
+    try:
+        mesh = trimesh.load(path, force="mesh", process=False)
+    except Exception:  # an unreadable or empty file: the page links it and shows no viewer
+        return None
+    faces = np.asarray(mesh.faces, dtype=np.uint32)
+    if len(faces) == 0:
+        return None
+    shown = faces[:: -(-len(faces) // MESH_MAX_FACES)]
+    data = {
+        "positions": base64.b64encode(np.asarray(mesh.vertices, dtype="<f4").tobytes()).decode(),
+        "indices": base64.b64encode(shown.astype("<u4").tobytes()).decode(),
+    }
+    colors = getattr(mesh.visual, "vertex_colors", None)
+    if colors is not None and len(colors) == len(mesh.vertices):
+        data["colors"] = base64.b64encode(np.asarray(colors)[:, :3].astype(np.uint8).tobytes()).decode()
+    return json.dumps(data), len(shown), len(faces)
+
+
+def _mesh_section(save: str) -> Optional[str]:
+    """The newest exported mesh: an interactive WebGL view (mesh and viewer embedded) and links to its files."""
+    folders = sorted(glob.glob(os.path.join(save, "it*-export")), key=_step_of)
+    files = sorted(glob.glob(os.path.join(folders[-1], "*.ply")) + glob.glob(os.path.join(folders[-1], "*.obj"))) \
+        if folders else []
+    if not files:
+        return None
+    links = " · ".join(f'<a href="{html.escape(os.path.relpath(f, save))}">{html.escape(os.path.relpath(f, save))}</a>'
+                       for f in files)
+    head = f"<h2>Exported mesh (step {_step_of(folders[-1])})</h2>"
+    payload = _mesh_payload(files[0])  # PLY first: binary, with vertex colours
+    if payload is None:
+        return f"{head}<div class=cap>the mesh could not be read for a view; files: {links}</div>"
+    data, shown, total = payload
+    with open(VIEWER_JS) as f:
+        viewer = f.read()
+    every = -(-total // MESH_MAX_FACES)
+    part = f" (every {every}-th of {total} triangles)" if shown < total else f" ({total} triangles)"
+    return (f"{head}<canvas id=mesh-canvas width=640 height=480></canvas>"
+            f"<div class=cap>drag to turn, wheel to zoom, double-click to reset{part}; files: {links}</div>"
+            f'<script type="application/json" id="mesh-data">{data}</script><script>{viewer}</script>')
+
+
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fff;max-width:1300px}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px}th,td{padding:3px 10px;text-align:left;border-bottom:1px solid #eee}
 .row{display:flex;gap:24px;align-items:flex-start}img{image-rendering:pixelated;max-width:100%;margin:4px}
 .row img{min-width:200px}img.render{height:128px}.cap{font-size:12px;color:#555;margin-top:8px}.missing{color:#b00}
-video{max-width:100%;min-width:384px;image-rendering:pixelated;background:#000}"""
+video{max-width:100%;min-width:384px;image-rendering:pixelated;background:#000}
+#mesh-canvas{border:1px solid #ddd;max-width:100%;cursor:grab}"""
 
 
 def read_trial_config(parsed: str) -> dict:
