@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--export", action="store_true", help="export a mesh from the density field")
     parser.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars; warnings and errors only")
+    parser.add_argument(
+        "--lpips-weights",
+        metavar="DIR",
+        help="folder with alexnet-owt-7be5be79.pth and lpips' v0.1 alex.pth for LPIPS in metrics.json (sets "
+        "THREESTUDIO_LPIPS_DIR; default: that variable, else the torch hub cache, else one download into it)",
+    )
     return parser
 
 
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     from threestudio.utils.threads import set_cpu_thread_defaults
 
     set_cpu_thread_defaults()  # before torch is imported: no busy-waiting OpenMP threads on shared cores
+    if args.lpips_weights:
+        os.environ["THREESTUDIO_LPIPS_DIR"] = os.path.abspath(args.lpips_weights)
     n_gpus = 1
     if args.gpu is not None:
         # Must happen before torch initialises CUDA.

@@ -53,6 +53,7 @@ def main(argv=None) -> dict:
 
         set_quiet()
     from oracle_run import run_oracle_sds
+
     from threestudio.utils.errors import UserError
     from threestudio.utils.noise import silence_unactionable_warnings
 

@@ -227,10 +227,9 @@ def _build_trainer(
     import lightning.pytorch as pl
 
     from threestudio.utils.checkpoint_io import AtomicCheckpointIO, FiniteModelCheckpoint
+    from threestudio.utils.progress import lightning_progress_callbacks
     from threestudio.utils.trial_loggers import TrialCSVLogger as CSVLogger
     from threestudio.utils.trial_loggers import TrialTensorBoardLogger as TensorBoardLogger
-
-    from threestudio.utils.progress import lightning_progress_callbacks
 
     callbacks = list(extra_callbacks) + lightning_progress_callbacks(t_kwargs.get("enable_progress_bar"))
     loggers = False
