@@ -270,7 +270,8 @@ def test_eval_dtu_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(eval_dtu, "run_scans", interrupted)
-    (tmp_path / "dtu").mkdir()
+    (tmp_path / "dtu" / "dtu_scan24").mkdir(parents=True)
+    (tmp_path / "dtu" / "dtu_scan24" / "cameras.npz").touch()  # passes the up-front --root/--scans check
     try:
         code = eval_dtu.main(["--root", str(tmp_path / "dtu"), "--scans", "24", "--mode", "nvs", "--out",
                               str(tmp_path / "out")])
