@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--test", action="store_true", help="render the test views (video, frames, metrics)")
     mode.add_argument("--export", action="store_true", help="export a mesh from the density field")
     parser.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument(
+        "--lpips-weights",
+        metavar="DIR",
+        help="folder with alexnet-owt-7be5be79.pth and lpips' v0.1 alex.pth for LPIPS in metrics.json (sets "
+        "THREESTUDIO_LPIPS_DIR; default: that variable, else the torch hub cache, else one download into it)",
+    )
     return parser
 
 
@@ -54,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown option(s) {' '.join(unknown_flags)}; see --help", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    if args.lpips_weights:
+        os.environ["THREESTUDIO_LPIPS_DIR"] = os.path.abspath(args.lpips_weights)
     n_gpus = 1
     if args.gpu is not None:
         # Must happen before torch initialises CUDA.

@@ -60,6 +60,23 @@ def zeronvs_tiny_dir() -> Path:
     return require_shared("fixtures", "zeronvs_tiny")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def lpips_weights_dir(tmp_path_factory) -> Path:
+    """Seeded random LPIPS weight files for the whole session (THREESTUDIO_LPIPS_DIR, inherited by subprocesses):
+    every metrics.json the tests write has a numeric lpips, and nothing is ever downloaded."""
+    from threestudio.utils.lpips_alex import ENV_DIR, write_random_weights
+
+    folder = tmp_path_factory.mktemp("lpips_weights")
+    write_random_weights(str(folder), seed=0)
+    previous = os.environ.get(ENV_DIR)
+    os.environ[ENV_DIR] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(ENV_DIR, None)
+    else:
+        os.environ[ENV_DIR] = previous
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -22,9 +21,10 @@ def checker(h: int, w: int) -> np.ndarray:
 
 
 @pytest.fixture
-def no_lpips(monkeypatch):
-    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips → ImportError
-    monkeypatch.setattr(metrics, "_lpips_model", None)
+def no_lpips(monkeypatch, tmp_path):
+    """LPIPS weight folder without the files: lpips is None with a note."""
+    monkeypatch.setenv("THREESTUDIO_LPIPS_DIR", str(tmp_path))
+    monkeypatch.setattr(metrics, "_lpips_cache", {})
 
 
 def test_identical_images_give_inf_psnr_and_ssim_one(no_lpips):
@@ -73,9 +73,29 @@ def test_shape_mismatch_is_an_error():
         psnr(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)), np.ones((4, 4)))
 
 
-def test_lpips_is_none_without_the_package(no_lpips):
-    assert metrics.lpips_distance(np.zeros((8, 8, 3)), np.zeros((8, 8, 3))) is None
-    assert compute_metrics(np.zeros((8, 8, 3)), np.ones((8, 8, 3)))["lpips"] is None
+def test_lpips_is_none_with_a_reason_without_the_weights(no_lpips, tmp_path):
+    assert metrics.lpips_distance(np.zeros((40, 40, 3)), np.zeros((40, 40, 3))) is None
+    m = compute_metrics(np.zeros((40, 40, 3)), np.ones((40, 40, 3)))
+    assert m["lpips"] is None and "alexnet-owt-7be5be79.pth and alex.pth not found" in m["lpips_note"]
+    path = tmp_path / "metrics.json"
+    write_metrics_json(str(path), [{"target": 0, **m}])
+    data = json.loads(path.read_text())
+    assert data["lpips"] is None and "not found in" in data["lpips_note"]
+    assert data["per_view"] == [{"target": 0, "psnr": m["psnr"], "ssim": m["ssim"], "lpips": None}]
+
+
+def test_lpips_is_numeric_with_the_weights_and_zero_for_identical_images():
+    # conftest points THREESTUDIO_LPIPS_DIR at seeded random weight files
+    rng = np.random.default_rng(3)
+    gt = rng.uniform(size=(40, 48, 3))
+    m = compute_metrics(np.clip(gt + rng.normal(0, 0.2, gt.shape), 0, 1), gt)
+    assert isinstance(m["lpips"], float) and m["lpips"] > 0 and "lpips_note" not in m
+    assert metrics.lpips_distance(gt, gt.copy()) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_lpips_is_none_for_images_alexnet_cannot_take():
+    m = compute_metrics(np.zeros((8, 40, 3)), np.ones((8, 40, 3)))
+    assert m["lpips"] is None and "smaller than LPIPS (AlexNet) accepts (31 px)" in m["lpips_note"]
 
 
 def test_write_metrics_json_atomic_strict_json(tmp_path):

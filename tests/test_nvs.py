@@ -88,6 +88,8 @@ def test_scene_writes_every_target_once_with_metrics(scene_run, dtu_scan24):
         expected = compute_metrics(image, datamodule.targets.rgb[k])
         assert view["psnr"] == pytest.approx(expected["psnr"], abs=0.2)
         assert view["ssim"] == pytest.approx(expected["ssim"], abs=0.02)
+        assert isinstance(view["lpips"], float)  # conftest's random LPIPS weights
+        assert view["lpips"] == pytest.approx(expected["lpips"], abs=0.05)
     assert metrics["psnr"] == pytest.approx(np.mean([v["psnr"] for v in metrics["per_view"]]))
     sheet = load_image(str(save / "contact_sheet.png"))
     assert sheet.shape[:2] == (32 * len(TARGETS), 3 * 32)  # source | generated | ground truth

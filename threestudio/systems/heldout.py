@@ -72,5 +72,5 @@ class HeldOutMetricsMixin:
                 len(records),
                 payload["psnr"],
                 payload["ssim"],
-                payload["lpips"],
+                payload["lpips"] if payload["lpips"] is not None else payload["lpips_note"],
             )

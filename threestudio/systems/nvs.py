@@ -218,7 +218,8 @@ class NVSSystem(BaseSystem):
             from threestudio.utils.metrics import write_metrics_json
 
             payload = write_metrics_json(self.save_path("metrics.json"), records)
-            logger.info("NVS metrics over %d targets: PSNR %s, SSIM %s", len(records), payload["psnr"], payload["ssim"])
+            logger.info("NVS metrics over %d targets: PSNR %s, SSIM %s, LPIPS %s", len(records), payload["psnr"],
+                        payload["ssim"], payload["lpips"] if payload["lpips"] is not None else payload["lpips_note"])
         if self.cfg.contact_sheet and records:
             self._write_contact_sheet(records)
 

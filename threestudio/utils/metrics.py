@@ -6,9 +6,11 @@
   7×7 uniform window. With a mask, both images get a constant background (``mask_background``, default 0)
   outside the mask and SSIM is computed on the whole image (SSIM cannot be restricted to a pixel set
   without changing its windows).
-- LPIPS (AlexNet, inputs in [-1, 1]) only when the optional ``lpips`` package is importable and the
-  AlexNet backbone weights are already in the torch hub cache (nothing is downloaded); otherwise ``None``
-  (JSON ``null``).
+- LPIPS: ``lpips.LPIPS(net="alex")`` (v0.1, images mapped to [-1, 1]), the metric ZeroNVS reports, computed by
+  :mod:`threestudio.utils.lpips_alex` in plain PyTorch (no torchvision, no lpips package). Its two weight files come
+  from ``--lpips-weights DIR`` / ``THREESTUDIO_LPIPS_DIR``, else the torch hub cache, else one download into it.
+  When they cannot be had (or an image is under 31 px) ``lpips`` is ``None`` (JSON ``null``) and metrics.json says
+  why in ``lpips_note``; nothing fails.
 - Identical images: PSNR is ``inf`` (no noise) and SSIM is 1.0. JSON has no infinity, so
   :func:`write_metrics_json` writes any non-finite number as ``null``; a mean over views that includes an
   ``inf`` is ``inf`` and therefore ``null`` too.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -31,9 +33,8 @@ logger = logging.getLogger(__name__)
 
 ArrayLike = Union[np.ndarray, "torch.Tensor"]  # noqa: F821 (torch is optional here)
 
-_LPIPS_UNAVAILABLE = object()
-_ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet, the backbone lpips loads
-_lpips_model: Any = None
+# LPIPS weights per weight folder setting (THREESTUDIO_LPIPS_DIR, hub dir): LpipsWeights, or the reason they are missing
+_lpips_cache: Dict[Tuple[str, str], Any] = {}
 
 
 def _to_numpy(img: ArrayLike) -> np.ndarray:
@@ -89,38 +90,47 @@ def ssim(pred: ArrayLike, gt: ArrayLike, mask: Optional[ArrayLike] = None, mask_
     return float(structural_similarity(gt_np, pred_np, data_range=1.0, channel_axis=-1))
 
 
-def _get_lpips_model() -> Any:
-    """The LPIPS(AlexNet) model, or None when the optional package or its weights are unavailable."""
-    global _lpips_model
-    if _lpips_model is None:
-        try:
-            import lpips  # optional dependency
-            import torch
-
-            backbone = os.path.join(torch.hub.get_dir(), "checkpoints", _ALEXNET_WEIGHTS)
-            if not os.path.isfile(backbone):
-                raise FileNotFoundError(f"AlexNet weights {backbone} are not cached and nothing is downloaded")
-            _lpips_model = lpips.LPIPS(net="alex", verbose=False).eval()
-        except Exception as e:  # not installed, or weights would need a download
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            logger.info("LPIPS unavailable (%s); reporting null", reason)
-            _lpips_model = _LPIPS_UNAVAILABLE
-    return None if _lpips_model is _LPIPS_UNAVAILABLE else _lpips_model
-
-
-def lpips_distance(pred: ArrayLike, gt: ArrayLike) -> Optional[float]:
-    """LPIPS (AlexNet) between ``pred`` and ``gt`` (H, W, 3) in [0, 1], or None when unavailable."""
-    model = _get_lpips_model()
-    if model is None:
-        return None
+def lpips_weights() -> Tuple[Any, Optional[str]]:
+    """``(LpipsWeights, None)``, or ``(None, reason)`` when the weight files cannot be had (read once per setting)."""
     import torch
+
+    from threestudio.utils import lpips_alex
+
+    key = (os.environ.get(lpips_alex.ENV_DIR, ""), torch.hub.get_dir())
+    if key not in _lpips_cache:
+        try:
+            _lpips_cache[key] = lpips_alex.load_weights(*lpips_alex.find_weight_files())
+        except lpips_alex.LpipsUnavailable as e:
+            logger.warning("LPIPS unavailable, reporting null: %s", e)
+            _lpips_cache[key] = str(e)
+    value = _lpips_cache[key]
+    return (None, value) if isinstance(value, str) else (value, None)
+
+
+def lpips_distance_and_note(pred: ArrayLike, gt: ArrayLike) -> Tuple[Optional[float], Optional[str]]:
+    """``(LPIPS (AlexNet, v0.1) of pred against gt (H, W, 3) in [0, 1], None)`` or ``(None, why not)``."""
+    import torch
+
+    from threestudio.utils import lpips_alex
+
+    weights, note = lpips_weights()
+    if weights is None:
+        return None, note
+    height, width = _to_numpy(pred).shape[:2]
+    if min(height, width) < lpips_alex.MIN_SIZE:
+        return None, f"{height}×{width} px images are smaller than LPIPS (AlexNet) accepts ({lpips_alex.MIN_SIZE} px)"
 
     def prep(img: ArrayLike) -> "torch.Tensor":
         x = torch.as_tensor(_to_numpy(img), dtype=torch.float32)
-        return (x.permute(2, 0, 1)[None] * 2.0 - 1.0).to(next(model.parameters()).device)
+        return x.permute(2, 0, 1)[None] * 2.0 - 1.0
 
     with torch.no_grad():
-        return float(model(prep(pred), prep(gt)).item())
+        return float(lpips_alex.lpips_alex(prep(pred), prep(gt), weights)[0]), None
+
+
+def lpips_distance(pred: ArrayLike, gt: ArrayLike) -> Optional[float]:
+    """LPIPS (AlexNet, v0.1) between ``pred`` and ``gt`` (H, W, 3) in [0, 1], or None when unavailable."""
+    return lpips_distance_and_note(pred, gt)[0]
 
 
 def compute_metrics(
@@ -128,13 +138,14 @@ def compute_metrics(
 ) -> Dict[str, Optional[float]]:
     """``{"psnr", "ssim", "lpips"}`` for one view; ``pred``, ``gt`` (H, W, 3) in [0, 1], ``mask`` (H, W[, 1]).
 
-    ``lpips`` is None when the package is missing or ``use_lpips`` is False (LPIPS ignores the mask).
+    LPIPS ignores the mask. When ``lpips`` is None (weights unavailable, images too small, ``use_lpips`` False) the
+    dict also has ``lpips_note`` saying why.
     """
-    return {
-        "psnr": psnr(pred, gt, mask),
-        "ssim": ssim(pred, gt, mask),
-        "lpips": lpips_distance(pred, gt) if use_lpips else None,
-    }
+    out: Dict[str, Any] = {"psnr": psnr(pred, gt, mask), "ssim": ssim(pred, gt, mask)}
+    out["lpips"], note = lpips_distance_and_note(pred, gt) if use_lpips else (None, "not computed (use_lpips=False)")
+    if out["lpips"] is None:
+        out["lpips_note"] = note
+    return out
 
 
 def _json_number(value: Optional[float]) -> Optional[float]:
@@ -153,11 +164,15 @@ def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
 def summarize_metrics(per_view: List[Dict[str, Any]]) -> Dict[str, Any]:
     """The metrics.json payload: means of psnr/ssim/lpips over ``per_view`` and the per-view list.
 
-    Each per-view dict has ``target`` (the dataset view index) and ``psnr``, ``ssim``, ``lpips``; a mean is
-    None when any view lacks the value. Non-finite numbers become None (JSON null).
+    Each per-view dict has ``target`` (the dataset view index) and ``psnr``, ``ssim``, ``lpips`` (and ``lpips_note``
+    when ``lpips`` is None); a mean is None when any view lacks the value. Non-finite numbers become None (JSON
+    null). When the mean LPIPS is None, ``lpips_note`` says why (the views' notes).
     """
     keys = ("psnr", "ssim", "lpips")
     summary: Dict[str, Any] = {k: _json_number(_mean([v.get(k) for v in per_view])) for k in keys}
+    if summary["lpips"] is None:
+        notes = sorted({v["lpips_note"] for v in per_view if v.get("lpips_note")})
+        summary["lpips_note"] = "; ".join(notes) or "LPIPS is missing for some views"
     summary["per_view"] = [
         {"target": v.get("target"), **{k: _json_number(v.get(k)) for k in keys}} for v in per_view
     ]
@@ -165,7 +180,8 @@ def summarize_metrics(per_view: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def write_metrics_json(path: str, per_view: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Write ``{"psnr", "ssim", "lpips", "per_view": [{"target", "psnr", "ssim", "lpips"}]}`` atomically.
+    """Write ``{"psnr", "ssim", "lpips", ["lpips_note",] "per_view": [{"target", "psnr", "ssim", "lpips"}]}``
+    atomically (``lpips_note`` only when ``lpips`` is null).
 
     Returns the written payload (see :func:`summarize_metrics`).
     """
