@@ -80,9 +80,10 @@ def test_config_differs_from_the_paper_config_only_in_the_protocol_keys():
     assert differ == {
         "name", "tag", "data_type", "data.image_path", "data.fovy_fallback_deg", "data.default_elevation_deg",
         "data.scene_format", "data.scene.scene_dir", "data.scene.view_idx", "data.scene.resolution",
-        "data.scene.manual_gt_to_pred_scale", "data.elevation_from_scene", "system.renderer.near_plane",
+        "data.scene.manual_gt_to_pred_scale", "data.random_camera.elevation_range", "system.renderer.near_plane",
         "system.guidance.precomputed_scale",
     }
+    assert m360["data.default_elevation_deg"] == m360["data.random_camera.elevation_range"] == "auto"
     # the script's shared overrides hold in the config too (the command lines only make them visible)
     for item in eval_mipnerf360.PROTOCOL_OVERRIDES:
         key, value = item.split("=", 1)

@@ -19,9 +19,10 @@ what ZeroNVS's ``data.view_synthesis`` does for DTU (kylesargent/ZeroNVS ``three
 folder or converted ``.npz``; ``scene`` keys: ``scene_dir``, ``view_idx``, ``resolution``,
 ``manual_gt_to_pred_scale``; see :class:`MipNeRF360SceneConfig`): the input is the ``view_idx``-th view in the angle
 order, its ``resolution``² frame is the reference image, the test views are all the other views at that size, and
-``default_fovy_deg: auto`` is the frames' fov. ``elevation_from_scene: true`` (ZeroNVS's Mip-NeRF 360 evaluation)
-also sets ``default_elevation_deg``, ``random_camera.eval_elevation_deg`` and ``random_camera.elevation_range`` from
-the input camera (recorded in the parsed config).
+``default_fovy_deg: auto`` is the frames' fov. ``auto`` in ``default_elevation_deg``,
+``random_camera.eval_elevation_deg`` and ``random_camera.elevation_range`` (ZeroNVS's Mip-NeRF 360 evaluation) is the
+input camera's elevation ``e`` and ZeroNVS's range around it (:func:`threestudio.data.mipnerf360.elevation_range`);
+all are recorded in the parsed config.
 
 Test batches are the multi-view evaluation batches (``rgb``, ``mask``, ``index``, ...) at ``scene.height`` ×
 ``scene.width``; the test loader yields one view per batch.
@@ -65,7 +66,6 @@ class SingleViewSceneConfig(SingleImageDataModuleConfig):
     scene: dict = field(default_factory=dict)  # idr: multiview-datamodule keys (scene_dir, input_views, ...)
     scene_intrinsics: str = "zeronvs"  # zeronvs | calibrated
     scene_format: str = "idr"  # idr (multiview-datamodule) | mipnerf360 (threestudio.data.mipnerf360)
-    elevation_from_scene: bool = False  # mipnerf360: input elevation and random elevation range from the scene
 
 
 @dataclass
@@ -105,13 +105,15 @@ def _mipnerf360_config(cfg: Any) -> MipNeRF360SceneConfig:
     if unknown:
         raise ConfigError(f"data.scene.{unknown[0]} is not a key of scene_format mipnerf360; valid: "
                           f"{', '.join(sorted(allowed))}")
-    if not scene.get("scene_dir"):
+    if not scene.get("scene_dir") or scene.get("scene_dir") == "???":
         raise ConfigError("config key data.scene.scene_dir is empty; set it to the Mip-NeRF 360 scene folder or .npz")
     out = MipNeRF360SceneConfig(**scene)
     if out.resolution < 1 or out.manual_gt_to_pred_scale <= 0:
         raise ConfigError("data.scene.resolution and data.scene.manual_gt_to_pred_scale must be positive")
     for key in ("default_elevation_deg", "default_azimuth_deg", "default_camera_distance"):
-        setattr(out, key, float(cfg.get(key, getattr(SingleViewSceneConfig, key))))
+        value = cfg.get(key, getattr(SingleViewSceneConfig, key))
+        if str(value) != "auto":  # auto: not resolved yet (resolve_config reads the scene first)
+            setattr(out, key, float(value))
     return out
 
 
@@ -154,8 +156,8 @@ class MipNeRF360SceneViews:
 
 
 def _resolve_mipnerf360(cfg: DictConfig) -> DictConfig:
-    """``image_path``, ``default_fovy_deg: auto`` and, with ``elevation_from_scene``, the elevations (ZeroNVS's
-    ``SingleImageDataModule.__init__`` for Mip-NeRF 360)."""
+    """``image_path`` and the ``auto`` fov and elevations from the scene (ZeroNVS's ``SingleImageDataModule.__init__``
+    for Mip-NeRF 360)."""
     scene_cfg = _mipnerf360_config(cfg)
     scene = _mipnerf360_scene(scene_cfg.scene_dir, scene_cfg.view_idx, scene_cfg.resolution)
     source = scene.image_paths[scene.input_index] if scene.image_paths else scene_cfg.scene_dir
@@ -165,18 +167,17 @@ def _resolve_mipnerf360(cfg: DictConfig) -> DictConfig:
     if str(cfg.get("default_fovy_deg", "auto")) == "auto":
         cfg.default_fovy_deg = round(scene.fovy_deg, 4)
     resolve_auto_fovy(cfg)  # "auto" in the random camera's fov keys
-    if cfg.get("elevation_from_scene", False):
-        elevation = round(scene.elevation_deg, 4)
+    elevation = round(scene.elevation_deg, 4)
+    if str(cfg.get("default_elevation_deg")) == "auto":
         cfg.default_elevation_deg = elevation
-        camera = cfg.get("random_camera")
-        if camera is None:
-            cfg.random_camera = camera = OmegaConf.create({})
-        camera.eval_elevation_deg = elevation
-        camera.elevation_range = list(scene.elevation_range)
-    logger.info("Mip-NeRF 360 scene %s: input view %d (%s), fovy %.3f°, elevation %.2f° (range %s)%s",
+    camera = cfg.get("random_camera") or {}
+    if str(camera.get("eval_elevation_deg")) == "auto":
+        cfg.random_camera.eval_elevation_deg = elevation
+    if str(camera.get("elevation_range")) == "auto":
+        cfg.random_camera.elevation_range = list(scene.elevation_range)
+    logger.info("Mip-NeRF 360 scene %s: input view %d (%s), fovy %.3f°, elevation %.2f° (ZeroNVS range %s)",
                 scene_cfg.scene_dir, scene.input_index, scene.names[scene.input_index], scene.fovy_deg,
-                scene.elevation_deg, list(scene.elevation_range),
-                "" if cfg.get("elevation_from_scene", False) else " (elevation_from_scene false: not used)")
+                scene.elevation_deg, list(scene.elevation_range))
     return cfg
 
 
@@ -234,8 +235,6 @@ class SingleViewSceneDataModule(SingleImageDataModule):
         if cfg.scene_format not in SCENE_FORMATS:
             valid = ", ".join(SCENE_FORMATS)
             raise ConfigError(f"config key data.scene_format is {cfg.scene_format!r}; valid: {valid}")
-        if cfg.elevation_from_scene and cfg.scene_format != "mipnerf360":
-            raise ConfigError("data.elevation_from_scene applies to data.scene_format=mipnerf360 only; remove it")
         if cfg.scene_format == "mipnerf360":
             self.scene = MipNeRF360SceneViews(_mipnerf360_config(cfg))
         else:
