@@ -184,8 +184,9 @@ def _launch_run(config: str, mode_flag: str, name: str, scan, overrides: List[st
     """``scan``: a DTU scan number (tag ``scan{N}``) or a scene name (the tag itself)."""
     runs = os.path.join(os.path.abspath(args.out), "runs")
     tag = scan if isinstance(scan, str) else f"scan{scan}"
+    lpips = ["--lpips-weights", args.lpips_weights] if getattr(args, "lpips_weights", None) else []
     cmd = [
-        sys.executable, LAUNCH, "--config", config, mode_flag,
+        sys.executable, LAUNCH, "--config", config, mode_flag, *lpips,
         f"exp_root_dir={runs}", f"name={name}", f"tag={tag}", "use_timestamp=false",
         *overrides, *args.extra,
     ]
@@ -422,16 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_lpips_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lpips-weights", metavar="DIR",
-                        help="folder with alexnet-owt-7be5be79.pth and lpips' v0.1 alex.pth (THREESTUDIO_LPIPS_DIR for "
-                        "every run; default: that variable, else the torch hub cache, else one download)")
+                        help="folder with alexnet-owt-7be5be79.pth and lpips' v0.1 alex.pth, passed to every launch.py "
+                        "run (default: THREESTUDIO_LPIPS_DIR, else the torch hub cache, else one download)")
 
 
 def use_lpips_weights(args: argparse.Namespace) -> None:
-    """``--lpips-weights DIR`` → ``THREESTUDIO_LPIPS_DIR`` of every launch.py run (they inherit the environment)."""
+    """Check ``--lpips-weights DIR`` and make it absolute (every launch.py run gets it, see :func:`_launch_run`)."""
     if args.lpips_weights:
         if not os.path.isdir(args.lpips_weights):
             raise SystemExit(f"error: --lpips-weights {args.lpips_weights} is not a folder")
-        os.environ["THREESTUDIO_LPIPS_DIR"] = os.path.abspath(args.lpips_weights)
+        args.lpips_weights = os.path.abspath(args.lpips_weights)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -73,6 +73,15 @@ def test_dry_run_prints_the_seven_protocol_command_lines(capsys):
         assert o["system.guidance.pretrained_model_name_or_path"] == str(ROOT / "zeronvs.ckpt")
 
 
+def test_lpips_weights_go_to_every_run(capsys, tmp_path):
+    assert eval_mipnerf360.main(["--root", "M360", "--out", "out", "--dry-run", "--scenes", "room", "stump",
+                                 "--lpips-weights", str(tmp_path)]) == 0
+    cmds = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(cmds) == 2 and all(cmd[cmd.index("--lpips-weights") + 1] == str(tmp_path) for cmd in cmds)
+    with pytest.raises(SystemExit, match="not a folder"):
+        eval_mipnerf360.main(["--root", "M360", "--out", "out", "--dry-run", "--lpips-weights", str(tmp_path / "x")])
+
+
 def test_config_differs_from_the_paper_config_only_in_the_protocol_keys():
     paper = _flat(OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "zeronvs.yaml")))
     m360 = _flat(OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "zeronvs_mipnerf360.yaml")))
