@@ -154,3 +154,39 @@ def test_bad_scenes_are_one_line_errors(tmp_path, scene_dir):
     bad.write_bytes(b"not a zip")
     with pytest.raises(UserError, match="--trust-pickle"):
         m360.load_scene(str(bad), 0)
+
+
+def _datamodule(scene_dir, **scene):
+    from threestudio.data.single_view_scene import SingleViewSceneDataModule
+
+    cfg = {"scene_format": "mipnerf360", "height": 32, "width": 32, "default_elevation_deg": "auto",
+           "scene": {"scene_dir": str(scene_dir), "view_idx": 2, "resolution": 32, **scene},
+           "random_camera": {"elevation_range": "auto", "eval_elevation_deg": "auto", "eval_height": 32,
+                             "eval_width": 32}}
+    return SingleViewSceneDataModule(cfg)
+
+
+def test_single_view_scene_datamodule_takes_the_scene_from_the_loader(scene_dir):
+    dm = _datamodule(scene_dir, manual_gt_to_pred_scale=0.9)
+    assert dm.cfg.default_elevation_deg == pytest.approx(math.degrees(math.atan2(HEIGHT, RING_RADIUS)), abs=1e-3)
+    assert list(dm.cfg.random_camera.elevation_range) == [5.0, 71.04]
+    assert dm.cfg.default_fovy_deg == pytest.approx(FOVY_DEG) and dm.cfg.image_path.endswith("IMG_000.png")
+    dm.setup("test")
+    assert dm.targets.indices.tolist() == [1, 2, 3, 4, 5, 6, 7] and len(dm.test_dataset) == 7
+    batch = dm.test_dataset[0]
+    assert batch["rgb"].shape == (1, 32, 32, 3) and batch["index"].item() == 1
+    # test poses: canonical input camera · the oracle world's relative pose, translation / ring distance / 0.9
+    truth = np.linalg.inv(world_c2w()[0]) @ world_c2w()[1]
+    truth[:3, 3] /= math.hypot(RING_RADIUS, HEIGHT) * 0.9
+    rel = torch.linalg.inv(dm.scene.canonical_c2w.double()) @ batch["c2w"][0].double()
+    assert np.allclose(rel.numpy(), truth, atol=1e-5)
+    assert torch.allclose(dm.scene.canonical_c2w, dm.reference.c2w()[0].float(), atol=1e-5)
+    # the reference view is the input's frame, the same pixels as its test-view ground truth would be
+    assert torch.equal(dm.scene.input_rgba()[..., :3], dm.scene.loaded.images[0])
+
+
+def test_single_view_scene_datamodule_refuses_unknown_keys(scene_dir):
+    from threestudio.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.scene.input_views is not a key of scene_format mipnerf360"):
+        _datamodule(scene_dir, input_views=[0])
