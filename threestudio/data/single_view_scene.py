@@ -107,7 +107,13 @@ def _mipnerf360_config(cfg: Any) -> MipNeRF360SceneConfig:
                           f"{', '.join(sorted(allowed))}")
     if not scene.get("scene_dir") or scene.get("scene_dir") == "???":
         raise ConfigError("config key data.scene.scene_dir is empty; set it to the Mip-NeRF 360 scene folder or .npz")
-    out = MipNeRF360SceneConfig(**scene)
+    try:
+        out = MipNeRF360SceneConfig(**scene)
+        out.view_idx, out.resolution = int(out.view_idx), int(out.resolution)
+        out.manual_gt_to_pred_scale = float(out.manual_gt_to_pred_scale)
+    except (TypeError, ValueError):
+        raise ConfigError(f"data.scene: view_idx and resolution must be integers, manual_gt_to_pred_scale a number; "
+                          f"got {scene}") from None
     if out.resolution < 1 or out.manual_gt_to_pred_scale <= 0:
         raise ConfigError("data.scene.resolution and data.scene.manual_gt_to_pred_scale must be positive")
     for key in ("default_elevation_deg", "default_azimuth_deg", "default_camera_distance"):
