@@ -201,11 +201,13 @@ class LaunchRun:
         return os.path.join(self.trial, "save")
 
 
-def _launch_run(config: str, mode_flag: str, name: str, scan: int, overrides: List[str], args) -> LaunchRun:
+def _launch_run(config: str, mode_flag: str, name: str, scan, overrides: List[str], args) -> LaunchRun:
+    """``scan``: a DTU scan number (tag ``scan{N}``) or a scene name (the tag itself)."""
     runs = os.path.join(os.path.abspath(args.out), "runs")
-    tag = f"scan{scan}"
+    tag = scan if isinstance(scan, str) else f"scan{scan}"
+    lpips = ["--lpips-weights", args.lpips_weights] if getattr(args, "lpips_weights", None) else []
     cmd = [
-        sys.executable, LAUNCH, "--config", config, mode_flag,
+        sys.executable, LAUNCH, "--config", config, mode_flag, *lpips,
         f"exp_root_dir={runs}", f"name={name}", f"tag={tag}", "use_timestamp=false",
         *overrides, *args.extra,
     ]
@@ -302,7 +304,7 @@ def finish_stage(run: LaunchRun, code: int) -> Optional[str]:
     return None
 
 
-def run_scan(scan: int, runs: List[LaunchRun]) -> Optional[str]:
+def run_scan(scan, runs: List[LaunchRun]) -> Optional[str]:
     """Execute the runs of ``scan`` in order; returns an error message, or None when all succeeded.
 
     A run counts as done only when it exited 0 and wrote its ``metrics.json`` (then :data:`STAGE_DONE` is
@@ -313,7 +315,7 @@ def run_scan(scan: int, runs: List[LaunchRun]) -> Optional[str]:
             return f"{run.trial} already exists; use another --out or remove it"
         started = time.perf_counter()
         code = _run(run)
-        logger.info("scan %d: %s %s in %.0f s (log %s)", scan, run.trial, describe_exit(code),
+        logger.info("scan %s: %s %s in %.0f s (log %s)", scan, run.trial, describe_exit(code),
                     time.perf_counter() - started, run.log)
         error = finish_stage(run, code)
         if error is not None:
@@ -329,24 +331,31 @@ def evaluate_scan(scan: int, scales: Dict[str, float], args: argparse.Namespace)
     return collect_row(scan, scales, runs, error, args.mode)
 
 
-def run_scans(args: argparse.Namespace, scales: Dict[int, Dict[str, float]]) -> List[Dict[str, object]]:
-    """Evaluate every scan through the launcher; scans with metrics are reused unless ``--force``."""
+def run_scans(
+    args: argparse.Namespace, scales: Dict[int, Dict[str, float]], build=None, evaluate=None, collect=None
+) -> List[Dict[str, object]]:
+    """Evaluate every scan of ``scales`` through the launcher; scans with metrics are reused unless ``--force``.
+
+    ``build`` / ``evaluate`` / ``collect`` default to this protocol's :func:`build_runs`, :func:`evaluate_scan` and
+    :func:`collect_row` (scripts/eval_mipnerf360.py passes its own).
+    """
     from launcher import LauncherConfig, parse_gpus, run_jobs
 
+    build, evaluate, collect = build or build_runs, evaluate or evaluate_scan, collect or collect_row
     rows: Dict[int, Dict[str, object]] = {}
     jobs = []
-    for scan in args.scans:
-        runs = build_runs(scan, scales[scan], args)
+    for scan in scales:
+        runs = build(scan, scales[scan], args)
         if stage_finished(runs[-1]) and not args.force:
             logger.info("scan %s: metrics exist and its runs finished (%s), skipped; --force reruns it", scan,
                         runs[-1].trial)
-            rows[scan] = collect_row(scan, scales[scan], runs, None, args.mode)
+            rows[scan] = collect(scan, scales[scan], runs, None, args.mode)
             continue
         for run in runs:
             if os.path.exists(run.trial):
                 logger.info("scan %s: removing the earlier run %s", scan, run.trial)
                 shutil.rmtree(run.trial)
-        jobs.append((f"scan{scan}", evaluate_scan, (scan, scales[scan], args)))
+        jobs.append((scan if isinstance(scan, str) else f"scan{scan}", evaluate, (scan, scales[scan], args)))
     cfg = LauncherConfig(
         kind=args.launcher, folder=os.path.join(args.out, "submitit"), gpus=parse_gpus(args.gpus),
         slurm_partition=args.slurm_partition, slurm_time=args.slurm_time,
@@ -354,8 +363,8 @@ def run_scans(args: argparse.Namespace, scales: Dict[int, Dict[str, float]]) -> 
     )
     for (_, _, (scan, *_)), result in zip(jobs, run_jobs(jobs, cfg)):
         error = f"job {result.job_id} failed: {result.error} (logs in {cfg.folder})"
-        rows[scan] = result.value if result.ok else collect_row(scan, scales[scan], [], error, args.mode)
-    return [rows[scan] for scan in args.scans]
+        rows[scan] = result.value if result.ok else collect(scan, scales[scan], [], error, args.mode)
+    return [rows[scan] for scan in scales]
 
 
 def collect_row(scan: int, scales: Dict[str, float], runs: List[LaunchRun], error: Optional[str], mode: str):
@@ -377,6 +386,8 @@ def collect_row(scan: int, scales: Dict[str, float], runs: List[LaunchRun], erro
         psnr=metrics["psnr"], ssim=metrics["ssim"], lpips=metrics["lpips"], n_views=len(metrics["per_view"]),
         run=runs[-1].trial,
     )
+    if metrics.get("lpips_note"):
+        row["lpips_note"] = metrics["lpips_note"]
     return row
 
 
@@ -442,6 +453,8 @@ def write_tables(out: str, mode: str, rows: List[Dict[str, object]], args: argpa
                 f"| {row['scan']} | {scales} | {_fmt(row['psnr'], 2)} | {_fmt(row['ssim'])} | "
                 f"{_fmt(row['lpips'])} | {row['n_views']} | {paper} | {row.get('run', '')} |"
             )
+    notes = [f"- {row['scan']}: LPIPS n/a: {row['lpips_note']}" for row in table if row.get("lpips_note")]
+    lines += ["", *notes] if notes else []
     write_bytes_atomic(stem + ".md", ("\n".join(lines) + "\n").encode())
     return {"csv": stem + ".csv", "md": stem + ".md"}
 
@@ -469,7 +482,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slurm-time", help="slurm: time limit per scan (minutes or H:M:S)")
     parser.add_argument("--slurm-gpus-per-task", type=int, default=1, help="slurm: GPUs per scan (default 1)")
     parser.add_argument("--force", action="store_true", help="rerun scans whose metrics already exist")
+    add_lpips_argument(parser)
     return parser
+
+
+def add_lpips_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lpips-weights", metavar="DIR",
+                        help="folder with alexnet-owt-7be5be79.pth and lpips' v0.1 alex.pth, passed to every launch.py "
+                        "run (default: THREESTUDIO_LPIPS_DIR, else the torch hub cache, else one download)")
+
+
+def use_lpips_weights(args: argparse.Namespace) -> None:
+    """Check ``--lpips-weights DIR`` and make it absolute (every launch.py run gets it, see :func:`_launch_run`)."""
+    if args.lpips_weights:
+        if not os.path.isdir(args.lpips_weights):
+            raise SystemExit(f"error: --lpips-weights {args.lpips_weights} is not a folder")
+        args.lpips_weights = os.path.abspath(args.lpips_weights)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -495,6 +523,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    use_lpips_weights(args)
     args.root, args.out = os.path.abspath(args.root), os.path.abspath(args.out)  # the same for every worker
     scales = scan_scales(args)
     if args.dry_run:

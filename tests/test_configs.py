@@ -43,7 +43,7 @@ DATA_REQUIRED = {"nerf_multiview.yaml": ["data.scene_dir=unused"], "zeronvs_nvs.
 @pytest.mark.parametrize(
     "name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if p.name not in NOT_PIPELINES)
 )
-def test_shipped_config_builds_its_datamodule(name):
+def test_shipped_config_builds_its_datamodule(name, tmp_path):
     """The data section parses and passes the datamodule's checks (its files are read later, in setup)."""
     # (the single-image configs' default_fovy_deg: auto reads the image's EXIF: give them a real image)
     required = DATA_REQUIRED.get(name, ["data.image_path=skimage:motorcycle_left"])
@@ -51,6 +51,10 @@ def test_shipped_config_builds_its_datamodule(name):
         from conftest import require_shared
 
         required = [f"data.scene.scene_dir={require_shared('data', 'dtu', 'dtu_scan24')}"]
+    if name == "zeronvs_mipnerf360.yaml":  # its input view, fov and elevation come from the scene's files
+        from mipnerf360_scene import write_scene
+
+        required = [f"data.scene.scene_dir={write_scene(tmp_path / 'scene')}", "data.scene.resolution=32"]
     cfg = load_config(str(ROOT / "configs" / name), cli_args=required)
     datamodule = threestudio.find(cfg.data_type)(cfg.data)
     assert_written_values_kept(config_to_primitive(datamodule.cfg), config_to_primitive(cfg.data), "data")
@@ -67,7 +71,7 @@ def assert_written_values_kept(parsed, written, where: str) -> None:
         for k, (p, w) in enumerate(zip(parsed, written)):
             assert_written_values_kept(p, w, f"{where}[{k}]")
     elif written == "auto" and where.startswith("data"):  # resolved from the input when the datamodule is built
-        assert isinstance(parsed, (int, float)), where
+        assert isinstance(parsed, (int, float)) or (isinstance(parsed, list) and parsed), where
     elif where.endswith(".fast_paths") and written is False:  # YAML reads a bare `off` as false
         assert parsed == "off", where
     else:

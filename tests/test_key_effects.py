@@ -17,7 +17,9 @@ from threestudio.utils.config import config_to_primitive, load_config
 from threestudio.utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE = "data.image_path=skimage:motorcycle_left"
+# a non-square image with neither EXIF nor a bundled calibration, so that data.fovy_fallback_deg and crop_square
+# take effect (the bundled motorcycle example has its calibrated fov: threestudio/data/examples.py)
+IMAGE = "data.image_path=skimage:chelsea"
 # shipped config → overrides that make its datamodule small (the walk then changes the config's keys from there)
 CASES = {
     "smoke.yaml": [IMAGE],

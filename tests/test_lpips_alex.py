@@ -146,3 +146,11 @@ def test_wrong_files_are_named(tmp_path):
     torch.save(sd, alexnet)
     with pytest.raises(lpips_alex.LpipsUnavailable, match=r"features.3.weight has shape \(10, 64, 5, 5\)"):
         lpips_alex.load_weights(alexnet, linear)
+
+
+def test_launch_flag_names_the_folder_for_the_run(tmp_path, monkeypatch):
+    import launch
+
+    monkeypatch.setenv(lpips_alex.ENV_DIR, "elsewhere")
+    assert launch.main(["--config", str(tmp_path / "missing.yaml"), "--test", "--lpips-weights", str(tmp_path)]) == 2
+    assert os.environ[lpips_alex.ENV_DIR] == str(tmp_path)
