@@ -197,6 +197,86 @@ def test_export_auto_threshold_and_empty_mesh_error(tmp_path):
         make_exporter(geo, threshold=25.0, resolution=16).export(str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="formats"):
         make_exporter(geo, formats=["glb"])
+
+
+@pytest.mark.parametrize("method", ["autograd", "explicit"])
+def test_fields_run_in_fp32_under_autocast(method):
+    """Under mixed precision the geometry and proposal MLPs, the grid and the analytic normals stay fp32 (ZeroNVS
+    disables autocast in its MLPs); CPU bf16 autocast stands in for CUDA's fp16."""
+    from tests.test_rendering import camera_rays, make_renderer
+
+    renderer = make_renderer("proposal", geometry={"analytic_normal_method": method},
+                             material="diffuse-with-point-light-material", return_comp_normal=True)
+    geometry = renderer.geometry
+    mlps = {"density": geometry.density_network, "features": geometry.feature_network,
+            "proposal": renderer.proposal_networks[0][1]}
+    seen = {}
+    for name, mlp in mlps.items():
+        mlp.register_forward_hook(lambda module, args, out, name=name: seen.setdefault(name, set()).add(out.dtype))
+    rays_o, rays_d = camera_rays()
+    renderer.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.nn.Linear(4, 4)(torch.ones(1, 4)).dtype == torch.bfloat16  # autocast is on
+        out = renderer(rays_o, rays_d)
+        geo = geometry(torch.randn(8, 3) * 0.3, output_normal=True)
+        loss = out["comp_rgb"].float().mean() + out["loss_proposal"]
+    loss.backward()
+    # (explicit normals call the density MLP's forward_with_input_gradient, which the hook does not see)
+    assert set(seen) == set(mlps) - ({"density"} if method == "explicit" else set())
+    assert all(dtypes == {torch.float32} for dtypes in seen.values())
+    assert all(v.dtype == torch.float32 for v in geo.values())
+    assert out["loss_proposal"].dtype == torch.float32 and out["weights"].dtype == torch.float32
+    assert geometry.encoding.params.grad.dtype == torch.float32
+
+
+class SphereAndSpecks(torch.nn.Module):
+    """Density 25 + 100·(r − |x − c|) of a ball of radius 0.3 and of two detached specks of radius 0.02 (one far,
+    one just outside the ball, inside the second pass's box): its isosurface at 25 is exactly those spheres."""
+
+    CENTRE, RADIUS = (0.05, -0.02, 0.0), 0.3
+    SPECKS = ((0.7, 0.6, -0.5), (0.33, 0.0, 0.25))
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("bbox", torch.tensor([[-1.0] * 3, [1.0] * 3]))
+
+    def isosurface_bbox(self):
+        return self.bbox
+
+    def forward_density(self, points):
+        def ball(centre, radius):
+            return 25.0 + 100.0 * (radius - (points - torch.tensor(centre)).norm(dim=-1, keepdim=True))
+
+        density = ball(self.CENTRE, self.RADIUS)
+        for speck in self.SPECKS:
+            density = torch.maximum(density, ball(speck, 0.02))
+        return density
+
+
+@pytest.mark.parametrize("remove_outliers", [True, False])
+def test_export_two_passes_and_outlier_removal(tmp_path, remove_outliers):
+    trimesh = pytest.importorskip("trimesh")
+    field = SphereAndSpecks()
+    exporter = threestudio.find("mesh-exporter")({"formats": ["ply"], "remove_outliers": remove_outliers}, field)
+    assert exporter.cfg.resolution == 128 and exporter.cfg.threshold == 25.0 and exporter.cfg.coarse_to_fine
+    (path,) = exporter.export(str(tmp_path))
+    mesh = trimesh.load(path, process=False, force="mesh")
+    distance = np.linalg.norm(mesh.vertices - np.array(field.CENTRE), axis=1)
+    near_specks = [np.linalg.norm(mesh.vertices - np.array(s), axis=1).min() for s in field.SPECKS]
+    if not remove_outliers:  # the far speck stretches the second pass's box; both specks are meshed
+        assert max(near_specks) < 0.03
+        return
+    assert min(near_specks) > 0.05  # the specks are gone
+    assert np.allclose(distance, field.RADIUS, atol=2e-3)
+    r = field.RADIUS
+    assert mesh.area == pytest.approx(4 * math.pi * r**2, rel=0.02)
+    # the second pass ran on the ball's box enlarged by 10 %: its grid is ~2.8x finer than the first pass's
+    edges = np.linalg.norm(mesh.vertices[mesh.edges_unique[:, 0]] - mesh.vertices[mesh.edges_unique[:, 1]], axis=1)
+    assert edges.max() < 2.0 / 127
+    with pytest.raises(ConfigError, match="outlier_n_faces_threshold"):
+        threestudio.find("mesh-exporter")({"outlier_n_faces_threshold": "many"}, field)
+
+
 def _max_relative_error(value, reference):
     return float((value.double() - reference.double()).abs().max() / reference.double().abs().max())
 

@@ -46,6 +46,18 @@ def test_hash_grid_levels_dense_then_hashed():
     assert grid.params.abs().max() <= 1e-4
 
 
+def test_hash_grid_level_scales_are_tcnn_float32():
+    """tiny-cuda-nn computes exp2f(level · log2f(per_level_scale)) · base_resolution − 1 in float32: level 15 of the
+    paper grid (max resolution 4096) has scale 4094.9985, not 4095, and 4096 vertices per axis."""
+    grid = HashGrid(3, n_levels=16, n_features_per_level=2, log2_hashmap_size=12, base_resolution=16,
+                    per_level_scale=1.447269237440378)
+    assert grid.scales[15].item() == 4094.99853515625
+    assert grid.scales[0].item() == 15.0 and grid.scales[1].item() == pytest.approx(22.156307, abs=1e-6)
+    assert grid.resolutions[15].item() == 4096
+    exact = 16 * 1.447269237440378**15 - 1.0
+    assert abs(exact - 4095.0) < 1e-9 and torch.tensor(exact, dtype=torch.float32).item() == 4095.0
+
+
 def test_hash_grid_gradcheck_table_and_inputs():
     grid = HashGrid(3, **TINY_GRID).double()
     with torch.no_grad():

@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         system.do_update_step(0, global_step)  # the guidance too (one of the system's updateable_children)
         batch = move_data_to_device(dataset.make_batch(), device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
-            terms = system.training_losses(batch)
+            terms = system.main_loss_terms(batch)  # loss_proposal goes to the proposal's own optimizer
             loss = sum(terms.values())
         with timer.part("backward"):
             scaler.scale(loss).backward()
@@ -154,6 +154,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+        with timer.part("proposal_update"):  # as on_train_batch_end: its own backward and step, after the main one
+            system.step_proposal_optimizer()
 
     stages: List[Dict[str, Any]] = []
     for stage_index, start in enumerate(milestones):

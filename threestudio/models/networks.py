@@ -9,7 +9,8 @@ Triton kernels (:mod:`threestudio.kernels.hash_grid`) for inputs that need no gr
 Jacobian (:meth:`HashGrid.forward_with_jacobian`, explicit analytic normals) and their table gradients. Inputs that
 require a gradient (autograd analytic normals differentiate the grid twice) use the reference.
 
-:class:`HashGrid` follows instant-NGP: level ``l`` has scale ``base_resolution · per_level_scale^l − 1`` and
+:class:`HashGrid` follows instant-NGP: level ``l`` has scale ``base_resolution · per_level_scale^l − 1`` (computed in
+float32 as tiny-cuda-nn does, :func:`tcnn_grid_scale`) and
 ``ceil(scale) + 1`` vertices per axis; a level whose dense grid fits in ``2^log2_hashmap_size`` entries is indexed
 densely, larger levels use the spatial hash ``xor_d(x_d · π_d) mod T`` with the instant-NGP primes. Features are
 interpolated (d-)linearly between the ``2^d`` cell corners, so the output is differentiable w.r.t. both the table and
@@ -25,8 +26,10 @@ feature differences and the second graph, about 3.4 KiB per sample in all (docs/
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import struct
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -107,6 +110,33 @@ def get_activation(name: Optional[str]) -> Callable[[Tensor], Tensor]:
     return _ACTIVATIONS[key]
 
 
+def autocast_off(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a field method ``method(self, x, ...)`` with autocast disabled on ``x``'s device: the fields are fp32
+    under any autocast (mixed precision), as in ZeroNVS, whose MLPs disable autocast and whose tiny-cuda-nn grid
+    is fp32. Autograd through the method (analytic normals' double backward) stays fp32 too."""
+
+    @functools.wraps(method)
+    def fp32_method(self: Any, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(x.device.type, enabled=False):
+            return method(self, x, *args, **kwargs)
+
+    return fp32_method
+
+
+def _f32(value: float) -> float:
+    """``value`` rounded to the nearest float32."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def tcnn_grid_scale(level: int, per_level_scale: float, base_resolution: int) -> float:
+    """Scale of hash-grid level ``level`` as tiny-cuda-nn computes it, in float32:
+    ``exp2f(level · log2f(per_level_scale)) · base_resolution − 1`` (level 15 of the paper grid: 4094.9985, not the
+    4095 of exact arithmetic). Each float32 operation is rounded from the correctly rounded double result."""
+    log2_scale = _f32(math.log2(_f32(per_level_scale)))
+    power = _f32(2.0 ** _f32(level * log2_scale))
+    return _f32(_f32(power * base_resolution) - 1.0)
+
+
 class HashGrid(nn.Module):
     """Multiresolution hash encoding (instant-NGP), pure PyTorch.
 
@@ -141,7 +171,7 @@ class HashGrid(nn.Module):
 
         scales, resolutions, sizes, dense = [], [], [], []
         for level in range(n_levels):
-            scale = base_resolution * per_level_scale**level - 1.0
+            scale = tcnn_grid_scale(level, per_level_scale, base_resolution)
             resolution = int(math.ceil(scale)) + 1
             dense_size = resolution**n_input_dims
             is_dense = dense_size <= hashmap_size
@@ -224,6 +254,7 @@ class HashGrid(nn.Module):
         kernels = triton_kernels("hash_grid", self.fast_paths, x.device)
         return kernels if kernels is not None and kernels.supports(self, x) else None
 
+    @autocast_off
     def forward(self, x: Tensor) -> Tensor:
         """Encode x (..., n_input_dims) in [0, 1] → (..., n_levels · n_features_per_level)."""
         if x.shape[-1] != self.n_input_dims:
@@ -240,6 +271,7 @@ class HashGrid(nn.Module):
             feats = lower + (upper - lower) * frac[:, :, d, None, None]
         return feats.reshape(*lead, self.n_output_dims)
 
+    @autocast_off
     def forward_with_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Encoding (N, n_output_dims) and its Jacobian w.r.t. the input (N, n_output_dims, n_input_dims), x (N, d)
         in [0, 1], from one gather; both differentiable w.r.t. the table with first-order autograd only.
@@ -270,7 +302,7 @@ class HashGrid(nn.Module):
 
 class VanillaMLP(nn.Module):
     """Fully connected network; without biases by default (``bias=False``), like tiny-cuda-nn's FullyFusedMLP and
-    threestudio's VanillaMLP."""
+    threestudio's VanillaMLP; autocast is disabled inside (fp32 under mixed precision, as threestudio's)."""
 
     def __init__(
         self,
@@ -301,12 +333,14 @@ class VanillaMLP(nn.Module):
             and get_activation_derivative(self.output_activation_name) is not None
         )
 
+    @autocast_off
     def forward_with_input_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Output (N, 1) and its gradient w.r.t. the input (N, n_input_dims), as explicit first-order
         differentiable ops (the chain rule written out: w_L·diag(σ'(z_{L−1}))·W_{L−1}···diag(σ'(z_1))·W_1)."""
         if not self.has_input_gradient:
             raise ValueError("forward_with_input_gradient needs one output and known activation derivatives")
         derivative = get_activation_derivative(self.activation_name)
+        x = x.to(self.layers[0].weight.dtype)
         slopes = []
         for i, layer in enumerate(self.layers):
             z = layer(x)
@@ -321,8 +355,10 @@ class VanillaMLP(nn.Module):
             grad = (grad * slope) @ layer.weight
         return x, grad
 
+    @autocast_off
     def forward(self, x: Tensor) -> Tensor:
-        """(N, n_input_dims) → (N, n_output_dims)."""
+        """(N, n_input_dims) → (N, n_output_dims), in the layers' dtype (fp32) under any autocast."""
+        x = x.to(self.layers[0].weight.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x)
             x = self.activation(x) if i < len(self.layers) - 1 else self.output_activation(x)

@@ -218,7 +218,7 @@ class BaseSystem(pl.LightningModule, Updateable):
         return [k for k, v in terms.items() if not torch.isfinite(v)] or ["total"]
 
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Optional[Tensor]:
-        terms = self.training_losses(batch)
+        terms = self.main_loss_terms(batch)
         total: Tensor = sum(terms.values())  # type: ignore[assignment]
         bad = self._nonfinite_terms(terms, total)
         if bad:
@@ -246,6 +246,11 @@ class BaseSystem(pl.LightningModule, Updateable):
     def training_losses(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         """Weighted loss terms of one step, by name (their sum is minimised)."""
         raise NotImplementedError
+
+    def main_loss_terms(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
+        """The terms of :meth:`training_losses` that the main optimizer minimises (a system with a separately
+        optimised part takes its terms out here)."""
+        return self.training_losses(batch)
 
     def weighted(self, name: str, value: Tensor, terms: Dict[str, Tensor]) -> None:
         """Add ``lambda_<name> × value`` to ``terms`` when that weight is non-zero (also logs the raw value)."""
@@ -380,6 +385,9 @@ class BaseLift3DSystem(BaseSystem):
             self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background,
             fast_paths=self.cfg.fast_paths,
         )
+        # a plain attribute, not a Lightning optimizer: stepped by on_train_batch_end (see step_proposal_optimizer)
+        self.proposal_optimizer = self._build_proposal_optimizer()
+        self._proposal_loss: Optional[Tensor] = None
 
     def uses_guidance(self) -> bool:
         """Whether this configuration builds ``guidance_type`` (then ``system.guidance`` is parsed at once)."""
@@ -418,20 +426,67 @@ class BaseLift3DSystem(BaseSystem):
         parts = [self.geometry, self.material, self.background, self.renderer]
         return parts + ([self._guidance] if self._guidance is not None else [])
 
-    def optimizer_param_groups(self) -> List[Dict[str, Any]]:
-        """The proposal networks (if any) get ``renderer.prop_optimizer_config``'s options."""
-        groups = super().optimizer_param_groups()
+    # ----- the proposal networks' own optimizer ---------------------------------------------------------------
+    def _build_proposal_optimizer(self) -> Optional[torch.optim.Optimizer]:
+        """ZeroNVS's separate optimizer for the proposal networks (``renderer.prop_optimizer_config``, e.g. Adam lr
+        0.005, eps 1e-15, weight decay 1e-6 and torch's default betas (0.9, 0.999)), or None: without that config
+        the proposal networks are a part of the main optimizer and ``loss_proposal`` of the main loss."""
         proposal = getattr(self.renderer, "proposal_networks", None)
         prop_cfg = getattr(self.renderer.cfg, "prop_optimizer_config", None)
-        if proposal is None or prop_cfg is None:
+        params = [p for p in proposal.parameters() if p.requires_grad] if proposal is not None else []
+        if not params or prop_cfg is None:
+            return None
+        try:
+            return build_optimizer(prop_cfg, params)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("system.optimizer", "system.renderer.prop_optimizer_config")) from None
+
+    def optimizer_param_groups(self) -> List[Dict[str, Any]]:
+        """The main optimizer's groups, without the proposal networks when they have their own optimizer."""
+        groups = super().optimizer_param_groups()
+        if self.proposal_optimizer is None:
             return groups
-        prop_ids = {id(p) for p in proposal.parameters()}
+        prop_ids = {id(p) for group in self.proposal_optimizer.param_groups for p in group["params"]}
         for g in groups:
             g["params"] = [p for p in g["params"] if id(p) not in prop_ids]
-        groups = [g for g in groups if g["params"]]
-        prop_args = dict(config_to_primitive(prop_cfg).get("args", {}))
-        groups.append({"params": list(proposal.parameters()), "name": "proposal", **prop_args})
-        return groups
+        return [g for g in groups if g["params"]]
+
+    def main_loss_terms(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
+        """:meth:`training_losses` without ``loss_proposal`` when the proposal networks have their own optimizer:
+        that term is kept for :meth:`step_proposal_optimizer`, after the main step."""
+        terms = self.training_losses(batch)
+        self._proposal_loss = terms.pop("loss_proposal", None) if self.proposal_optimizer is not None else None
+        return terms
+
+    def step_proposal_optimizer(self) -> None:
+        """One step of the proposal optimizer on this training step's proposal loss (the sum over the step's
+        renders), as ZeroNVS's renderer does in ``update_step_end``: after the main step, whether or not the main
+        step was skipped (non-finite loss, or a GradScaler overflow), with its own unscaled fp32 backward. A
+        non-finite proposal loss skips this update only (ZeroNVS would write NaN into the proposal network)."""
+        loss, self._proposal_loss = self._proposal_loss, None
+        if loss is None or self.proposal_optimizer is None:
+            return
+        if not bool(torch.isfinite(loss)):  # one host synchronisation, as ZeroNVS's loss.item()
+            logger.warning("step %d: non-finite proposal loss; proposal update skipped", self.true_global_step)
+            return
+        self.log("train/loss_proposal", loss.detach())
+        with torch.enable_grad():
+            self.proposal_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.proposal_optimizer.step()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.step_proposal_optimizer()
+        super().on_train_batch_end(outputs, batch, batch_idx)
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        if self.proposal_optimizer is not None:
+            checkpoint["proposal_optimizer"] = self.proposal_optimizer.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if self.proposal_optimizer is not None and "proposal_optimizer" in checkpoint:
+            self.proposal_optimizer.load_state_dict(checkpoint["proposal_optimizer"])
 
     # the batch keys the renderer reads; any other key (e.g. a stray `shading`) never reaches the material
     RENDER_KEYS = ("rays_o", "rays_d", "light_positions")

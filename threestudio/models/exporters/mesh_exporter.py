@@ -1,12 +1,18 @@
 """``mesh-exporter``: marching cubes on the density field → ``model.obj`` / ``model.ply`` with vertex colours.
 
-The density is sampled on a ``resolution``³ grid over the geometry's box (``radius`` overrides its half-size),
-in chunks of ``chunk_size`` points, and triangulated with scikit-image's marching cubes on the CPU (no
-nvdiffrast/EGL/tetrahedra needed). Vertex colours are the material's albedo at the vertices.
+As threestudio/ZeroNVS's ``isosurface()`` (``isosurface_coarse_to_fine``, ``isosurface_remove_outliers``): the
+density is sampled on a ``resolution``³ grid (128) over the geometry's box (``radius`` overrides its half-size), in
+chunks of ``chunk_size`` points, and triangulated with scikit-image's marching cubes on the CPU (no
+nvdiffrast/EGL/tetrahedra needed); connected components with fewer faces than ``outlier_n_faces_threshold`` (a
+float: that fraction of the largest component's faces, 0.01; an int: a face count) are removed. With
+``coarse_to_fine`` a second pass samples the same grid over the first mesh's bounding box enlarged by 10 % of its
+size on every side (within the export box), so the surface gets the grid's whole resolution. Vertex colours are the
+material's albedo at the vertices.
 
 ``threshold`` is the density of the isosurface: a number (threestudio's NeRF default is 25) or ``"auto"``, which
-uses threestudio's rule — the mean of the grid densities above 1e-5 (i.e. of the non-empty space). A threshold
-outside the range of the sampled densities gives an empty mesh and a :class:`UserError` that prints the range.
+uses threestudio's rule — the mean of the grid densities above 1e-5 (i.e. of the non-empty space), per pass. A
+threshold outside the range of the sampled densities gives an empty mesh and a :class:`UserError` that prints the
+range.
 
 The OBJ stores colours in its vertex lines (``v x y z r g b``, r, g, b in [0, 1]; read by trimesh, MeshLab,
 Blender); the PLY stores them as 8-bit vertex properties. Files are written atomically.
@@ -46,13 +52,43 @@ def obj_bytes(vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarr
     return buf.getvalue().encode()
 
 
+def remove_small_components(
+    vertices: np.ndarray, faces: np.ndarray, n_faces_threshold: float
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Drop the connected components (faces joined by shared edges, as trimesh's ``split``) with fewer faces than
+    ``n_faces_threshold``: a float is that fraction of the largest component's face count, an int a count.
+    vertices (V, 3), faces (F, 3) → the kept vertices (V', 3) and faces (F', 3), re-indexed."""
+    import trimesh  # lazily: only exports need it
+
+    if len(faces) == 0:
+        return vertices, faces
+    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(faces))
+    sizes = np.bincount(labels)
+    if isinstance(n_faces_threshold, float):
+        n_faces_threshold = int(sizes.max() * n_faces_threshold)
+    keep_faces = faces[sizes[labels] >= n_faces_threshold]
+    used = np.unique(keep_faces)
+    remap = np.full(len(vertices), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    kept = int((sizes >= n_faces_threshold).sum())
+    logger.info("mesh export: %d components, %d kept (>= %d faces)", len(sizes), kept, n_faces_threshold)
+    return vertices[used], remap[keep_faces]
+
+
 @threestudio.register("mesh-exporter")
 class MeshExporter(BaseObject):
     @dataclass
     class Config(BaseObject.Config):
-        resolution: int = 256
+        resolution: int = 128
         # a density value, or "auto" (mean of the densities above 1e-5)
         threshold: Any = 25.0
+        # a second pass over the first mesh's bounding box enlarged by 10 % (threestudio's isosurface_coarse_to_fine)
+        coarse_to_fine: bool = True
+        # drop connected components with fewer faces than outlier_n_faces_threshold: a float is a fraction of the
+        # largest component's faces, an int a face count (threestudio's isosurface_remove_outliers)
+        remove_outliers: bool = True
+        outlier_n_faces_threshold: Any = 0.01
         # half-size of the export box; None = the geometry's box
         radius: Optional[float] = None
         chunk_size: int = 2**18
@@ -79,6 +115,12 @@ class MeshExporter(BaseObject):
             raise ConfigError(f"exporter.threshold must be a number or 'auto', got {cfg.threshold!r}")
         if cfg.radius is not None and cfg.radius <= 0:
             raise ConfigError(f"exporter.radius must be positive, got {cfg.radius}")
+        outlier = cfg.outlier_n_faces_threshold
+        if isinstance(outlier, bool) or not isinstance(outlier, (int, float)) or outlier < 0:
+            raise ConfigError(
+                "exporter.outlier_n_faces_threshold must be a fraction of the largest component's faces (a float, "
+                f"e.g. 0.01) or a face count (an int) >= 0, got {outlier!r}"
+            )
         self.geometry = geometry
         self.material = material
 
@@ -94,9 +136,10 @@ class MeshExporter(BaseObject):
         return torch.cat([fn(points[i : i + step]) for i in range(0, points.shape[0], step)])
 
     @torch.no_grad()
-    def density_grid(self) -> Tuple[np.ndarray, np.ndarray]:
-        """Densities (R, R, R) (x, y, z indexing) at the grid vertices, and the box (2, 3)."""
-        bbox = self.bbox()
+    def density_grid(self, bbox: Optional[Tensor] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Densities (R, R, R) (x, y, z indexing) at the grid vertices over ``bbox`` (2, 3) (default: the export
+        box), and that box."""
+        bbox = self.bbox() if bbox is None else bbox
         res = self.cfg.resolution
         axes = [torch.linspace(float(bbox[0, d]), float(bbox[1, d]), res, device=bbox.device) for d in range(3)]
         points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
@@ -113,12 +156,12 @@ class MeshExporter(BaseObject):
         logger.info("mesh export: automatic density threshold %.4g", threshold)
         return threshold
 
-    @torch.no_grad()
-    def extract_mesh(self) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-        """Vertices (V, 3), faces (F, 3) (outward-facing) and vertex colours (V, 3) in [0, 1] or None."""
+    def _isosurface(self, bbox: Tensor) -> Tuple[np.ndarray, np.ndarray]:
+        """One pass: vertices (V, 3) and outward faces (F, 3) of the isosurface on the grid over ``bbox``, without
+        outlier components when ``remove_outliers``."""
         from skimage import measure  # lazily: only exports need it
 
-        density, bbox = self.density_grid()
+        density, box = self.density_grid(bbox)
         threshold = self.resolve_threshold(density)
         lo, hi = float(density.min()), float(density.max())
         if not lo < threshold < hi:
@@ -127,11 +170,28 @@ class MeshExporter(BaseObject):
                 f"{lo:.4g} to {hi:.4g}; set exporter.threshold to a value in that range (e.g. {0.5 * (lo + hi):.4g}) "
                 "or to 'auto'"
             )
-        spacing = tuple((bbox[1] - bbox[0]) / (self.cfg.resolution - 1))
+        spacing = tuple((box[1] - box[0]) / (self.cfg.resolution - 1))
         vertices, faces, _, _ = measure.marching_cubes(density, level=threshold, spacing=spacing)
-        vertices = (vertices + bbox[0]).astype(np.float32)
+        vertices = (vertices + box[0]).astype(np.float32)
         # density is larger inside: skimage's triangles then wind inwards; flip them to face outwards
         faces = faces[:, ::-1].astype(np.int64)
+        if self.cfg.remove_outliers:
+            vertices, faces = remove_small_components(vertices, faces, self.cfg.outlier_n_faces_threshold)
+        return vertices, faces
+
+    @torch.no_grad()
+    def extract_mesh(self) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """Vertices (V, 3), faces (F, 3) (outward-facing) and vertex colours (V, 3) in [0, 1] or None."""
+        box = self.bbox()
+        vertices, faces = self._isosurface(box)
+        if self.cfg.coarse_to_fine:
+            coarse = torch.from_numpy(np.stack([vertices.min(axis=0), vertices.max(axis=0)])).to(box)
+            margin = (coarse[1] - coarse[0]) * 0.1
+            fine_box = torch.stack(
+                [torch.maximum(coarse[0] - margin, box[0]), torch.minimum(coarse[1] + margin, box[1])]
+            )
+            logger.info("mesh export: second pass over %s", fine_box.cpu().numpy().round(4).tolist())
+            vertices, faces = self._isosurface(fine_box)
         colors = None
         if self.cfg.save_texture and self.material is not None:
             device = self.geometry.bbox.device

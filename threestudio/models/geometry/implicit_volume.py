@@ -20,6 +20,8 @@ Jacobian), whereas ``autograd``'s double backward keeps it on the reference (doc
 ``finite_difference_laplacian``; its forward-difference ``finite_difference`` is not offered, and
 ``finite_difference_laplacian`` is refused with that hint); ``null`` computes none.
 
+The field runs in fp32 under any autocast (``forward``/``forward_density`` disable it, and so do the hash grid and
+the MLPs), as ZeroNVS's fields do under ``16-mixed``; only the diffusion side follows the precision setting.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from threestudio.models.networks import (
     HashGrid,
     VanillaMLP,
     activations_with_derivative,
+    autocast_off,
     get_activation,
     get_activation_derivative,
     get_encoding,
@@ -141,6 +144,7 @@ class ImplicitVolume(BaseImplicitGeometry):
         raw = self.density_network(enc).reshape(*points.shape[:-1], 1)
         return self.density_activation(raw + self.density_bias(points))
 
+    @autocast_off
     def forward_density(self, points: Tensor) -> Tensor:
         """Density (..., 1) ≥ 0 at world points (..., 3)."""
         return self._density_from_encoding(points, self._encode(points))
@@ -155,6 +159,7 @@ class ImplicitVolume(BaseImplicitGeometry):
             and get_activation_derivative(self.cfg.density_activation) is not None
         )
 
+    @autocast_off
     def forward(self, points: Tensor, output_normal: bool = False) -> Dict[str, Tensor]:
         """World points (N, 3) → {"density": (N, 1), "features": (N, C), ["normal", "shading_normal": (N, 3)]}."""
         grad_enabled = torch.is_grad_enabled()

@@ -3,16 +3,20 @@
 Pure PyTorch on dense (n_rays, n_samples) tensors. Samples lie between ``near_plane`` and
 ``far_plane`` along each ray, spaced ``uniform`` or ``lindisp``; the ``estimator`` places them:
 
-- ``proposal`` (ZeroNVS's default, nerfacc's PropNetEstimator): a small hash-grid density network
-  (``proposal_network_config``) is evaluated at ``num_samples_per_ray_proposal`` stratified samples; the
-  ``num_samples_per_ray`` rendered samples are drawn from its weights. In training the mip-NeRF 360 interlevel loss
-  (NeRF weights detached: it trains only ``self.proposal_networks``) is returned as ``loss_proposal``; the system
-  optimises the proposal networks with ``prop_optimizer_config``'s options in their own parameter group (under the
-  system's learning-rate scheduler, like every group). As in ZeroNVS, the proposal network sees points normalised
-  to the box of half-size ``radius`` and proposes zero density outside it; ``unbounded_prop: true`` instead
-  contracts space like the geometry (mip-NeRF 360), for scenes with content far away.
-- ``importance``: ``num_samples_per_ray_importance`` coarse samples weighted by the geometry itself (no gradient),
-  then ``num_samples_per_ray`` importance samples; both sets are rendered.
+- ``proposal`` (ZeroNVS's default, nerfacc 0.5.3's ``PropNetEstimator``): a small hash-grid density network
+  (``proposal_network_config``) is evaluated on ``num_samples_per_ray_proposal`` intervals drawn over the whole ray;
+  the ``num_samples_per_ray`` rendered intervals are drawn from its compositing weights, the transmittance left at
+  the far end counting in the last interval (:func:`.samplers.sample_proposal`). In training nerfacc's proposal loss
+  (:func:`.rendering.interlevel_loss`; NeRF weights detached: it trains only ``self.proposal_networks``) is returned
+  as ``loss_proposal`` × ``proposal_loss_weight`` (1.0); the system sums it over the step's renders and, with
+  ``prop_optimizer_config``, steps the proposal networks' own optimizer with it after the main step, as ZeroNVS
+  (``BaseLift3DSystem.step_proposal_optimizer``; without that config they join the main optimizer and the term
+  the main loss). As in ZeroNVS, the proposal network sees points normalised to the box of half-size ``radius`` and
+  proposes zero density outside it; ``unbounded_prop: true`` instead contracts space like the geometry (mip-NeRF
+  360), for scenes with content far away.
+- ``importance``: ZeroNVS's ``ImportanceEstimator``: ``num_samples_per_ray_importance`` coarse intervals drawn over
+  the whole ray, weighted by the geometry itself (no gradient), then ``num_samples_per_ray`` importance intervals;
+  both edge sets are merged and rendered.
 - ``stratified``: ``num_samples_per_ray`` stratified samples.
 
 Training renders all rays at once; evaluation and no-grad renders go in chunks of ``eval_chunk_size`` *rays*

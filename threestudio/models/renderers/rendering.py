@@ -82,48 +82,77 @@ def accumulate(weights: Tensor, values: Optional[Tensor] = None, fast_paths: str
     return (weights[..., None] * values).sum(dim=-2)
 
 
-def sample_pdf(bins: Tensor, weights: Tensor, n_samples: int, randomized: bool, eps: float = 1e-5) -> Tensor:
-    """Inverse-CDF importance sampling of ``n_samples`` new intervals.
+def nerfacc_cdf(weights: Tensor) -> Tensor:
+    """CDF (R, K+1) at the edges of K intervals from their compositing weights (R, K), nerfacc's convention
+    ``1 − [transmittance…, 0]``: [0, w_0, w_0 + w_1, …, 1]. The transmittance left at the far end of the ray
+    (1 − Σ w) falls into the last interval, so an empty ray has all its mass there."""
+    inner = torch.cumsum(weights[:, :-1], dim=-1).clamp(max=1.0)
+    zeros, ones = torch.zeros_like(weights[:, :1]), torch.ones_like(weights[:, :1])
+    return torch.cat([zeros, inner, ones], dim=-1)
 
-    bins (R, K+1) sorted interval edges, weights (R, K) ≥ 0 → new edges (R, n_samples + 1) spanning
-    [bins[:, 0], bins[:, -1]], denser where the weights are larger (piecewise-constant pdf within each bin).
-    A small ``eps`` mixes in a uniform pdf so empty rays still get spread samples. No gradient flows.
+
+def sample_pdf(bins: Tensor, weights: Tensor, n_samples: int, randomized: bool) -> Tensor:
+    """Resample ``n_samples`` intervals from compositing weights as nerfacc's ``importance_sampling``.
+
+    bins (R, K+1) sorted interval edges, weights (R, K) ≥ 0 the compositing weights on them (Σ ≤ 1; the rest of the
+    mass goes to the last interval, :func:`nerfacc_cdf`) → new edges (R, n_samples + 1). ``n_samples`` points are
+    drawn at the quantiles (i + b)/n of the piecewise-linear CDF (b = 0.5, or with ``randomized`` one uniform b per
+    ray); the edges are the midpoints between consecutive points, the first and last half a spacing beyond the end
+    points, clamped to [bins[:, 0], bins[:, -1]]. With one sample the edges are the bins' ends. No gradient flows.
     """
     bins, weights = bins.detach(), weights.detach()
-    pdf = weights + eps
-    pdf = pdf / pdf.sum(dim=-1, keepdim=True)
-    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, dim=-1)], dim=-1).clamp(max=1.0)
-    cdf[:, -1] = 1.0
-    u = unit_edges(bins.shape[0], n_samples, randomized, device=bins.device, dtype=bins.dtype).contiguous()
-    idx = torch.searchsorted(cdf.contiguous(), u, right=True)
-    below = (idx - 1).clamp(0, cdf.shape[-1] - 1)
-    above = idx.clamp(0, cdf.shape[-1] - 1)
-    cdf_lo, cdf_hi = cdf.gather(-1, below), cdf.gather(-1, above)
-    bin_lo, bin_hi = bins.gather(-1, below), bins.gather(-1, above)
-    denom = cdf_hi - cdf_lo
-    frac = torch.where(denom > 0, (u - cdf_lo) / denom.clamp_min(1e-12), torch.zeros_like(u))
-    return bin_lo + frac * (bin_hi - bin_lo)
+    cdf = nerfacc_cdf(weights)
+    n_rays, last = bins.shape[0], bins.shape[-1] - 1
+    u_floor, u_ceil = cdf[:, :1], cdf[:, -1:]
+    u_step = (u_ceil - u_floor) / n_samples
+    if randomized:
+        bias = torch.rand(n_rays, 1, device=bins.device, dtype=bins.dtype)
+    else:
+        bias = torch.full((n_rays, 1), 0.5, device=bins.device, dtype=bins.dtype)
+    sample_ids = torch.arange(n_samples, device=bins.device, dtype=bins.dtype)
+    u = u_floor + (sample_ids + bias) * u_step  # (R, n)
+    # first CDF edge above u among all but the last edge ("right" search): cdf[p − 1] <= u < cdf[p]
+    p = torch.searchsorted(cdf[:, :-1].contiguous(), u.contiguous(), right=True)
+    p0, p1 = (p - 1).clamp(0, last), p.clamp(0, last)
+    u_lo, u_hi = cdf.gather(-1, p0), cdf.gather(-1, p1)
+    t_lo, t_hi = bins.gather(-1, p0), bins.gather(-1, p1)
+    flat = (u_hi - u_lo) < 1e-10
+    slope = (t_hi - t_lo) / torch.where(flat, torch.ones_like(u_hi), u_hi - u_lo)
+    points = torch.where(flat, (t_lo + t_hi) * 0.5, (u - u_lo) * slope + t_lo)
+    return edges_around_points(points, bins[:, :1], bins[:, -1:])
 
 
-def outer_weights(t: Tensor, t_env: Tensor, w_env: Tensor) -> Tensor:
-    """Upper bound on the weight of each interval of t (R, S+1) given weights w_env (R, P) on edges t_env (R, P+1):
+def edges_around_points(points: Tensor, t_min: Tensor, t_max: Tensor) -> Tensor:
+    """Interval edges (R, n+1) around sorted sample points (R, n): midpoints between neighbours, the outer edges
+    half a neighbour spacing beyond the end points, clamped to [t_min, t_max] (R, 1) (one point: [t_min, t_max])."""
+    if points.shape[-1] == 1:
+        return torch.cat([t_min, t_max], dim=-1)
+    middle = (points[:, 1:] + points[:, :-1]) * 0.5
+    first = torch.maximum(points[:, :1] - (points[:, 1:2] - points[:, :1]) * 0.5, t_min)
+    final = torch.minimum(points[:, -1:] + (points[:, -1:] - points[:, -2:-1]) * 0.5, t_max)
+    return torch.cat([first, middle, final], dim=-1)
 
-    the sum of the envelope weights of every envelope interval that overlaps it (mip-NeRF 360's ``outer``) → (R, S).
-    """
-    cumulative = torch.cat([torch.zeros_like(w_env[:, :1]), torch.cumsum(w_env, dim=-1)], dim=-1)  # (R, P+1)
-    idx = torch.searchsorted(t_env.contiguous(), t.contiguous(), right=True)  # first envelope edge > t
+
+def outer_weights(t: Tensor, t_env: Tensor, cdf_env: Tensor) -> Tensor:
+    """Upper bound on the mass of each interval of t (R, S+1) given the envelope's CDF cdf_env (R, P+1) at its
+    edges t_env (R, P+1): the envelope mass from the envelope edge at or below each interval's start to the first
+    envelope edge above its end (mip-NeRF 360's ``outer``, as nerfacc's ``searchsorted``) → (R, S)."""
     last = t_env.shape[-1] - 1
+    idx = torch.searchsorted(t_env[:, :-1].contiguous(), t.contiguous(), right=True)  # cdf edge above t, in [0, P]
     idx_lo = (idx - 1).clamp(0, last)  # last envelope edge <= t
     idx_hi = idx.clamp(0, last)
-    return cumulative.gather(-1, idx_hi[:, 1:]) - cumulative.gather(-1, idx_lo[:, :-1])
+    return cdf_env.gather(-1, idx_hi[:, 1:]) - cdf_env.gather(-1, idx_lo[:, :-1])
 
 
 def interlevel_loss(t: Tensor, w: Tensor, t_env: Tensor, w_env: Tensor, eps: float = 1e-7) -> Tensor:
-    """mip-NeRF 360 proposal loss (``lossfun_outer``): penalise NeRF weights above the proposal envelope.
+    """The proposal loss of nerfacc's ``PropNetEstimator`` (``_pdf_loss``, mip-NeRF 360's ``lossfun_outer``):
+    penalise NeRF mass above the proposal envelope.
 
-    t (R, S+1), w (R, S): the NeRF's edges and weights (detached here: only the proposal learns);
-    t_env (R, P+1), w_env (R, P): the proposal's. Edges in any common monotonic spacing. Mean over all samples.
+    t (R, S+1), w (R, S): the NeRF's edges and raw compositing weights (detached here: only the proposal learns);
+    t_env (R, P+1), w_env (R, P): the proposal's. Both sides use :func:`nerfacc_cdf` (the transmittance left past
+    the far end counts in the last interval). Edges in any common monotonic spacing. Mean over all NeRF intervals.
     """
-    t, w = t.detach(), w.detach()
-    bound = outer_weights(t, t_env.detach(), w_env)
-    return (torch.clamp(w - bound, min=0.0) ** 2 / (w + eps)).mean()
+    cdf = nerfacc_cdf(w.detach())
+    mass = cdf[:, 1:] - cdf[:, :-1]
+    bound = outer_weights(t.detach(), t_env.detach(), nerfacc_cdf(w_env))
+    return (torch.clamp(mass - bound, min=0.0) ** 2 / (mass + eps)).mean()

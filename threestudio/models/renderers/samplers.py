@@ -3,8 +3,10 @@
 All samplers work in the normalised spacing s ∈ [0, 1] of :mod:`.rendering` and return interval edges
 (R, S+1); ``to_distance`` maps s to distances along the ray (near/far and uniform/lindisp spacing). The
 importance sampler follows ZeroNVS's ``ImportanceEstimator`` (coarse samples from the field itself, merged with
-the fine ones); the proposal sampler follows nerfacc's ``PropNetEstimator`` (a small density network proposes,
-only the fine samples are rendered).
+the fine ones); the proposal sampler follows nerfacc 0.5.3's ``PropNetEstimator.sampling`` (a small density network
+proposes, only the fine samples are rendered). Both resample with :func:`.rendering.sample_pdf` (nerfacc's
+``importance_sampling``), starting from the one interval [0, 1] with a uniform CDF: the first level's points lie at
+(i + b)/n, its edges at the midpoints (the first edge ≥ 0, the last ≤ 1).
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def sample_stratified(n_rays: int, n_samples: int, randomized: bool, device: tor
     return unit_edges(n_rays, n_samples, randomized, device=device)
 
 
+def _whole_ray(n_rays: int, device: torch.device, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """The starting level of nerfacc's estimators: one interval [0, 1] per ray, edges (R, 2), all mass in it (R, 1)."""
+    edges = torch.tensor([0.0, 1.0], device=device, dtype=dtype).expand(n_rays, -1)
+    return edges, torch.ones(n_rays, 1, device=device, dtype=dtype)
+
+
 @torch.no_grad()
 def sample_importance(
     rays_o: Tensor,
@@ -59,7 +67,7 @@ def sample_importance(
 ) -> Tensor:
     """Coarse stratified samples weighted by the field itself (no gradient), then ``n_fine`` importance samples;
     returns the sorted union of both edge sets (R, n_coarse + n_fine + 2)."""
-    s_coarse = unit_edges(rays_o.shape[0], n_coarse, randomized, device=rays_o.device)
+    s_coarse = sample_pdf(*_whole_ray(rays_o.shape[0], rays_o.device, rays_o.dtype), n_coarse, randomized)
     weights = interval_weights(rays_o, rays_d, s_coarse, density_fn, to_distance, fast_paths)
     s_fine = sample_pdf(s_coarse, weights, n_fine, randomized)
     return torch.sort(torch.cat([s_coarse, s_fine], dim=-1), dim=-1).values
@@ -76,7 +84,9 @@ def sample_proposal(
     requires_grad: bool,
     fast_paths: str = "auto",
 ) -> Tuple[Tensor, List[Tuple[Tensor, Tensor]]]:
-    """Resample through each proposal density in turn, then draw ``n_fine`` intervals.
+    """Resample through each proposal density in turn, then draw ``n_fine`` intervals (nerfacc's
+    ``PropNetEstimator.sampling``: every level and the final draw use :func:`.rendering.sample_pdf` on the previous
+    level's compositing weights, the first level on the whole ray [0, 1]; ``randomized`` = its ``stratified``).
 
     Returns the final edges s (R, n_fine + 1) and, per proposal level, its (edges (R, P+1), weights (R, P)) — with
     a graph into the proposal network when ``requires_grad`` — for :func:`.rendering.interlevel_loss`.
@@ -84,12 +94,11 @@ def sample_proposal(
     if not proposal_density_fns or len(proposal_density_fns) != len(proposal_samples):
         raise ValueError("sample_proposal needs one sample count per proposal density function")
     levels: List[Tuple[Tensor, Tensor]] = []
+    previous = _whole_ray(rays_o.shape[0], rays_o.device, rays_o.dtype)
     for density_fn, n_samples in zip(proposal_density_fns, proposal_samples):
-        if levels:
-            s = sample_pdf(*levels[-1], n_samples, randomized)
-        else:
-            s = unit_edges(rays_o.shape[0], n_samples, randomized, device=rays_o.device)
+        s = sample_pdf(*previous, n_samples, randomized)
         with torch.set_grad_enabled(requires_grad):
             weights = interval_weights(rays_o, rays_d, s, density_fn, to_distance, fast_paths)
-        levels.append((s, weights))
-    return sample_pdf(*levels[-1], n_fine, randomized), levels
+        previous = (s, weights)
+        levels.append(previous)
+    return sample_pdf(*previous, n_fine, randomized), levels
