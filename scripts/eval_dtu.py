@@ -332,12 +332,14 @@ def evaluate_scan(scan: int, scales: Dict[str, float], args: argparse.Namespace)
 
 
 def run_scans(
-    args: argparse.Namespace, scales: Dict[int, Dict[str, float]], build=None, evaluate=None, collect=None
+    args: argparse.Namespace, scales: Dict[int, Dict[str, float]], build=None, evaluate=None, collect=None,
+    unit: str = "scan",
 ) -> List[Dict[str, object]]:
     """Evaluate every scan of ``scales`` through the launcher; scans with metrics are reused unless ``--force``.
 
     ``build`` / ``evaluate`` / ``collect`` default to this protocol's :func:`build_runs`, :func:`evaluate_scan` and
-    :func:`collect_row` (scripts/eval_mipnerf360.py passes its own).
+    :func:`collect_row` (scripts/eval_mipnerf360.py passes its own). A progress bar counts the finished
+    units (with the ones running and the ETA) unless ``--quiet``.
     """
     from launcher import LauncherConfig, parse_gpus, run_jobs
 
@@ -359,7 +361,7 @@ def run_scans(
     cfg = LauncherConfig(
         kind=args.launcher, folder=os.path.join(args.out, "submitit"), gpus=parse_gpus(args.gpus),
         slurm_partition=args.slurm_partition, slurm_time=args.slurm_time,
-        slurm_gpus_per_task=args.slurm_gpus_per_task, python_path=[ROOT, os.path.join(ROOT, "scripts")],
+        slurm_gpus_per_task=args.slurm_gpus_per_task, python_path=[ROOT, os.path.join(ROOT, "scripts")], unit=unit,
     )
     for (_, _, (scan, *_)), result in zip(jobs, run_jobs(jobs, cfg)):
         error = f"job {result.job_id} failed: {result.error} (logs in {cfg.folder})"
@@ -487,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_lpips_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bar; warnings, errors and the table only")
     parser.add_argument("--lpips-weights", metavar="DIR",
                         help="folder with alexnet-owt-7be5be79.pth and lpips' v0.1 alex.pth, passed to every launch.py "
                         "run (default: THREESTUDIO_LPIPS_DIR, else the torch hub cache, else one download)")
@@ -500,12 +503,21 @@ def use_lpips_weights(args: argparse.Namespace) -> None:
         args.lpips_weights = os.path.abspath(args.lpips_weights)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def start_logging(args: argparse.Namespace) -> None:
+    """CPU thread defaults (before torch is imported; docs/PERFORMANCE.md, "CPU threads"), log level, ``--quiet``."""
+    from threestudio.utils.progress import set_quiet
     from threestudio.utils.threads import set_cpu_thread_defaults
 
-    set_cpu_thread_defaults()  # before torch is imported (docs/PERFORMANCE.md, "CPU threads")
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
+    set_cpu_thread_defaults()
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="[%(levelname)s] %(name)s: %(message)s")
+    if args.quiet:
+        set_quiet()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    start_logging(args)
     if args.steps is not None and args.steps < 1:
         raise SystemExit("error: --steps must be >= 1")
     for item in args.extra:
