@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -43,6 +43,7 @@ from threestudio.utils.distributed import (
 from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.io import write_json_atomic
 from zeronvs_diffusion.model_config import DiffusionModelConfig, check_model_config, resolve_weights_dtype
+from zeronvs_diffusion.prior import DiffusionPrior
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class NVSSystem(BaseSystem):
             raise ConfigError("system.sampling.steps and system.sampling.targets_per_batch must be >= 1")
         if not 0.0 <= s.eta <= 1.0:
             raise ConfigError(f"system.sampling.eta must be in [0, 1], got {s.eta}")
-        self._model = None  # not an nn.Module child: never saved, never moved by Lightning
+        self._model: Optional[DiffusionPrior] = None  # not an nn.Module child: never saved, never moved by Lightning
         self._pending: List[Dict[str, Any]] = []
         self._records: List[Dict[str, Any]] = []
 
@@ -143,9 +144,7 @@ class NVSSystem(BaseSystem):
 
     def _initial_latents(self, indices: List[int]) -> Tensor:
         """(N, C, h, w) initial noise, target ``i`` drawn from ``seed + i`` (independent of batching)."""
-        size = self._model.unet.config.sample_size
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (self._model.latent_channels, h, w)
+        shape = (self._model.latent_channels, *self._model.latent_size)
         seed = self.sampling_cfg.seed
         return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in indices])
 

@@ -30,6 +30,7 @@ from threestudio.utils.image import resize_image, save_image
 from threestudio.utils.io import write_json_atomic
 from threestudio.utils.schedule import C, C_tensor
 from zeronvs_diffusion.model_config import DiffusionModelConfig, check_model_config, resolve_weights_dtype
+from zeronvs_diffusion.prior import DiffusionPrior
 
 logger = logging.getLogger(__name__)
 
@@ -155,11 +156,9 @@ class ZeroNVSGuidance(BaseObject):
         cfg = self.cfg
         from zeronvs_diffusion.sources import load_configured_model
 
-        self.model = load_configured_model(cfg)
+        self.model: DiffusionPrior = load_configured_model(cfg)
         if cfg.vae_gradient_checkpointing:
-            # diffusers checkpoints the encoder's down/mid blocks whenever autograd records (eval mode included);
-            # the decoder only ever runs without gradients here, so the switch only affects the SDS encode.
-            self.model.vae.enable_gradient_checkpointing()
+            self.model.enable_vae_gradient_checkpointing()  # affects only the SDS encode (the decode has no grad)
         self.device = torch.device("cpu")
         self.weights_dtype = torch.float32
 
