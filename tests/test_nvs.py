@@ -32,8 +32,8 @@ def nvs_args(root: Path, model_dir: Path, *extra: str, config: str = "zeronvs_nv
     return [
         "--config", str(ROOT / "configs" / config), "--test",
         f"exp_root_dir={root}", "use_timestamp=false",
-        f"system.guidance.pretrained_model_name_or_path={model_dir / 'model.ckpt'}",
-        f"system.guidance.pretrained_config={model_dir / 'config.yaml'}",
+        f"system.diffusion_model.pretrained_model_name_or_path={model_dir / 'model.ckpt'}",
+        f"system.diffusion_model.pretrained_config={model_dir / 'config.yaml'}",
         "data.height=32", "data.width=32", "system.sampling.steps=2", "system.sampling.targets_per_batch=2",
         *extra,
     ]
@@ -162,13 +162,13 @@ def test_two_process_split_writes_each_target_once(tmp_path, dtu_scan24, zeronvs
 def test_bad_input_fails_before_writing(tmp_path, dtu_scan24, zeronvs_tiny_dir):
     res = launch(
         *nvs_args(tmp_path, zeronvs_tiny_dir, f"data.scene_dir={dtu_scan24}", "data.target_views=[31]"),
-        "system.guidance.pretrained_model_name_or_path=" + str(tmp_path / "missing.ckpt"),
+        "system.diffusion_model.pretrained_model_name_or_path=" + str(tmp_path / "missing.ckpt"),
     )
     assert res.returncode == 2, res.stderr[-2000:]
     assert "missing.ckpt" in res.stderr
     res = launch(
         *nvs_args(tmp_path, zeronvs_tiny_dir, f"data.scene_dir={dtu_scan24}", "data.target_views=[31]"),
-        "system.guidance.precomputed_scale=null",
+        "system.diffusion_model.precomputed_scale=null",
     )
     assert res.returncode == 2 and "precomputed_scale" in res.stderr
     assert not (tmp_path / "zeronvs_nvs").exists()

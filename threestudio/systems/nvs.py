@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -50,8 +50,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class NVSModelConfig(DiffusionModelConfig):
-    """``system.guidance``: the diffusion model, the keys of ``zeronvs-guidance``'s model (its defaults for direct
-    sampling: guidance scale 3, half-precision weights on CUDA)."""
+    """``system.diffusion_model``: the diffusion model that is sampled, the keys of ``zeronvs-guidance``'s model
+    (their defaults for direct sampling: guidance scale 3, half-precision weights on CUDA)."""
 
     guidance_scale: float = 3.0
     half_precision_weights: bool = True
@@ -73,7 +73,11 @@ class NVSSystem(BaseSystem):
 
     @dataclass
     class Config(BaseSystem.Config):
-        guidance: NVSModelConfig = field(default_factory=NVSModelConfig)
+        KEY_HINTS: ClassVar[Dict[str, str]] = {
+            "guidance": "was renamed: nvs-system samples a diffusion model and has no guidance; use "
+                        "system.diffusion_model (same keys)",
+        }
+        diffusion_model: NVSModelConfig = field(default_factory=NVSModelConfig)
         sampling: NVSSamplingConfig = field(default_factory=NVSSamplingConfig)
         metrics_use_mask: bool = False  # PSNR over the object mask only (the ZeroNVS DTU protocol uses full images)
         contact_sheet: bool = True
@@ -81,10 +85,10 @@ class NVSSystem(BaseSystem):
     cfg: Config
 
     def configure(self) -> None:
-        self.model_cfg: NVSModelConfig = self.cfg.guidance
+        self.model_cfg: NVSModelConfig = self.cfg.diffusion_model
         self.sampling_cfg: NVSSamplingConfig = self.cfg.sampling
         m, s = self.model_cfg, self.sampling_cfg
-        check_model_config(m)
+        check_model_config(m, "system.diffusion_model")
         if s.steps < 1 or s.targets_per_batch < 1:
             raise ConfigError("system.sampling.steps and system.sampling.targets_per_batch must be >= 1")
         if not 0.0 <= s.eta <= 1.0:

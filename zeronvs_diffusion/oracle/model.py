@@ -175,7 +175,8 @@ class OracleModel(DiffusionPrior):
         return cond_rows[same.float().argmax(dim=1)]
 
     def compile_unet(self, mode: str = "default") -> None:
-        raise UserError("the oracle prior has no UNet to compile; set system.guidance.compile_unet=null")
+        raise UserError("the oracle prior has no UNet to compile; set system.guidance.compile_unet=null "
+                        "(nvs-system: system.diffusion_model.compile_unet)")
 
     def enable_vae_gradient_checkpointing(self) -> None:
         """Nothing to recompute: the identity "VAE" keeps no activations."""
@@ -199,7 +200,7 @@ def load_oracle(path: str, config: Optional[str] = None, device: Union[str, torc
     if config is not None:
         raise UserError(
             f"the oracle prior takes no latent-diffusion YAML (got {config!r}); "
-            "set system.guidance.pretrained_config=null"
+            "set system.guidance.pretrained_config=null (nvs-system: system.diffusion_model.pretrained_config)"
         )
     spec = dict(read_mapping(path, "oracle world"))
     world = {key: spec.pop(key) for key in WORLD_KEYS if key in spec}
