@@ -93,8 +93,22 @@ def test_scene_writes_every_target_once_with_metrics(scene_run, dtu_scan24):
     assert metrics["psnr"] == pytest.approx(np.mean([v["psnr"] for v in metrics["per_view"]]))
     sheet = load_image(str(save / "contact_sheet.png"))
     assert sheet.shape[:2] == (32 * len(TARGETS), 3 * 32)  # source | generated | ground truth
+    assert_sheet_shows_the_written_images(save, sorted(TARGETS))
     assert not (save / ".partial").exists()
     assert not glob.glob(str(save / "**" / "*.tmp*"), recursive=True), "temporary files left behind"
+
+
+def assert_sheet_shows_the_written_images(save: Path, targets: list, size: int = 32) -> None:
+    """The contact sheet's generated column (built from memory, or read back from other processes' files) holds
+    exactly the written nvs/target_*.png images, one row per target in target order."""
+    import torch
+
+    from threestudio.utils.image import load_image
+
+    sheet = load_image(str(save / "contact_sheet.png"))[..., :3]
+    for row, target in enumerate(targets):
+        written = load_image(str(save / "nvs" / f"target_{target:03d}.png"))[..., :3]
+        assert torch.equal(sheet[row * size:(row + 1) * size, size:2 * size], written), target
 
 
 def test_scene_selection_matches_view_selection(scene_run, dtu_scan24):
@@ -156,6 +170,7 @@ def test_two_process_split_writes_each_target_once(tmp_path, dtu_scan24, zeronvs
     metrics = load_json(save / "metrics.json")
     assert [v["target"] for v in metrics["per_view"]] == sorted(targets)
     assert [s["target"] for s in load_json(save / "selection.json")] == targets
+    assert_sheet_shows_the_written_images(save, sorted(targets))  # rank 0 read the other rank's images back
     assert not (save / ".partial").exists()
 
 
