@@ -178,7 +178,7 @@ def check_scenes(root: str, scans: Sequence[int]) -> Optional[str]:
     return None
 
 
-def _model_overrides(args: argparse.Namespace, section: str) -> List[str]:
+def _model_overrides(args: argparse.Namespace, section: str = "system.guidance") -> List[str]:
     """``--ckpt`` / ``--model-config`` as overrides of the model section (``system.guidance`` of the SDS system,
     ``system.diffusion_model`` of nvs-system)."""
     out = []

@@ -453,6 +453,13 @@ class BaseLift3DSystem(BaseSystem):
         prop_cfg = getattr(self.renderer.cfg, "prop_optimizer_config", None)
         if proposal is None or prop_cfg is None:
             return groups
+        prop_name = config_to_primitive(prop_cfg).get("name")
+        main_name = config_to_primitive(self.cfg.optimizer).get("name", "Adam")
+        if prop_name is not None and prop_name != main_name and hasattr(torch.optim, str(main_name)):
+            raise ConfigError(
+                f"system.renderer.prop_optimizer_config.name is {prop_name!r} but the proposal networks are a param "
+                f"group of system.optimizer ({main_name!r}): set it to {main_name!r} or remove it (args are used)"
+            )
         prop_ids = {id(p) for p in proposal.parameters()}
         for g in groups:
             g["params"] = [p for p in g["params"] if id(p) not in prop_ids]

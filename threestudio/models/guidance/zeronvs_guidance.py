@@ -150,6 +150,16 @@ class ZeroNVSGuidance(BaseObject):
         check_model_config(cfg)
         if cfg.n_aux_c2w < 0:
             raise ConfigError(f"system.guidance.n_aux_c2w must be >= 0, got {cfg.n_aux_c2w}")
+        if cfg.use_anisotropic_schedule and cfg.anisotropic_offset == 0:
+            raise ConfigError(
+                "system.guidance.use_anisotropic_schedule is true but anisotropic_offset is 0, which makes it the "
+                "isotropic schedule: set an offset (ZeroNVS: 1000) or use_anisotropic_schedule=false"
+            )
+        if not cfg.use_anisotropic_schedule and cfg.anisotropic_offset != 0:
+            raise ConfigError(
+                "system.guidance.anisotropic_offset acts only with use_anisotropic_schedule=true: set that, or "
+                "anisotropic_offset=0"
+            )
         if cfg.n_aux_c2w > 0 and cfg.anchor_ddim_steps < 1:
             raise ConfigError(f"system.guidance.anchor_ddim_steps must be >= 1, got {cfg.anchor_ddim_steps}")
         for key in ("min_step_percent", "max_step_percent", "p_use_aux_cameras", "grad_clip"):
