@@ -178,13 +178,15 @@ def check_scenes(root: str, scans: Sequence[int]) -> Optional[str]:
     return None
 
 
-def _model_overrides(args: argparse.Namespace) -> List[str]:
+def _model_overrides(args: argparse.Namespace, section: str = "system.guidance") -> List[str]:
+    """``--ckpt`` / ``--model-config`` as overrides of the model section (``system.guidance`` of the SDS system,
+    ``system.diffusion_model`` of nvs-system)."""
     out = []
     if args.ckpt:
         ckpt = args.ckpt if args.ckpt == "random" else os.path.abspath(args.ckpt)  # "random": tiny test models
-        out.append(f"system.guidance.pretrained_model_name_or_path={ckpt}")
+        out.append(f"{section}.pretrained_model_name_or_path={ckpt}")
     if args.model_config:
-        out.append(f"system.guidance.pretrained_config={os.path.abspath(args.model_config)}")
+        out.append(f"{section}.pretrained_config={os.path.abspath(args.model_config)}")
     return out
 
 
@@ -224,7 +226,8 @@ def build_runs(scan: int, scales: Dict[str, float], args: argparse.Namespace) ->
     pose_scale = scales["pose_scale"]
     if args.mode == "sds":
         # the protocol's input, targets and excluded views are configs/zeronvs_dtu.yaml's data.scene keys
-        overrides = [f"data.scene.scene_dir={scene}", f"data.scene.pose_scale={pose_scale}", *_model_overrides(args)]
+        overrides = [f"data.scene.scene_dir={scene}", f"data.scene.pose_scale={pose_scale}",
+                     *_model_overrides(args, "system.guidance")]
         if args.steps:
             overrides += [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}"]
         return [_launch_run(SDS_CONFIG, "--train", "sds", scan, overrides, args)]
@@ -236,7 +239,8 @@ def build_runs(scan: int, scales: Dict[str, float], args: argparse.Namespace) ->
         f"data.pose_scale={pose_scale}",
     ]
     steps = [f"system.sampling.steps={args.steps}"] if args.steps else []
-    nvs = _launch_run(NVS_CONFIG, "--test", "nvs", scan, common + _model_overrides(args) + steps, args)
+    model = _model_overrides(args, "system.diffusion_model")
+    nvs = _launch_run(NVS_CONFIG, "--test", "nvs", scan, common + model + steps, args)
     if args.mode == "nvs":
         return [nvs]
     # the NeRF stays in the normalised world (pose_scale 1): the generated views sit at the targets' poses
@@ -468,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="scan numbers (default: the protocol's 15)")
     parser.add_argument("--mode", choices=MODES, required=True)
     parser.add_argument("--out", required=True, help="output folder (tables, runs/, logs/)")
-    parser.add_argument("--ckpt", help="ZeroNVS checkpoint or converted folder (system.guidance.pretrained_...)")
+    parser.add_argument("--ckpt", help="ZeroNVS checkpoint or converted folder (the model section's pretrained_...)")
     parser.add_argument("--model-config", help="the checkpoint's latent-diffusion YAML")
     parser.add_argument("--gt-to-pred-scale", nargs="+",
                         help="one value, or SCAN=VALUE pairs (default: ZeroNVS's table for sds, 1.0 otherwise)")
