@@ -178,13 +178,15 @@ def check_scenes(root: str, scans: Sequence[int]) -> Optional[str]:
     return None
 
 
-def _model_overrides(args: argparse.Namespace) -> List[str]:
+def _model_overrides(args: argparse.Namespace, section: str = "system.guidance") -> List[str]:
+    """``--ckpt`` / ``--model-config`` as overrides of the model section (``system.guidance`` of the SDS system,
+    ``system.diffusion_model`` of nvs-system)."""
     out = []
     if args.ckpt:
         ckpt = args.ckpt if args.ckpt == "random" else os.path.abspath(args.ckpt)  # "random": tiny test models
-        out.append(f"system.guidance.pretrained_model_name_or_path={ckpt}")
+        out.append(f"{section}.pretrained_model_name_or_path={ckpt}")
     if args.model_config:
-        out.append(f"system.guidance.pretrained_config={os.path.abspath(args.model_config)}")
+        out.append(f"{section}.pretrained_config={os.path.abspath(args.model_config)}")
     return out
 
 
@@ -224,7 +226,8 @@ def build_runs(scan: int, scales: Dict[str, float], args: argparse.Namespace) ->
     pose_scale = scales["pose_scale"]
     if args.mode == "sds":
         # the protocol's input, targets and excluded views are configs/zeronvs_dtu.yaml's data.scene keys
-        overrides = [f"data.scene.scene_dir={scene}", f"data.scene.pose_scale={pose_scale}", *_model_overrides(args)]
+        overrides = [f"data.scene.scene_dir={scene}", f"data.scene.pose_scale={pose_scale}",
+                     *_model_overrides(args, "system.guidance")]
         if args.steps:
             overrides += [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}"]
         return [_launch_run(SDS_CONFIG, "--train", "sds", scan, overrides, args)]
@@ -236,7 +239,8 @@ def build_runs(scan: int, scales: Dict[str, float], args: argparse.Namespace) ->
         f"data.pose_scale={pose_scale}",
     ]
     steps = [f"system.sampling.steps={args.steps}"] if args.steps else []
-    nvs = _launch_run(NVS_CONFIG, "--test", "nvs", scan, common + _model_overrides(args) + steps, args)
+    model = _model_overrides(args, "system.diffusion_model")
+    nvs = _launch_run(NVS_CONFIG, "--test", "nvs", scan, common + model + steps, args)
     if args.mode == "nvs":
         return [nvs]
     # the NeRF stays in the normalised world (pose_scale 1): the generated views sit at the targets' poses
@@ -332,12 +336,14 @@ def evaluate_scan(scan: int, scales: Dict[str, float], args: argparse.Namespace)
 
 
 def run_scans(
-    args: argparse.Namespace, scales: Dict[int, Dict[str, float]], build=None, evaluate=None, collect=None
+    args: argparse.Namespace, scales: Dict[int, Dict[str, float]], build=None, evaluate=None, collect=None,
+    unit: str = "scan",
 ) -> List[Dict[str, object]]:
     """Evaluate every scan of ``scales`` through the launcher; scans with metrics are reused unless ``--force``.
 
     ``build`` / ``evaluate`` / ``collect`` default to this protocol's :func:`build_runs`, :func:`evaluate_scan` and
-    :func:`collect_row` (scripts/eval_mipnerf360.py passes its own).
+    :func:`collect_row` (scripts/eval_mipnerf360.py passes its own). A progress bar counts the finished
+    units (with the ones running and the ETA) unless ``--quiet``.
     """
     from launcher import LauncherConfig, parse_gpus, run_jobs
 
@@ -359,7 +365,7 @@ def run_scans(
     cfg = LauncherConfig(
         kind=args.launcher, folder=os.path.join(args.out, "submitit"), gpus=parse_gpus(args.gpus),
         slurm_partition=args.slurm_partition, slurm_time=args.slurm_time,
-        slurm_gpus_per_task=args.slurm_gpus_per_task, python_path=[ROOT, os.path.join(ROOT, "scripts")],
+        slurm_gpus_per_task=args.slurm_gpus_per_task, python_path=[ROOT, os.path.join(ROOT, "scripts")], unit=unit,
     )
     for (_, _, (scan, *_)), result in zip(jobs, run_jobs(jobs, cfg)):
         error = f"job {result.job_id} failed: {result.error} (logs in {cfg.folder})"
@@ -466,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="scan numbers (default: the protocol's 15)")
     parser.add_argument("--mode", choices=MODES, required=True)
     parser.add_argument("--out", required=True, help="output folder (tables, runs/, logs/)")
-    parser.add_argument("--ckpt", help="ZeroNVS checkpoint or converted folder (system.guidance.pretrained_...)")
+    parser.add_argument("--ckpt", help="ZeroNVS checkpoint or converted folder (the model section's pretrained_...)")
     parser.add_argument("--model-config", help="the checkpoint's latent-diffusion YAML")
     parser.add_argument("--gt-to-pred-scale", nargs="+",
                         help="one value, or SCAN=VALUE pairs (default: ZeroNVS's table for sds, 1.0 otherwise)")
@@ -487,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_lpips_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bar; warnings, errors and the table only")
     parser.add_argument("--lpips-weights", metavar="DIR",
                         help="folder with alexnet-owt-7be5be79.pth and lpips' v0.1 alex.pth, passed to every launch.py "
                         "run (default: THREESTUDIO_LPIPS_DIR, else the torch hub cache, else one download)")
@@ -500,12 +507,21 @@ def use_lpips_weights(args: argparse.Namespace) -> None:
         args.lpips_weights = os.path.abspath(args.lpips_weights)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def start_logging(args: argparse.Namespace) -> None:
+    """CPU thread defaults (before torch is imported; docs/PERFORMANCE.md, "CPU threads"), log level, ``--quiet``."""
+    from threestudio.utils.progress import set_quiet
     from threestudio.utils.threads import set_cpu_thread_defaults
 
-    set_cpu_thread_defaults()  # before torch is imported (docs/PERFORMANCE.md, "CPU threads")
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
+    set_cpu_thread_defaults()
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="[%(levelname)s] %(name)s: %(message)s")
+    if args.quiet:
+        set_quiet()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    start_logging(args)
     if args.steps is not None and args.steps < 1:
         raise SystemExit("error: --steps must be >= 1")
     for item in args.extra:

@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
+    eval_dtu.start_logging(args)
     if args.steps is not None and args.steps < 1:
         raise SystemExit("error: --steps must be >= 1")
     for item in args.extra:
@@ -198,7 +198,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(shlex.join(run.cmd))
         return 0
     os.makedirs(args.out, exist_ok=True)
-    rows = eval_dtu.run_scans(args, values, build=build_runs, evaluate=evaluate_scene, collect=collect_row)
+    rows = eval_dtu.run_scans(args, values, build=build_runs, evaluate=evaluate_scene, collect=collect_row,
+                              unit="scene")
     paths = write_tables(args.out, rows, args)
     mean = mean_row(rows, MODE)
     logger.info("mean over %d scene(s): PSNR %s, SSIM %s, LPIPS %s; tables %s and %s",

@@ -42,6 +42,7 @@ class LauncherConfig:
     python_path: List[str] = field(default_factory=list)
     poll_s: float = 0.5
     cluster: Optional[str] = None  # submitit cluster override for tests ("debug"); None: from kind
+    unit: str = "job"  # what a job is, for the progress bar ("scan", "scene")
 
 
 @dataclass
@@ -114,12 +115,18 @@ def run_jobs(jobs: Sequence[Job], cfg: LauncherConfig) -> List[JobResult]:
         return []
     _environment(cfg)
     os.makedirs(cfg.folder, exist_ok=True)
-    if cfg.kind == "slurm":
-        return _run_array(jobs, cfg)
-    return _run_local(jobs, cfg)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from threestudio.utils.progress import progress
+
+    # one bar over the jobs (done/total, elapsed, ETA); log lines print above it; off under --quiet
+    with progress(total=len(jobs), desc=f"{cfg.unit}s", unit=cfg.unit) as bar, logging_redirect_tqdm():
+        if cfg.kind == "slurm":
+            return _run_array(jobs, cfg, bar)
+        return _run_local(jobs, cfg, bar)
 
 
-def _run_local(jobs: Sequence[Job], cfg: LauncherConfig) -> List[JobResult]:
+def _run_local(jobs: Sequence[Job], cfg: LauncherConfig, bar: Any) -> List[JobResult]:
     import submitit
 
     slots: List[Optional[int]] = list(cfg.gpus) or [None]
@@ -138,18 +145,20 @@ def _run_local(jobs: Sequence[Job], cfg: LauncherConfig) -> List[JobResult]:
             where = f"GPU {slot}" if slot is not None else "the CPU"
             logger.info("%s: started on %s (submitit job %s, logs in %s)", name, where, job.job_id, cfg.folder)
             running[index] = (job, slot)
+            bar.set_postfix_str("running: " + ", ".join(jobs[i][0] for i in running))
         for index, (job, slot) in list(running.items()):
             if job.done():
                 results[index] = _result(jobs[index][0], job)
                 _log_result(results[index])
                 free.append(slot)
                 del running[index]
+                bar.update(1)
         if running:
             time.sleep(cfg.poll_s)
     return [r for r in results if r is not None]
 
 
-def _run_array(jobs: Sequence[Job], cfg: LauncherConfig) -> List[JobResult]:
+def _run_array(jobs: Sequence[Job], cfg: LauncherConfig, bar: Any) -> List[JobResult]:
     import submitit
 
     executor = submitit.AutoExecutor(folder=cfg.folder, cluster=cfg.cluster or "slurm")
@@ -167,6 +176,7 @@ def _run_array(jobs: Sequence[Job], cfg: LauncherConfig) -> List[JobResult]:
     for (name, _, _), job in zip(jobs, submitted):
         results.append(_result(name, job))
         _log_result(results[-1])
+        bar.update(1)
     return results
 
 

@@ -108,7 +108,8 @@ def compress_steps(cfg: Any, factor: float, keep: Sequence[str] = ()) -> None:
     for key in STEP_KEYS:
         value = OmegaConf.select(cfg, key)
         if key not in keep and isinstance(value, (int, float)) and not isinstance(value, bool):
-            _set(cfg, key, type(value)(value * factor))
+            # a positive step count stays positive (0 would switch the feature off, e.g. the anisotropic schedule)
+            _set(cfg, key, max(type(value)(value * factor), 1) if value > 0 else value)
     for key in MILESTONE_KEYS:
         value = OmegaConf.select(cfg, key)
         if key not in keep and _is_list(value):

@@ -60,9 +60,7 @@ def sample_candidates(
     """Novel views (K, V, R, R, 3) in [0, 1] of ``image01`` (1, H, W, 3) for K candidates × V azimuths."""
     import zeronvs_diffusion
 
-    size = model.unet.config.sample_size
-    latent_hw = (size, size) if isinstance(size, int) else tuple(size)
-    noise = [torch.randn((model.latent_channels, *latent_hw), generator=torch.Generator().manual_seed(seed + j))
+    noise = [torch.randn((model.latent_channels, *model.latent_size), generator=torch.Generator().manual_seed(seed + j))
              for j in range(len(azimuths_deg))]
     jobs = []  # (candidate index, view index, cond c2w, target c2w)
     for k, cand in enumerate(cands):

@@ -87,10 +87,18 @@ def test_paper_config_keeps_memory_savers_on():
 
 @pytest.mark.parametrize("name", ["zeronvs_nvs.yaml"])
 def test_unknown_unet_compile_mode_is_a_config_error(name):
-    cfg = load_config(
-        str(ROOT / "configs" / name), cli_args=["data.image_path=unused.png", "system.guidance.compile_unet=fast"]
-    )
-    with pytest.raises(ConfigError, match="compile_unet.*reduce-overhead"):
+    cli_args = ["data.image_path=unused.png", "system.diffusion_model.compile_unet=fast"]
+    cfg = load_config(str(ROOT / "configs" / name), cli_args=cli_args)
+    with pytest.raises(ConfigError, match="system.diffusion_model.compile_unet.*reduce-overhead"):
+        threestudio.find(cfg.system_type)(cfg.system)
+
+
+def test_nvs_system_refuses_its_old_guidance_section():
+    """nvs-system's model section is system.diffusion_model (it samples a model, it has no guidance): the old name
+    is refused with a one-line hint naming the new one."""
+    cfg = load_config(str(ROOT / "configs" / "zeronvs_nvs.yaml"),
+                      cli_args=["data.scene_dir=unused", "system.guidance.precomputed_scale=0.7"])
+    with pytest.raises(ConfigError, match=r"^system.guidance was renamed: .*use system.diffusion_model \(same keys\)$"):
         threestudio.find(cfg.system_type)(cfg.system)
 
 

@@ -139,6 +139,7 @@ def test_dtu_config_differs_from_the_paper_config_only_in_the_protocol_keys():
         "system.background.color", "system.background.random_aug", "system.renderer.near_plane",
         "system.renderer.far_plane", "system.guidance.guidance_scale", "system.guidance.use_anisotropic_schedule",
         "system.guidance.anisotropic_offset", "system.loss.lambda_opaque",
+        "data.random_camera.n_test_views",  # single-view-scene's test views are the scene's (the key is refused)
     }
     # launch_eval_dtu.sh + zero123_scene.yaml's values
     assert (dtu["data.height"], dtu["data.width"]) == ([108, 300], [144, 400])

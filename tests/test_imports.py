@@ -94,18 +94,71 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
 
 
+# run in one subprocess: third-party packages are imported once, then one forked child per library module imports
+# it first (no library module is loaded in the parent, so each child starts the library fresh); prints the failures
+FORK_IMPORTS = r"""
+import importlib, json, os, sys, traceback
+import numpy, torch  # noqa: F401  third-party only: the library's own modules stay unloaded here
+for heavy in ("lightning", "omegaconf", "diffusers", "transformers", "triton"):
+    try:
+        importlib.import_module(heavy)
+    except ImportError:
+        pass
+has_triton = "triton" in sys.modules
+failures = []
+for name in json.loads(sys.argv[1]):
+    if name.startswith("threestudio.kernels.") and not has_triton:
+        continue  # the kernels import triton at their top; without triton only fast_paths may import them
+    assert not any(m == p or m.startswith(p + ".") for m in sys.modules for p in ("threestudio", "zeronvs_diffusion"))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            importlib.import_module(name)
+            code, message = 0, b""
+        except BaseException:
+            code, message = 1, traceback.format_exc().strip().splitlines()[-1].encode()
+        os.write(write, message)
+        os._exit(code)
+    os.close(write)
+    message = os.read(read, 4096).decode()
+    os.close(read)
+    if os.waitpid(pid, 0)[1] != 0:
+        failures.append(f"{name}: {message or 'died'}")
+print(json.dumps(failures))
+"""
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (Linux/macOS)")
 def test_every_module_imports_first_in_a_fresh_process():
-    """``python -c 'import M'`` for every library module M (a cycle fails when its module is imported first)."""
-    failures = []
-    env = dict(os.environ, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1")
-    for name in library_modules():
-        if name.startswith("threestudio.kernels.") and subprocess.run(
-            [sys.executable, "-c", "import triton"], capture_output=True, env=env
-        ).returncode:
-            continue  # the kernels import triton at their top; without triton only fast_paths may import them
-        res = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, capture_output=True, text=True,
-                             env=env)
-        if res.returncode:
-            failures.append(f"{name}: {res.stderr.strip().splitlines()[-1]}")
+    """``import M`` first, for every library module M, in a process that has loaded no library module (a cycle fails
+    when its module is imported first): one forked child per module of a parent that imported only third-party
+    packages — the same check as ``python -c 'import M'`` per module, without paying torch's import each time."""
+    import json
+
+    env = dict(os.environ, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    names = sorted(library_modules())
+    res = subprocess.run([sys.executable, "-c", FORK_IMPORTS, json.dumps(names)], cwd=ROOT, capture_output=True,
+                         text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    failures = json.loads(res.stdout.strip().splitlines()[-1])
     assert not failures, "\n".join(failures)
+
+
+def test_the_fresh_import_check_catches_a_cycle(tmp_path):
+    """The check above fails on a package whose two modules import each other at the top (imported first: one of
+    them finds the other half-initialised)."""
+    import json
+
+    pkg = tmp_path / "threestudio_cycle_probe"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from threestudio_cycle_probe.b import B\nA = 1\n")
+    (pkg / "b.py").write_text("from threestudio_cycle_probe.a import A\nB = 2\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-c", FORK_IMPORTS, json.dumps(["threestudio_cycle_probe.a"])], cwd=ROOT,
+                         capture_output=True, text=True, env=env)
+    failures = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(failures) == 1 and "ImportError" in failures[0], failures

@@ -66,3 +66,18 @@ def test_argument_parsing():
         parse_slurm_time("two hours")
     with pytest.raises(UserError):
         run_jobs([("a", square, (1,))], LauncherConfig(kind="ssh"))
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_bar_counts_the_finished_jobs_unless_quiet(tmp_path, monkeypatch, capsys, quiet):
+    from threestudio.utils.progress import set_quiet
+
+    monkeypatch.delenv("THREESTUDIO_QUIET", raising=False)  # conftest turns bars off for the suite
+    set_quiet(quiet)
+    cfg = LauncherConfig(kind="slurm", folder=str(tmp_path), cluster="debug", python_path=PYTHON_PATH, unit="scan")
+    run_jobs([("scan24", square, (2,)), ("scan37", square, (3,))], cfg)
+    err = capsys.readouterr().err
+    if quiet:
+        assert "scans" not in err
+    else:
+        assert "scans: 100%" in err and "2/2" in err and ("scan/s" in err or "s/scan" in err)

@@ -32,8 +32,8 @@ def nvs_args(root: Path, model_dir: Path, *extra: str, config: str = "zeronvs_nv
     return [
         "--config", str(ROOT / "configs" / config), "--test",
         f"exp_root_dir={root}", "use_timestamp=false",
-        f"system.guidance.pretrained_model_name_or_path={model_dir / 'model.ckpt'}",
-        f"system.guidance.pretrained_config={model_dir / 'config.yaml'}",
+        f"system.diffusion_model.pretrained_model_name_or_path={model_dir / 'model.ckpt'}",
+        f"system.diffusion_model.pretrained_config={model_dir / 'config.yaml'}",
         "data.height=32", "data.width=32", "system.sampling.steps=2", "system.sampling.targets_per_batch=2",
         *extra,
     ]
@@ -93,8 +93,22 @@ def test_scene_writes_every_target_once_with_metrics(scene_run, dtu_scan24):
     assert metrics["psnr"] == pytest.approx(np.mean([v["psnr"] for v in metrics["per_view"]]))
     sheet = load_image(str(save / "contact_sheet.png"))
     assert sheet.shape[:2] == (32 * len(TARGETS), 3 * 32)  # source | generated | ground truth
+    assert_sheet_shows_the_written_images(save, sorted(TARGETS))
     assert not (save / ".partial").exists()
     assert not glob.glob(str(save / "**" / "*.tmp*"), recursive=True), "temporary files left behind"
+
+
+def assert_sheet_shows_the_written_images(save: Path, targets: list, size: int = 32) -> None:
+    """The contact sheet's generated column (built from memory, or read back from other processes' files) holds
+    exactly the written nvs/target_*.png images, one row per target in target order."""
+    import torch
+
+    from threestudio.utils.image import load_image
+
+    sheet = load_image(str(save / "contact_sheet.png"))[..., :3]
+    for row, target in enumerate(targets):
+        written = load_image(str(save / "nvs" / f"target_{target:03d}.png"))[..., :3]
+        assert torch.equal(sheet[row * size:(row + 1) * size, size:2 * size], written), target
 
 
 def test_scene_selection_matches_view_selection(scene_run, dtu_scan24):
@@ -156,19 +170,20 @@ def test_two_process_split_writes_each_target_once(tmp_path, dtu_scan24, zeronvs
     metrics = load_json(save / "metrics.json")
     assert [v["target"] for v in metrics["per_view"]] == sorted(targets)
     assert [s["target"] for s in load_json(save / "selection.json")] == targets
+    assert_sheet_shows_the_written_images(save, sorted(targets))  # rank 0 read the other rank's images back
     assert not (save / ".partial").exists()
 
 
 def test_bad_input_fails_before_writing(tmp_path, dtu_scan24, zeronvs_tiny_dir):
     res = launch(
         *nvs_args(tmp_path, zeronvs_tiny_dir, f"data.scene_dir={dtu_scan24}", "data.target_views=[31]"),
-        "system.guidance.pretrained_model_name_or_path=" + str(tmp_path / "missing.ckpt"),
+        "system.diffusion_model.pretrained_model_name_or_path=" + str(tmp_path / "missing.ckpt"),
     )
     assert res.returncode == 2, res.stderr[-2000:]
     assert "missing.ckpt" in res.stderr
     res = launch(
         *nvs_args(tmp_path, zeronvs_tiny_dir, f"data.scene_dir={dtu_scan24}", "data.target_views=[31]"),
-        "system.guidance.precomputed_scale=null",
+        "system.diffusion_model.precomputed_scale=null",
     )
     assert res.returncode == 2 and "precomputed_scale" in res.stderr
     assert not (tmp_path / "zeronvs_nvs").exists()

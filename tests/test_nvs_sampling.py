@@ -19,8 +19,8 @@ N_TARGETS = 3
 def overrides(root: Path, model_dir: Path, *extra: str) -> list:
     return [
         f"exp_root_dir={root}", "use_timestamp=false",
-        f"system.guidance.pretrained_model_name_or_path={model_dir / 'model.ckpt'}",
-        f"system.guidance.pretrained_config={model_dir / 'config.yaml'}",
+        f"system.diffusion_model.pretrained_model_name_or_path={model_dir / 'model.ckpt'}",
+        f"system.diffusion_model.pretrained_config={model_dir / 'config.yaml'}",
         "data.image_path=skimage:motorcycle_left", f"data.orbit.n_views={N_TARGETS}", "data.height=32", "data.width=32",
         "system.sampling.steps=2", "system.sampling.eta=0.0", "system.sampling.seed=3", "system.contact_sheet=false",
         *extra,
@@ -63,7 +63,8 @@ def test_nvs_images_are_sample_views_and_independent_of_batching(tmp_path, zeron
     with torch.no_grad():
         direct = zeronvs_diffusion.sample_views(
             model, cond["images"][src], cond["c2w"][src], datamodule.targets.c2w.float(), cond["fov_deg"][src],
-            cfg.system.guidance.precomputed_scale, steps=2, eta=0.0, guidance_scale=cfg.system.guidance.guidance_scale,
+            cfg.system.diffusion_model.precomputed_scale, steps=2, eta=0.0,
+            guidance_scale=cfg.system.diffusion_model.guidance_scale,
             x_T=x_T,
         ).permute(0, 2, 3, 1)  # fmt: skip
     assert direct.shape == one.shape

@@ -34,10 +34,10 @@ def make_renderer(estimator="proposal", geometry=None, material="no-material", b
     mat = threestudio.find(material)(mat_cfg)
     bg = threestudio.find("solid-color-background")(background or {"color": [0.2, 0.4, 0.6]})
     cfg = {"radius": 1.0, "estimator": estimator, "near_plane": 0.5, "far_plane": 6.0, "sampling_type": "uniform",
-           "num_samples_per_ray": 16, "num_samples_per_ray_importance": 8, "num_samples_per_ray_proposal": 16,
+           "num_samples_per_ray": 16, "num_samples_per_ray_proposal": 16,
            "proposal_network_config": {"n_input_dims": 3, "n_output_dims": 1, "encoding_config": TINY_GRID,
                                        "network_config": TINY_MLP},
-           **renderer_cfg}
+           **({"num_samples_per_ray_importance": 8} if estimator == "importance" else {}), **renderer_cfg}
     return threestudio.find("nerf-volume-renderer")(cfg, geo, mat, bg)
 
 

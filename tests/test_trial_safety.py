@@ -345,7 +345,7 @@ def test_cli_malicious_checkpoints_on_every_loading_path(tmp_path):
     nvs = [
         "--config", ROOT / "configs" / "zeronvs_nvs_image.yaml", "--test", f"exp_root_dir={out}",
         "use_timestamp=false", f"data.image_path={image}", "data.orbit.n_views=2", "data.height=32", "data.width=32",
-        f"system.guidance.pretrained_config={TINY_YAML}",
+        f"system.diffusion_model.pretrained_config={TINY_YAML}",
     ]  # fmt: skip
     cases, names = [], []
     for variant in ("zip_hyper_parameters", "legacy_pickle"):
@@ -355,10 +355,10 @@ def test_cli_malicious_checkpoints_on_every_loading_path(tmp_path):
             ["--train", *smoke_args(out, f"resume={path}")],
             ["--test", *smoke_args(out, f"resume={path}")],
             ["--train", *smoke_args(out, f"system.guidance.pretrained_model_name_or_path={path}")],
-            [*nvs, f"system.guidance.pretrained_model_name_or_path={path}"],
+            [*nvs, f"system.diffusion_model.pretrained_model_name_or_path={path}"],
         ]
         names += [f"{variant}: {n}" for n in ("weights", "resume --train", "resume --test", "guidance", "nvs")]
-    cases.append([*nvs, f"system.guidance.pretrained_model_name_or_path={evil['ldm_style']}"])
+    cases.append([*nvs, f"system.diffusion_model.pretrained_model_name_or_path={evil['ldm_style']}"])
     names.append("ldm_style: nvs")
     for name, result in zip(names, run_cases(cases)):
         assert_one_line_exit(result, 2, "unpickling")

@@ -214,7 +214,8 @@ def test_tensor_schedule_equals_the_python_schedule():
 
 @pytest.mark.parametrize("anisotropic", [False, True])
 def test_timestep_bounds_equal_the_per_sample_python_loop(zeronvs_tiny_dir, anisotropic):
-    guidance = make_guidance(zeronvs_tiny_dir, use_anisotropic_schedule=anisotropic, anisotropic_offset=1000)
+    guidance = make_guidance(zeronvs_tiny_dir, use_anisotropic_schedule=anisotropic,
+                             anisotropic_offset=1000 if anisotropic else 0)
     cfg, t_count = guidance.cfg, guidance.num_train_timesteps
     generator = torch.Generator().manual_seed(0)
     delta = torch.cat([torch.linspace(-400.0, 400.0, 33), torch.rand(31, generator=generator) * 720 - 360])
@@ -425,8 +426,6 @@ def test_sds_anchoring(zeronvs_tiny_dir, tmp_path):
     guidance = make_guidance(
         zeronvs_tiny_dir, n_aux_c2w=2, anchor_ddim_steps=2, p_use_aux_cameras=[0, 1.0, 0.0, 10], guidance_scale_aux=2.0
     )
-    save_dir = tmp_path / "save" / "anchors"
-    guidance.set_save_dir(str(save_dir))
     sampler = Recorder(zeronvs_diffusion, "sample_views")  # counts the DDIM calls
     try:
         sds_grad = Recorder(guidance, "sds_grad")
@@ -440,9 +439,21 @@ def test_sds_anchoring(zeronvs_tiny_dir, tmp_path):
     assert len(sampler.calls) == 1  # generated once, on the first call
     assert sampler.calls[0][1]["steps"] == 2
 
+    # the guidance keeps the anchors in memory and writes nothing; the system writes them (base.write_anchor_views)
+    assert guidance.anchors is not None and guidance.anchors.images.shape == (2, 32, 32, 3)
+    import threestudio.models.guidance.zeronvs_guidance as guidance_module
+
+    assert not {"os", "save_image", "write_json_atomic"} & set(vars(guidance_module))  # no file output in a loss
+    from threestudio.systems.base import write_anchor_views
+
+    save_dir = tmp_path / "save" / "anchors"
+    save_dir.mkdir(parents=True)
+    write_anchor_views(str(save_dir), guidance.anchors)
     files = sorted(p.name for p in save_dir.iterdir())
     assert files == ["anchor_00.png", "anchor_01.png", "anchors.json"]
     record = json.loads((save_dir / "anchors.json").read_text())
+    assert list(record) == ["convention", "input_view", "ddim_steps", "ddim_eta", "guidance_scale", "seed",
+                            "precomputed_scale", "anchors"]
     assert [round(a["azimuth_deg"]) for a in record["anchors"]] == [150, -90]
     assert record["anchors"][0]["file"] == "anchor_00.png" and len(record["anchors"][1]["c2w"]) == 4
 
@@ -491,3 +502,23 @@ def test_several_input_views_follow_cond_index(zeronvs_tiny_dir):
     batch["cond_index"] = torch.tensor([2, 0])
     with pytest.raises(ValueError, match="cond_index"):
         guidance(torch.rand(2, 32, 32, 3), batch)
+
+
+def test_system_writes_the_anchor_views_once(tmp_path):
+    """The system, not the guidance, writes save/anchors/ (names and record as before), once per generation."""
+    from system_steps import build, training_batch, training_losses
+
+    tiny = ["data.height=16", "data.width=16", "data.random_camera.height=16", "data.random_camera.width=16",
+            "data.random_camera.batch_size=1", "system.guidance.n_aux_c2w=2", "system.guidance.anchor_ddim_steps=1"]
+    _, datamodule, system = build("smoke.yaml", tiny)
+    system.set_save_dir(str(tmp_path / "save"))
+    batch = training_batch(datamodule)
+    training_losses(system, batch)
+    folder = tmp_path / "save" / "anchors"
+    assert sorted(p.name for p in folder.iterdir()) == ["anchor_00.png", "anchor_01.png", "anchors.json"]
+    record = json.loads((folder / "anchors.json").read_text())
+    assert [a["file"] for a in record["anchors"]] == ["anchor_00.png", "anchor_01.png"]
+    assert record["ddim_steps"] == 1 and record["precomputed_scale"] == 0.7
+    (folder / "anchors.json").unlink()
+    training_losses(system, batch, step=1)
+    assert not (folder / "anchors.json").exists()  # the anchors are generated, and written, once

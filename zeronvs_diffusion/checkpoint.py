@@ -13,7 +13,8 @@ from zeronvs_diffusion.torch_load import UnsafeCheckpointError, load_torch_file
 
 logger = logging.getLogger(__name__)
 
-TRUST_HINT = "system.guidance.trust_checkpoint=true (python -m zeronvs_diffusion.convert: --trust-checkpoint)"
+TRUST_HINT = ("system.guidance.trust_checkpoint=true (nvs-system: system.diffusion_model.trust_checkpoint=true; "
+              "python -m zeronvs_diffusion.convert: --trust-checkpoint)")
 CONVERT_COMMAND = "`python -m zeronvs_diffusion.convert --trust-checkpoint`"
 
 

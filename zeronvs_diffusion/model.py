@@ -17,7 +17,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from zeronvs_diffusion.camera import Number, camera_embedding
 from zeronvs_diffusion.cc_projection import CCProjection
 from zeronvs_diffusion.errors import HOW_TO_GET_WEIGHTS, CheckpointError, UserError
 from zeronvs_diffusion.key_mapping import plan_conversion
@@ -30,6 +29,7 @@ from zeronvs_diffusion.ldm_config import (
     parse_architecture,
 )
 from zeronvs_diffusion.model_config import COMPILE_MODES, DTYPES
+from zeronvs_diffusion.prior import DiffusionPrior
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +223,9 @@ def _load_checked_folder(folder: str, dtype: torch.dtype) -> Tuple[Dict[str, nn.
 
 
 # ------------------------------------------------------------------------------------------- the model
-class ZeroNVSModel(nn.Module):
-    """The frozen ZeroNVS diffusion model and its conditioning maths.
+class ZeroNVSModel(DiffusionPrior):
+    """The frozen ZeroNVS diffusion model and its conditioning maths (a
+    :class:`~zeronvs_diffusion.prior.DiffusionPrior`).
 
     Image inputs are channels-last ``(B,H,W,3)`` (or RGBA ``(B,H,W,4)``, composited on white) in [0,1], as
     everywhere in the project; latents and decoded images are channels-first.
@@ -233,13 +234,11 @@ class ZeroNVSModel(nn.Module):
     def __init__(
         self, unet, vae, image_encoder, cc_projection: CCProjection, scheduler, conditioning: ConditioningSpec
     ):
-        super().__init__()
+        super().__init__(scheduler, conditioning)
         self.unet = unet
         self.vae = vae
         self.image_encoder = image_encoder
         self.cc_projection = cc_projection
-        self.scheduler = scheduler
-        self.conditioning = conditioning
         self.register_buffer("clip_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("clip_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -255,28 +254,22 @@ class ZeroNVSModel(nn.Module):
     def latent_channels(self) -> int:
         return int(self.unet.config.out_channels)
 
-    # -------------------------------------------------------------------------------- image inputs
-    def _channels_first(self, img01: Tensor, size: int, mode: str = "bilinear") -> Tensor:
-        """(B,H,W,3|4) in [0,1] → (B,3,size,size) in the model's dtype (alpha composited on white)."""
-        if img01.dim() != 4 or img01.shape[-1] not in (3, 4):
-            raise ValueError(f"expected images as (B,H,W,3) or (B,H,W,4) in [0,1], got shape {tuple(img01.shape)}")
-        if img01.shape[-1] == 4:
-            img01 = img01[..., :3] * img01[..., 3:] + (1.0 - img01[..., 3:])
-        x = img01.permute(0, 3, 1, 2).to(device=self.device, dtype=self.dtype)
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode=mode, align_corners=False)
-        return x
+    @property
+    def latent_size(self) -> Tuple[int, int]:
+        size = self.unet.config.sample_size
+        return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
+    # -------------------------------------------------------------------------------- image inputs
     def clip_embed(self, img01: Tensor) -> Tensor:
         """CLIP image embedding (B,1,D) of images (B,H,W,3) in [0,1] (bicubic, align_corners=True, no antialias)."""
-        x = self._channels_first(img01, img01.shape[1])
+        x = self.channels_first(img01, img01.shape[1])
         size = self.conditioning.clip_image_size
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=True, antialias=False)
         x = (x - self.clip_mean.to(x.dtype)) / self.clip_std.to(x.dtype)
         return self.image_encoder(pixel_values=x).image_embeds[:, None, :]
 
     def _vae_input(self, img01: Tensor) -> Tensor:
-        return self._channels_first(img01, self.conditioning.vae_resolution) * 2.0 - 1.0
+        return self.channels_first(img01, self.conditioning.vae_resolution) * 2.0 - 1.0
 
     def encode_concat(self, img01: Tensor) -> Tensor:
         """VAE posterior mode (B,C,h,w) of images (B,H,W,3) in [0,1], resized to the VAE resolution; unscaled."""
@@ -292,30 +285,9 @@ class ZeroNVSModel(nn.Module):
         return self.vae.decode(z.to(self.dtype) / self.conditioning.scale_factor).sample
 
     # ---------------------------------------------------------------------------------- conditioning
-    def camera_embedding(self, cond_c2w: Tensor, target_c2w: Tensor, fov_deg: Number, scale: Number) -> Tensor:
-        """(B,embedding_dim) embedding of this model's conditioning mode; see :func:`camera_embedding`."""
-        return camera_embedding(cond_c2w, target_c2w, fov_deg, scale, mode=self.conditioning.mode)
-
     def project(self, clip_raw: Tensor, T: Tensor) -> Tensor:
         """c_crossattn (B,1,context) = cc_projection(cat(clip_raw (B,1,D), T (B,E)))."""
         return self.cc_projection(clip_raw.to(self.dtype), T.to(device=self.device, dtype=self.dtype))
-
-    def conditionings(
-        self, cond_img01: Tensor, cond_c2w: Tensor, target_c2w: Tensor, fov_deg: Number, scale: Number
-    ) -> Tuple[Tensor, Tensor]:
-        """(c_crossattn (B,1,context), c_concat (B,C,h,w)) for B target cameras.
-
-        ``cond_img01`` (1 or B, H, W, 3) in [0,1] and ``cond_c2w`` (1 or B, 4, 4) broadcast over targets.
-        """
-        T = self.camera_embedding(cond_c2w, target_c2w, fov_deg, scale)
-        clip_raw = self.clip_embed(cond_img01)
-        c_concat = self.encode_concat(cond_img01)
-        n = T.shape[0]
-        if clip_raw.shape[0] != n:
-            if clip_raw.shape[0] != 1:
-                raise ValueError(f"{clip_raw.shape[0]} condition images for {n} target cameras; pass 1 or {n}")
-            clip_raw, c_concat = clip_raw.expand(n, -1, -1), c_concat.expand(n, -1, -1, -1)
-        return self.project(clip_raw, T), c_concat
 
     # ------------------------------------------------------------------------------------------ UNet
     def predict_eps(self, x_t: Tensor, t: Union[int, Tensor], c_crossattn: Tensor, c_concat: Tensor) -> Tensor:
@@ -335,6 +307,11 @@ class ZeroNVSModel(nn.Module):
         if mode not in COMPILE_MODES:
             raise ValueError(f"UNet compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
         self.unet.compile(mode=mode, dynamic=False)
+
+    def enable_vae_gradient_checkpointing(self) -> None:
+        """diffusers' checkpointing of the VAE's down/mid blocks (active whenever autograd records; the decoder
+        only ever runs without gradients in this project, so it only affects :meth:`encode_latents`)."""
+        self.vae.enable_gradient_checkpointing()
 
     # -------------------------------------------------------------------------------------- saving
     def save_pretrained(self, out_dir: str) -> None:

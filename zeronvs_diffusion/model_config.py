@@ -1,7 +1,7 @@
 """The config of the diffusion model as the pipeline uses it, and its one dtype rule.
 
-``system.guidance`` of both the SDS guidance (``zeronvs-guidance``) and the diffusion-only NVS system
-(``nvs-system``) is a :class:`DiffusionModelConfig` (the guidance adds its SDS keys): where the weights come
+The SDS guidance's ``system.guidance`` (``zeronvs-guidance``, which adds its SDS keys) and the diffusion-only NVS
+system's ``system.diffusion_model`` (``nvs-system``) are each a :class:`DiffusionModelConfig`: where the weights come
 from, the scene scale of the camera embedding, the classifier-free guidance scale, the weights' precision and
 an optional ``torch.compile`` of the UNet. :func:`check_model_config` validates it without loading anything;
 :func:`resolve_weights_dtype` picks the weights' dtype for a device.
@@ -27,7 +27,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 @dataclass
 class DiffusionModelConfig:
-    """The diffusion model's keys (``system.guidance.*``)."""
+    """The diffusion model's keys (``system.guidance.*``; nvs-system: ``system.diffusion_model.*``)."""
 
     # ldm .ckpt (with pretrained_config), a folder written by zeronvs_diffusion.convert, or "random"
     pretrained_model_name_or_path: str = "zeronvs.ckpt"
@@ -42,35 +42,36 @@ class DiffusionModelConfig:
     compile_unet: Optional[str] = None
 
 
-def check_precomputed_scale(scale: Optional[float]) -> float:
-    """The scene scale of the camera embedding (``system.guidance.precomputed_scale``); errors say what to set."""
+def check_precomputed_scale(scale: Optional[float], section: str = "system.guidance") -> float:
+    """The scene scale of the camera embedding (``<section>.precomputed_scale``); errors say what to set."""
     if scale is None:
         raise UserError(
-            "system.guidance.precomputed_scale is null, but there is no depth model to estimate the scene "
+            f"{section}.precomputed_scale is null, but there is no depth model to estimate the scene "
             "scale here; set it, e.g. 0.7 as in the paper"
         )
     if scale <= 0:
-        raise ConfigError(f"system.guidance.precomputed_scale must be positive, got {scale}")
+        raise ConfigError(f"{section}.precomputed_scale must be positive, got {scale}")
     return float(scale)
 
 
-def check_compile_mode(mode: Optional[str]) -> None:
-    """``system.guidance.compile_unet``: null or one of :data:`COMPILE_MODES`."""
+def check_compile_mode(mode: Optional[str], section: str = "system.guidance") -> None:
+    """``<section>.compile_unet``: null or one of :data:`COMPILE_MODES`."""
     if mode is not None and mode not in COMPILE_MODES:
-        raise ConfigError(f"system.guidance.compile_unet is {mode!r}; valid: null, {', '.join(COMPILE_MODES)}")
+        raise ConfigError(f"{section}.compile_unet is {mode!r}; valid: null, {', '.join(COMPILE_MODES)}")
 
 
-def check_dtype(dtype: str) -> None:
-    """``system.guidance.dtype``: one of :data:`DTYPE_CHOICES`."""
+def check_dtype(dtype: str, section: str = "system.guidance") -> None:
+    """``<section>.dtype``: one of :data:`DTYPE_CHOICES`."""
     if dtype not in DTYPE_CHOICES:
-        raise ConfigError(f"system.guidance.dtype is {dtype!r}; valid: {', '.join(DTYPE_CHOICES)}")
+        raise ConfigError(f"{section}.dtype is {dtype!r}; valid: {', '.join(DTYPE_CHOICES)}")
 
 
-def check_model_config(cfg: Any) -> None:
-    """Validate a parsed :class:`DiffusionModelConfig` (scene scale, dtype, compile mode); loads nothing."""
-    check_precomputed_scale(cfg.precomputed_scale)
-    check_dtype(cfg.dtype)
-    check_compile_mode(cfg.compile_unet)
+def check_model_config(cfg: Any, section: str = "system.guidance") -> None:
+    """Validate a parsed :class:`DiffusionModelConfig` (scene scale, dtype, compile mode) found at ``section``
+    (named in the errors); loads nothing."""
+    check_precomputed_scale(cfg.precomputed_scale, section)
+    check_dtype(cfg.dtype, section)
+    check_compile_mode(cfg.compile_unet, section)
 
 
 def resolve_weights_dtype(dtype: str, half_precision_weights: bool, device: torch.device) -> torch.dtype:

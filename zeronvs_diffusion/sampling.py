@@ -8,11 +8,11 @@ import torch
 from torch import Tensor
 
 from zeronvs_diffusion.camera import Number
-from zeronvs_diffusion.model import ZeroNVSModel
+from zeronvs_diffusion.prior import DiffusionPrior
 
 
 def ddim_sample_latents(
-    model: ZeroNVSModel,
+    model: DiffusionPrior,
     c_crossattn: Tensor,
     c_concat: Tensor,
     steps: int = 50,
@@ -61,7 +61,7 @@ def ddim_sample_latents(
 
 @torch.no_grad()
 def sample_views(
-    model: ZeroNVSModel,
+    model: DiffusionPrior,
     cond_img01: Tensor,
     cond_c2w: Tensor,
     target_c2w: Tensor,

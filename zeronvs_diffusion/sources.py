@@ -3,8 +3,8 @@
 ``pretrained_model_name_or_path`` is a checkpoint, a converted folder or ``random`` (the production loader,
 :func:`zeronvs_diffusion.model.load_model`, which knows nothing else), or ``NAME:ARGUMENT`` for a source in
 :data:`MODEL_SOURCES` (``oracle:WORLD.yaml``: the weight-free oracle prior of :mod:`zeronvs_diffusion.oracle`).
-Every source returns a model with the interface the guidance and the samplers use
-(:class:`zeronvs_diffusion.model.ZeroNVSModel`'s methods). :func:`load_configured_model` is the one loader of a
+Every source returns a :class:`zeronvs_diffusion.prior.DiffusionPrior` (the interface the guidance and the
+samplers use). :func:`load_configured_model` is the one loader of a
 :class:`~zeronvs_diffusion.model_config.DiffusionModelConfig` (the guidance's and nvs-system's model section).
 """
 
@@ -15,6 +15,8 @@ import logging
 from typing import Any, Dict, Optional, Union
 
 import torch
+
+from zeronvs_diffusion.prior import DiffusionPrior
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ def load_prior(
     dtype: Union[None, str, torch.dtype] = None,
     device: Union[str, torch.device] = "cpu",
     trust_checkpoint: bool = False,
-) -> Any:
+) -> DiffusionPrior:
     """The model of ``path``: a :data:`MODEL_SOURCES` entry for ``NAME:ARGUMENT``, else the production loader."""
     name, sep, argument = str(path).partition(":")
     if sep and name in MODEL_SOURCES:
@@ -39,7 +41,7 @@ def load_prior(
     return load_model(path, config=config, dtype=dtype, device=device, trust_checkpoint=trust_checkpoint)
 
 
-def load_configured_model(cfg: Any) -> Any:
+def load_configured_model(cfg: Any) -> DiffusionPrior:
     """The model of a ``DiffusionModelConfig`` section, in fp32 on the CPU (callers move it), frozen, eval mode,
     its UNet compiled when ``compile_unet`` is set."""
     logger.info("loading the ZeroNVS diffusion model from %s", cfg.pretrained_model_name_or_path)

@@ -57,6 +57,7 @@ from threestudio.data.posed_views import (
     check_posed_scene_config,
     load_posed_scene,
 )
+from threestudio.data.random_camera import RandomCameraConfig
 from threestudio.data.single_image import SingleImageDataModule, SingleImageDataModuleConfig, resolve_auto_fovy
 from threestudio.data.view_selection import select_nearest
 from threestudio.utils.camera import focal_to_fov, orbit_c2w
@@ -78,14 +79,28 @@ class SceneSectionConfig(PosedSceneConfig):
     """``data.scene``: the posed scene's files and views (:class:`~threestudio.data.posed_views.PosedSceneConfig`)."""
 
     KEY_HINTS: ClassVar[Dict[str, str]] = {
-        key: _CANONICAL.format(key)
-        for key in ("default_elevation_deg", "default_azimuth_deg", "default_camera_distance")
+        **{key: _CANONICAL.format(key)
+           for key in ("default_elevation_deg", "default_azimuth_deg", "default_camera_distance")},
+        # canonicalize (required here) re-expresses every pose relative to the input camera: a world rotation cancels
+        "flip_world_yz": "has no effect here: the poses are re-expressed relative to the input camera "
+                         "(canonicalize), which undoes any rotation of the world; remove it",
+    }
+
+
+@dataclass
+class SceneRandomCameraConfig(RandomCameraConfig):
+    """``data.random_camera``: the SDS views and the validation orbit; the test views are the scene's."""
+
+    KEY_HINTS: ClassVar[Dict[str, str]] = {
+        "n_test_views": "is not used: the test pass renders the scene's target views (data.scene); remove it",
     }
 
 
 @dataclass
 class SingleViewSceneConfig(SingleImageDataModuleConfig):
     """``single-image-datamodule`` keys plus the posed scene (see the module docstring)."""
+
+    random_camera: SceneRandomCameraConfig = field(default_factory=SceneRandomCameraConfig)
 
     default_fovy_deg: Any = "auto"  # auto: from the scene's input camera (see scene_intrinsics); a number wins
     # scene_format idr: a SceneSectionConfig; mipnerf360: a MipNeRF360SceneConfig (checked when built)

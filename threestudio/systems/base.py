@@ -342,6 +342,20 @@ def visual_row(out: Dict[str, Tensor], k: int = 0, extra: Sequence[Tensor] = (),
     return torch.cat([p.to(rgb) for p in panels], dim=1)
 
 
+def write_anchor_views(folder: str, anchors: Any) -> None:
+    """``anchor_{k:02d}.png`` and ``anchors.json`` (the record, with each anchor's camera and file name) in
+    ``folder``: the guidance's :class:`~threestudio.models.guidance.zeronvs_guidance.AnchorViews`."""
+    from threestudio.utils.image import save_image
+    from threestudio.utils.io import write_json_atomic
+
+    listed = []
+    for k, (image, camera) in enumerate(zip(anchors.images, anchors.cameras)):
+        name = f"anchor_{k:02d}.png"
+        save_image(os.path.join(folder, name), image)
+        listed.append({"file": name, **camera})
+    write_json_atomic(os.path.join(folder, "anchors.json"), {**anchors.record, "anchors": listed})
+
+
 class BaseLift3DSystem(BaseSystem):
     """A NeRF (geometry + material + background + renderer) with validation/test renders and mesh export."""
 
@@ -371,6 +385,7 @@ class BaseLift3DSystem(BaseSystem):
         # parsed and checked now, in every mode; the weights load only when a mode needs them.
         self._guidance = None
         self._guidance_cfg = None
+        self._anchors_written = None  # the guidance's anchor views last written (they are generated once)
         if self.uses_guidance():
             self._guidance_cfg = threestudio.find(self.cfg.guidance_type).parse_config(self.cfg.guidance)
         elif self.cfg.guidance:
@@ -408,6 +423,7 @@ class BaseLift3DSystem(BaseSystem):
         render, for the caller's regularisers."""
         out = self(views)
         guidance_out = self._guidance(out["comp_rgb"], views)
+        self._write_new_anchor_views()
         self.weighted("sds", guidance_out["loss_sds"], terms)
         for key, value in guidance_out.items():
             # 0-dim device tensors, logged as they are: Lightning reads them when it writes the logs, so the
@@ -416,10 +432,22 @@ class BaseLift3DSystem(BaseSystem):
                 self.log(f"guidance/{key}", value if value.is_floating_point() else value.float())
         return out
 
+    def _write_new_anchor_views(self) -> None:
+        """Write the guidance's SDS anchor views to ``save/anchors/`` (rank 0) once, when it has generated them."""
+        anchors = getattr(self._guidance, "anchors", None)
+        if anchors is None or anchors is self._anchors_written:
+            return
+        self._anchors_written = anchors
+        if self._save_dir is None:
+            logger.warning("no save dir set (set_save_dir): the SDS anchor views are not written to disk")
+        elif self._trainer is None or self.trainer.global_rank == 0:
+            folder = self.save_dir("anchors")
+            write_anchor_views(folder, anchors)
+            logger.info("saved %d SDS anchor views to %s", len(anchors.cameras), folder)
+
     def on_fit_start(self) -> None:
         if self._guidance is not None:
             self._guidance.to(self.device)
-            self._guidance.set_save_dir(os.path.join(self._save_dir, "anchors"))
 
     def updateable_children(self) -> Sequence[Updateable]:
         """The geometry, material, background, renderer and (when built) the guidance."""

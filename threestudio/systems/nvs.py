@@ -16,6 +16,8 @@ Many processes (``trainer.devices=N trainer.strategy=ddp``): target ``k`` of the
 ``k mod world_size`` (no padding, so every target is written exactly once). The config sets
 ``trainer.use_distributed_sampler: false`` so that Lightning does not shard (and pad) the loader itself; a
 sharded loader is refused. Each rank writes its results to ``save/.partial/``; after a barrier rank 0 merges them.
+The contact sheet is built from the generated images kept in memory; with several processes rank 0 reads the
+other ranks' images back from ``nvs/`` (each rank has written its own there before the barrier).
 
 Outputs in ``save/``: ``nvs/target_{i:03d}.png`` (``i`` = the dataset view index; the image at the datamodule's
 ``height`` × ``width``), ``selection.json``, ``metrics.json`` (when the targets have ground truth) and
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, ClassVar, Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -43,14 +45,15 @@ from threestudio.utils.distributed import (
 from threestudio.utils.errors import ConfigError, UserError
 from threestudio.utils.io import write_json_atomic
 from zeronvs_diffusion.model_config import DiffusionModelConfig, check_model_config, resolve_weights_dtype
+from zeronvs_diffusion.prior import DiffusionPrior
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class NVSModelConfig(DiffusionModelConfig):
-    """``system.guidance``: the diffusion model, the keys of ``zeronvs-guidance``'s model (its defaults for direct
-    sampling: guidance scale 3, half-precision weights on CUDA)."""
+    """``system.diffusion_model``: the diffusion model that is sampled, the keys of ``zeronvs-guidance``'s model
+    (their defaults for direct sampling: guidance scale 3, half-precision weights on CUDA)."""
 
     guidance_scale: float = 3.0
     half_precision_weights: bool = True
@@ -72,7 +75,11 @@ class NVSSystem(BaseSystem):
 
     @dataclass
     class Config(BaseSystem.Config):
-        guidance: NVSModelConfig = field(default_factory=NVSModelConfig)
+        KEY_HINTS: ClassVar[Dict[str, str]] = {
+            "guidance": "was renamed: nvs-system samples a diffusion model and has no guidance; use "
+                        "system.diffusion_model (same keys)",
+        }
+        diffusion_model: NVSModelConfig = field(default_factory=NVSModelConfig)
         sampling: NVSSamplingConfig = field(default_factory=NVSSamplingConfig)
         metrics_use_mask: bool = False  # PSNR over the object mask only (the ZeroNVS DTU protocol uses full images)
         contact_sheet: bool = True
@@ -80,17 +87,18 @@ class NVSSystem(BaseSystem):
     cfg: Config
 
     def configure(self) -> None:
-        self.model_cfg: NVSModelConfig = self.cfg.guidance
+        self.model_cfg: NVSModelConfig = self.cfg.diffusion_model
         self.sampling_cfg: NVSSamplingConfig = self.cfg.sampling
         m, s = self.model_cfg, self.sampling_cfg
-        check_model_config(m)
+        check_model_config(m, "system.diffusion_model")
         if s.steps < 1 or s.targets_per_batch < 1:
             raise ConfigError("system.sampling.steps and system.sampling.targets_per_batch must be >= 1")
         if not 0.0 <= s.eta <= 1.0:
             raise ConfigError(f"system.sampling.eta must be in [0, 1], got {s.eta}")
-        self._model = None  # not an nn.Module child: never saved, never moved by Lightning
+        self._model: Optional[DiffusionPrior] = None  # not an nn.Module child: never saved, never moved by Lightning
         self._pending: List[Dict[str, Any]] = []
         self._records: List[Dict[str, Any]] = []
+        self._generated: Dict[int, Tensor] = {}  # target index → its image as written (uint8), for the contact sheet
 
     def prepare(self, mode: str, datamodule: Any) -> None:
         if mode != "test":
@@ -121,7 +129,7 @@ class NVSSystem(BaseSystem):
         m = self.model_cfg
         dtype = resolve_weights_dtype(m.dtype, m.half_precision_weights, torch.device(self.device))
         self._model.to(device=self.device, dtype=dtype)
-        self._pending, self._records = [], []
+        self._pending, self._records, self._generated = [], [], {}
 
     def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         if not owns_batch(self.trainer, batch_idx):
@@ -143,9 +151,7 @@ class NVSSystem(BaseSystem):
 
     def _initial_latents(self, indices: List[int]) -> Tensor:
         """(N, C, h, w) initial noise, target ``i`` drawn from ``seed + i`` (independent of batching)."""
-        size = self._model.unet.config.sample_size
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (self._model.latent_channels, h, w)
+        shape = (self._model.latent_channels, *self._model.latent_size)
         seed = self.sampling_cfg.seed
         return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in indices])
 
@@ -185,7 +191,7 @@ class NVSSystem(BaseSystem):
     def _sample_pending(self) -> None:
         if not self._pending:
             return
-        from threestudio.utils.image import resize_image, save_image
+        from threestudio.utils.image import resize_image, save_image, to_uint8
         from threestudio.utils.metrics import compute_metrics
 
         items, self._pending = self._pending, []
@@ -195,6 +201,8 @@ class NVSSystem(BaseSystem):
             if image.shape[:2] != (h, w):
                 image = resize_image(image, h, w).clamp(0.0, 1.0)
             save_image(self.save_path(f"nvs/target_{item['index']:03d}.png"), image)
+            if self.cfg.contact_sheet:
+                self._generated[item["index"]] = torch.from_numpy(to_uint8(image))
             record: Dict[str, Any] = {"target": item["index"], "source_position": item["cond_index"]}
             if "rgb" in item:
                 mask = item["mask"] if self.cfg.metrics_use_mask else None
@@ -207,6 +215,7 @@ class NVSSystem(BaseSystem):
         records = gather_records(self, "nvs", self._records)
         self._records = []
         if records is None:
+            self._generated = {}
             return
         check_every_target_once(records, self._target_indices)
         write_json_atomic(self.save_path("selection.json"), self._selection)
@@ -219,17 +228,29 @@ class NVSSystem(BaseSystem):
                         payload["ssim"], payload["lpips"] if payload["lpips"] is not None else payload["lpips_note"])
         if self.cfg.contact_sheet and records:
             self._write_contact_sheet(records)
+        self._generated = {}
+
+    def _generated_image(self, target: int) -> Tensor:
+        """The generated view of ``target`` (H, W, 3) in [0, 1], as written: from memory, or, for a target of
+        another process (several processes only), read back from ``nvs/``."""
+        from threestudio.utils.image import load_image
+
+        if target in self._generated:
+            return self._generated[target].float() / 255.0
+        if self.trainer.world_size <= 1:
+            raise RuntimeError(f"target {target} was not sampled by this process")
+        return load_image(self.save_path(f"nvs/target_{target:03d}.png"))[..., :3]
 
     def _write_contact_sheet(self, records: List[Dict[str, Any]]) -> None:
         """``contact_sheet.png``: one row per target, source | generated | ground truth (when present)."""
-        from threestudio.utils.image import load_image, resize_image, save_image
+        from threestudio.utils.image import resize_image, save_image
 
         datamodule = self.trainer.datamodule
         targets = datamodule.targets
         position = {int(i): k for k, i in enumerate(targets.indices.tolist())}
         rows = []
         for rec in records:
-            generated = load_image(self.save_path(f"nvs/target_{rec['target']:03d}.png"))[..., :3]
+            generated = self._generated_image(rec["target"])
             h, w = generated.shape[:2]
             source = resize_image(self._conditioning["images"][rec["source_position"]], h, w).clamp(0, 1)
             panels = [source, generated]

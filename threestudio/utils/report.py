@@ -172,6 +172,9 @@ SETTINGS = (
     ("scale", "system.guidance.precomputed_scale"),
     ("guidance scale", "system.guidance.guidance_scale"),
     ("diffusion model", "system.guidance.pretrained_model_name_or_path"),
+    ("scale", "system.diffusion_model.precomputed_scale"),  # nvs-system's model section
+    ("guidance scale", "system.diffusion_model.guidance_scale"),
+    ("diffusion model", "system.diffusion_model.pretrained_model_name_or_path"),
     ("training steps", "trainer.max_steps"),
     ("DDIM steps", "system.sampling.steps"),
     ("precision", "trainer.precision"),

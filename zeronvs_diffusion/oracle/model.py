@@ -1,13 +1,13 @@
 """An exact, weight-free stand-in for the ZeroNVS diffusion model: the oracle prior of a known world.
 
-``load_model("oracle:WORLD.yaml")`` returns an :class:`OracleModel`. It has the interface the guidance uses
-(``clip_embed``, ``encode_concat``, ``encode_latents``, ``project``, ``predict_eps``, ``decode``, ``scheduler``,
-``conditioning``) and receives only what the real UNet receives: noisy latents, timesteps, c_crossattn and
+``load_prior("oracle:WORLD.yaml")`` (:mod:`zeronvs_diffusion.sources`) returns an :class:`OracleModel`, a
+:class:`~zeronvs_diffusion.prior.DiffusionPrior` like the released model (the interface the guidance and the
+sampler call), and receives only what the real UNet receives: noisy latents, timesteps, c_crossattn and
 c_concat. From the camera part of c_crossattn it recovers the target pose relative to the conditioning view
 (inverting 7dof_quantile_scale), composes it with the input view's pose in the world, renders the world there and
 returns the noise that is exact for that view. See docs/GUIDANCE.md ("The oracle prior") for what it is and is not.
 
-Stand-ins: the VAE is the identity on pixels at the oracle's resolution (latents = 2·rgb − 1, scale factor 1:
+Stand-ins: the "VAE" is the identity on pixels at the oracle's resolution (latents = 2·rgb − 1, scale factor 1:
 differentiable and invertible); "CLIP" is the image's mean colour (unused by the prediction); cc_projection is
 concatenation, so the 19 camera numbers reach ``predict_eps`` unchanged.
 
@@ -20,18 +20,16 @@ definition) and ``resolution`` (pixels a side of the latents, default 64).
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 from typing import Any, Mapping, Optional, Union
 
 import torch
-import torch.nn as nn
 from torch import Tensor
 
 from zeronvs_diffusion.camera import relative_pose_from_embedding
 from zeronvs_diffusion.errors import UserError
 from zeronvs_diffusion.ldm_config import ConditioningSpec, scheduler_kwargs
-from zeronvs_diffusion.model import ZeroNVSModel
 from zeronvs_diffusion.oracle.scene import Scene, SceneError, read_mapping, render
+from zeronvs_diffusion.prior import DiffusionPrior
 
 logger = logging.getLogger(__name__)
 
@@ -45,21 +43,7 @@ DEPTH_QUANTILE = 0.2
 CONDITIONING_TOLERANCE = 0.1
 
 
-class PixelVAE(nn.Module):
-    """Identity "VAE": latents are the pixels (B, 3, R, R) in [-1, 1]; its posterior is a point mass."""
-
-    def encode(self, x: Tensor) -> SimpleNamespace:
-        point = SimpleNamespace(mode=lambda: x, sample=lambda generator=None: x)
-        return SimpleNamespace(latent_dist=point)
-
-    def decode(self, z: Tensor) -> SimpleNamespace:
-        return SimpleNamespace(sample=z)
-
-    def enable_gradient_checkpointing(self) -> None:
-        """Nothing to recompute: the identity keeps no activations."""
-
-
-class OracleModel(ZeroNVSModel):
+class OracleModel(DiffusionPrior):
     """The oracle prior of ``scene`` seen from the input camera ``input_c2w`` (4, 4) with ``input_fov_deg``."""
 
     def __init__(self, scene: Scene, input_c2w: Tensor, input_fov_deg: float, scale: Optional[float] = None,
@@ -68,7 +52,9 @@ class OracleModel(ZeroNVSModel):
 
         spec = ConditioningSpec(MODE, EMBEDDING_DIM, 1.0, int(resolution), int(resolution))
         scheduler = DDIMScheduler(**scheduler_kwargs({}))  # the ldm defaults: ZeroNVS's noise schedule
-        super().__init__(None, PixelVAE(), None, None, scheduler, spec)
+        super().__init__(scheduler, spec)
+        # an empty buffer that follows .to(device, dtype): the model's device and dtype (it has no weights)
+        self.register_buffer("_placement", torch.zeros(0), persistent=False)
         self.scene = scene
         self.supersample = int(supersample)
         self.input_c2w = input_c2w.double().reshape(4, 4)
@@ -80,15 +66,20 @@ class OracleModel(ZeroNVSModel):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.clip_mean.dtype
+        return self._placement.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.clip_mean.device
+        return self._placement.device
 
     @property
     def latent_channels(self) -> int:
         return 3
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        res = self.conditioning.vae_resolution
+        return (res, res)
 
     # ------------------------------------------------------------------------------------ the world
     def depth_quantile_scale(self) -> float:
@@ -115,7 +106,22 @@ class OracleModel(ZeroNVSModel):
     # ------------------------------------------------------------------------ the model interface
     def clip_embed(self, img01: Tensor) -> Tensor:
         """"CLIP" stand-in (B, 1, 3): the mean colour of images (B, H, W, 3) in [0, 1]."""
-        return self._channels_first(img01, img01.shape[1]).mean(dim=(2, 3))[:, None, :]
+        return self.channels_first(img01, img01.shape[1]).mean(dim=(2, 3))[:, None, :]
+
+    def _vae_input(self, img01: Tensor) -> Tensor:
+        return self.channels_first(img01, self.conditioning.vae_resolution) * 2.0 - 1.0
+
+    def encode_concat(self, img01: Tensor) -> Tensor:
+        """The identity "VAE": pixel latents (B, 3, R, R) in [-1, 1] of images (B, H, W, 3) resized (bilinear)."""
+        return self._vae_input(img01)
+
+    def encode_latents(self, img01: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The same pixel latents × scale_factor (1), differentiable (the identity's posterior is a point mass)."""
+        return self._vae_input(img01) * self.conditioning.scale_factor
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Pixel latents (B, 3, R, R) → images in [-1, 1]."""
+        return z.to(self.dtype) / self.conditioning.scale_factor
 
     def project(self, clip_raw: Tensor, T: Tensor) -> Tensor:
         """c_crossattn (B, 1, 3 + 19): the "CLIP" vector and the camera embedding, concatenated."""
@@ -169,10 +175,11 @@ class OracleModel(ZeroNVSModel):
         return cond_rows[same.float().argmax(dim=1)]
 
     def compile_unet(self, mode: str = "default") -> None:
-        raise UserError("the oracle prior has no UNet to compile; set system.guidance.compile_unet=null")
+        raise UserError("the oracle prior has no UNet to compile; set system.guidance.compile_unet=null "
+                        "(nvs-system: system.diffusion_model.compile_unet)")
 
-    def save_pretrained(self, out_dir: str) -> None:
-        raise UserError("the oracle prior has no weights to save")
+    def enable_vae_gradient_checkpointing(self) -> None:
+        """Nothing to recompute: the identity "VAE" keeps no activations."""
 
 
 def _input_camera(spec: Any, path: str) -> tuple[Tensor, float]:
@@ -193,7 +200,7 @@ def load_oracle(path: str, config: Optional[str] = None, device: Union[str, torc
     if config is not None:
         raise UserError(
             f"the oracle prior takes no latent-diffusion YAML (got {config!r}); "
-            "set system.guidance.pretrained_config=null"
+            "set system.guidance.pretrained_config=null (nvs-system: system.diffusion_model.pretrained_config)"
         )
     spec = dict(read_mapping(path, "oracle world"))
     world = {key: spec.pop(key) for key in WORLD_KEYS if key in spec}

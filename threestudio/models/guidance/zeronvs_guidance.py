@@ -14,7 +14,6 @@ every target view.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -26,10 +25,10 @@ import threestudio
 from threestudio.utils.base import BaseObject
 from threestudio.utils.camera import c2w_to_spherical, orbit_c2w, rotation_angle_deg
 from threestudio.utils.errors import ConfigError
-from threestudio.utils.image import resize_image, save_image
-from threestudio.utils.io import write_json_atomic
+from threestudio.utils.image import resize_image
 from threestudio.utils.schedule import C, C_tensor
 from zeronvs_diffusion.model_config import DiffusionModelConfig, check_model_config, resolve_weights_dtype
+from zeronvs_diffusion.prior import DiffusionPrior
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +93,24 @@ class ConditioningBank:
         return self.c2w.shape[0]
 
 
+@dataclass
+class AnchorViews:
+    """The generated anchor views, for the system to write (the guidance writes no file): ``images``
+    (n, R, R, 3) in [0, 1] on the CPU, ``cameras`` (one dict per anchor: ``c2w``, ``elevation_deg``,
+    ``azimuth_deg``, ``camera_distance``, ``fov_deg``) and ``record`` (the input view, DDIM settings, seed, scale)."""
+
+    images: Tensor
+    cameras: List[Dict[str, Any]]
+    record: Dict[str, Any]
+
 
 @threestudio.register("zeronvs-guidance")
 class ZeroNVSGuidance(BaseObject):
     """SDS with the ZeroNVS diffusion model (a BaseObject: its weights never enter the system's checkpoints).
 
-    Use: ``set_conditions`` once with the input view(s), ``to(device)``, optionally ``set_save_dir``, then every
-    step ``update_step`` and ``guidance(rgb, batch)``.
+    Use: ``set_conditions`` once with the input view(s), ``to(device)``, then every step ``update_step`` and
+    ``guidance(rgb, batch)``. It only computes: the anchor views it generates (``n_aux_c2w > 0``) are kept in
+    ``anchors`` and written by the system.
     """
 
     @dataclass
@@ -140,6 +150,16 @@ class ZeroNVSGuidance(BaseObject):
         check_model_config(cfg)
         if cfg.n_aux_c2w < 0:
             raise ConfigError(f"system.guidance.n_aux_c2w must be >= 0, got {cfg.n_aux_c2w}")
+        if cfg.use_anisotropic_schedule and cfg.anisotropic_offset == 0:
+            raise ConfigError(
+                "system.guidance.use_anisotropic_schedule is true but anisotropic_offset is 0, which makes it the "
+                "isotropic schedule: set an offset (ZeroNVS: 1000) or use_anisotropic_schedule=false"
+            )
+        if not cfg.use_anisotropic_schedule and cfg.anisotropic_offset != 0:
+            raise ConfigError(
+                "system.guidance.anisotropic_offset acts only with use_anisotropic_schedule=true: set that, or "
+                "anisotropic_offset=0"
+            )
         if cfg.n_aux_c2w > 0 and cfg.anchor_ddim_steps < 1:
             raise ConfigError(f"system.guidance.anchor_ddim_steps must be >= 1, got {cfg.anchor_ddim_steps}")
         for key in ("min_step_percent", "max_step_percent", "p_use_aux_cameras", "grad_clip"):
@@ -155,11 +175,9 @@ class ZeroNVSGuidance(BaseObject):
         cfg = self.cfg
         from zeronvs_diffusion.sources import load_configured_model
 
-        self.model = load_configured_model(cfg)
+        self.model: DiffusionPrior = load_configured_model(cfg)
         if cfg.vae_gradient_checkpointing:
-            # diffusers checkpoints the encoder's down/mid blocks whenever autograd records (eval mode included);
-            # the decoder only ever runs without gradients here, so the switch only affects the SDS encode.
-            self.model.vae.enable_gradient_checkpointing()
+            self.model.enable_vae_gradient_checkpointing()  # affects only the SDS encode (the decode has no grad)
         self.device = torch.device("cpu")
         self.weights_dtype = torch.float32
 
@@ -167,13 +185,13 @@ class ZeroNVSGuidance(BaseObject):
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float32)
 
-        self.save_dir: Optional[str] = None
         # the input views, kept on the guidance's device: (N, R, R, 3) in [0, 1] at the VAE resolution, (N, 4, 4), (N,)
         self._input_images: Optional[Tensor] = None
         self._input_c2w: Optional[Tensor] = None
         self._input_fov_deg: Optional[Tensor] = None
         self._bank: Optional[ConditioningBank] = None
         self.anchor_images: Optional[Tensor] = None  # (n_aux_c2w, R, R, 3) in [0, 1] once generated
+        self.anchors: Optional[AnchorViews] = None  # the same on the CPU with their cameras, for the system to write
         self.update_step(0, 0)
 
     # ------------------------------------------------------------------ setup
@@ -201,6 +219,7 @@ class ZeroNVSGuidance(BaseObject):
         self._input_fov_deg = fov_deg.detach().float().reshape(-1).to(self.device)
         self._bank = None
         self.anchor_images = None
+        self.anchors = None
 
     def to(self, device: Any) -> "ZeroNVSGuidance":
         """Move the model (in the dtype chosen for ``device``) and the cached conditionings to ``device``."""
@@ -218,10 +237,6 @@ class ZeroNVSGuidance(BaseObject):
             self._bank = self._bank.to(device)
         self.device = device
         return self
-
-    def set_save_dir(self, path: str) -> None:
-        """Folder for the anchor views (``anchor_{k:02d}.png`` and ``anchors.json``); created when written."""
-        self.save_dir = str(path)
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         self.global_step = int(global_step)
@@ -254,7 +269,7 @@ class ZeroNVSGuidance(BaseObject):
 
     @torch.no_grad()
     def _generate_anchors(self) -> ConditioningBank:
-        """DDIM-sample the anchor views from input view 0, save them, and return their bank entries."""
+        """DDIM-sample the anchor views from input view 0, keep them (``anchors``), return their bank entries."""
         import zeronvs_diffusion
 
         cfg, n = self.cfg, self.cfg.n_aux_c2w
@@ -275,33 +290,26 @@ class ZeroNVSGuidance(BaseObject):
             generator=generator,
         )
         self.anchor_images = images.float().clamp(0.0, 1.0).permute(0, 2, 3, 1).contiguous()
-        self._save_anchors(c2w, elevation, azimuth, distance, fov)
+        self.anchors = self._anchor_views(c2w, elevation, azimuth, distance, fov)
         clip_raw, c_concat = self._image_conditionings(self.anchor_images)
         return ConditioningBank(
             c2w=c2w, clip_raw=clip_raw, c_concat=c_concat,
             is_anchor=torch.ones(n, dtype=torch.bool, device=self.device),
         )
 
-    def _save_anchors(self, c2w: Tensor, elevation: Tensor, azimuth: Tensor, distance: Tensor, fov: Tensor) -> None:
-        if self.save_dir is None:
-            logger.warning("no save dir set (set_save_dir): the SDS anchor views are not written to disk")
-            return
-        os.makedirs(self.save_dir, exist_ok=True)
+    def _anchor_views(self, c2w: Tensor, elevation: Tensor, azimuth: Tensor, distance: Tensor, fov: Tensor
+                      ) -> "AnchorViews":
         in_elev, in_azim, in_dist = (v.item() for v in c2w_to_spherical(self._input_c2w[:1]))
-        anchors: List[Dict[str, Any]] = []
-        for k in range(c2w.shape[0]):
-            name = f"anchor_{k:02d}.png"
-            save_image(os.path.join(self.save_dir, name), self.anchor_images[k])
-            anchors.append(
-                {
-                    "file": name,
-                    "c2w": c2w[k].tolist(),
-                    "elevation_deg": elevation[k].item(),
-                    "azimuth_deg": azimuth[k].item(),
-                    "camera_distance": distance[k].item(),
-                    "fov_deg": fov[k].item(),
-                }
-            )
+        cameras = [
+            {
+                "c2w": c2w[k].tolist(),
+                "elevation_deg": elevation[k].item(),
+                "azimuth_deg": azimuth[k].item(),
+                "camera_distance": distance[k].item(),
+                "fov_deg": fov[k].item(),
+            }
+            for k in range(c2w.shape[0])
+        ]
         record = {
             "convention": "OpenGL camera-to-world, world z up; anchors look at the origin",
             "input_view": {
@@ -316,10 +324,8 @@ class ZeroNVSGuidance(BaseObject):
             "guidance_scale": self.cfg.anchor_guidance_scale,
             "seed": self.cfg.seed,
             "precomputed_scale": self.cfg.precomputed_scale,
-            "anchors": anchors,
         }
-        write_json_atomic(os.path.join(self.save_dir, "anchors.json"), record)
-        logger.info("saved %d SDS anchor views to %s", c2w.shape[0], self.save_dir)
+        return AnchorViews(self.anchor_images.detach().cpu(), cameras, record)
 
     def select_conditioning(self, target_c2w: Tensor, cond_index: Optional[Tensor] = None) -> Tensor:
         """Bank index (B,) of the conditioning view of each target camera ``target_c2w`` (B, 4, 4).

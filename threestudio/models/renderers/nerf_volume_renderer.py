@@ -106,6 +106,16 @@ class NeRFVolumeRenderer(BaseModule):
 
     cfg: Config
 
+    @classmethod
+    def parse_config(cls, cfg: Optional[Any]) -> Any:
+        parsed = super().parse_config(cfg)
+        if "num_samples_per_ray_importance" in (cfg or {}) and parsed.estimator != "importance":
+            raise ConfigError(
+                f"renderer.num_samples_per_ray_importance is used only by estimator importance (this renderer's is "
+                f"{parsed.estimator}); remove it"
+            )
+        return parsed
+
     def configure(
         self,
         geometry: BaseImplicitGeometry,
