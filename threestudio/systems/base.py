@@ -449,7 +449,7 @@ class BaseLift3DSystem(BaseSystem):
     def optimizer_param_groups(self) -> List[Dict[str, Any]]:
         """The proposal networks (if any) get ``renderer.prop_optimizer_config``'s options."""
         groups = super().optimizer_param_groups()
-        proposal = getattr(self.renderer, "proposal_networks", None)
+        proposal = getattr(self.renderer, "proposal_network", None)
         prop_cfg = getattr(self.renderer.cfg, "prop_optimizer_config", None)
         if proposal is None or prop_cfg is None:
             return groups
