@@ -488,11 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slurm-time", help="slurm: time limit per scan (minutes or H:M:S)")
     parser.add_argument("--slurm-gpus-per-task", type=int, default=1, help="slurm: GPUs per scan (default 1)")
     parser.add_argument("--force", action="store_true", help="rerun scans whose metrics already exist")
-    add_lpips_argument(parser)
+    add_shared_arguments(parser)
     return parser
 
 
-def add_lpips_argument(parser: argparse.ArgumentParser) -> None:
+def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both eval scripts take: ``--quiet`` (see :func:`start_logging`) and ``--lpips-weights``."""
     parser.add_argument("--quiet", action="store_true", help="no progress bar; warnings, errors and the table only")
     parser.add_argument("--lpips-weights", metavar="DIR",
                         help="folder with alexnet-owt-7be5be79.pth and lpips' v0.1 alex.pth, passed to every launch.py "

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slurm-time", help="slurm: time limit per scene (minutes or H:M:S)")
     parser.add_argument("--slurm-gpus-per-task", type=int, default=1, help="slurm: GPUs per scene (default 1)")
     parser.add_argument("--force", action="store_true", help="rerun scenes whose metrics already exist")
-    eval_dtu.add_lpips_argument(parser)
+    eval_dtu.add_shared_arguments(parser)
     return parser
 
 

@@ -209,7 +209,7 @@ def test_fields_run_in_fp32_under_autocast(method):
                              material="diffuse-with-point-light-material", return_comp_normal=True)
     geometry = renderer.geometry
     mlps = {"density": geometry.density_network, "features": geometry.feature_network,
-            "proposal": renderer.proposal_networks[0][1]}
+            "proposal": renderer.proposal_network[1]}
     seen = {}
     for name, mlp in mlps.items():
         mlp.register_forward_hook(lambda module, args, out, name=name: seen.setdefault(name, set()).add(out.dtype))

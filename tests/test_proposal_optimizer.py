@@ -32,7 +32,7 @@ def test_paper_config_proposal_optimizer_has_the_original_settings():
     group = optimizer.param_groups[0]
     assert group["lr"] == 0.005 and group["eps"] == 1e-15 and group["weight_decay"] == 1e-6
     assert tuple(group["betas"]) == (0.9, 0.999)  # torch's default, as the original's config gives none
-    proposal_ids = {id(p) for p in system.renderer.proposal_networks.parameters()}
+    proposal_ids = {id(p) for p in system.renderer.proposal_network.parameters()}
     assert {id(p) for p in group["params"]} == proposal_ids
     main = main_optimizer(system)
     main_ids = {id(p) for g in main.param_groups for p in g["params"]}
@@ -45,7 +45,7 @@ def test_without_prop_optimizer_config_the_main_optimizer_trains_the_proposal():
     system = build_system("smoke.yaml", "system.renderer.prop_optimizer_config=null")
     assert system.proposal_optimizer is None
     main_ids = {id(p) for g in main_optimizer(system).param_groups for p in g["params"]}
-    assert {id(p) for p in system.renderer.proposal_networks.parameters()} <= main_ids
+    assert {id(p) for p in system.renderer.proposal_network.parameters()} <= main_ids
     with pytest.raises(ConfigError, match="prop_optimizer_config"):
         build_system("smoke.yaml", "system.renderer.prop_optimizer_config.name=Adamm")
 
@@ -57,7 +57,7 @@ def rays(n=16):
 
 
 def proposal_state(system):
-    return [p.detach().clone() for p in system.renderer.proposal_networks.parameters()]
+    return [p.detach().clone() for p in system.renderer.proposal_network.parameters()]
 
 
 @pytest.mark.parametrize("main_loss_finite", [True, False])
@@ -95,7 +95,7 @@ def test_non_finite_proposal_loss_skips_only_the_proposal_update(monkeypatch):
     before = proposal_state(system)
     system.on_train_batch_end(None, {}, 0)
     assert all(torch.equal(a, b) for a, b in zip(before, proposal_state(system)))
-    assert all(torch.isfinite(p).all() for p in system.renderer.proposal_networks.parameters())
+    assert all(torch.isfinite(p).all() for p in system.renderer.proposal_network.parameters())
 
 
 def test_proposal_optimizer_state_goes_into_checkpoints():

@@ -179,12 +179,12 @@ def test_gradients_reach_the_hash_grid_and_proposal_loss_trains_only_proposal():
     out = renderer(rays_o, rays_d)
     out["comp_rgb"].mean().backward(retain_graph=True)
     assert geometry.encoding.params.grad.abs().sum() > 0
-    assert all(p.grad is None for p in renderer.proposal_networks.parameters())
+    assert all(p.grad is None for p in renderer.proposal_network.parameters())
 
     geometry.zero_grad(set_to_none=True)
     out["loss_proposal"].backward()
     assert all(p.grad is None for p in geometry.parameters())
-    assert sum(p.grad.abs().sum() for p in renderer.proposal_networks.parameters()) > 0
+    assert sum(p.grad.abs().sum() for p in renderer.proposal_network.parameters()) > 0
 
 
 def test_chunked_eval_equals_unchunked():
@@ -215,7 +215,7 @@ def _saved_bytes_and_grads(renderer, rays_o, rays_d):
     torch.manual_seed(0)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = renderer(rays_o, rays_d, shading="diffuse")  # (the random shading choice uses Python's RNG)
-    params = list(renderer.geometry.named_parameters()) + list(renderer.proposal_networks.named_parameters())
+    params = list(renderer.geometry.named_parameters()) + list(renderer.proposal_network.named_parameters())
     param_storages = {p.untyped_storage().data_ptr() for _, p in params}
     alive = {}
     for ref in saved:
@@ -264,7 +264,8 @@ def test_tiny_fit_converges_to_colour_and_opacity(estimator):
                              background={"color": [1.0, 1.0, 1.0]}, sampling_type="uniform")
     rays_o, rays_d = camera_rays(height=2, width=4)
     target = torch.tensor([0.9, 0.3, 0.1])
-    params = list(renderer.geometry.parameters()) + list(renderer.proposal_networks.parameters())
+    params = list(renderer.parameters())  # the proposal network (if any); geometry follows
+    params += list(renderer.geometry.parameters())
     optimizer = torch.optim.Adam(params, lr=0.03)
     renderer.train()
     for _ in range(150):
@@ -278,3 +279,16 @@ def test_tiny_fit_converges_to_colour_and_opacity(estimator):
         out = renderer(rays_o, rays_d)
     assert torch.allclose(out["comp_rgb"], target.expand_as(out["comp_rgb"]), atol=0.03)
     assert out["opacity"].min() > 0.95
+
+
+def test_checkpoints_from_before_the_proposal_network_rename_load():
+    """``proposal_networks.0.*`` (the one-element ModuleList of older checkpoints) loads as ``proposal_network.*``."""
+    torch.manual_seed(0)
+    source, target = make_renderer(), make_renderer()
+    old = {k.replace("proposal_network.", "proposal_networks.0."): v for k, v in source.state_dict().items()}
+    assert any(k.startswith("proposal_networks.0.") for k in old)
+    target.load_state_dict(old)
+    for (name, a), b in zip(source.proposal_network.state_dict().items(),
+                            target.proposal_network.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert make_renderer(estimator="stratified").proposal_network is None

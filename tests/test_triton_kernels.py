@@ -295,6 +295,6 @@ def test_systems_pass_their_mode_to_the_components():
         cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.yaml"),
                           cli_args=[f"system.fast_paths={mode}"])
         system = threestudio.find(cfg.system_type)(cfg.system)
-        grids = [system.geometry.encoding, system.renderer.proposal_networks[0][0]]
+        grids = [system.geometry.encoding, system.renderer.proposal_network[0]]
         assert system.cfg.fast_paths == expected and system.renderer.fast_paths == expected
         assert all(grid.fast_paths == expected for grid in grids)

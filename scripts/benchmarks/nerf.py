@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     renderer = threestudio.find(system["renderer_type"])(renderer_cfg, geometry, material, background, fast_paths=mode)
     for module in (geometry, material, background, renderer):
         module.to(device).train()
-    params = list(geometry.parameters()) + list(renderer.proposal_networks.parameters())
+    params = list(geometry.parameters()) + list(renderer.proposal_network.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-3)
 
     # rays from cameras 1.5-2 units away aimed through the inner ball, as in ZeroNVS's random views

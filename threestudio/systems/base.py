@@ -459,7 +459,7 @@ class BaseLift3DSystem(BaseSystem):
         """ZeroNVS's separate optimizer for the proposal networks (``renderer.prop_optimizer_config``, e.g. Adam lr
         0.005, eps 1e-15, weight decay 1e-6 and torch's default betas (0.9, 0.999)), or None: without that config
         the proposal networks are a part of the main optimizer and ``loss_proposal`` of the main loss."""
-        proposal = getattr(self.renderer, "proposal_networks", None)
+        proposal = getattr(self.renderer, "proposal_network", None)
         prop_cfg = getattr(self.renderer.cfg, "prop_optimizer_config", None)
         params = [p for p in proposal.parameters() if p.requires_grad] if proposal is not None else []
         if not params or prop_cfg is None:

@@ -7,7 +7,7 @@ Pure PyTorch on dense (n_rays, n_samples) tensors. Samples lie between ``near_pl
   (``proposal_network_config``) is evaluated on ``num_samples_per_ray_proposal`` intervals drawn over the whole ray;
   the ``num_samples_per_ray`` rendered intervals are drawn from its compositing weights, the transmittance left at
   the far end counting in the last interval (:func:`.samplers.sample_proposal`). In training nerfacc's proposal loss
-  (:func:`.rendering.interlevel_loss`; NeRF weights detached: it trains only ``self.proposal_networks``) is returned
+  (:func:`.rendering.interlevel_loss`; NeRF weights detached: it trains only ``self.proposal_network``) is returned
   as ``loss_proposal`` × ``proposal_loss_weight`` (1.0); the system sums it over the step's renders and, with
   ``prop_optimizer_config``, steps the proposal networks' own optimizer with it after the main step, as ZeroNVS
   (``BaseLift3DSystem.step_proposal_optimizer``; without that config they join the main optimizer and the term
@@ -145,13 +145,14 @@ class NeRFVolumeRenderer(BaseModule):
         self._components: Dict[str, nn.Module] = {"geometry": geometry, "material": material, "background": background}
         r = float(cfg.radius)
         self.register_buffer("bbox", torch.tensor([[-r, -r, -r], [r, r, r]], dtype=torch.float32), persistent=False)
-        self.proposal_networks = nn.ModuleList()
+        self.proposal_network: Optional[nn.Module] = None  # the proposal estimator's density network
+        self._register_load_state_dict_pre_hook(_rename_proposal_networks_keys)
         if cfg.estimator == "proposal":
             if cfg.proposal_network_config is None:
                 raise ConfigError("renderer.estimator proposal needs renderer.proposal_network_config")
             net_cfg = config_to_primitive(cfg.proposal_network_config)
             try:
-                self.proposal_networks.append(create_network_with_input_encoding(**net_cfg, fast_paths=self.fast_paths))
+                self.proposal_network = create_network_with_input_encoding(**net_cfg, fast_paths=self.fast_paths)
             except TypeError as e:
                 raise ConfigError(
                     "renderer.proposal_network_config needs n_input_dims, n_output_dims, encoding_config, "
@@ -205,7 +206,7 @@ class NeRFVolumeRenderer(BaseModule):
                 cfg.num_samples_per_ray, self._to_distance, randomized, self.fast_paths,
             )
             return s, []
-        density_fns = [partial(self._proposal_density, network=net) for net in self.proposal_networks]
+        density_fns = [partial(self._proposal_density, network=self.proposal_network)]
         return sample_proposal(
             rays_o, rays_d, density_fns, [cfg.num_samples_per_ray_proposal] * len(density_fns),
             cfg.num_samples_per_ray, self._to_distance, randomized, requires_grad=with_loss, fast_paths=self.fast_paths,
@@ -327,3 +328,11 @@ class NeRFVolumeRenderer(BaseModule):
         for module in self._components.values():
             module.train(mode)
         return super().train(mode)
+
+
+def _rename_proposal_networks_keys(state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints written before the rename hold ``proposal_networks.0.*`` (a one-element ModuleList): load them
+    as ``proposal_network.*``."""
+    old = prefix + "proposal_networks.0."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "proposal_network." + key[len(old):]] = state_dict.pop(key)
