@@ -69,8 +69,10 @@ def test_points_gradient_and_single_tensor_output():
 
 
 def test_the_backward_recomputes_under_the_forward_autocast():
+    # a module that follows autocast (the fields' own MLPs are fp32 under any autocast, issue 17)
     torch.manual_seed(0)
-    mlp = VanillaMLP(3, 1, n_neurons=16, n_hidden_layers=2)
+    mlp = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+                              torch.nn.Linear(16, 1))
     x = torch.rand(64, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         direct = mlp(x)

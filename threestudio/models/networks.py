@@ -113,10 +113,13 @@ def get_activation(name: Optional[str]) -> Callable[[Tensor], Tensor]:
 def autocast_off(method: Callable[..., Any]) -> Callable[..., Any]:
     """Run a field method ``method(self, x, ...)`` with autocast disabled on ``x``'s device: the fields are fp32
     under any autocast (mixed precision), as in ZeroNVS, whose MLPs disable autocast and whose tiny-cuda-nn grid
-    is fp32. Autograd through the method (analytic normals' double backward) stays fp32 too."""
+    is fp32. Autograd through the method (analytic normals' double backward) stays fp32 too. Devices without
+    autocast (``meta``, for tracing) run the method as it is."""
 
     @functools.wraps(method)
     def fp32_method(self: Any, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        if not torch.amp.is_autocast_available(x.device.type):
+            return method(self, x, *args, **kwargs)
         with torch.autocast(x.device.type, enabled=False):
             return method(self, x, *args, **kwargs)
 
