@@ -277,6 +277,21 @@ def test_export_two_passes_and_outlier_removal(tmp_path, remove_outliers):
         threestudio.find("mesh-exporter")({"outlier_n_faces_threshold": "many"}, field)
 
 
+@pytest.mark.parametrize("threshold, specks_kept", [(0.002, True), (0.01, False), (40, True), (60, False)])
+def test_outlier_threshold_is_a_fraction_or_a_face_count(tmp_path, threshold, specks_kept):
+    """At 128³ (one pass) the specks have 44 and 52 faces, the ball 13692 (0.3–0.4 %): a float is a fraction of the
+    ball's faces, an int a face count; components below it go."""
+    trimesh = pytest.importorskip("trimesh")
+    field = SphereAndSpecks()
+    exporter = threestudio.find("mesh-exporter")(
+        {"formats": ["ply"], "coarse_to_fine": False, "outlier_n_faces_threshold": threshold}, field)
+    (path,) = exporter.export(str(tmp_path))
+    mesh = trimesh.load(path, process=False, force="mesh")
+    faces = sorted(len(c.faces) for c in mesh.split(only_watertight=False))
+    assert faces[-1] > 13000
+    assert faces[:-1] == ([44, 52] if specks_kept else [])
+
+
 def _max_relative_error(value, reference):
     return float((value.double() - reference.double()).abs().max() / reference.double().abs().max())
 

@@ -2,8 +2,9 @@
 changes something the built system produces or is refused with an error. What is compared, seeded, in two stages
 (the second only when the first shows no difference, to keep the walk short):
 
-1. the built system: its modules' initial parameters, the optimizer's param groups and the lr scheduler after a few
-   steps, a render of a tiny view at the config's interesting steps, and the exported mesh;
+1. the built system: its modules' initial parameters, the optimizers' param groups (the proposal network's own
+   too) and the lr scheduler after a few steps, a render of a tiny view at the config's interesting steps, and the
+   exported mesh;
 2. one training step's loss terms (the guidance loaded, with the tiny random diffusion model; the datamodule's
    training batch of that step) at those steps.
 
@@ -63,6 +64,9 @@ BY_DESIGN = {
     "system.max_nonfinite_steps": "acts only on NaN/inf steps (test_hostile_trials.py)",
     "system.export_after_train": "the runner's --train ends with an export (test_pipeline.py)",
     "system.test_video_fps": "the test pass's video only (test_pipeline.py)",
+    "system.exporter.remove_outliers": "acts only on meshes with small detached components, which an untrained "
+                                       "field's mesh lacks (test_geometry_export.py: a sphere and two specks)",
+    "system.exporter.outlier_n_faces_threshold": "as remove_outliers (test_geometry_export.py: fractions and counts)",
     "system.material.textureless_prob": "a per-step probability (threestudio's random shading): one seeded step "
                                         "draws one shading, so a change shows only over many steps",
 }
@@ -132,6 +136,10 @@ def built_fingerprint(cfg: Any, datamodule: Any, steps: List[int]) -> List[Any]:
         optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
     out += [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     out += [len(g["params"]) for g in optimizer.param_groups]
+    proposal_optimizer = getattr(system, "proposal_optimizer", None)  # the proposal network's own (ZeroNVS's)
+    if proposal_optimizer is not None:
+        out += [type(proposal_optimizer).__name__]
+        out += [{k: v for k, v in g.items() if k != "params"} for g in proposal_optimizer.param_groups]
     if scheduler is not None:
         for _ in range(3):
             optimizer.step()
