@@ -134,12 +134,12 @@ def built_fingerprint(cfg: Any, datamodule: Any, steps: List[int]) -> List[Any]:
     optimizer, scheduler = opt, None
     if isinstance(opt, dict):
         optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
-    out += [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    out += [len(g["params"]) for g in optimizer.param_groups]
-    proposal_optimizer = getattr(system, "proposal_optimizer", None)  # the proposal network's own (ZeroNVS's)
-    if proposal_optimizer is not None:
-        out += [type(proposal_optimizer).__name__]
-        out += [{k: v for k, v in g.items() if k != "params"} for g in proposal_optimizer.param_groups]
+    # the main optimizer and the proposal network's own (ZeroNVS's; None without prop_optimizer_config)
+    for each in (optimizer, getattr(system, "proposal_optimizer", None)):
+        if each is not None:
+            out.append(type(each).__name__)
+            out += [{k: v for k, v in g.items() if k != "params"} for g in each.param_groups]
+            out += [len(g["params"]) for g in each.param_groups]
     if scheduler is not None:
         for _ in range(3):
             optimizer.step()
