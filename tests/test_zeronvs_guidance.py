@@ -504,6 +504,36 @@ def test_several_input_views_follow_cond_index(zeronvs_tiny_dir):
         guidance(torch.rand(2, 32, 32, 3), batch)
 
 
+@pytest.mark.parametrize("rule", ["nearest", "first"])
+def test_input_selection_rule_without_cond_index(zeronvs_tiny_dir, rule):
+    """Without cond_index each sample is conditioned on the input nearest by rotation angle (ZeroNVS*), or with
+    input_selection=first on input 0; anisotropic |Δazimuth| is measured from that input; anchors come after the
+    inputs in the bank."""
+    guidance = make_guidance(zeronvs_tiny_dir, input_selection=rule)
+    inputs = orbit_c2w(torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0.0, 120.0, -120.0]) + INPUT_AZIMUTH,
+                       torch.tensor([2.0, 2.0, 2.0]))
+    guidance.set_conditions(torch.rand(3, 32, 32, 3), inputs, torch.full((3,), FOV))
+    guidance.update_step(0, 0)
+    sds_grad = Recorder(guidance, "sds_grad")
+    batch = views([10.0, 115.0, -100.0, 170.0])  # nearest inputs 0, 1, 2, and 1 (170° is 50° from 120°)
+    guidance(torch.rand(4, 32, 32, 3), batch)
+    expected = [0, 1, 2, 1] if rule == "nearest" else [0, 0, 0, 0]
+    (_, _, _, _, c_concat, _), _, _ = sds_grad.calls[0]
+    torch.testing.assert_close(c_concat, guidance.conditioning_bank().c_concat[expected])
+    assert guidance.select_conditioning(batch["c2w"]).tolist() == expected
+    distance = guidance.input_azimuth_distance(batch["c2w"])
+    want = [10.0, 5.0, 20.0, 50.0] if rule == "nearest" else [10.0, 115.0, 100.0, 170.0]
+    torch.testing.assert_close(distance, torch.tensor(want), atol=1e-3, rtol=0)
+    # an explicit cond_index still wins over the rule
+    batch["cond_index"] = torch.tensor([2, 2, 2, 2])
+    assert guidance.select_conditioning(batch["c2w"], batch["cond_index"]).tolist() == [2, 2, 2, 2]
+
+
+def test_input_selection_is_checked(zeronvs_tiny_dir):
+    with pytest.raises(ConfigError, match="input_selection"):
+        make_guidance(zeronvs_tiny_dir, input_selection="closest")
+
+
 def test_system_writes_the_anchor_views_once(tmp_path):
     """The system, not the guidance, writes save/anchors/ (names and record as before), once per generation."""
     from system_steps import build, training_batch, training_losses

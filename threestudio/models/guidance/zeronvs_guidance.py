@@ -46,6 +46,9 @@ ZERONVS_KEYS_NOT_USED = {
 }
 
 
+INPUT_SELECTION = ("nearest", "first")
+
+
 def azimuth_distance_deg(azimuth_deg: Tensor, reference_deg: Tensor) -> Tensor:
     """Unsigned angular distance in [0, 180] degrees between azimuths (broadcasting shapes)."""
     diff = torch.remainder(azimuth_deg - reference_deg, 360.0)
@@ -134,6 +137,9 @@ class ZeroNVSGuidance(BaseObject):
         anchor_ddim_eta: float = 1.0
         anchor_guidance_scale: float = 3.0
         seed: int = 0  # seed of the anchors' DDIM noise
+        # which input view conditions a sample that the batch gives no cond_index: nearest (by rotation angle to
+        # the sample's camera; ZeroNVS's rule, the "ZeroNVS*" few-view baseline) | first (always input 0, a control)
+        input_selection: str = "nearest"
 
     cfg: Config
 
@@ -160,6 +166,9 @@ class ZeroNVSGuidance(BaseObject):
                 "system.guidance.anisotropic_offset acts only with use_anisotropic_schedule=true: set that, or "
                 "anisotropic_offset=0"
             )
+        if cfg.input_selection not in INPUT_SELECTION:
+            raise ConfigError(f"system.guidance.input_selection is {cfg.input_selection!r}; valid: "
+                              f"{', '.join(INPUT_SELECTION)}")
         if cfg.n_aux_c2w > 0 and cfg.anchor_ddim_steps < 1:
             raise ConfigError(f"system.guidance.anchor_ddim_steps must be >= 1, got {cfg.anchor_ddim_steps}")
         for key in ("min_step_percent", "max_step_percent", "p_use_aux_cameras", "grad_clip"):
@@ -330,7 +339,8 @@ class ZeroNVSGuidance(BaseObject):
     def select_conditioning(self, target_c2w: Tensor, cond_index: Optional[Tensor] = None) -> Tensor:
         """Bank index (B,) of the conditioning view of each target camera ``target_c2w`` (B, 4, 4).
 
-        Each sample uses its input view (``cond_index``, default 0); with anchors, it uses instead, with
+        Each sample uses its input view (``cond_index``, else the ``input_selection`` rule: the input nearest by
+        rotation angle, or input 0); with anchors, it uses instead, with
         probability ``p_use_aux_cameras``, the bank view (input or anchor) nearest by rotation angle.
         """
         return self._select(target_c2w, cond_index)[0]
@@ -339,7 +349,7 @@ class ZeroNVSGuidance(BaseObject):
         """(chosen bank index, nearest bank index), each (B,) long; without anchors both are the input views."""
         bank = self.conditioning_bank()
         n_inputs = self._input_c2w.shape[0]  # the bank holds the input views first, then the anchors
-        base = self._base_index(target_c2w.shape[0], cond_index, n_inputs)
+        base = self._base_index(target_c2w, cond_index, n_inputs)
         if len(bank) == n_inputs:
             return base, base
         angles = rotation_angle_deg(bank.c2w[None, :, :3, :3], target_c2w[:, None, :3, :3].to(bank.c2w))  # (B, K)
@@ -347,14 +357,21 @@ class ZeroNVSGuidance(BaseObject):
         use_nearest = torch.rand(base.shape[0], device=self.device) < self.p_use_aux_cameras_val
         return torch.where(use_nearest, nearest, base), nearest
 
-    def _base_index(self, batch_size: int, cond_index: Optional[Tensor], n_inputs: int) -> Tensor:
-        """Input view index (B,) long on the guidance's device: ``cond_index`` checked, or zeros.
+    def _base_index(self, target_c2w: Tensor, cond_index: Optional[Tensor], n_inputs: int) -> Tensor:
+        """Input view index (B,) long on the guidance's device: ``cond_index`` checked, or the rule of
+        ``input_selection`` (``nearest``: the input whose orientation is nearest by rotation angle to each camera of
+        ``target_c2w`` (B, 4, 4), ties to the earlier input; ``first``: input 0). One input always gives zeros.
 
         On the CPU a bad index raises ValueError; on an accelerator the check is an asynchronous device assert
         (reading the values on the host would wait for every queued kernel).
         """
+        batch_size = target_c2w.shape[0]
         if cond_index is None:
-            return torch.zeros(batch_size, dtype=torch.long, device=self.device)
+            if n_inputs == 1 or self.cfg.input_selection == "first":
+                return torch.zeros(batch_size, dtype=torch.long, device=self.device)
+            inputs = self._input_c2w[:n_inputs, None, :3, :3]
+            angles = rotation_angle_deg(inputs, target_c2w[None, :, :3, :3].to(inputs))  # (N, B)
+            return angles.argmin(dim=0)
         cond_index = cond_index.to(self.device, torch.long).reshape(-1)
         message = f"cond_index must be ({batch_size},) in [0, {n_inputs})"
         if cond_index.shape[0] != batch_size:
@@ -412,7 +429,7 @@ class ZeroNVSGuidance(BaseObject):
         and their input view, about the world z axis."""
         if self._input_c2w is None:
             raise RuntimeError("call set_conditions(images, c2w, fov_deg) before using the guidance")
-        base = self._base_index(target_c2w.shape[0], cond_index, self._input_c2w.shape[0])
+        base = self._base_index(target_c2w, cond_index, self._input_c2w.shape[0])
         _, target_azimuth, _ = c2w_to_spherical(target_c2w.detach().to(self.device, torch.float32))
         _, input_azimuth, _ = c2w_to_spherical(self._input_c2w[base])
         return azimuth_distance_deg(target_azimuth, input_azimuth)
