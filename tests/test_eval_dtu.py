@@ -139,7 +139,7 @@ def test_dtu_config_differs_from_the_paper_config_only_in_the_protocol_keys():
         "system.background.color", "system.background.random_aug", "system.renderer.near_plane",
         "system.renderer.far_plane", "system.guidance.guidance_scale", "system.guidance.use_anisotropic_schedule",
         "system.guidance.anisotropic_offset", "system.loss.lambda_opaque",
-        "data.random_camera.n_test_views",  # single-view-scene's test views are the scene's (the key is refused)
+        "data.random_camera.n_test_views",  # posed-inputs's test views are the scene's (the key is refused)
     }
     # launch_eval_dtu.sh + zero123_scene.yaml's values
     assert (dtu["data.height"], dtu["data.width"]) == ([108, 300], [144, 400])
@@ -163,7 +163,7 @@ def test_sds_mode_tiny_runs_the_zeronvs_system(tmp_path, dtu_scan24, zeronvs_tin
     assert rows[0]["n_views"] == "2" and not rows[0]["error"] and rows[0]["paper_psnr"] == ""  # 24: not in the paper
     assert float(rows[0]["gt_to_pred_scale"]) == 1.0 and float(rows[0]["pose_scale"]) == pytest.approx(1 / 2.02)
     parsed = OmegaConf.load(out / "runs" / "sds" / "scan24" / "configs" / "parsed.yaml")
-    assert parsed.system_type == "zeronvs-system" and parsed.data_type == "single-view-scene-datamodule"
+    assert parsed.system_type == "zeronvs-system" and parsed.data_type == "posed-inputs-datamodule"
     assert parsed.system.guidance.guidance_scale == 7.5 and parsed.trainer.max_steps == 2
     assert (out / "runs" / "sds" / "scan24" / "save" / "metrics.json").is_file()
 

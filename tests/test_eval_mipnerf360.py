@@ -91,7 +91,7 @@ def test_config_differs_from_the_paper_config_only_in_the_protocol_keys():
         "data.scene_format", "data.scene.scene_dir", "data.scene.view_idx", "data.scene.resolution",
         "data.scene.manual_gt_to_pred_scale", "data.random_camera.elevation_range", "system.renderer.near_plane",
         "system.guidance.precomputed_scale",
-        "data.random_camera.n_test_views",  # single-view-scene's test views are the scene's (the key is refused)
+        "data.random_camera.n_test_views",  # posed-inputs's test views are the scene's (the key is refused)
     }
     assert m360["data.default_elevation_deg"] == m360["data.random_camera.elevation_range"] == "auto"
     # the script's shared overrides hold in the config too (the command lines only make them visible)

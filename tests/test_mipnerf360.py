@@ -157,13 +157,13 @@ def test_bad_scenes_are_one_line_errors(tmp_path, scene_dir):
 
 
 def _datamodule(scene_dir, **scene):
-    from threestudio.data.single_view_scene import SingleViewSceneDataModule
+    from threestudio.data.posed_inputs import PosedInputsDataModule
 
     cfg = {"scene_format": "mipnerf360", "height": 32, "width": 32, "default_elevation_deg": "auto",
            "scene": {"scene_dir": str(scene_dir), "view_idx": 2, "resolution": 32, **scene},
            "random_camera": {"elevation_range": "auto", "eval_elevation_deg": "auto", "eval_height": 32,
                              "eval_width": 32}}
-    return SingleViewSceneDataModule(cfg)
+    return PosedInputsDataModule(cfg)
 
 
 def test_single_view_scene_datamodule_takes_the_scene_from_the_loader(scene_dir):

@@ -21,7 +21,7 @@ _COMPONENT_MODULES: Dict[str, str] = {
     "single-image-datamodule": "threestudio.data.single_image",
     "multiview-datamodule": "threestudio.data.multiview",
     "image-target-poses-datamodule": "threestudio.data.image_target_poses",
-    "single-view-scene-datamodule": "threestudio.data.single_view_scene",
+    "posed-inputs-datamodule": "threestudio.data.posed_inputs",
     # geometry
     "implicit-volume": "threestudio.models.geometry.implicit_volume",
     # materials
@@ -42,6 +42,13 @@ _COMPONENT_MODULES: Dict[str, str] = {
 }
 
 _REGISTRY: Dict[str, Type] = {}
+
+# old name → (new name, what changed): refused with a one-line hint naming the new one
+_RENAMED: Dict[str, tuple] = {
+    "single-view-scene-datamodule": (
+        "posed-inputs-datamodule", "it takes N >= 1 posed input views of a scene (data.scene.input_views)"
+    ),
+}
 
 
 def register(name: str) -> Callable[[Type], Type]:
@@ -66,6 +73,11 @@ def find(name: str) -> Type:
 
     Raises :class:`threestudio.utils.errors.ConfigError` for an unknown name, listing the valid ones.
     """
+    if name in _RENAMED:
+        from threestudio.utils.errors import ConfigError
+
+        new, why = _RENAMED[name]
+        raise ConfigError(f"component type {name!r} was renamed {new!r} ({why}); use {new!r}")
     if name not in _REGISTRY and name in _COMPONENT_MODULES:
         importlib.import_module(_COMPONENT_MODULES[name])
     if name not in _REGISTRY:

@@ -2,7 +2,7 @@
 
 The datamodules built on it: ``multiview-datamodule`` (:mod:`threestudio.data.multiview`, a posed scene),
 ``image-target-poses-datamodule`` (:mod:`threestudio.data.image_target_poses`, one image plus target poses) and
-``single-view-scene-datamodule`` (:mod:`threestudio.data.single_view_scene`, single-image SDS tested on a scene).
+``posed-inputs-datamodule`` (:mod:`threestudio.data.posed_inputs`, single-image SDS tested on a scene).
 
 **Scene formats.** :data:`SCENE_FORMATS` maps ``format`` (a scene config key) to a reader
 ``reader(scene_dir, use_masks) → SceneCameras``: the image (and mask) files and every camera's OpenGL
@@ -56,6 +56,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -259,26 +260,196 @@ def read_idr_scene(scene_dir: str, use_masks: bool) -> SceneCameras:
     )
 
 
-# format name → reader (scene_dir, use_masks) → SceneCameras
-SCENE_FORMATS: Dict[str, SceneReader] = {"idr": read_idr_scene}
+def _masks_beside(image_paths: List[str], mask_dir: str, use_masks: bool, source: str) -> Optional[List[str]]:
+    """One mask per image from ``mask_dir`` (sorted order), or None without ``use_masks``."""
+    if not use_masks:
+        return None
+    masks = list_images(mask_dir)
+    if len(masks) != len(image_paths):
+        raise UserError(f"{mask_dir} has {len(masks)} masks but {source} has {len(image_paths)} cameras; set "
+                        "use_masks=false or provide one mask per camera (sorted file order = camera order)")
+    return masks
 
 
-def register_scene_format(name: str, reader: SceneReader) -> None:
-    """Make ``format: name`` read scenes with ``reader``."""
+def read_llff_scene(scene_dir: str, use_masks: bool) -> SceneCameras:
+    """The LLFF / Mip-NeRF 360 release layout: ``poses_bounds.npy`` (per view [R | t | (H, W, f)], rotation
+    columns (down, right, back)) and ``images/`` (or the first ``images_N/`` with one image per pose); the
+    principal point is the image centre and the focal length is scaled to the images read."""
+    from threestudio.data.idr_cameras import read_image_size
+    from threestudio.data.mipnerf360 import llff_to_opengl
+
+    path = os.path.join(scene_dir, "poses_bounds.npy")
+    try:
+        c2w, hwf = llff_to_opengl(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if not np.all(np.isfinite(c2w)) or not np.all(hwf[:, :2] > 0) or not np.all(hwf[:, 2] > 0):
+        raise UserError(f"{path}: poses must be finite and H, W, focal positive")
+    folders = ["images"] + sorted((n for n in os.listdir(scene_dir) if n.startswith("images_") and n[7:].isdigit()),
+                                  key=lambda n: int(n[7:]))
+    image_paths: List[str] = []
+    for name in folders:
+        image_paths = list_images(os.path.join(scene_dir, name))
+        if len(image_paths) == len(c2w):
+            break
+    if len(image_paths) != len(c2w):
+        raise UserError(f"{scene_dir}: no images/ or images_N/ folder with one image per pose of {path} "
+                        f"({len(c2w)} poses; sorted file names = pose order)")
+    width, height = read_image_size(image_paths[0])
+    focal = hwf[:, 2] * height / hwf[:, 0]
+    K = np.zeros((len(c2w), 3, 3))
+    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = focal, focal, width / 2.0, height / 2.0, 1.0
+    return SceneCameras(
+        image_paths=image_paths,
+        mask_paths=_masks_beside(image_paths, os.path.join(scene_dir, "masks"), use_masks, path),
+        c2w=torch.from_numpy(c2w), K=torch.from_numpy(K), image_size=(width, height), normalized=False, source=path,
+    )
+
+
+def _frame_image(scene_dir: str, file_path: str, where: str) -> str:
+    """A frame's image file: ``file_path`` relative to the scene folder, with ``.png`` added when it has no
+    extension (instant-ngp's Blender scenes)."""
+    path = os.path.normpath(os.path.join(scene_dir, file_path))
+    if not os.path.isfile(path) and not os.path.splitext(path)[1] and os.path.isfile(path + ".png"):
+        path += ".png"
+    if not os.path.isfile(path):
+        raise UserError(f"{where}: image {file_path!r} not found (looked for {path})")
+    return path
+
+
+def read_transforms_scene(scene_dir: str, use_masks: bool) -> SceneCameras:
+    """nerfstudio / instant-ngp ``transforms.json`` (what ``ns-process-data`` writes for a COLMAP capture): per frame
+    ``file_path`` and ``transform_matrix`` (OpenGL camera-to-world); intrinsics ``fl_x``, ``fl_y``, ``cx``, ``cy``,
+    ``w``, ``h`` at the top level or per frame, or instant-ngp's ``camera_angle_x`` (horizontal fov, radians) with
+    the principal point at the image centre. Distortion coefficients are not applied (a warning names them).
+    Camera index = position in ``frames``; masks from a frame's ``mask_path`` with ``use_masks``."""
+    from threestudio.data.idr_cameras import read_image_size
+
+    path = os.path.join(scene_dir, "transforms.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        frames = meta["frames"]
+        if not isinstance(frames, list) or not frames:
+            raise ValueError("'frames' must be a non-empty list")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    distortion = [k for k in ("k1", "k2", "k3", "k4", "p1", "p2") if float(meta.get(k, 0) or 0) != 0]
+    if distortion:
+        logger.warning("%s: distortion coefficients %s are not applied (the images are taken as pinhole)", path,
+                       ", ".join(distortion))
+    image_paths, mask_paths, c2w, K = [], [], [], []
+    size = None
+    for i, frame in enumerate(frames):
+        where = f"{path} frame {i}"
+        if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
+            raise UserError(f"{where}: a frame needs file_path and transform_matrix")
+        image_paths.append(_frame_image(scene_dir, str(frame["file_path"]), where))
+        if use_masks:
+            if "mask_path" not in frame:
+                raise UserError(f"{where}: use_masks needs a mask_path in every frame")
+            mask_paths.append(_frame_image(scene_dir, str(frame["mask_path"]), where))
+        m = np.asarray(frame["transform_matrix"], dtype=np.float64)
+        if m.shape != (4, 4) or not np.all(np.isfinite(m)) or abs(np.linalg.det(m[:3, :3])) < 1e-6:
+            raise UserError(f"{where}: transform_matrix must be a finite, non-singular 4×4 camera-to-world matrix")
+        c2w.append(m)
+
+        def get(key: str, frame: dict = frame) -> Optional[float]:
+            value = frame.get(key, meta.get(key))
+            return None if value is None else float(value)
+
+        w, h = get("w"), get("h")
+        if w is None or h is None:
+            w, h = read_image_size(image_paths[-1])
+        if size is None:
+            size = (int(w), int(h))
+        elif (int(w), int(h)) != size:
+            raise UserError(f"{where}: its images are {int(w)}x{int(h)}, frame 0's {size[0]}x{size[1]}; all frames "
+                            "must have one image size")
+        fx, fy = get("fl_x"), get("fl_y")
+        if fx is None and get("camera_angle_x") is not None:
+            fx = 0.5 * w / math.tan(0.5 * get("camera_angle_x"))
+        if fx is None:
+            raise UserError(f"{where}: no intrinsics: give fl_x (and fl_y, cx, cy) or camera_angle_x")
+        fy = fx if fy is None else fy
+        cx, cy = get("cx"), get("cy")
+        K.append([[fx, 0.0, w / 2.0 if cx is None else cx], [0.0, fy, h / 2.0 if cy is None else cy], [0, 0, 1.0]])
+    return SceneCameras(
+        image_paths=image_paths, mask_paths=mask_paths if use_masks else None,
+        c2w=torch.from_numpy(np.stack(c2w)), K=torch.tensor(K, dtype=torch.float64), image_size=size,
+        normalized=False, source=path,
+    )
+
+
+# format name → reader (scene_dir, use_masks) → SceneCameras; "auto" detects it from the folder (FORMAT_MARKERS)
+SCENE_FORMATS: Dict[str, SceneReader] = {
+    "idr": read_idr_scene, "llff": read_llff_scene, "transforms": read_transforms_scene,
+}
+FORMAT_MARKERS = {"idr": CAMERAS_FILENAME, "transforms": "transforms.json", "llff": "poses_bounds.npy"}
+
+
+def register_scene_format(name: str, reader: SceneReader, marker: Optional[str] = None) -> None:
+    """Make ``format: name`` read scenes with ``reader``; ``marker``: the file whose presence in a scene folder
+    makes ``format: auto`` choose it."""
     SCENE_FORMATS[name] = reader
+    if marker is not None:
+        FORMAT_MARKERS[name] = marker
+
+
+def detect_scene_format(scene_dir: str, fmt: str = "auto", key: str = "data.format") -> str:
+    """``fmt``, or with ``auto`` the format whose marker file (:data:`FORMAT_MARKERS`) is in ``scene_dir``."""
+    if fmt != "auto":
+        if fmt not in SCENE_FORMATS:
+            raise ConfigError(f"config key {key} is {fmt!r}; valid: auto, {', '.join(SCENE_FORMATS)}")
+        return fmt
+    if not os.path.isdir(scene_dir):
+        raise UserError(f"{key.rsplit('.', 1)[0]}.scene_dir not found: {scene_dir}")
+    found = [name for name, marker in FORMAT_MARKERS.items() if os.path.isfile(os.path.join(scene_dir, marker))]
+    if not found:
+        wanted = ", ".join(f"{marker} ({name})" for name, marker in FORMAT_MARKERS.items())
+        raise UserError(f"{scene_dir} is not a posed scene folder: it has none of {wanted}")
+    if len(found) > 1:
+        logger.warning("%s holds the files of formats %s: reading it as %s (set %s to choose)", scene_dir,
+                       ", ".join(found), found[0], key)
+    return found[0]
+
+
+def resolve_view_names(values: Sequence[Any], cameras: SceneCameras, key: str) -> List[int]:
+    """Camera indices of views named by index (an int or digits) or by image file name (with or without its
+    extension, e.g. ``frame_00012.jpg``). UserError naming an unknown or ambiguous name."""
+    names: Dict[str, List[int]] = {}
+    for i, path in enumerate(cameras.image_paths):
+        base = os.path.basename(path)
+        for name in {base, os.path.splitext(base)[0]}:
+            names.setdefault(name, []).append(i)
+    out = []
+    for value in values:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key}: {value!r} is not a view index or file name")
+        if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+            out.append(int(value))
+            continue
+        hits = names.get(str(value), [])
+        if len(hits) != 1:
+            what = "names several images" if hits else "matches no image"
+            raise UserError(f"{key}: {value!r} {what} of {cameras.source} (give a camera index or an image file "
+                            f"name, e.g. {os.path.basename(cameras.image_paths[0])!r})")
+        out.append(hits[0])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- a posed scene
 @dataclass
 class PosedSceneConfig:
     """The scene's files and views (module docstring): ``data.*`` of ``multiview-datamodule``, ``data.scene.*`` of
-    ``single-view-scene-datamodule``."""
+    ``posed-inputs-datamodule``."""
 
     scene_dir: Optional[str] = None
-    format: str = "idr"  # a key of SCENE_FORMATS
-    input_views: List[int] = field(default_factory=lambda: [0])
-    target_views: Optional[List[int]] = None  # null: all views that are neither inputs nor excluded
-    excluded_views: List[int] = field(default_factory=list)
+    format: str = "auto"  # auto (detected from the folder: FORMAT_MARKERS) or a key of SCENE_FORMATS
+    # views by camera index or image file name; the first input is the canonical / conditioning view
+    input_views: List[Any] = field(default_factory=lambda: [0])
+    target_views: Optional[List[Any]] = None  # null: all views that are neither inputs nor excluded
+    excluded_views: List[Any] = field(default_factory=list)
     height: int = 256
     width: int = 256
     crop_square: bool = True
@@ -303,8 +474,8 @@ def check_posed_scene_config(cfg: PosedSceneConfig, prefix: str = "data") -> Non
     """Value checks of a :class:`PosedSceneConfig` (no file is read)."""
     if not cfg.scene_dir:
         raise ConfigError(f"config key {prefix}.scene_dir is empty; set it to the posed scene folder")
-    if cfg.format not in SCENE_FORMATS:
-        raise ConfigError(f"config key {prefix}.format is {cfg.format!r}; valid: {', '.join(SCENE_FORMATS)}")
+    if cfg.format != "auto" and cfg.format not in SCENE_FORMATS:
+        raise ConfigError(f"config key {prefix}.format is {cfg.format!r}; valid: auto, {', '.join(SCENE_FORMATS)}")
     if cfg.background not in BACKGROUNDS:
         raise ConfigError(f"config key {prefix}.background is {cfg.background!r}; valid: {', '.join(BACKGROUNDS)}")
     for key in ("height", "width"):
@@ -316,10 +487,12 @@ def check_posed_scene_config(cfg: PosedSceneConfig, prefix: str = "data") -> Non
         raise ConfigError(f"config key {prefix}.input_views is empty; give at least one dataset view index")
 
 
-def _choose_views(cfg: PosedSceneConfig, n: int, source: str, prefix: str) -> Tuple[List[int], List[int]]:
-    inputs = [int(i) for i in cfg.input_views]
-    excluded = {int(i) for i in cfg.excluded_views}
-    targets = None if cfg.target_views is None else [int(i) for i in cfg.target_views]
+def _choose_views(cfg: PosedSceneConfig, cameras: SceneCameras, prefix: str) -> Tuple[List[int], List[int]]:
+    n, source = len(cameras), cameras.source
+    inputs = resolve_view_names(cfg.input_views, cameras, f"{prefix}.input_views")
+    excluded = set(resolve_view_names(cfg.excluded_views, cameras, f"{prefix}.excluded_views"))
+    targets = (None if cfg.target_views is None
+               else resolve_view_names(cfg.target_views, cameras, f"{prefix}.target_views"))
     for key, values in (("input_views", inputs), ("target_views", targets or []), ("excluded_views", excluded)):
         for i in values:
             if not 0 <= i < n:
@@ -366,8 +539,9 @@ def load_posed_scene(cfg: PosedSceneConfig, canonical_c2w: Tensor, prefix: str =
     ``canonical_c2w`` (4, 4): where the first input camera goes with ``canonicalize``.
     """
     check_posed_scene_config(cfg, prefix)
-    cameras = SCENE_FORMATS[cfg.format](str(cfg.scene_dir), bool(cfg.use_masks))
-    inputs, targets = _choose_views(cfg, len(cameras), cameras.source, prefix)
+    fmt = detect_scene_format(str(cfg.scene_dir), cfg.format, f"{prefix}.format")
+    cameras = SCENE_FORMATS[fmt](str(cfg.scene_dir), bool(cfg.use_masks))
+    inputs, targets = _choose_views(cfg, cameras, prefix)
 
     # scene world (OpenGL) → world flip → (selection poses) → pose_scale → canonical frame
     c2w = cameras.c2w

@@ -187,9 +187,23 @@ def resize_rgba(rgba: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
     return rgb.clamp(0.0, 1.0), alpha_r
 
 
-class SingleImageIterableDataset(IterableDataset, Updateable):
-    """Endless training batches: the reference view at the current stage plus lazily drawn random views.
+@dataclass
+class InputView:
+    """One input view of the training batches: ``rgba`` (H, W, 4) straight alpha (the square after ``crop_mode``
+    for one image; the whole frame for a posed scene's input) and ``cameras``, its camera dict (B = 1: ``c2w``,
+    ``fov_deg``, ``elevation_deg``, ``azimuth_deg``, ``camera_distance``, ``light_positions``), rendered as a centred
+    pinhole camera of that fov."""
 
+    rgba: Tensor
+    cameras: Dict[str, Tensor]
+
+
+class SingleImageIterableDataset(IterableDataset, Updateable):
+    """Endless training batches: the reference view(s) at the current stage plus lazily drawn random views.
+
+    ``views``: the input views (one for a single image). Each step's reference batch holds ``views_per_step`` of
+    them, taken in turn (step s uses views ``(s·k + i) mod N``, i < k), so every view is supervised equally often
+    and the step's reference-ray budget is k views; one view gives the single-image batch.
     ``update_step(epoch, global_step)`` selects the resolution stage and forwards the step to the random
     camera sampler; :meth:`make_batch` builds the batch from that state, so batches follow the current step.
     In a Lightning fit the datamodule does both, once per step (see ``on_before_batch_transfer``).
@@ -198,19 +212,21 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
     def __init__(
         self,
         cfg: SingleImageDataModuleConfig,
-        rgba: Tensor,
-        reference: ReferenceCamera,
+        views: List[InputView],
         sampler: Optional[RandomCameraSampler] = None,
+        views_per_step: int = 1,
     ) -> None:
         super().__init__()
+        if not 1 <= views_per_step <= len(views):
+            raise ConfigError(f"reference views per step must lie in [1, {len(views)}] (the input views), "
+                              f"got {views_per_step}")
         self.cfg = cfg
-        self.rgba = rgba  # (S, S, 4) square (or, for crop_mode=stretch, the original) straight-alpha image
-        self.reference = reference
+        self.views = views
+        self.views_per_step = int(views_per_step)
         self.random_pose_generator = sampler
         self.stages = StagedResolution(cfg.height, cfg.width, cfg.resolution_milestones, prefix="data")
-        self.reference_cameras = reference.cameras()
-        self._views: Dict[int, Dict[str, Tensor]] = {}
-        self._noisy_rays: Dict[int, tuple] = {}  # stage → (rays_o, rays_d) with that stage's ray noise
+        self._views: Dict[tuple, Dict[str, Tensor]] = {}  # (stage, view) → rays, rgb, mask
+        self._noisy_rays: Dict[tuple, tuple] = {}  # (stage, view) → (rays_o, rays_d) with that stage's ray noise
         self.global_step = 0
 
     @property
@@ -221,32 +237,34 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
     def width(self) -> int:
         return self.stages.at(self.global_step).width
 
-    def reference_view(self, stage_index: int) -> Dict[str, Tensor]:
-        """Noise-free rays, ``rgb`` and ``mask`` of the reference view at stage ``stage_index`` (cached)."""
-        if stage_index not in self._views:
+    def reference_view(self, stage_index: int, view: int = 0) -> Dict[str, Tensor]:
+        """Noise-free rays, ``rgb`` and ``mask`` of input view ``view`` at stage ``stage_index`` (cached)."""
+        key = (stage_index, view)
+        if key not in self._views:
             stage = self.stages.stages[stage_index]
-            rgb, alpha = resize_rgba(self.rgba, stage.height, stage.width)
-            view = camera_rays(
-                self.reference_cameras, stage.height, stage.width, self.cfg.random_camera.rays_d_normalize
+            rgb, alpha = resize_rgba(self.views[view].rgba, stage.height, stage.width)
+            rays = camera_rays(
+                self.views[view].cameras, stage.height, stage.width, self.cfg.random_camera.rays_d_normalize
             )
-            view.update(rgb=rgb[None].contiguous(), mask=(alpha > 0.5).float()[None].contiguous())
-            self._views[stage_index] = view
-            logger.debug("reference view at %dx%d", stage.height, stage.width)
-        return self._views[stage_index]
+            rays.update(rgb=rgb[None].contiguous(), mask=(alpha > 0.5).float()[None].contiguous())
+            self._views[key] = rays
+            logger.debug("reference view %d at %dx%d", view, stage.height, stage.width)
+        return self._views[key]
 
-    def noisy_reference_rays(self, stage_index: int) -> tuple:
-        """``rays_o``, ``rays_d`` (1, H, W, 3) of the reference view at stage ``stage_index`` shifted by one
-        N(0, rays_noise_scale²) 3-vector each, drawn when the stage is first used and kept for the stage."""
-        if stage_index not in self._noisy_rays:
-            view = self.reference_view(stage_index)
-            rays_o, rays_d = view["rays_o"], view["rays_d"]
+    def noisy_reference_rays(self, stage_index: int, view: int = 0) -> tuple:
+        """``rays_o``, ``rays_d`` (1, H, W, 3) of input view ``view`` at stage ``stage_index`` shifted by one
+        N(0, rays_noise_scale²) 3-vector each, drawn when the view is first used in the stage and kept for it."""
+        key = (stage_index, view)
+        if key not in self._noisy_rays:
+            rays = self.reference_view(stage_index, view)
+            rays_o, rays_d = rays["rays_o"], rays["rays_d"]
             if self.cfg.rays_noise_scale > 0:
                 rays_o = rays_o + torch.randn(3) * self.cfg.rays_noise_scale
                 rays_d = rays_d + torch.randn(3) * self.cfg.rays_noise_scale
                 if self.cfg.random_camera.rays_d_normalize:
                     rays_d = torch.nn.functional.normalize(rays_d, dim=-1)
-            self._noisy_rays[stage_index] = (rays_o, rays_d)
-        return self._noisy_rays[stage_index]
+            self._noisy_rays[key] = (rays_o, rays_d)
+        return self._noisy_rays[key]
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         self.global_step = global_step
@@ -257,22 +275,34 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
         while True:
             yield {}
 
+    def step_views(self) -> List[int]:
+        """The input views of the current step's reference batch (see the class docstring)."""
+        n, k = len(self.views), self.views_per_step
+        return [(self.global_step * k + i) % n for i in range(k)]
+
     def make_batch(self) -> Dict[str, Any]:
-        """The training batch at the current step (see the module docstring for its keys)."""
+        """The training batch at the current step (see the module docstring for its keys); with several input
+        views also ``input_index`` (B,): the input view of each reference view."""
         stage_index = self.stages.index_at(self.global_step)
         stage = self.stages.stages[stage_index]
-        view = self.reference_view(stage_index)
-        rays_o, rays_d = self.noisy_reference_rays(stage_index)
-        batch: Dict[str, Any] = {k: v.clone() for k, v in self.reference_cameras.items()}
+        chosen = self.step_views()
+        parts = []
+        for view in chosen:
+            rays = self.reference_view(stage_index, view)
+            rays_o, rays_d = self.noisy_reference_rays(stage_index, view)
+            part = {k: v.clone() for k, v in self.views[view].cameras.items()}
+            part.update(rays_o=rays_o, rays_d=rays_d, rgb=rays["rgb"], mask=rays["mask"])
+            parts.append(part)
+        batch: Dict[str, Any] = parts[0] if len(parts) == 1 else {
+            key: torch.cat([p[key] for p in parts]) for key in parts[0]
+        }
         batch.update(
-            rays_o=rays_o,
-            rays_d=rays_d,
-            canonical_c2w=self.reference_cameras["c2w"].clone(),
+            canonical_c2w=self.views[0].cameras["c2w"].clone(),  # the first input's camera defines the frame
             height=stage.height,
             width=stage.width,
-            rgb=view["rgb"],
-            mask=view["mask"],
         )
+        if len(self.views) > 1:
+            batch["input_index"] = torch.tensor(chosen, dtype=torch.long)
         if self.random_pose_generator is not None:
             batch["random_camera"] = self.random_pose_generator.sample()
         return batch
@@ -352,7 +382,8 @@ class SingleImageDataModule(LightningDataModule, Configurable):
         rgba = self.rgba
         if stage in (None, "fit"):
             sampler = self.sampler if self.cfg.use_random_camera else None
-            self.train_dataset = SingleImageIterableDataset(self.cfg, rgba, self.reference, sampler)
+            views = [InputView(rgba, self.reference.cameras())]
+            self.train_dataset = SingleImageIterableDataset(self.cfg, views, sampler)
         if stage in (None, "fit", "validate"):
             self.val_dataset = self.sampler.eval_dataset("val")
         if stage in (None, "test", "predict"):

@@ -34,7 +34,7 @@ class FreqConfig:
 @threestudio.register("zeronvs-system")
 class ZeroNVSSystem(HeldOutMetricsMixin, BaseLift3DSystem):
     """SDS from the guidance plus the reference-view losses; the test pass scores posed test views that carry
-    ground truth (``single-view-scene-datamodule``, :mod:`threestudio.systems.heldout`)."""
+    ground truth (``posed-inputs-datamodule``, :mod:`threestudio.systems.heldout`)."""
 
     LOSS_NAMES = ("sds", "rgb", "mask", "normal_smooth", "orient", "sparsity", "opaque")
     UNSUPPORTED_LOSS_NAMES = ("depth", "depth_rel", "normal", "3d_normal_smooth", "distortion", "clip")
