@@ -200,7 +200,9 @@ def test_the_random_sds_cameras_cover_the_split_inputs(dtu_scan24):
     assert module.sampler.cfg.elevation_range == module.cfg.random_camera.elevation_range
     single = PosedInputsDataModule(config(dtu_scan24, random_camera=rc))
     assert list(single.cfg.random_camera.elevation_range) == [5, 80]
-    off = PosedInputsDataModule(config(dtu_scan24, random_camera=rc, cover_inputs=False, **{"scene.input_views": split}))
+    off = PosedInputsDataModule(
+        config(dtu_scan24, random_camera=rc, cover_inputs=False, **{"scene.input_views": split})
+    )
     assert list(off.cfg.random_camera.elevation_range) == [5, 80]
 
 
