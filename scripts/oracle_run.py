@@ -165,20 +165,74 @@ def input_camera(cfg: Any) -> Dict[str, Tensor]:
     ).cameras()
 
 
-def write_world(scene_path: str, camera: Dict[str, Tensor], resolution: int, out_dir: str) -> str:
-    """Write ``out_dir/world.yaml``: the scene plus the input camera and the oracle's resolution."""
+def input_cameras(cfg: Any, n_inputs: int) -> Dict[str, Tensor]:
+    """``n_inputs`` input cameras (B = n_inputs): the scene's input camera (``data.default_*``) first, the others at
+    its elevation, distance and fov, at azimuth offsets of 360°·i/n_inputs."""
+    from threestudio.data.random_camera import orbit_cameras
+
+    d = cfg.data
+    return orbit_cameras(n_inputs, d.default_elevation_deg, d.default_camera_distance, d.default_fovy_deg,
+                         d.default_azimuth_deg)
+
+
+def write_world(scene_path: str, camera: Dict[str, Tensor], resolution: int, out_dir: str,
+                knowledge: str = "full") -> str:
+    """Write ``out_dir/world.yaml``: the scene plus the input camera(s) (``camera``, B ≥ 1), the oracle's
+    resolution and what it knows (``knowledge``: full | visible)."""
     import yaml
 
     from zeronvs_diffusion.oracle.scene import Scene, read_mapping
 
     spec = dict(read_mapping(scene_path, "oracle scene"))
     Scene.from_dict(spec, where=scene_path)  # validates the scene (errors name the key)
-    spec["input_camera"] = {"c2w": camera["c2w"][0].tolist(), "fov_deg": float(camera["fov_deg"][0])}
+    views = [{"c2w": c.tolist(), "fov_deg": float(f)} for c, f in zip(camera["c2w"], camera["fov_deg"])]
+    if len(views) == 1:
+        spec["input_camera"] = views[0]
+    else:
+        spec["input_cameras"] = views
     spec["resolution"] = int(resolution)
+    spec["knowledge"] = knowledge
     path = os.path.join(out_dir, "world.yaml")
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(spec, f, sort_keys=False)
     return path
+
+
+def write_posed_scene(folder: str, images: Tensor, c2w: Tensor, fov_deg: float) -> str:
+    """A nerfstudio ``transforms.json`` scene in ``folder``: ``images`` (N, S, S, 3) in [0, 1] as
+    ``images/view_{i:03d}.png`` at OpenGL camera-to-world ``c2w`` (N, 4, 4), one centred pinhole camera of vertical
+    fov ``fov_deg``. Returns ``folder``."""
+    import json
+    import math
+
+    from threestudio.utils.image import save_image
+
+    size = int(images.shape[1])
+    focal = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    frames = []
+    for i, (image, pose) in enumerate(zip(images, c2w)):
+        name = f"images/view_{i:03d}.png"
+        save_image(os.path.join(folder, name), image)
+        frames.append({"file_path": name, "transform_matrix": pose.double().tolist()})
+    meta = {"fl_x": focal, "fl_y": focal, "cx": size / 2, "cy": size / 2, "w": size, "h": size, "frames": frames}
+    with open(os.path.join(folder, "transforms.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+    return folder
+
+
+def posed_inputs_keys(scene_dir: str, n_inputs: int, n_targets: int, size: int) -> Dict[str, Any]:
+    """The config of a run from ``n_inputs`` posed views (``posed-inputs-datamodule``; the held-out orbit as its
+    target views): the scene of :func:`write_posed_scene`, in the first input's frame at scale 1."""
+    return {
+        "data_type": "posed-inputs-datamodule",
+        "data.scene": {
+            "scene_dir": scene_dir, "input_views": list(range(n_inputs)),
+            "target_views": list(range(n_inputs, n_inputs + n_targets)), "height": size, "width": size,
+            "crop_square": False, "background": "none", "pose_scale": 1.0,
+        },
+        "data.scene_intrinsics": "calibrated",
+    }
 
 
 def heldout_orbit(cfg: Any, n_views: int) -> Dict[str, Tensor]:
@@ -293,9 +347,14 @@ def run_oracle_sds(
     orbit_views: int = 12,
     eval_every: int = 0,
     on_curve: Optional[Callable[[int, float], None]] = None,
+    input_views: Optional[int] = None,
+    knowledge: str = "full",
 ) -> Dict[str, Any]:
     """Distil a NeRF from the world's input view with SDS against its oracle, through the runner, and score it.
 
+    ``input_views`` K: K posed input cameras (:func:`input_cameras`) through ``posed-inputs-datamodule`` instead
+    of the single-image datamodule (None: the single-image run). ``knowledge``: what the oracle knows (``full``, or
+    ``visible``: only what the conditioning view sees; docs/GUIDANCE.md).
     ``overrides`` (``key=value``) win over every change of :func:`oracle_config`. Returns ``heldout_psnr``,
     ``heldout_ssim``, ``input_psnr``, ``steps``, ``wall_s``, plus ``scene``, ``height``, ``scale``, ``field_evals``
     (per step), ``trial_dir`` and, with ``eval_every > 0``, ``curve``: [[step, held-out PSNR], ...].
@@ -318,28 +377,37 @@ def run_oracle_sds(
     transform(probe)
     size = oracle_resolution(probe)
     camera = input_camera(probe)
-    world = write_world(scene_path, camera, size, out_dir)
+    inputs = input_cameras(probe, input_views) if input_views else camera
+    world = write_world(scene_path, inputs, size, out_dir, knowledge)
     oracle = load_oracle(world)
     image_path = os.path.join(out_dir, "input.png")
-    input_rgb, _ = render(oracle.scene, camera["c2w"], camera["fov_deg"], size, size)
+    input_rgb, _ = render(oracle.scene, inputs["c2w"], inputs["fov_deg"], size, size)
     save_image(image_path, input_rgb[0])
     orbit = heldout_orbit(probe, orbit_views)
     truth, _ = render(oracle.scene, orbit["c2w"], orbit["fov_deg"], size, size)
     model_keys = {
         "system.guidance.pretrained_model_name_or_path": f"oracle:{world}",
         "system.guidance.pretrained_config": None,
-        "data.image_path": image_path,
         "system.guidance.precomputed_scale": oracle.scale,
     }
+    if input_views:
+        scene_dir = write_posed_scene(os.path.join(out_dir, "scene"), torch.cat([input_rgb, truth]),
+                                      torch.cat([inputs["c2w"], orbit["c2w"]]), float(camera["fov_deg"][0]))
+        model_keys.update(posed_inputs_keys(scene_dir, input_views, orbit_views, size))
+    else:
+        model_keys["data.image_path"] = image_path
 
     def run_transform(cfg: Any) -> None:
         transform(cfg)
+        if input_views:  # the posed scene's targets are the test views; its first input is the image
+            for section, key in (("data.random_camera", "n_test_views"), ("data", "image_path")):
+                OmegaConf.select(cfg, section).pop(key, None)
         for key, value in model_keys.items():
             if key not in user_keys or key == "system.guidance.pretrained_model_name_or_path":
                 _set(cfg, key, value)
 
     logger.info("oracle SDS: %s, %d steps at %d px, scale %.4f", scene_path, steps, size, oracle.scale)
-    scorer = OracleScore(orbit, truth, camera, input_rgb, size, out_dir, eval_every, on_curve)
+    scorer = OracleScore(orbit, truth, camera, input_rgb[:1], size, out_dir, eval_every, on_curve)
     saved = os.environ.pop(TIMESTAMP_ENV, None)  # each oracle run is a new trial with its own time stamp
     try:
         trial_dir = run(config_path, "train", cli_args=trial_args, transform=run_transform, callbacks=[scorer])
@@ -354,6 +422,8 @@ def run_oracle_sds(
         "scene": scene_path,
         "height": size,
         "scale": oracle.scale,
+        "input_views": int(input_views or 1),
+        "knowledge": knowledge,
         "field_evals": field_evaluations_per_step(probe),
         "trial_dir": trial_dir,
     }

@@ -140,7 +140,7 @@ def test_oracle_noise_is_exact_and_cfg_neutral(world):
     x0 = model.render_latents(target, fov)
     clip = model.clip_embed(torch.rand(2, 16, 16, 3))
     c_cross = model.project(clip, camera_embedding(input_camera(), target, fov, model.scale))
-    c_concat = model._input_latent.expand(2, -1, -1, -1)
+    c_concat = model._input_latents[:1].expand(2, -1, -1, -1)
     t = torch.tensor([600, 900])
     alpha_bar = model.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
     noise = torch.randn_like(x0)
@@ -152,6 +152,69 @@ def test_oracle_noise_is_exact_and_cfg_neutral(world):
     wrong_scale = model.project(clip, camera_embedding(input_camera(), target, fov, model.scale * 1.5))
     eps_wrong = model.predict_eps(x_t, t, wrong_scale, c_concat)
     assert (eps_wrong - noise).abs().mean() > 0.01
+
+
+def test_visibility_against_closed_forms():
+    """visible_from: the conditioning camera itself sees everything; from the opposite side it sees neither the
+    sphere's far hemisphere nor the sky behind it; a sphere hidden behind another is occluded."""
+    from zeronvs_diffusion.oracle.scene import visible_from
+
+    sky = {"top": [0.5, 0.5, 0.5], "bottom": [0.5, 0.5, 0.5]}
+    scene = Scene.from_dict({"background": sky, "primitives": [
+        {"type": "sphere", "center": [0, 0, 0], "radius": 0.3, "color": [1, 0, 0]}]})
+    cond = orbit_c2w(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([2.0]))
+    fov = torch.tensor([FOV])
+    assert visible_from(scene, cond, fov, 12, 12, cond, fov).all()
+    behind = orbit_c2w(torch.tensor([0.0]), torch.tensor([180.0]), torch.tensor([2.0]))
+    seen = visible_from(scene, behind, fov, 12, 12, cond, fov)
+    assert seen.float().mean() < 0.05  # only grazing rim pixels could be shared
+    # occlusion: a small sphere straight behind the big one (on the conditioning camera's axis)
+    two = Scene.from_dict({"background": sky, "primitives": [
+        {"type": "sphere", "center": [0, 0, 0], "radius": 0.3, "color": [1, 0, 0]},
+        {"type": "sphere", "center": [-0.8, 0, 0], "radius": 0.15, "color": [0, 1, 0]}]})
+    top = orbit_c2w(torch.tensor([89.0]), torch.tensor([0.0]), torch.tensor([3.0]))
+    rgb, _ = render(two, top, fov, 41, 41, supersample=1)
+    small = (rgb[0, ..., 1] > 0.9) & (rgb[0, ..., 0] < 0.1)  # the green sphere's pixels
+    seen = visible_from(two, top, fov, 41, 41, cond, fov)[0]
+    hidden = seen[small]  # the small sphere's top as seen from above: hidden from the +x camera by the big one
+    assert small.sum() > 3 and hidden.float().mean() < 0.5
+
+
+def test_oracle_with_two_inputs_and_visible_knowledge(tmp_path):
+    """input_cameras: each conditional row is posed relative to the input whose image conditions it; with
+    knowledge visible, what that input does not see is its mean colour."""
+    spec = yaml.safe_load(open(SCENE))
+    inputs = orbit_c2w(torch.tensor([31.0, 31.0]), torch.tensor([0.0, 180.0]), torch.tensor([1.0, 1.0]))
+    spec["input_cameras"] = [{"c2w": c.tolist(), "fov_deg": FOV} for c in inputs]
+    spec.update(resolution=16, knowledge="visible")
+    path = tmp_path / "world.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    model = zeronvs_diffusion_load(str(path))
+    assert model.input_c2w.shape == (2, 4, 4) and model.knowledge == "visible"
+    target = orbit_c2w(torch.tensor([31.0]), torch.tensor([170.0]), torch.tensor([1.0]))
+    fov = torch.tensor([FOV])
+    clip = model.clip_embed(torch.rand(1, 16, 16, 3))
+    c_cross = model.project(clip, camera_embedding(inputs[1:], target, fov, model.scale))
+    c_concat = model._input_latents[1:2]
+    assert model.conditioning_inputs(c_concat).tolist() == [1]
+    t = torch.tensor([500])
+    x0 = model.render_latents(target, fov, torch.tensor([1]))
+    full = model.render_latents(target, fov, full=True)
+    assert not torch.equal(x0, full)  # some pixels the second input does not see
+    alpha_bar = model.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    noise = torch.randn_like(x0)
+    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+    assert torch.allclose(model.predict_eps(x_t, t, c_cross, c_concat), noise, atol=1e-4)
+    # the same target conditioned on the first input (opposite side): mostly the uninformative mean colour
+    x0_first = model.render_latents(target, fov, torch.tensor([0]))
+    mean = model._input_latents[0].mean(dim=(1, 2))
+    share_first = (x0_first[0] - mean[:, None, None]).abs().amax(0).lt(1e-6).float().mean()
+    share_second = (x0[0] - model._input_latents[1].mean(dim=(1, 2))[:, None, None]).abs().amax(0).lt(1e-6)
+    assert share_first > share_second.float().mean() + 0.2
+    from zeronvs_diffusion.errors import UserError as OracleUserError
+
+    with pytest.raises(OracleUserError, match="input views"):
+        model.conditioning_inputs(torch.zeros(1, 3, 16, 16))
 
 
 def zeronvs_diffusion_load(world):

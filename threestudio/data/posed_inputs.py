@@ -321,7 +321,7 @@ class PosedInputsDataModule(SingleImageDataModule):
             cfg.default_fovy_deg = input_fovy_deg(cameras.K[index], load_image(image).shape[0], mode)
             logger.info("data.default_fovy_deg = %.3f (camera %d of %s, %s)", cfg.default_fovy_deg, index, scene_dir,
                         mode)
-        return cfg
+        return resolve_auto_fovy(cfg)  # "auto" in the random camera's fov keys follows the first input
 
     def configure(self) -> None:
         cfg = self.cfg

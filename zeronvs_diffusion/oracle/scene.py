@@ -256,3 +256,40 @@ def render(
     depth = t.view(-1, height, width) * (center_d * forward).sum(-1)
     dtype = c2w.dtype if c2w.is_floating_point() else torch.float32
     return rgb.to(dtype).clamp(0.0, 1.0), depth.to(dtype)
+
+
+def visible_from(
+    scene: Scene, c2w: Tensor, fov_deg: Tensor, height: int, width: int, cond_c2w: Tensor, cond_fov_deg: Tensor
+) -> Tensor:
+    """Whether the conditioning camera of each target sees what each target pixel shows: (B, H, W) bool.
+
+    Targets ``c2w`` (B, 4, 4) with vertical fov ``fov_deg`` (B,), conditioning cameras ``cond_c2w`` (B, 4, 4) with
+    ``cond_fov_deg`` (B,), both square-pixel pinhole cameras of aspect ``width / height``. A pixel-centre ray that
+    hits a surface point p is visible when p projects inside the conditioning camera's frame, in front of it, and
+    the conditioning camera's ray towards p hits nothing nearer (a depth test, relative tolerance 1e-4); a
+    background pixel is visible when its direction, a point at infinity, projects inside that frame.
+    """
+    c2w64, cond64 = c2w.detach().double(), cond_c2w.detach().double()
+    rays_o, rays_d = pinhole_rays(c2w64, fov_deg.detach().double().reshape(-1), height, width)
+    b = c2w.shape[0]
+    o, d = rays_o.reshape(b, -1, 3), rays_d.reshape(b, -1, 3)
+    _, t = scene.trace(o.reshape(-1, 3), d.reshape(-1, 3))
+    t = t.view(b, -1)
+    hit = torch.isfinite(t)
+    points = o + torch.where(hit, t, torch.zeros_like(t))[..., None] * d
+    rotation, centre = cond64[:, :3, :3], cond64[:, :3, 3]
+    # camera-space coordinates of the points (hits) or of the directions (background); OpenGL: the camera looks to -z
+    rel = torch.where(hit[..., None], points - centre[:, None], d)
+    cam = torch.einsum("bij,bni->bnj", rotation, rel)
+    depth = -cam[..., 2]
+    tan_y = torch.tan(0.5 * torch.deg2rad(cond_fov_deg.detach().double().reshape(-1, 1)))
+    tan_x = tan_y * (width / height)
+    safe = depth.clamp_min(1e-12)
+    inside = (depth > 1e-9) & ((cam[..., 0] / safe).abs() <= tan_x) & ((cam[..., 1] / safe).abs() <= tan_y)
+    # depth test for the hits inside the frame: nothing nearer on the segment from the conditioning camera to p
+    distance = rel.norm(dim=-1)
+    towards = F.normalize(rel, dim=-1)
+    _, t_cond = scene.trace(centre[:, None].expand_as(points).reshape(-1, 3), towards.reshape(-1, 3))
+    unoccluded = t_cond.view(b, -1) >= distance * (1 - 1e-4) - 1e-9
+    visible = inside & (~hit | unoccluded)
+    return visible.view(b, height, width)
