@@ -34,6 +34,16 @@ stage finished (``--force`` redoes them) and replaces the run folders of the sca
     python scripts/eval_dtu.py --root DTU --mode sds --out eval_dtu --ckpt zeronvs.ckpt \\
         --model-config zeronvs_config.yaml [--scans 8 21] [--gt-to-pred-scale 8=1.3] [--dry-run]
 
+**Few views** (``--views N``, N = 3, 6 or 9; RegNeRF's DTU split, which ReconFusion and CAT3D use): the inputs are
+the first N of ``FEW_VIEW_INPUTS`` [25, 22, 28, 40, 44, 48, 0, 8, 13], the test views ``FEW_VIEW_TARGETS`` (25
+views), the same 15 scans and scales. ``sds`` is the "ZeroNVS*" baseline: SDS from the N inputs, each SDS sample
+conditioned on the input nearest to its camera (``posed-inputs-datamodule``, ``system.guidance.input_selection:
+nearest``); ``nvs`` samples each test view from its nearest input; ``nvs+nerf`` trains the NeRF on the N inputs plus
+those samples. Test views render with their own cameras at 400×300 (``data.scene_intrinsics: calibrated``). In
+``sds`` mode the scans' object masks give RegNeRF's masked metrics too (threestudio/utils/metrics.py says how);
+tables ``dtu_{mode}_{N}views.{md,csv}`` put CAT3D's Table 1 rows (ZeroNVS*, ReconFusion, CAT3D) beside the mean.
+``--views 1`` (default) is ZeroNVS's own protocol above.
+
 ``--steps`` sets the DDIM steps of ``nvs`` and the training steps of ``sds`` / the NeRF of ``nvs+nerf`` (for
 quick checks); ``--extra`` overrides are appended to every launch.py run (they win over this script's own:
 explicit ``data.input_views`` / ``data.target_views`` — ``data.scene.*`` in ``sds`` mode — win over the protocol's
@@ -71,6 +81,16 @@ SDS_CONFIG = os.path.join(ROOT, "configs", "zeronvs_dtu.yaml")
 from launcher import LAUNCHERS  # noqa: E402  (after the sys.path line)
 
 INPUT_VIEW = 25
+# RegNeRF's DTU few-view split (ReconFusion / CAT3D): inputs are the first N of FEW_VIEW_INPUTS
+FEW_VIEW_INPUTS = [25, 22, 28, 40, 44, 48, 0, 8, 13]
+FEW_VIEW_TARGETS = [1, 2, 9, 10, 11, 12, 14, 15, 23, 24, 26, 27, 29, 30, 31, 32, 33, 34, 35, 41, 42, 43, 45, 46, 47]
+VIEW_COUNTS = (1, 3, 6, 9)
+# CAT3D (arXiv 2405.10314v1) Table 1, DTU, PSNR / SSIM / LPIPS (its ZeroNVS* and ReconFusion rows from ReconFusion)
+CAT3D_TABLE = {
+    "ZeroNVS*": {3: (16.71, 0.716, 0.223), 6: (17.70, 0.737, 0.205), 9: (17.92, 0.745, 0.200)},
+    "ReconFusion": {3: (20.74, 0.875, 0.124), 6: (23.62, 0.904, 0.105), 9: (24.62, 0.921, 0.094)},
+    "CAT3D": {3: (22.02, 0.844, 0.121), 6: (24.28, 0.899, 0.095), 9: (25.92, 0.928, 0.073)},
+}
 EXCLUDED_VIEWS = [3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 36, 37, 38, 39]
 N_VIEWS = 49
 DTU_SCALE = 2.02  # ZeroNVS's view_synthesis.scale: DTU translations are divided by it
@@ -93,9 +113,22 @@ PAPER_SDS_RESULTS = {
 logger = logging.getLogger("eval_dtu")
 
 
-def protocol_targets() -> List[int]:
-    """The target views of the protocol: all but the input view and the excluded ones."""
+def protocol_targets(views: int = 1) -> List[int]:
+    """The target views of the protocol: with one view all but the input view and the excluded ones, with N > 1
+    RegNeRF's 25 test views."""
+    if views > 1:
+        return list(FEW_VIEW_TARGETS)
     return [i for i in range(N_VIEWS) if i != INPUT_VIEW and i not in EXCLUDED_VIEWS]
+
+
+def protocol_inputs(views: int = 1) -> List[int]:
+    """The input views: view 25 alone (ZeroNVS's protocol), or the first N of RegNeRF's split."""
+    return list(FEW_VIEW_INPUTS[:views]) if views > 1 else [INPUT_VIEW]
+
+
+def run_name(mode: str, views: int) -> str:
+    """The run folder / log name of a mode: ``sds``, ``nvs``, ``nvs_nerf``, with ``_{N}v`` for N > 1 views."""
+    return mode.replace("+", "_") + (f"_{views}v" if views > 1 else "")
 
 
 def parse_scan_values(
@@ -224,23 +257,30 @@ def build_runs(scan: int, scales: Dict[str, float], args: argparse.Namespace) ->
     """
     scene = scene_dir(args.root, scan)
     pose_scale = scales["pose_scale"]
+    views = getattr(args, "views", 1)
+    inputs, targets = _list(protocol_inputs(views)), _list(protocol_targets(views))
     if args.mode == "sds":
-        # the protocol's input, targets and excluded views are configs/zeronvs_dtu.yaml's data.scene keys
+        # the protocol's input, targets and excluded views are configs/zeronvs_dtu.yaml's data.scene keys; few
+        # views: RegNeRF's split, test views with their own cameras, the object masks for the masked metrics
         overrides = [f"data.scene.scene_dir={scene}", f"data.scene.pose_scale={pose_scale}",
                      *_model_overrides(args, "system.guidance")]
+        if views > 1:
+            overrides += [f"data.scene.input_views={inputs}", f"data.scene.target_views={targets}",
+                          "data.scene.use_masks=true", "data.scene_intrinsics=calibrated"]
         if args.steps:
             overrides += [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}"]
-        return [_launch_run(SDS_CONFIG, "--train", "sds", scan, overrides, args)]
+        return [_launch_run(SDS_CONFIG, "--train", run_name("sds", views), scan, overrides, args)]
     common = [
         f"data.scene_dir={scene}",
-        f"data.input_views=[{INPUT_VIEW}]",
-        "data.target_views=null",  # every view that is neither the input nor excluded
+        f"data.input_views={inputs}",
+        # one view: every view that is neither the input nor excluded; few views: RegNeRF's test views
+        f"data.target_views={targets if views > 1 else 'null'}",
         f"data.excluded_views={_list(EXCLUDED_VIEWS)}",
         f"data.pose_scale={pose_scale}",
     ]
     steps = [f"system.sampling.steps={args.steps}"] if args.steps else []
     model = _model_overrides(args, "system.diffusion_model")
-    nvs = _launch_run(NVS_CONFIG, "--test", "nvs", scan, common + model + steps, args)
+    nvs = _launch_run(NVS_CONFIG, "--test", run_name("nvs", views), scan, common + model + steps, args)
     if args.mode == "nvs":
         return [nvs]
     # the NeRF stays in the normalised world (pose_scale 1): the generated views sit at the targets' poses
@@ -255,7 +295,7 @@ def build_runs(scan: int, scales: Dict[str, float], args: argparse.Namespace) ->
             f"trainer.val_check_interval={args.steps}",
             f"system.scheduler.args.gamma={0.1 ** (1.0 / args.steps)}",  # the config's ×0.1 decay over the run
         ]
-    return [nvs, _launch_run(NERF_CONFIG, "--train", "nvs_nerf", scan, overrides, args)]
+    return [nvs, _launch_run(NERF_CONFIG, "--train", run_name("nvs_nerf", views), scan, overrides, args)]
 
 
 def _run(run: LaunchRun) -> int:
@@ -332,7 +372,7 @@ def evaluate_scan(scan: int, scales: Dict[str, float], args: argparse.Namespace)
     runs = build_runs(scan, scales, args)
     scene = scene_dir(args.root, scan)
     error = f"scene folder not found: {scene}" if not os.path.isdir(scene) else run_scan(scan, runs)
-    return collect_row(scan, scales, runs, error, args.mode)
+    return collect_row(scan, scales, runs, error, args.mode, getattr(args, "views", 1))
 
 
 def run_scans(
@@ -347,7 +387,9 @@ def run_scans(
     """
     from launcher import LauncherConfig, parse_gpus, run_jobs
 
-    build, evaluate, collect = build or build_runs, evaluate or evaluate_scan, collect or collect_row
+    views = getattr(args, "views", 1)
+    build, evaluate = build or build_runs, evaluate or evaluate_scan
+    collect = collect or (lambda *row_args: collect_row(*row_args, views=views))
     rows: Dict[int, Dict[str, object]] = {}
     jobs = []
     for scan in scales:
@@ -373,10 +415,12 @@ def run_scans(
     return [rows[scan] for scan in scales]
 
 
-def collect_row(scan: int, scales: Dict[str, float], runs: List[LaunchRun], error: Optional[str], mode: str):
-    """The table row of ``scan``: its metrics from the last run's ``metrics.json``, or an ``error``."""
+def collect_row(scan: int, scales: Dict[str, float], runs: List[LaunchRun], error: Optional[str], mode: str,
+                views: int = 1):
+    """The table row of ``scan``: its metrics from the last run's ``metrics.json`` (with the masked metrics when it
+    has them), or an ``error``. ZeroNVS's per-scene results go beside ``--views 1`` rows only."""
     row: Dict[str, object] = {"scan": scan, "mode": mode, **scales}
-    paper = PAPER_SDS_RESULTS.get(scan)
+    paper = PAPER_SDS_RESULTS.get(scan) if views == 1 else None
     if paper is not None:
         row.update(paper_psnr=paper[0], paper_ssim=paper[1], paper_lpips=paper[2])
     if error is not None:
@@ -390,7 +434,7 @@ def collect_row(scan: int, scales: Dict[str, float], runs: List[LaunchRun], erro
         metrics = json.load(f)
     row.update(
         psnr=metrics["psnr"], ssim=metrics["ssim"], lpips=metrics["lpips"], n_views=len(metrics["per_view"]),
-        run=runs[-1].trial,
+        run=runs[-1].trial, **{key: metrics[key] for key in MASKED_COLUMNS if key in metrics},
     )
     if metrics.get("lpips_note"):
         row["lpips_note"] = metrics["lpips_note"]
@@ -408,6 +452,9 @@ def mean_row(rows: List[Dict[str, object]], mode: str) -> Dict[str, object]:
     for key in ("psnr", "ssim", "lpips"):
         out[key] = _mean([r[key] for r in done])
         out[f"paper_{key}"] = _mean([r[f"paper_{key}"] for r in done if f"paper_{key}" in r])
+    for key in MASKED_COLUMNS:
+        if done and all(key in r for r in done):
+            out[key] = _mean([r[key] for r in done])
     return out
 
 
@@ -419,30 +466,43 @@ def _fmt(value: object, digits: int = 4) -> str:
     return str(value)
 
 
-COLUMNS = ("scan", "mode", "gt_to_pred_scale", "pose_scale", "psnr", "ssim", "lpips", "n_views",
+MASKED_COLUMNS = ("psnr_masked", "ssim_masked", "lpips_masked")
+COLUMNS = ("scan", "mode", "gt_to_pred_scale", "pose_scale", "psnr", "ssim", "lpips", *MASKED_COLUMNS, "n_views",
            "paper_psnr", "paper_ssim", "paper_lpips", "run", "error")
 
 
 def write_tables(out: str, mode: str, rows: List[Dict[str, object]], args: argparse.Namespace) -> Dict[str, str]:
-    """Write ``dtu_{mode}.md`` and ``dtu_{mode}.csv`` in ``out``; returns their paths."""
+    """Write ``dtu_{mode}.md`` and ``dtu_{mode}.csv`` (``dtu_{mode}_{N}views.*`` for N > 1 views) in ``out``;
+    returns their paths."""
+    views = getattr(args, "views", 1)
     table = rows + [mean_row(rows, mode)]
     from threestudio.utils.io import write_bytes_atomic
 
-    stem = os.path.join(out, f"dtu_{mode.replace('+', '_')}")
+    stem = os.path.join(out, f"dtu_{mode.replace('+', '_')}" + (f"_{views}views" if views > 1 else ""))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in table:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in COLUMNS})
     write_bytes_atomic(stem + ".csv", buf.getvalue().encode())
+    setup = (f"Checkpoint: `{args.ckpt or 'config default'}`. Steps: {args.steps or 'config default'}. Extra "
+             f"overrides: `{' '.join(args.extra) or 'none'}`. Pose scale = 1 / (2.02 · gt→pred scale) unless set.")
+    if views > 1:
+        lines = _few_view_table(mode, views, table, setup)
+    else:
+        lines = _single_view_table(mode, table, setup)
+    notes = [f"- {row['scan']}: LPIPS n/a: {row['lpips_note']}" for row in table if row.get("lpips_note")]
+    lines += ["", *notes] if notes else []
+    write_bytes_atomic(stem + ".md", ("\n".join(lines) + "\n").encode())
+    return {"csv": stem + ".csv", "md": stem + ".md"}
 
+
+def _single_view_table(mode: str, table: List[Dict[str, object]], setup: str) -> List[str]:
     lines = [
         f"# DTU novel view synthesis: mode `{mode}`",
         "",
         f"Input view {INPUT_VIEW}; targets: every view except {INPUT_VIEW} and {EXCLUDED_VIEWS} "
-        f"({len(protocol_targets())} views per scan). Checkpoint: `{args.ckpt or 'config default'}`. "
-        f"Steps: {args.steps or 'config default'}. Extra overrides: `{' '.join(args.extra) or 'none'}`. "
-        "Pose scale = 1 / (2.02 · gt→pred scale) unless set. \"ZeroNVS\" columns: the per-scene results the ZeroNVS "
+        f"({len(protocol_targets())} views per scan). {setup} \"ZeroNVS\" columns: the per-scene results the ZeroNVS "
         "README expects from its SDS protocol (`--mode sds`).",
         "",
         "| scan | gt→pred scale | pose scale | PSNR | SSIM | LPIPS | views | ZeroNVS PSNR | ZeroNVS SSIM | "
@@ -459,10 +519,41 @@ def write_tables(out: str, mode: str, rows: List[Dict[str, object]], args: argpa
                 f"| {row['scan']} | {scales} | {_fmt(row['psnr'], 2)} | {_fmt(row['ssim'])} | "
                 f"{_fmt(row['lpips'])} | {row['n_views']} | {paper} | {row.get('run', '')} |"
             )
-    notes = [f"- {row['scan']}: LPIPS n/a: {row['lpips_note']}" for row in table if row.get("lpips_note")]
-    lines += ["", *notes] if notes else []
-    write_bytes_atomic(stem + ".md", ("\n".join(lines) + "\n").encode())
-    return {"csv": stem + ".csv", "md": stem + ".md"}
+    return lines
+
+
+def _few_view_table(mode: str, views: int, table: List[Dict[str, object]], setup: str) -> List[str]:
+    masked = "masked metrics: RegNeRF's rule with the scans' object masks" if mode == "sds" else (
+        "masked metrics are computed in `--mode sds` only (n/a here)")
+    lines = [
+        f"# DTU few-view novel view synthesis: {views} views, mode `{mode}`",
+        "",
+        f"Inputs {protocol_inputs(views)} (RegNeRF's split, as ReconFusion and CAT3D); test views "
+        f"{FEW_VIEW_TARGETS} ({len(FEW_VIEW_TARGETS)} per scan) at 400×300 with their own cameras; {masked}. "
+        f"{setup} Reference rows: CAT3D (arXiv 2405.10314v1) Table 1, {views} views (its ZeroNVS* and ReconFusion "
+        "rows are ReconFusion's).",
+        "",
+        "| scan | gt→pred scale | pose scale | PSNR | SSIM | LPIPS | masked PSNR | masked SSIM | masked LPIPS | views "
+        "| run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in table:
+        scales = f"{_fmt(row.get('gt_to_pred_scale', ''), 2)} | {_fmt(row.get('pose_scale', ''))}"
+        if "error" in row:
+            lines.append(f"| {row['scan']} | {scales} | failed: {row['error']} | | | | | | | |")
+            continue
+        masked_cells = " | ".join(
+            _fmt(row.get(key), 2 if key == "psnr_masked" else 4) if key in row else "n/a" for key in MASKED_COLUMNS
+        )
+        lines.append(
+            f"| {row['scan']} | {scales} | {_fmt(row['psnr'], 2)} | {_fmt(row['ssim'])} | {_fmt(row['lpips'])} | "
+            f"{masked_cells} | {row['n_views']} | {row.get('run', '')} |"
+        )
+    for method, values in CAT3D_TABLE.items():
+        psnr_value, ssim_value, lpips_value = values[views]
+        lines.append(f"| {method} (CAT3D Table 1) | | | {psnr_value:.2f} | {ssim_value:.3f} | {lpips_value:.3f} | "
+                     "| | | | |")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -478,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one value, or SCAN=VALUE pairs (default: ZeroNVS's table for sds, 1.0 otherwise)")
     parser.add_argument("--pose-scale", nargs="+",
                         help="data pose scale, one value or SCAN=VALUE pairs (default 1 / (2.02 · gt→pred scale))")
+    parser.add_argument("--views", type=int, choices=VIEW_COUNTS, default=1,
+                        help="input views: 1 = ZeroNVS's protocol (view 25); 3, 6, 9 = RegNeRF's few-view split")
     parser.add_argument("--steps", type=int, help="DDIM steps (nvs) / training steps (sds, nvs+nerf)")
     parser.add_argument("--generated-weight", type=float, default=0.5, help="loss weight of generated views (nvs+nerf)")
     parser.add_argument("--extra", nargs="*", default=[], help="key=value overrides for every launch.py run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shlex
 import subprocess
@@ -108,6 +109,23 @@ def test_sds_dry_run_is_the_original_protocol(capsys):
     assert cmds[0][-1] == "data.scene.input_views=[0]"  # --extra comes last, so it wins
 
 
+@pytest.mark.parametrize("views", [3, 6, 9])
+def test_few_view_dry_runs_follow_the_regnerf_split(capsys, views):
+    """--views N: the first N of RegNeRF's inputs and its 25 test views, in every mode; --views 1 stays ZeroNVS's."""
+    inputs = [25, 22, 28, 40, 44, 48, 0, 8, 13][:views]
+    tests = [1, 2, 9, 10, 11, 12, 14, 15, 23, 24, 26, 27, 29, 30, 31, 32, 33, 34, 35, 41, 42, 43, 45, 46, 47]
+    (sds,) = dry_run(capsys, "--mode", "sds", "--scans", "24", "--views", str(views))
+    assert f"data.scene.input_views={eval_dtu._list(inputs)}" in sds
+    assert f"data.scene.target_views={eval_dtu._list(tests)}" in sds and len(tests) == 25
+    assert "data.scene.use_masks=true" in sds and f"name=sds_{views}v" in sds
+    nvs, nerf = dry_run(capsys, "--mode", "nvs+nerf", "--scans", "24", "--views", str(views))
+    for cmd in (nvs, nerf):
+        assert f"data.input_views={eval_dtu._list(inputs)}" in cmd
+        assert f"data.target_views={eval_dtu._list(tests)}" in cmd
+    (single,) = dry_run(capsys, "--mode", "sds", "--scans", "24")
+    assert not any(arg.startswith("data.scene.input_views") for arg in single) and "name=sds" in single
+
+
 def test_nvs_dry_run_lets_explicit_views_win(capsys):
     cmds = dry_run(capsys, "--mode", "nvs+nerf", "--scans", "24", "--extra", "data.input_views=[0,10,20]")
     assert [c[3].rsplit("/", 1)[-1] for c in cmds] == ["zeronvs_nvs.yaml", "nerf_multiview.yaml"]
@@ -140,6 +158,7 @@ def test_dtu_config_differs_from_the_paper_config_only_in_the_protocol_keys():
         "system.renderer.far_plane", "system.guidance.guidance_scale", "system.guidance.use_anisotropic_schedule",
         "system.guidance.anisotropic_offset", "system.loss.lambda_opaque",
         "data.random_camera.n_test_views",  # posed-inputs's test views are the scene's (the key is refused)
+        "system.guidance.input_selection",  # the few-view protocol's rule (--views 3/6/9), shown in the DTU config
     }
     # launch_eval_dtu.sh + zero123_scene.yaml's values
     assert (dtu["data.height"], dtu["data.width"]) == ([108, 300], [144, 400])
@@ -166,6 +185,29 @@ def test_sds_mode_tiny_runs_the_zeronvs_system(tmp_path, dtu_scan24, zeronvs_tin
     assert parsed.system_type == "zeronvs-system" and parsed.data_type == "posed-inputs-datamodule"
     assert parsed.system.guidance.guidance_scale == 7.5 and parsed.trainer.max_steps == 2
     assert (out / "runs" / "sds" / "scan24" / "save" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_few_view_sds_tiny_scores_the_25_test_views(tmp_path, shared_dir, zeronvs_tiny_dir):
+    """A 2-step ZeroNVS* run (3 inputs, tiny model, small renders) scores RegNeRF's 25 test views, full-image and
+    masked; the table puts CAT3D's rows beside the mean."""
+    out = tmp_path / "eval"
+    tiny = [o for o in TINY_SDS if not o.startswith("data.scene.target_views")]
+    res = run_script(
+        "--root", str(shared_dir / "data" / "dtu"), "--scans", "37", "--mode", "sds", "--views", "3",
+        "--out", str(out), "--ckpt", str(zeronvs_tiny_dir / "model.ckpt"),
+        "--model-config", str(zeronvs_tiny_dir / "config.yaml"), "--steps", "2", "--extra", *tiny,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    metrics = json.loads((out / "runs" / "sds_3v" / "scan37" / "save" / "metrics.json").read_text())
+    assert [v["target"] for v in metrics["per_view"]] == eval_dtu.FEW_VIEW_TARGETS
+    assert all(v["psnr_masked"] is not None and v["ssim_masked"] is not None for v in metrics["per_view"])
+    parsed = OmegaConf.load(out / "runs" / "sds_3v" / "scan37" / "configs" / "parsed.yaml")
+    assert list(parsed.data.scene.input_views) == [25, 22, 28] and parsed.system.guidance.input_selection == "nearest"
+    rows = list(csv.DictReader(open(out / "dtu_sds_3views.csv")))
+    assert [r["scan"] for r in rows] == ["37", "mean"] and rows[0]["n_views"] == "25" and rows[0]["psnr_masked"]
+    table = (out / "dtu_sds_3views.md").read_text()
+    assert "| ZeroNVS* (CAT3D Table 1) | | | 16.71 | 0.716 | 0.223 |" in table
 
 
 @pytest.mark.slow

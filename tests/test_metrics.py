@@ -120,3 +120,27 @@ def test_write_metrics_json_atomic_strict_json(tmp_path):
     data = json.loads(text)
     assert data["psnr"] is None and data["per_view"][2]["psnr"] is None and data["per_view"][2]["lpips"] == 0.1
     assert data["ssim"] == pytest.approx(0.7333333, abs=1e-6)
+
+
+def test_masked_metrics_follow_regnerf():
+    """PSNR over the object's pixels only; SSIM of both images over white outside the object; a summary carries the
+    masked means when every view has them."""
+    from threestudio.utils.metrics import masked_metrics, ssim, summarize_metrics
+
+    rng = np.random.default_rng(0)
+    gt = rng.random((40, 40, 3))
+    pred = gt.copy()
+    mask = np.zeros((40, 40, 1))
+    mask[10:30, 10:30] = 1.0
+    pred[:5] = 0.0  # wrong only outside the object: the masked PSNR does not see it
+    pred[15, 15] += 0.1  # one object pixel off by 0.1 in all channels: mse = 0.01 / 400
+    out = masked_metrics(pred, gt, mask, use_lpips=False)
+    assert out["psnr_masked"] == pytest.approx(10 * np.log10(400 / 0.01))
+    white_pred = np.where(mask > 0.5, pred, 1.0)
+    white_gt = np.where(mask > 0.5, gt, 1.0)
+    assert out["ssim_masked"] == pytest.approx(ssim(white_pred, white_gt))
+    assert out["lpips_masked"] is None
+    views = [{"target": 1, "psnr": 20.0, "ssim": 0.5, "lpips": None, **out}]
+    summary = summarize_metrics(views)
+    assert summary["psnr_masked"] == pytest.approx(out["psnr_masked"]) and summary["lpips_masked"] is None
+    assert "psnr_masked" not in summarize_metrics([{"target": 1, "psnr": 20.0, "ssim": 0.5, "lpips": None}])

@@ -56,6 +56,8 @@ CASES = {
 WALKED_WITH = {"zeronvs_dtu.yaml": ("zeronvs.yaml", CASES["zeronvs.yaml"])}
 # keys whose effect by design does not show in this walk (CPU, one step from a fresh system), with the reason
 BY_DESIGN = {
+    "system.guidance.input_selection": "acts with several input views only (zeronvs_dtu.yaml's --views 3/6/9 runs; "
+                                       "one input conditions every sample): test_zeronvs_guidance.py checks both rules",
     "system.fast_paths": "picks Triton/tiny-cuda-nn on CUDA only; the same numbers by design (test_triton_kernels.py)",
     "system.renderer.grad_checkpoint_chunk_size": "memory only: the same gradients by design (test_recompute.py)",
     "system.guidance.vae_gradient_checkpointing": "memory only: the same gradients (test_zeronvs_guidance.py)",

@@ -447,6 +447,12 @@ class PosedInputsDataModule(SingleImageDataModule):
         return PosedViewDataset(targets, cond_index, scene.inputs.c2w[0].float(), height, width)
 
     @property
+    def object_masks(self) -> bool:
+        """Whether the test views' masks are the scene's object masks (``scene.use_masks``): the test pass then adds
+        RegNeRF's masked metrics."""
+        return self.mipnerf360 is None and bool(self.scene_cfg.use_masks)
+
+    @property
     def targets(self) -> ViewSet:
         """The scene's test views (for the systems' metrics)."""
         return self.mipnerf360.targets if self.mipnerf360 is not None else self.scene.targets

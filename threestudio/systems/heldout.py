@@ -2,7 +2,8 @@
 
 :class:`HeldOutMetricsMixin` (before :class:`~threestudio.systems.base.BaseLift3DSystem` in the bases) renders every
 test batch to ``save/it{step}-test/{index:04d}.png`` (rgb | depth | opacity) and, for batches that carry ``rgb``
-(posed target views), records PSNR/SSIM/LPIPS (:mod:`threestudio.utils.metrics`); at the end it writes the video
+(posed target views), records PSNR/SSIM/LPIPS (:mod:`threestudio.utils.metrics`; with the datamodule's
+``object_masks`` also RegNeRF's masked metrics over the views' object masks); at the end it writes the video
 and ``save/metrics.json``. Several processes split the batches as the NVS system does
 (:mod:`threestudio.utils.distributed`; set ``trainer.use_distributed_sampler: false``). Batches without ground truth
 (an orbit) are only rendered.
@@ -43,8 +44,9 @@ class HeldOutMetricsMixin:
         if not owns_batch(self.trainer, batch_idx):
             return
         from threestudio.utils.image import save_image
-        from threestudio.utils.metrics import compute_metrics
+        from threestudio.utils.metrics import compute_metrics, masked_metrics
 
+        object_masks = bool(getattr(getattr(self.trainer, "datamodule", None), "object_masks", False))
         out = self(batch)
         for k in range(out["comp_rgb"].shape[0]):
             index = int(batch["index"][k]) if "index" in batch else batch_idx
@@ -52,6 +54,8 @@ class HeldOutMetricsMixin:
             if "rgb" in batch:
                 rgb = out["comp_rgb"][k].clamp(0, 1)
                 metrics = compute_metrics(rgb, batch["rgb"][k], self.metrics_mask(batch, k))
+                if object_masks:
+                    metrics.update(masked_metrics(rgb, batch["rgb"][k], batch["mask"][k]))
                 self._records.append({"target": index, **metrics})
 
     def on_test_epoch_end(self) -> None:

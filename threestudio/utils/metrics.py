@@ -16,6 +16,11 @@
   ``inf`` is ``inf`` and therefore ``null`` too.
 
 Masks are binarised at 0.5.
+
+Masked metrics of the DTU few-view protocol (:func:`masked_metrics`; RegNeRF's evaluation, google-research
+``regnerf/eval.py`` lines 172-184, which ReconFusion and CAT3D follow): with the scan's object mask m,
+``psnr_masked`` is the PSNR over the object's pixels only, ``ssim_masked`` and ``lpips_masked`` compare both images
+composited over white outside the object (``rgb·m + (1 − m)``).
 """
 
 from __future__ import annotations
@@ -148,6 +153,20 @@ def compute_metrics(
     return out
 
 
+def masked_metrics(pred: ArrayLike, gt: ArrayLike, mask: ArrayLike, use_lpips: bool = True) -> Dict[str, Any]:
+    """``{"psnr_masked", "ssim_masked", "lpips_masked"}`` of one view (module docstring, RegNeRF's DTU rule):
+    ``pred``, ``gt`` (H, W, 3) in [0, 1], the object mask (H, W[, 1])."""
+    pred_np, gt_np = _to_numpy(pred), _to_numpy(gt)
+    keep = _check_images(pred_np, gt_np, _to_numpy(mask))[..., None]
+    pred_fg, gt_fg = np.where(keep, pred_np, 1.0), np.where(keep, gt_np, 1.0)
+    lpips_value = lpips_distance_and_note(pred_fg, gt_fg)[0] if use_lpips else None
+    return {"psnr_masked": psnr(pred_np, gt_np, keep[..., 0]), "ssim_masked": ssim(pred_fg, gt_fg),
+            "lpips_masked": lpips_value}
+
+
+MASKED_KEYS = ("psnr_masked", "ssim_masked", "lpips_masked")
+
+
 def _json_number(value: Optional[float]) -> Optional[float]:
     if value is None:
         return None
@@ -162,13 +181,16 @@ def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
 
 
 def summarize_metrics(per_view: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """The metrics.json payload: means of psnr/ssim/lpips over ``per_view`` and the per-view list.
+    """The metrics.json payload: means of psnr/ssim/lpips (and of :data:`MASKED_KEYS` when every view has them)
+    over ``per_view`` and the per-view list.
 
     Each per-view dict has ``target`` (the dataset view index) and ``psnr``, ``ssim``, ``lpips`` (and ``lpips_note``
     when ``lpips`` is None); a mean is None when any view lacks the value. Non-finite numbers become None (JSON
     null). When the mean LPIPS is None, ``lpips_note`` says why (the views' notes).
     """
     keys = ("psnr", "ssim", "lpips")
+    if per_view and all("psnr_masked" in v for v in per_view):  # object masks: RegNeRF's masked metrics too
+        keys += MASKED_KEYS
     summary: Dict[str, Any] = {k: _json_number(_mean([v.get(k) for v in per_view])) for k in keys}
     if summary["lpips"] is None:
         notes = sorted({v["lpips_note"] for v in per_view if v.get("lpips_note")})
