@@ -307,6 +307,9 @@ class PosedInputsDataModule(SingleImageDataModule):
         for key in ("input_views", "target_views", "excluded_views"):
             if scene.get(key) is not None:
                 scene[key] = resolve_view_names(list(scene[key]), cameras, f"data.scene.{key}")
+        if str(scene.get("pose_scale")) == "auto":
+            scene.pose_scale = auto_pose_scale(cameras, int((scene.get("input_views") or [0])[0]),
+                                               float(cfg.get("default_camera_distance", 1.0)))
         index = int((scene.get("input_views") or [0])[0])
         if not 0 <= index < len(cameras):
             raise UserError(f"data.scene.input_views: view {index} has no image in {scene_dir}")
@@ -479,6 +482,24 @@ def square_input(rgba: Tensor, fovy_deg: float, crop_mode: str) -> tuple:
     if rows != rgba.shape[0]:
         fovy_deg = math.degrees(2 * math.atan(math.tan(math.radians(fovy_deg) / 2) * rows / rgba.shape[0]))
     return square, fovy_deg
+
+
+def auto_pose_scale(cameras: Any, first: int, distance: float) -> float:
+    """``data.scene.pose_scale: auto`` for a capture in arbitrary units: the scale that puts the cameras' focus point
+    (the point nearest to every optical axis, :func:`threestudio.data.mipnerf360.focus_point`), measured along the
+    first input's optical axis, at ``distance`` (``data.default_camera_distance``) from the first input."""
+    from threestudio.data.mipnerf360 import focus_point
+
+    c2w = cameras.c2w.numpy()
+    focus = focus_point(c2w)
+    depth = float(-(focus - c2w[first, :3, 3]) @ c2w[first, :3, 2])  # OpenGL: the camera looks along -z
+    if not depth > 0:
+        raise UserError("data.scene.pose_scale: auto needs cameras that look at a common point in front of the "
+                        f"first input (its depth along the first input's axis is {depth:.3g}); give a number")
+    scale = round(distance / depth, 6)
+    logger.info("data.scene.pose_scale = %g (auto: the cameras' focus point %.3g scene units in front of input %d "
+                "is put at distance %g)", scale, depth, first, distance)
+    return scale
 
 
 COVER_MARGIN = (5.0, 0.05)  # degrees of elevation, units of distance beyond the inputs
