@@ -114,3 +114,33 @@ def test_a_capture_trains_few_view_sds_named_by_file(tmp_path):
     torch.testing.assert_close(cond["c2w"][1].double(), canonical @ relative, atol=1e-5, rtol=0)
     assert float(cond["fov_deg"][1]) == pytest.approx(math.degrees(2 * math.atan(H / (2 * FOCAL))), abs=1e-4)
     assert len(list(module.test_dataloader())) == 3
+
+
+@pytest.mark.slow
+def test_readme_few_view_command_runs_a_capture_from_the_users_folder(tmp_path):
+    """README's "Few posed views" command on a generated transforms.json capture, run from the capture's own folder
+    (tiny model and sizes appended): it trains, tests on the other frames and writes metrics.json."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    capture = transforms_scene(tmp_path / "capture")
+    cmd = [
+        sys.executable, str(root / "launch.py"), "--config", str(root / "configs" / "zeronvs_dtu.yaml"), "--train",
+        "data.scene.scene_dir=capture", "data.scene.input_views=[frame_00001.png,frame_00002.png,frame_00003.png]",
+        "data.scene.excluded_views=[]", "data.scene.pose_scale=auto",
+        # tiny: the random model, 12×16 frames, two steps
+        "system.guidance.pretrained_model_name_or_path=random",
+        f"system.guidance.pretrained_config={root / 'configs' / 'diffusion_tiny.yaml'}", "trainer.max_steps=2",
+        "data.height=[12,12]", "data.width=[16,16]", "data.random_camera.height=[8,8]",
+        "data.random_camera.width=[8,8]", "data.random_camera.eval_height=12", "data.random_camera.eval_width=16",
+        "data.random_camera.n_val_views=1", "system.renderer.num_samples_per_ray=8",
+        "system.renderer.num_samples_per_ray_proposal=8",
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    (metrics,) = list((tmp_path / "outputs").glob("*/*/save/metrics.json"))
+    assert [v["target"] for v in json.loads(metrics.read_text())["per_view"]] == [0, 4]
