@@ -126,7 +126,7 @@ def test_readme_few_view_command_runs_a_capture_from_the_users_folder(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    capture = transforms_scene(tmp_path / "capture")
+    transforms_scene(tmp_path / "capture")
     cmd = [
         sys.executable, str(root / "launch.py"), "--config", str(root / "configs" / "zeronvs_dtu.yaml"), "--train",
         "data.scene.scene_dir=capture", "data.scene.input_views=[frame_00001.png,frame_00002.png,frame_00003.png]",
