@@ -529,6 +529,21 @@ def test_input_selection_rule_without_cond_index(zeronvs_tiny_dir, rule):
     assert guidance.select_conditioning(batch["c2w"], batch["cond_index"]).tolist() == [2, 2, 2, 2]
 
 
+def test_anchoring_composes_with_several_inputs(zeronvs_tiny_dir):
+    """The bank holds the inputs, then the anchors; without the anchor draw a sample uses its nearest input."""
+    guidance = make_guidance(zeronvs_tiny_dir, n_aux_c2w=2, anchor_ddim_steps=1, p_use_aux_cameras=[0, 1.0, 0.0, 10])
+    inputs = orbit_c2w(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 180.0]) + INPUT_AZIMUTH, torch.tensor([2.0, 2.0]))
+    guidance.set_conditions(torch.rand(2, 32, 32, 3), inputs, torch.full((2,), FOV))
+    guidance.update_step(0, 0)
+    bank = guidance.conditioning_bank()
+    assert bank.is_anchor.tolist() == [False, False, True, True]
+    torch.testing.assert_close(bank.c2w[:2], inputs)
+    batch = views([170.0, 10.0])
+    assert guidance.select_conditioning(batch["c2w"]).max() <= 3  # p = 1: the nearest bank view, anchors included
+    guidance.update_step(0, 10)  # p = 0: the nearest input
+    assert guidance.select_conditioning(batch["c2w"]).tolist() == [1, 0]
+
+
 def test_input_selection_is_checked(zeronvs_tiny_dir):
     with pytest.raises(ConfigError, match="input_selection"):
         make_guidance(zeronvs_tiny_dir, input_selection="closest")
