@@ -8,7 +8,8 @@ Runs configs/zeronvs.yaml's system, datamodule, random cameras, timestep schedul
 compressed to --steps) through the runner (a trial in OUT/oracle/) with a CPU-sized NeRF at H px (--full-nerf keeps
 the config's NeRF and resolution stages; the oracle then works at the last stage's size), the input image being
 the world rendered at the input camera. Prints and optionally writes JSON with heldout_psnr, heldout_ssim,
-input_psnr, steps, wall_s (and scale, field_evals, curve). See docs/GUIDANCE.md, "The oracle prior".
+input_psnr, steps, wall_s (and scale, field_evals, curve, heldout_png: the picture, trial_dir), and names the picture
+on stderr. See docs/GUIDANCE.md, "The oracle prior".
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def main(argv=None) -> dict:
 
     silence_unactionable_warnings("train")
     from threestudio.utils.io import write_json_atomic
+    from threestudio.utils.paths import user_path
 
+    # README's configs/oracle_scenes/*.yaml (and --config configs/...) also from another folder
+    args.scene, args.config = user_path(args.scene), user_path(args.config)
     name = os.path.splitext(os.path.basename(args.scene))[0]
     out_dir = args.out or os.path.join("outputs", "oracle", name)
     try:
@@ -74,6 +78,8 @@ def main(argv=None) -> dict:
     print(json.dumps(result, indent=2))
     if args.json:
         write_json_atomic(args.json, result)
+    # where to look (stderr: stdout stays one JSON document)
+    print(f"held-out orbit picture: {result['heldout_png']} (trial: {result['trial_dir']})", file=sys.stderr)
     return result
 
 
