@@ -178,6 +178,13 @@ class BaseSystem(pl.LightningModule, Updateable):
         """Resolve a schedulable config value at the current step."""
         return C(value, self.current_epoch if self._trainer is not None else 0, self.true_global_step)
 
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``log`` while a Trainer drives the system; driven without one (tests, benchmarks, tools calling
+        the steps directly) there is nowhere to log to, and nothing is logged (Lightning would warn each time)."""
+        if self._trainer is None:
+            return
+        super().log(name, value, *args, **kwargs)
+
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         self._ckpt_global_step = int(checkpoint.get("global_step", 0))
         self.do_update_step(int(checkpoint.get("epoch", 0)), self._ckpt_global_step, on_load_weights=True)
