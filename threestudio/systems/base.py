@@ -26,6 +26,8 @@ from threestudio.utils.io import ensure_folder
 from threestudio.utils.schedule import C
 
 logger = logging.getLogger(__name__)
+# the panels of a test frame (visual_row without extras or normals), named in the test video's caption strip
+TEST_PANELS = ("rgb", "depth (near = bright)", "opacity")
 VIDEO_MIN_HEIGHT = 256  # test videos of smaller renders are enlarged (nearest neighbour) to at least this height
 
 
@@ -553,6 +555,7 @@ class BaseLift3DSystem(BaseSystem):
                 (load_image(os.path.join(folder, f))[..., :3] for f in frames),
                 fps=self.cfg.test_video_fps,
                 min_height=VIDEO_MIN_HEIGHT,
+                labels=TEST_PANELS,
             )
             logger.info("test video: %s (%d frames, %.1f s)", video, len(frames), len(frames) / self.cfg.test_video_fps)
 
