@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_BAD_INPUT
     if args.quiet:  # the one line of a quiet run that went well: where its results are
-        print(f"{mode} done: {trial_dir}")
+        print(f"{mode} done: {os.path.abspath(trial_dir)}")
     return 0
 
 
