@@ -272,6 +272,7 @@ def test_a_failing_self_check_falls_back_to_the_reference(kernels, fresh_selecti
     assert len(lines) == 1 and "hash_grid kernels failed their self-check" in lines[0] and "3.00e-01" in lines[0]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_no_module_imports_triton_at_import_time():
     # (lightning and diffusers import triton themselves when it is installed: the NeRF modules are checked here)
     code = (

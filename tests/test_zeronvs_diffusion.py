@@ -153,6 +153,7 @@ def test_bf16_weights_run(tiny):
     assert eps.dtype == torch.float32 and torch.isfinite(eps).all()
 
 
+@pytest.mark.slow  # runs the diffusion benchmark
 def test_diffusion_benchmark_half_precision_error_against_fp32(tiny):
     """bench.py diffusion --dtype bf16: ‖ε_bf16 − ε_fp32‖ / ‖ε_fp32‖ on the same seeded CFG batch and weights."""
     import argparse

@@ -504,6 +504,7 @@ def test_several_input_views_follow_cond_index(zeronvs_tiny_dir):
         guidance(torch.rand(2, 32, 32, 3), batch)
 
 
+@pytest.mark.slow  # a system through the runner's steps with anchor sampling
 def test_system_writes_the_anchor_views_once(tmp_path):
     """The system, not the guidance, writes save/anchors/ (names and record as before), once per generation."""
     from system_steps import build, training_batch, training_losses
