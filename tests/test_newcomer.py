@@ -50,7 +50,7 @@ def test_paths_in_shipped_configs_belong_to_the_repository_typed_ones_to_the_use
     assert load_config(str(copy)).system.guidance.pretrained_config == "t.yaml"
 
 
-def test_a_misspelt_mode_is_named(capsys):
+def test_launch_names_a_misspelt_mode_and_finds_a_shipped_config_from_anywhere(tmp_path, monkeypatch, capsys):
     sys.path.insert(0, str(ROOT))
     try:
         import launch
@@ -60,6 +60,12 @@ def test_a_misspelt_mode_is_named(capsys):
     assert capsys.readouterr().err == "error: unknown option(s) --trian (did you mean --train?); see --help\n"
     assert launch.main(["--config", str(ROOT / "configs" / "smoke.yaml")]) == 2
     assert "one mode is required: --train, --validate, --test or --export" in capsys.readouterr().err
+    # README's `--config configs/smoke.yaml` typed in another folder: the repository's file (it was read: the
+    # resume= check that follows loading it speaks)
+    monkeypatch.chdir(tmp_path)
+    assert launch.main(["--config", "configs/smoke.yaml", "--train", "resume=none.ckpt"]) == 2
+    assert capsys.readouterr().err == "error: resume checkpoint not found: none.ckpt\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------------- the numbers
@@ -154,9 +160,6 @@ def test_suggested_commands_run_from_the_users_folder(tmp_path, dtu_scan24):
     assert res.returncode == 0, res.stderr[-3000:]
     trial = home / "outputs" / "smoke" / "skimage_motorcycle_left"  # tag: the image
     assert res.stdout == f"train done: {trial}\n" and (trial / "ckpts" / "last.ckpt").is_file()  # --quiet: one line
-    # README's `--config configs/smoke.yaml` typed here: the repository's file (the bad value shows it was read)
-    res = _run(home, py, str(ROOT / "launch.py"), "--config", "configs/smoke.yaml", "--train", "trainer.max_steps=0")
-    assert res.returncode == 2 and "trainer.max_steps must be a positive integer" in res.stderr, res.stderr
     # the preview recipe on the CPU with the tiny random model
     res = _run(home, py, str(ROOT / "scripts" / "preview_settings.py"), "skimage:motorcycle_left", "--scales", "0.7",
                "--azimuths", "90", "--steps", "2", "--ckpt", "random", "--model-config", "configs/diffusion_tiny.yaml",
