@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPU(s) to use, e.g. 0 or 0,1: sets CUDA_VISIBLE_DEVICES and uses that many devices (default: "
         "the visible GPUs as trainer.devices says, 1 unless set). Without CUDA the run uses the CPU.",
     )
-    mode = parser.add_mutually_exclusive_group(required=True)
+    mode = parser.add_mutually_exclusive_group()  # exactly one: checked in main, after unknown options
     mode.add_argument("--train", action="store_true", help="fit, then render the test orbit")
     mode.add_argument("--validate", action="store_true", help="render the validation views")
     mode.add_argument("--test", action="store_true", help="render the test views (video, frames, metrics)")
@@ -68,10 +68,20 @@ def _background_failure(hook_args: threading.ExceptHookArgs) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, extras = build_parser().parse_known_args(argv)
-    unknown_flags = [e for e in extras if e.startswith("--")]
-    if unknown_flags:
-        print(f"error: unknown option(s) {' '.join(unknown_flags)}; see --help", file=sys.stderr)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    unknown_flags = [e for e in extras if e.startswith("-")]
+    if unknown_flags:  # named first: `--trian` is a misspelt mode, not a missing one
+        import difflib
+
+        known = [o for action in parser._actions for o in action.option_strings]
+        close = [m for f in unknown_flags for m in difflib.get_close_matches(f.split("=")[0], known, n=1)]
+        hint = f" (did you mean {' '.join(close)}?)" if close else ""
+        print(f"error: unknown option(s) {' '.join(unknown_flags)}{hint}; see --help", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not any((args.train, args.validate, args.test, args.export)):
+        parser.print_usage(sys.stderr)
+        print("error: one mode is required: --train, --validate, --test or --export", file=sys.stderr)
         return EXIT_BAD_INPUT
 
     from threestudio.utils.threads import set_cpu_thread_defaults
@@ -100,9 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     threading.excepthook = _background_failure
     try:
         from threestudio.runner import run
+        from threestudio.utils.paths import user_path
 
         mode = next(m for m in ("train", "validate", "test", "export") if getattr(args, m))
-        run(args.config, mode, extras, n_gpus=n_gpus)
+        # a path you type is read from your folder; `configs/...` not there is the repository's (README, "Paths")
+        trial_dir = run(user_path(args.config), mode, extras, n_gpus=n_gpus)
     except UserError as e:
         if args.verbose:
             raise
@@ -127,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
+    if args.quiet:  # the one line of a quiet run that went well: where its results are
+        print(f"{mode} done: {os.path.abspath(trial_dir)}")
     return 0
 
 

@@ -128,19 +128,30 @@ def plot_cameras(cameras: Sequence[IDRCamera], path: str) -> None:
         pixels = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], dtype=np.float64)
         corners_cam = (np.linalg.inv(cam.K) @ pixels.T).T * depth
         corners = corners_cam @ cam.c2w_opencv[:3, :3].T + cam.center
+        labelled = i % every == 0 or i == len(cameras) - 1
+        width = 1.5 if labelled else 0.7  # the labelled frusta drawn bolder
         for corner in corners:
-            ax.plot(*zip(cam.center, corner), color=colour, linewidth=0.7)
+            ax.plot(*zip(cam.center, corner), color=colour, linewidth=width)
         ring = np.vstack([corners, corners[:1]])
-        ax.plot(ring[:, 0], ring[:, 1], ring[:, 2], color=colour, linewidth=0.9)
+        ax.plot(ring[:, 0], ring[:, 1], ring[:, 2], color=colour, linewidth=width + 0.2)
         ax.plot(*zip(corners[0], corners[1]), color="tab:red", linewidth=1.6)  # top edge of the image
-        if i % every == 0 or i == len(cameras) - 1:
-            ax.text(*cam.center, f" {cam.index}", fontsize=8, color="black")
-    ax.scatter(*target, marker="*", s=160, color="tab:orange", depthshade=False, zorder=5)
-    ax.text(*target, "  look-at", fontsize=8, color="tab:orange")
+        if labelled:
+            # the index in a box of the frustum's own colour, just behind its apex (away from what it looks at),
+            # joined to the apex by a short line
+            behind = cam.center - 0.4 * depth * cam.c2w_opencv[:3, 2] / np.linalg.norm(cam.c2w_opencv[:3, 2])
+            ax.plot(*zip(behind, cam.center), color=colour, linewidth=1.0)
+            dark = float(np.dot(colour[:3], (0.299, 0.587, 0.114))) < 0.5
+            ax.text(*behind, str(cam.index), fontsize=8, ha="center", va="center", color="white" if dark else "black",
+                    bbox=dict(boxstyle="round,pad=0.2", facecolor=colour, edgecolor="none"), zorder=6)
+    # the look-at point and the sphere are named in the legend (a label beside the star would cross the axes)
+    ax.scatter(*target, marker="*", s=160, color="tab:orange", depthshade=False, zorder=5,
+               label="look-at point (closest to every optical axis)")
+    ax.plot([], [], color="tab:red", linewidth=1.6, label="red edge: the image's top")
     points = [centers, target[None]]
     if cameras[0].normalized:
         u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 24), np.linspace(0, np.pi, 12))
-        ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="grey", linewidth=0.3)
+        ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="grey", linewidth=0.3,
+                          label="unit sphere: the object's bound (scale_mat maps it onto the object)")
         points.append(np.array([[-1, -1, -1], [1, 1, 1]]))
     axis_length = 0.5 * distance
     for k, (name, colour) in enumerate(zip("xyz", ("tab:red", "tab:green", "tab:blue"))):
@@ -160,8 +171,9 @@ def plot_cameras(cameras: Sequence[IDRCamera], path: str) -> None:
     ax.set_zlabel("z")
     ax.set_box_aspect((1, 1, 1))
     labelled = "every camera labelled" if every == 1 else f"every {every}th camera labelled"
-    ax.set_title(f"{len(cameras)} cameras, coloured by index (dark → light), {labelled}\n"
-                 "red edge = image top; star = the point they look at; arrows = world x, y, z", fontsize=10)
+    ax.set_title(f"{len(cameras)} cameras, coloured by index (dark → light), {labelled} (the box behind a\n"
+                 "frustum's apex, in its colour); arrows = world x, y, z", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
     fig.tight_layout()
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -20,7 +20,9 @@ pixelNeRF's ``ROOT/scan{N}``) in the IDR/NeuS layout (``image/``, ``cameras.npz`
 Writes ``OUT/dtu_{mode}.md`` and ``OUT/dtu_{mode}.csv`` (one row per scan: PSNR, SSIM, LPIPS, number of target
 views, scales, run folder, and the per-scene numbers the ZeroNVS README expects from its SDS protocol; then the mean
 over the scans that finished), run folders under ``OUT/runs/`` and logs under ``OUT/logs/``. Exit code 0 when
-every scan finished, 1 otherwise (130 when interrupted with Ctrl-C). A run that a signal stopped, or that left no
+every scan finished, 1 otherwise (130 when interrupted with Ctrl-C); 2 for bad input, checked before anything runs
+(``--dry-run`` included): ``--root`` and the scans' folders, the diffusion model's checkpoint and YAML, the options.
+A failed run is listed with its log's last error line. A run that a signal stopped, or that left no
 ``metrics.json``, is a failure naming the signal; a stage is finished only when its completion marker
 (``eval_dtu_stage_done.json`` in its run folder) is written, last. ``--dry-run`` prints the launch.py command
 lines and runs nothing.
@@ -65,7 +67,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NoReturn, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch.py")
@@ -79,6 +81,8 @@ NERF_CONFIG = os.path.join(ROOT, "configs", "nerf_multiview.yaml")
 SDS_CONFIG = os.path.join(ROOT, "configs", "zeronvs_dtu.yaml")
 
 from launcher import LAUNCHERS  # noqa: E402  (after the sys.path line)
+
+from threestudio.utils.paths import user_path  # noqa: E402
 
 INPUT_VIEW = 25
 # RegNeRF's DTU few-view split (ReconFusion / CAT3D): inputs are the first N of FEW_VIEW_INPUTS
@@ -96,6 +100,9 @@ N_VIEWS = 49
 DTU_SCALE = 2.02  # ZeroNVS's view_synthesis.scale: DTU translations are divided by it
 DEFAULT_POSE_SCALE = 1.0 / DTU_SCALE
 MODES = ("nvs", "sds", "nvs+nerf")
+# per mode: the config and section of the diffusion model its runs load (checked up front, see check_model)
+MODEL_SECTION = {"sds": (SDS_CONFIG, "system.guidance"), "nvs": (NVS_CONFIG, "system.diffusion_model"),
+                 "nvs+nerf": (NVS_CONFIG, "system.diffusion_model")}
 # launch_eval_dtu.sh: the scans and their manual_gt_to_pred_scale
 PROTOCOL_SCANS = [8, 21, 30, 31, 34, 38, 40, 41, 45, 55, 63, 82, 103, 110, 114]
 MANUAL_GT_TO_PRED_SCALE = dict(
@@ -111,6 +118,23 @@ PAPER_SDS_RESULTS = {
 }
 
 logger = logging.getLogger("eval_dtu")
+
+
+class BadInput(SystemExit):
+    """Bad command-line input: exit code 2; ``str()`` is the message (already printed as one ``error:`` line)."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def bad_input(message: str) -> NoReturn:
+    """Print ``error: message`` (one line) and exit with code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise BadInput(message)
 
 
 def protocol_targets(views: int = 1) -> List[int]:
@@ -142,10 +166,10 @@ def parse_scan_values(
         return {scan: _positive(values[0], option) for scan in scans}
     for item in values:
         if "=" not in item:
-            raise SystemExit(f"error: {option} takes one number or SCAN=VALUE pairs, got {item!r}")
+            bad_input(f"{option} takes one number or SCAN=VALUE pairs, got {item!r}")
         scan, value = item.split("=", 1)
         if not scan.strip().isdigit() or int(scan) not in out:
-            raise SystemExit(f"error: {option} {item!r}: scan {scan} is not in --scans")
+            bad_input(f"{option} {item!r}: scan {scan} is not in --scans")
         out[int(scan)] = _positive(value, option)
     return out
 
@@ -164,7 +188,9 @@ def scan_scales(args: argparse.Namespace) -> Dict[int, Dict[str, float]]:
     if args.mode == "sds":
         for scan in args.scans:
             if scan not in MANUAL_GT_TO_PRED_SCALE:
-                logger.warning("scan %d has no manual_gt_to_pred_scale in ZeroNVS's table: using 1.0", scan)
+                logger.warning("scan %d has no manual_gt_to_pred_scale in ZeroNVS's table: using 1.0, so pose_scale = "
+                               "1 / (%.2f · 1.0) = %.4f (--gt-to-pred-scale %d=S or --pose-scale %d=P sets it)",
+                               scan, DTU_SCALE, DEFAULT_POSE_SCALE, scan, scan)
         defaults = {scan: MANUAL_GT_TO_PRED_SCALE.get(scan, 1.0) for scan in args.scans}
     else:
         defaults = {scan: 1.0 for scan in args.scans}
@@ -179,9 +205,9 @@ def _positive(text: str, option: str = "--pose-scale") -> float:
     try:
         value = float(text)
     except ValueError:
-        raise SystemExit(f"error: {option} value {text!r} is not a number") from None
+        bad_input(f"{option} value {text!r} is not a number")
     if not value > 0:
-        raise SystemExit(f"error: {option} must be positive, got {value}")
+        bad_input(f"{option} must be positive, got {value}")
     return value
 
 
@@ -211,6 +237,52 @@ def check_scenes(root: str, scans: Sequence[int]) -> Optional[str]:
     return None
 
 
+def check_model(args: argparse.Namespace, config: str, section: str) -> Optional[str]:
+    """One line naming the diffusion-model file the runs would not find — the checkpoint or its latent-diffusion YAML,
+    from ``--ckpt`` / ``--model-config``, else from ``config``'s ``section`` (with ``--extra`` applied) — or None.
+    Checked before anything runs: a missing file would fail every run the same way (exit 2; ``--dry-run`` warns and
+    still prints the commands)."""
+    from omegaconf import OmegaConf
+
+    from threestudio.utils.config import load_config
+    from threestudio.utils.errors import UserError
+    from zeronvs_diffusion.errors import missing_file_message
+
+    try:
+        cfg = load_config(config, cli_args=[*_model_overrides(args, section), *args.extra])
+    except UserError as e:
+        return str(e)
+    ckpt = OmegaConf.select(cfg.system, section.split(".", 1)[1] + ".pretrained_model_name_or_path")
+    yaml = OmegaConf.select(cfg.system, section.split(".", 1)[1] + ".pretrained_config")
+    if not isinstance(ckpt, str) or ckpt.startswith("oracle:"):  # the runs' own checks report anything else
+        return None
+    given = "--ckpt" if args.ckpt else f"{section}.pretrained_model_name_or_path of {os.path.basename(config)}"
+    if ckpt != "random" and not os.path.exists(ckpt):
+        return missing_file_message(f"checkpoint ({given})", ckpt)
+    if os.path.isdir(ckpt):  # a converted folder holds its own config
+        return None
+    given = "--model-config" if args.model_config else f"{section}.pretrained_config of {os.path.basename(config)}"
+    if not yaml:
+        return f"{ckpt} needs its latent-diffusion YAML: pass --model-config (zeronvs_config.yaml)"
+    if not os.path.isfile(yaml):
+        return missing_file_message(f"latent-diffusion YAML ({given})", yaml)
+    return None
+
+
+def up_front_problem(args: argparse.Namespace, scene_problem: Optional[str], config: str, section: str
+                     ) -> Optional[str]:
+    """What stops the script before any run (one line, exit 2): ``scene_problem`` (bad ``--root`` / scans), else a
+    missing diffusion-model file (:func:`check_model`). With ``--dry-run`` a missing model file is one warning line
+    instead: the printed commands are what one runs once the weights are there."""
+    if scene_problem is not None:
+        return scene_problem
+    model_problem = check_model(args, config, section)
+    if model_problem is not None and args.dry_run:
+        print(f"warning: the runs would stop at once: {model_problem}", file=sys.stderr)
+        return None
+    return model_problem
+
+
 def _model_overrides(args: argparse.Namespace, section: str = "system.guidance") -> List[str]:
     """``--ckpt`` / ``--model-config`` as overrides of the model section (``system.guidance`` of the SDS system,
     ``system.diffusion_model`` of nvs-system)."""
@@ -219,7 +291,8 @@ def _model_overrides(args: argparse.Namespace, section: str = "system.guidance")
         ckpt = args.ckpt if args.ckpt == "random" else os.path.abspath(args.ckpt)  # "random": tiny test models
         out.append(f"{section}.pretrained_model_name_or_path={ckpt}")
     if args.model_config:
-        out.append(f"{section}.pretrained_config={os.path.abspath(args.model_config)}")
+        # README's `--model-config configs/diffusion_tiny.yaml` works from any folder (threestudio/utils/paths.py)
+        out.append(f"{section}.pretrained_config={os.path.abspath(user_path(args.model_config))}")
     return out
 
 
@@ -331,6 +404,21 @@ def describe_exit(code: int) -> str:
     return f"exit {code}"
 
 
+def last_error_line(log: str) -> Optional[str]:
+    """The last ``error: ...`` line of a run's log (launch.py's one-line message), else its last line that names an
+    error or exception (a traceback's last line), else None."""
+    try:
+        with open(log, errors="replace") as f:
+            lines = [line.strip() for line in f.read().splitlines()[-400:] if line.strip()]
+    except OSError:
+        return None
+    for marker in (lambda ln: ln.startswith("error:"), lambda ln: "Error" in ln or "Exception" in ln):
+        found = [ln for ln in lines if marker(ln)]
+        if found:
+            return found[-1][:300]
+    return None
+
+
 def stage_finished(run: LaunchRun) -> bool:
     return os.path.isfile(os.path.join(run.trial, STAGE_DONE))
 
@@ -340,7 +428,8 @@ def finish_stage(run: LaunchRun, code: int) -> Optional[str]:
     from threestudio.utils.io import write_json_atomic
 
     if code != 0:
-        return f"run failed ({describe_exit(code)}), see {run.log}"
+        cause = last_error_line(run.log)
+        return f"run failed ({describe_exit(code)}){': ' + cause if cause else ''}; log: {run.log}"
     metrics = os.path.join(run.save, "metrics.json")
     if not os.path.isfile(metrics):
         return f"run exited 0 but wrote no {metrics} (interrupted?), see {run.log}"
@@ -593,11 +682,28 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
                         "run (default: THREESTUDIO_LPIPS_DIR, else the torch hub cache, else one download)")
 
 
+def check_common_arguments(args: argparse.Namespace) -> None:
+    """``--steps``, ``--extra``, ``--gpus`` and ``--slurm-time`` of both eval scripts: one line, exit 2."""
+    if args.steps is not None and args.steps < 1:
+        bad_input("--steps must be >= 1")
+    for item in args.extra:
+        if "=" not in item:
+            bad_input(f"--extra takes key=value overrides, got {item!r}")
+    from launcher import parse_gpus, parse_slurm_time
+
+    from threestudio.utils.errors import UserError
+
+    try:
+        parse_gpus(args.gpus), parse_slurm_time(args.slurm_time)
+    except UserError as e:
+        bad_input(str(e))
+
+
 def use_lpips_weights(args: argparse.Namespace) -> None:
     """Check ``--lpips-weights DIR`` and make it absolute (every launch.py run gets it, see :func:`_launch_run`)."""
     if args.lpips_weights:
         if not os.path.isdir(args.lpips_weights):
-            raise SystemExit(f"error: --lpips-weights {args.lpips_weights} is not a folder")
+            bad_input(f"--lpips-weights {args.lpips_weights} is not a folder")
         args.lpips_weights = os.path.abspath(args.lpips_weights)
 
 
@@ -616,20 +722,8 @@ def start_logging(args: argparse.Namespace) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     start_logging(args)
-    if args.steps is not None and args.steps < 1:
-        raise SystemExit("error: --steps must be >= 1")
-    for item in args.extra:
-        if "=" not in item:
-            raise SystemExit(f"error: --extra takes key=value overrides, got {item!r}")
-    from launcher import parse_gpus, parse_slurm_time
-
-    from threestudio.utils.errors import UserError
-
-    try:
-        parse_gpus(args.gpus), parse_slurm_time(args.slurm_time)
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
-    problem = check_scenes(args.root, args.scans)
+    check_common_arguments(args)
+    problem = up_front_problem(args, check_scenes(args.root, args.scans), *MODEL_SECTION[args.mode])
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2

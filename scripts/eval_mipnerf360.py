@@ -17,8 +17,9 @@ converted once from ZeroNVS's pickle by ``python -m threestudio.data.mipnerf360 
 Writes ``OUT/mipnerf360.md`` and ``OUT/mipnerf360.csv`` (one row per scene: PSNR, SSIM, LPIPS, views, the scene's
 values, run folder, and the per-scene numbers of the ZeroNVS README; then the mean over the finished scenes), run
 folders under ``OUT/runs/sds/SCENE`` and logs under ``OUT/logs/``. Exit code 0 when every scene finished, 1
-otherwise. The launcher, skipping of finished scenes, ``--force``, ``--dry-run``, ``--steps`` and ``--extra`` behave
-as in ``scripts/eval_dtu.py`` (whose functions this script uses)::
+otherwise; 2 for bad input (``--root``, the scenes, the model's files, the options), checked before anything runs,
+``--dry-run`` included. The launcher, skipping of finished scenes, ``--force``, ``--dry-run``, ``--steps`` and
+``--extra`` behave as in ``scripts/eval_dtu.py`` (whose functions this script uses)::
 
     python scripts/eval_mipnerf360.py --root MIPNERF360 --out eval_m360 --ckpt zeronvs.ckpt \\
         --model-config zeronvs_config.yaml [--scenes bicycle room] [--launcher slurm ...] [--dry-run]
@@ -70,6 +71,19 @@ def scene_path(root: str, scene: str) -> str:
     folder = os.path.join(os.path.abspath(root), scene)
     npz = folder + ".npz"
     return npz if not os.path.isdir(folder) and os.path.isfile(npz) else folder
+
+
+def check_scenes(root: str, scenes: Sequence[str]) -> Optional[str]:
+    """One line saying what is wrong with ``--root`` / ``--scenes`` (not a folder, scenes with neither
+    ``SCENE/poses_bounds.npy`` nor ``SCENE.npz``), or None; checked before anything runs, ``--dry-run`` included."""
+    if not os.path.isdir(root):
+        return f"--root {root} is not a folder (it should hold the scenes: SCENE/ release folders or SCENE.npz)"
+    missing = [s for s in scenes if not os.path.isfile(os.path.join(root, s, "poses_bounds.npy"))
+               and not os.path.isfile(os.path.join(root, s + ".npz"))]
+    if missing:
+        return (f"no scene {' '.join(missing)} under {root} (expected SCENE/poses_bounds.npy with SCENE/images_N/, or "
+                "SCENE.npz); pass --scenes with the scenes you have")
+    return None
 
 
 def scene_values(scene: str) -> Dict[str, float]:
@@ -174,21 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     eval_dtu.start_logging(args)
-    if args.steps is not None and args.steps < 1:
-        raise SystemExit("error: --steps must be >= 1")
-    for item in args.extra:
-        if "=" not in item:
-            raise SystemExit(f"error: --extra takes key=value overrides, got {item!r}")
-    from launcher import parse_gpus, parse_slurm_time
-
-    from threestudio.utils.errors import UserError
-
-    try:
-        parse_gpus(args.gpus), parse_slurm_time(args.slurm_time)
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
-    if not args.dry_run and not os.path.isdir(args.root):
-        raise SystemExit(f"error: --root {args.root} is not a folder")
+    eval_dtu.check_common_arguments(args)
+    problem = eval_dtu.up_front_problem(args, check_scenes(args.root, list(dict.fromkeys(args.scenes))), CONFIG,
+                                        "system.guidance")
+    if problem is not None:  # with --dry-run too (a missing model file is a warning there): one line, exit 2
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     eval_dtu.use_lpips_weights(args)
     args.root, args.out, args.mode = os.path.abspath(args.root), os.path.abspath(args.out), MODE
     values = {scene: scene_values(scene) for scene in dict.fromkeys(args.scenes)}

@@ -357,7 +357,8 @@ def run_oracle_sds(
     ``visible``: only what the conditioning view sees; docs/GUIDANCE.md).
     ``overrides`` (``key=value``) win over every change of :func:`oracle_config`. Returns ``heldout_psnr``,
     ``heldout_ssim``, ``input_psnr``, ``steps``, ``wall_s``, plus ``scene``, ``height``, ``scale``, ``field_evals``
-    (per step), ``trial_dir`` and, with ``eval_every > 0``, ``curve``: [[step, held-out PSNR], ...].
+    (per step), ``heldout_png`` (``out_dir/heldout.png``, absolute), ``trial_dir`` (absolute) and, with
+    ``eval_every > 0``, ``curve``: [[step, held-out PSNR], ...].
     """
     from threestudio.runner import run
     from threestudio.utils.config import load_config
@@ -425,7 +426,8 @@ def run_oracle_sds(
         "input_views": int(input_views or 1),
         "knowledge": knowledge,
         "field_evals": field_evaluations_per_step(probe),
-        "trial_dir": trial_dir,
+        "heldout_png": os.path.abspath(os.path.join(out_dir, "heldout.png")),  # beside input.png and world.yaml
+        "trial_dir": os.path.abspath(trial_dir),  # the runner's trial: OUT/oracle/<scene>@<time>
     }
     if eval_every > 0:
         result["curve"] = scorer.curve

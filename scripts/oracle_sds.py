@@ -8,9 +8,10 @@ Runs configs/zeronvs.yaml's system, datamodule, random cameras, timestep schedul
 compressed to --steps) through the runner (a trial in OUT/oracle/) with a CPU-sized NeRF at H px (--full-nerf keeps
 the config's NeRF and resolution stages; the oracle then works at the last stage's size), the input image being
 the world rendered at the input camera. Prints and optionally writes JSON with heldout_psnr, heldout_ssim,
-input_psnr, steps, wall_s (and scale, field_evals, curve). ``--input-views K`` runs few-view SDS from K posed
-cameras (posed-inputs-datamodule); ``--oracle-knowledge visible`` makes the prior blind where its conditioning view
-does not see. See docs/GUIDANCE.md, "The oracle prior", and docs/MULTIVIEW.md, "Few views".
+input_psnr, steps, wall_s (and scale, field_evals, curve, heldout_png: the picture, trial_dir), and names the picture
+on stderr. ``--input-views K`` runs few-view SDS from K posed cameras (posed-inputs-datamodule);
+``--oracle-knowledge visible`` makes the prior blind where its conditioning view does not see. See
+docs/GUIDANCE.md, "The oracle prior", and docs/MULTIVIEW.md, "Few views".
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ def main(argv=None) -> dict:
 
     silence_unactionable_warnings("train")
     from threestudio.utils.io import write_json_atomic
+    from threestudio.utils.paths import user_path
 
+    # README's configs/oracle_scenes/*.yaml (and --config configs/...) also from another folder
+    args.scene, args.config = user_path(args.scene), user_path(args.config)
     name = os.path.splitext(os.path.basename(args.scene))[0]
     out_dir = args.out or os.path.join("outputs", "oracle", name)
     try:
@@ -85,6 +89,8 @@ def main(argv=None) -> dict:
     print(json.dumps(result, indent=2))
     if args.json:
         write_json_atomic(args.json, result)
+    # where to look (stderr: stdout stays one JSON document)
+    print(f"held-out orbit picture: {result['heldout_png']} (trial: {result['trial_dir']})", file=sys.stderr)
     return result
 
 

@@ -70,12 +70,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--elevation(s) must lie in [-90, 90], got {args.elevations}")
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
+    from threestudio.utils.paths import user_path
+    from zeronvs_diffusion.errors import missing_file_message
+
     if args.model_config is None and os.path.isfile("zeronvs_config.yaml"):
         args.model_config = "zeronvs_config.yaml"
+    # README's `--model-config configs/diffusion_tiny.yaml` also from another folder (threestudio/utils/paths.py)
+    args.ckpt = args.ckpt if args.ckpt == "random" else user_path(args.ckpt)
+    args.model_config = None if args.model_config is None else user_path(args.model_config)
     if args.ckpt != "random" and not os.path.exists(args.ckpt):
-        raise UserError(f"checkpoint not found: {args.ckpt} (pass --ckpt PATH, or --ckpt random --model-config YAML)")
+        raise UserError(missing_file_message("checkpoint (--ckpt)", args.ckpt)
+                        + " (or --ckpt random --model-config configs/diffusion_tiny.yaml: a tiny random model)")
     if args.model_config is not None and not os.path.isfile(args.model_config):
-        raise UserError(f"model config not found: {args.model_config}")
+        raise UserError(missing_file_message("model config (--model-config)", args.model_config))
 
 
 def check_device(device: str) -> None:

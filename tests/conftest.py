@@ -17,7 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from threestudio.utils.threads import set_cpu_thread_defaults
+
+# before torch is imported, as launch.py does: waiting OpenMP threads sleep instead of spinning, so the tests' CPU
+# time on cores shared with other jobs is their work (README, "CPU threads")
+set_cpu_thread_defaults()
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -4,7 +4,6 @@ system as the runner does, and run one training step's losses."""
 from __future__ import annotations
 
 import random
-import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -45,6 +44,4 @@ def training_losses(system: Any, batch: Dict[str, Any], step: int = 0, seed: int
     system.do_update_step(0, step)
     torch.manual_seed(seed)
     random.seed(seed)  # the material's shading choice (threestudio's) draws from Python's generator
-    with warnings.catch_warnings():  # self.log() without a Trainer: nothing to log to, as intended here
-        warnings.filterwarnings("ignore", message=".*self.log.*Trainer")
-        return system.training_losses(batch)
+    return system.training_losses(batch)  # without a Trainer the system logs nothing (BaseSystem.log)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -59,6 +60,7 @@ def test_both_sources_implement_the_interface_without_subclassing_each_other():
     assert DiffusionPrior.__abstractmethods__ >= {"predict_eps", "project", "clip_embed", "latent_size"}
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_oracle_does_not_import_the_released_model():
     code = "import sys, zeronvs_diffusion.oracle, zeronvs_diffusion.prior; " \
            "print('zeronvs_diffusion.model' in sys.modules)"

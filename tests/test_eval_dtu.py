@@ -51,8 +51,11 @@ def fake_dtu(root: Path, scans=(*eval_dtu.PROTOCOL_SCANS, 24)) -> Path:
 FAKE_DTU = fake_dtu(Path(tempfile.mkdtemp(prefix="fake_dtu_")))
 
 
+TINY_MODEL = ["--ckpt", "random", "--model-config", str(ROOT / "configs" / "diffusion_tiny.yaml")]
+
+
 def dry_run(capsys, *args: str):
-    assert eval_dtu.main(["--root", str(FAKE_DTU), "--out", "out", "--dry-run", *args]) == 0
+    assert eval_dtu.main(["--root", str(FAKE_DTU), "--out", "out", "--dry-run", *TINY_MODEL, *args]) == 0
     return [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
 
 
@@ -67,10 +70,29 @@ def test_root_and_scans_are_checked_first_in_one_line(tmp_path, capsys, dry):
         (["--root", str(FAKE_DTU), "--scans", "24", "99", "98"], "no scene folder for scan(s) 99 98"),
         (["--root", str(no_cameras), "--scans", "24"], "no cameras.npz in the scene folder of scan(s) 24"),
     ]
-    for argv, expected in cases:
+    # the diffusion model's files: the same message for every scan, so once, before any run (a dry run warns and
+    # still prints the commands: they are what one runs once the weights are there)
+    model_cases = [
+        (["--root", str(FAKE_DTU), "--scans", "24", "--ckpt", str(tmp_path / "zeronvs.ckpt")],
+         f"checkpoint (--ckpt) not found: {tmp_path / 'zeronvs.ckpt'}; download zeronvs.ckpt"),
+        (["--root", str(FAKE_DTU), "--scans", "24", "--ckpt", "random", "--model-config", "configs/nope.yaml"],
+         "latent-diffusion YAML (--model-config) not found"),
+        (["--root", str(FAKE_DTU), "--scans", "24", "--ckpt", "random", "--extra",
+          f"system.diffusion_model.pretrained_config={tmp_path / 'tiny.yaml'}"],
+         "latent-diffusion YAML (system.diffusion_model.pretrained_config of zeronvs_nvs.yaml) not found"),
+    ]
+    for argv, expected in cases + ([] if dry else model_cases):
         assert eval_dtu.main([*argv, "--mode", "nvs", "--out", str(out), *flags]) == 2
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err.count("\n") == 1 and expected in captured.err, captured.err
+    for argv, expected in model_cases if dry else []:
+        assert eval_dtu.main([*argv, "--mode", "nvs", "--out", str(out), *flags]) == 0
+        captured = capsys.readouterr()
+        assert captured.err.startswith("warning: the runs would stop at once:") and expected in captured.err
+        assert "launch.py" in captured.out
+    with pytest.raises(SystemExit) as stopped:  # bad options: the same one line and exit code 2
+        eval_dtu.main(["--root", str(FAKE_DTU), "--scans", "24", "--steps", "0", "--mode", "nvs", "--out", str(out)])
+    assert stopped.value.code == 2 and capsys.readouterr().err == "error: --steps must be >= 1\n"
     assert not out.exists()  # nothing written, nothing run
 
 
@@ -236,11 +258,13 @@ def test_nvs_mode_tiny_writes_markdown_and_csv(tmp_path, dtu_scan24, zeronvs_tin
 @pytest.mark.slow
 def test_failed_scan_is_reported_not_fatal(tmp_path, dtu_scan24):
     out = tmp_path / "eval"
-    root = fake_dtu(tmp_path / "dtu", [8])  # passes the up-front checks; its empty cameras.npz fails the run
-    res = run_script("--root", str(root), "--scans", "8", "--mode", "sds", "--out", str(out))
+    root = fake_dtu(tmp_path / "dtu", [8])  # passes the up-front checks; the run fails on the scene (no images)
+    res = run_script("--root", str(root), "--scans", "8", "--mode", "sds", "--out", str(out), *TINY_MODEL)
     assert res.returncode == 1
     rows = list(csv.DictReader(open(out / "dtu_sds.csv")))
     assert "scan8" in rows[0]["error"]
+    # the cause from the run's log, not only the log's path
+    assert "run failed (exit 2): error: no images in " in rows[0]["error"], rows[0]["error"]
     assert float(rows[0]["paper_psnr"]) == pytest.approx(13.2329)  # the paper's numbers stay beside ours
     assert rows[1]["paper_psnr"] == rows[1]["psnr"] == ""  # the paper's mean covers the finished scans only
 

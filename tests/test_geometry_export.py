@@ -253,6 +253,7 @@ class SphereAndSpecks(torch.nn.Module):
         return density
 
 
+@pytest.mark.slow  # two marching-cubes passes per case (test_export_sphere_obj_and_ply stays in the quick loop)
 @pytest.mark.parametrize("remove_outliers", [True, False])
 def test_export_two_passes_and_outlier_removal(tmp_path, remove_outliers):
     trimesh = pytest.importorskip("trimesh")

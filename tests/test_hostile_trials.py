@@ -274,7 +274,7 @@ def test_eval_dtu_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys)
     (tmp_path / "dtu" / "dtu_scan24" / "cameras.npz").touch()  # passes the up-front --root/--scans check
     try:
         code = eval_dtu.main(["--root", str(tmp_path / "dtu"), "--scans", "24", "--mode", "nvs", "--out",
-                              str(tmp_path / "out")])
+                              str(tmp_path / "out"), "--ckpt", "random", "--model-config", TINY_YAML])
     except KeyboardInterrupt:
         pytest.fail("KeyboardInterrupt escaped eval_dtu.main: the user sees a traceback")
     err = capsys.readouterr().err.strip().splitlines()

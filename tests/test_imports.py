@@ -147,6 +147,7 @@ def test_every_module_imports_first_in_a_fresh_process():
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_the_fresh_import_check_catches_a_cycle(tmp_path):
     """The check above fails on a package whose two modules import each other at the top (imported first: one of
     them finds the other half-initialised)."""

@@ -132,7 +132,12 @@ SCENE_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES) + sorted(SCENE_CASES))
+# the quick loop walks the two cheap configs; the others (seconds each, up to a minute on loaded cores) are slow
+QUICK_CASES = {"smoke.yaml", "zeronvs_nvs_image.yaml"}
+
+
+@pytest.mark.parametrize("name", [n if n in QUICK_CASES else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(CASES) + sorted(SCENE_CASES)])
 def test_every_data_key_changes_the_datamodule_or_is_refused(name, tmp_path):
     overrides = CASES[name] if name in CASES else SCENE_CASES[name](tmp_path)
     cfg = load_config(str(ROOT / "configs" / name), cli_args=overrides)

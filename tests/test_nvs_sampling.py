@@ -38,6 +38,7 @@ def generated(root: Path, model_dir: Path, targets_per_batch: int) -> torch.Tens
     return torch.stack([load_image(str(path))[..., :3] for path in paths])
 
 
+@pytest.mark.slow  # two runs through the runner, then the sampler directly
 def test_nvs_images_are_sample_views_and_independent_of_batching(tmp_path, zeronvs_tiny_dir):
     import zeronvs_diffusion
 

@@ -62,6 +62,7 @@ def stage2_draws():
     return draw(sampler, 3000, N_DRAWS)
 
 
+@pytest.mark.slow  # 4000 sampled batches (the shared fixture): a statistical test
 def test_paper_elevations_follow_zeronvs_formula(stage2_draws):
     elevation = stage2_draws["elevation_deg"].flatten()
     cdf = lambda x: threestudio_elevation_cdf(x, 5.0, 80.0)  # noqa: E731
@@ -77,6 +78,7 @@ def test_paper_elevations_follow_zeronvs_formula(stage2_draws):
     assert median == pytest.approx(expected_median, abs=1.5)
 
 
+@pytest.mark.slow  # the same 4000 batches
 def test_paper_cameras_look_at_the_origin_with_z_up(stage2_draws):
     c2w = stage2_draws["c2w"].reshape(-1, 4, 4)
     eye, forward, right = c2w[:, :3, 3], -c2w[:, :3, 2], c2w[:, :3, 0]
@@ -94,6 +96,7 @@ def test_paper_cameras_look_at_the_origin_with_z_up(stage2_draws):
     assert lights.min() >= 7.5 - 1e-4 and lights.max() <= 10.0 + 1e-4
 
 
+@pytest.mark.slow  # a statistical test over many batches
 def test_paper_azimuths_are_independent_within_a_batch():
     torch.manual_seed(1)
     sampler = paper_sampler()

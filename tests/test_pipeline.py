@@ -43,8 +43,12 @@ def test_train_writes_checkpoint_config_logs_and_test_video(smoke_trial: Path):
     with imageio.get_reader(str(video)) as reader:  # a few seconds, enlarged 8x (nearest neighbour) for viewing
         meta = reader.get_meta_data()
         first = reader.get_data(0)
-    assert meta["fps"] == 16 and meta["duration"] >= 2.9 and meta["size"] == (8 * 96, 8 * 32)
-    assert np.abs(first[:8, :8].astype(float) - first[0, 0]).max() < 12  # one rendered pixel = one 8x8 block
+    from threestudio.utils.image import CAPTION_HEIGHT
+
+    # the panels' names in a strip above the frames (rgb | depth | opacity)
+    assert meta["fps"] == 16 and meta["duration"] >= 2.9 and meta["size"] == (8 * 96, CAPTION_HEIGHT + 8 * 32)
+    block = first[CAPTION_HEIGHT:CAPTION_HEIGHT + 8, :8].astype(float)
+    assert np.abs(block - block[0, 0]).max() < 12  # one rendered pixel = one 8x8 block
     assert list((smoke_trial / "save").glob("it6-val/*.png")), "validation renders missing"
     rows = list(csv.DictReader(open(smoke_trial / "csv_logs" / "metrics.csv")))
     assert any(r.get("train/loss_sds") for r in rows) and any(r.get("train/loss_rgb") for r in rows)

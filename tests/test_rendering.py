@@ -253,6 +253,7 @@ def test_unknown_estimator_is_a_config_error():
         make_renderer("occgrid")
 
 
+@pytest.mark.slow  # trains (hundreds of steps)
 @pytest.mark.parametrize("estimator", ["importance", "proposal"])
 def test_tiny_fit_converges_to_colour_and_opacity(estimator):
     """A few hundred Adam steps fit 8 rays to a dark target colour over a white background, which needs full opacity

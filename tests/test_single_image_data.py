@@ -316,6 +316,9 @@ def test_lightning_fit_sees_stage_switch_at_the_milestone_step(rgba_path, monkey
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
+    from threestudio.utils.noise import silence_unactionable_warnings
+
+    silence_unactionable_warnings("train")  # as the runner does before its Trainer (Lightning's LeafSpec notice)
     dm = SingleImageDataModule(_config(rgba_path))
     model = Recorder()
     trainer = pl.Trainer(

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from threestudio.utils import threads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +28,7 @@ def _run(code: str, env: dict) -> str:
                           check=True).stdout
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_the_defaults_reach_torch_and_the_environment_wins():
     probe = ("import os; from threestudio.utils.threads import set_cpu_thread_defaults as s; s(); import torch; "
              "print(os.environ['OMP_WAIT_POLICY'], os.environ['OMP_NUM_THREADS'], torch.get_num_threads())")

@@ -97,9 +97,11 @@ def encoding_and_table_grads(grid: HashGrid, x: torch.Tensor, jacobian: bool):
     "n_input_dims, log2_hashmap_size, n_features, dense_levels",
     [
         (3, 6, 2, [True, False, False]),  # resolutions 4, 8, 16: 64, 512, 4096 dense entries
-        (3, 9, 2, [True, True, False]),
-        (3, 12, 2, [True, True, True]),
-        (2, 5, 3, [True, False, False]),  # 16, 64, 256 entries; 3 features (padded to 4 in the kernel)
+        # the other layouts (seconds each through Triton's interpreter) in the full suite
+        pytest.param(3, 9, 2, [True, True, False], marks=pytest.mark.slow),
+        pytest.param(3, 12, 2, [True, True, True], marks=pytest.mark.slow),
+        # 16, 64, 256 entries; 3 features (padded to 4 in the kernel)
+        pytest.param(2, 5, 3, [True, False, False], marks=pytest.mark.slow),
     ],
 )
 def test_hash_grid_kernels_match_the_reference(kernels, n_input_dims, log2_hashmap_size, n_features, dense_levels):
@@ -216,6 +218,7 @@ def test_renderer_with_kernels_matches_the_reference(kernels, monkeypatch):
         assert relative_error(value.detach(), expected.detach()) <= TOLERANCE
 
 
+@pytest.mark.slow  # every kernel's self-check through Triton's interpreter
 def test_self_checks_pass_and_catch_a_wrong_kernel(kernels, monkeypatch):
     for module in kernels.values():
         module.self_check("cpu")
@@ -272,6 +275,7 @@ def test_a_failing_self_check_falls_back_to_the_reference(kernels, fresh_selecti
     assert len(lines) == 1 and "hash_grid kernels failed their self-check" in lines[0] and "3.00e-01" in lines[0]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_no_module_imports_triton_at_import_time():
     # (lightning and diffusers import triton themselves when it is installed: the NeRF modules are checked here)
     code = (

@@ -153,6 +153,7 @@ def test_bf16_weights_run(tiny):
     assert eps.dtype == torch.float32 and torch.isfinite(eps).all()
 
 
+@pytest.mark.slow  # runs the diffusion benchmark
 def test_diffusion_benchmark_half_precision_error_against_fp32(tiny):
     """bench.py diffusion --dtype bf16: ‖ε_bf16 − ε_fp32‖ / ‖ε_fp32‖ on the same seeded CFG batch and weights."""
     import argparse
@@ -213,8 +214,12 @@ def test_missing_checkpoint_or_yaml_says_how_to_get_them(tmp_path):
     fixture = require_shared("fixtures", "zeronvs_tiny")
     with pytest.raises(UserError, match="YAML.*zeronvs_config.yaml"):
         load_model(str(fixture / "model.ckpt"), None)
-    with pytest.raises(UserError, match="YAML not found.*zeronvs_config.yaml"):
-        load_model(str(fixture / "model.ckpt"), str(tmp_path / "missing.yaml"))
+    with pytest.raises(UserError, match="YAML not found.*zeronvs_config.yaml.*ZeroNVS release"):
+        load_model(str(fixture / "model.ckpt"), str(tmp_path / "zeronvs_config.yaml"))
+    # a file that is not the release's download: named, with where it was looked for, and no download advice
+    with pytest.raises(UserError, match=r"YAML not found: configs/missing\.yaml \(looked for /") as caught:
+        load_model(str(fixture / "model.ckpt"), "configs/missing.yaml")
+    assert "download" not in str(caught.value)
     with pytest.raises(UserError, match="without model_index.json"):
         load_model(str(tmp_path), None)
 
@@ -275,8 +280,12 @@ def test_truncated_converted_folder_is_a_clear_error(tmp_path, tiny):
 def test_convert_cli(tmp_path, capsys):
     from zeronvs_diffusion.convert import main
 
-    assert main(["--ckpt", str(tmp_path / "nope.ckpt"), "--config", str(TINY_YAML), "--out", str(tmp_path / "o")]) == 2
-    assert "zeronvs.ckpt" in capsys.readouterr().err
+    out = ["--config", str(TINY_YAML), "--out", str(tmp_path / "o")]
+    assert main(["--ckpt", str(tmp_path / "zeronvs.ckpt"), *out]) == 2
+    assert "download zeronvs.ckpt" in capsys.readouterr().err  # the release's file: where to get it
+    assert main(["--ckpt", str(tmp_path / "nope.ckpt"), *out]) == 2
+    err = capsys.readouterr().err
+    assert "nope.ckpt" in err and "download" not in err  # another file: named, no download advice
     assert not (tmp_path / "o").exists()
     fixture = require_shared("fixtures", "zeronvs_tiny")
     args = [

@@ -529,6 +529,7 @@ def test_input_selection_rule_without_cond_index(zeronvs_tiny_dir, rule):
     assert guidance.select_conditioning(batch["c2w"], batch["cond_index"]).tolist() == [2, 2, 2, 2]
 
 
+@pytest.mark.slow  # anchor sampling
 def test_anchoring_composes_with_several_inputs(zeronvs_tiny_dir):
     """The bank holds the inputs, then the anchors; without the anchor draw a sample uses its nearest input."""
     guidance = make_guidance(zeronvs_tiny_dir, n_aux_c2w=2, anchor_ddim_steps=1, p_use_aux_cameras=[0, 1.0, 0.0, 10])
@@ -549,6 +550,7 @@ def test_input_selection_is_checked(zeronvs_tiny_dir):
         make_guidance(zeronvs_tiny_dir, input_selection="closest")
 
 
+@pytest.mark.slow  # a system through the runner's steps with anchor sampling
 def test_system_writes_the_anchor_views_once(tmp_path):
     """The system, not the guidance, writes save/anchors/ (names and record as before), once per generation."""
     from system_steps import build, training_batch, training_losses

@@ -8,7 +8,7 @@ from typing import Dict, Mapping
 
 from torch import Tensor
 
-from zeronvs_diffusion.errors import HOW_TO_GET_WEIGHTS, CheckpointError
+from zeronvs_diffusion.errors import HOW_TO_GET_WEIGHTS, CheckpointError, missing_file_message
 from zeronvs_diffusion.torch_load import UnsafeCheckpointError, load_torch_file
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def read_state_dict(path: str, trust: bool = False) -> Dict[str, Tensor]:
         CheckpointError: the file is missing, truncated, corrupt, holds no state dict, or needs full unpickling.
     """
     if not os.path.isfile(path) and not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint not found: {path!r}; {HOW_TO_GET_WEIGHTS}")
+        raise CheckpointError(missing_file_message("checkpoint", path))
     try:
         obj = load_torch_file(path, "checkpoint", trust=trust, trust_hint=TRUST_HINT, error=CheckpointError)
     except UnsafeCheckpointError as e:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import yaml
 
-from zeronvs_diffusion.errors import HOW_TO_GET_WEIGHTS, CheckpointError, UnsupportedConfigError
+from zeronvs_diffusion.errors import HOW_TO_GET_WEIGHTS, CheckpointError, UnsupportedConfigError, missing_file_message
 
 # conditioning mode -> length of the camera embedding it produces
 SUPPORTED_CONDITIONING_MODES: Dict[str, int] = {
@@ -119,8 +119,10 @@ def check_conditioning_mode(mode: str, embedding_dim: int) -> None:
 
 def load_ldm_yaml(path: str) -> Dict[str, Any]:
     """Read a latent-diffusion YAML file into a plain dict (CheckpointError if missing or unreadable)."""
-    if path is None or not os.path.isfile(path):
-        raise CheckpointError(f"latent-diffusion YAML not found: {path!r}; {HOW_TO_GET_WEIGHTS}")
+    if path is None:
+        raise CheckpointError(f"no latent-diffusion YAML given; {HOW_TO_GET_WEIGHTS}")
+    if not os.path.isfile(path):
+        raise CheckpointError(missing_file_message("latent-diffusion YAML", path))
     try:
         with open(path, "r", encoding="utf-8") as f:
             cfg = yaml.safe_load(f)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zeronvs_diffusion.cc_projection import CCProjection
-from zeronvs_diffusion.errors import HOW_TO_GET_WEIGHTS, CheckpointError, UserError
+from zeronvs_diffusion.errors import HOW_TO_GET_WEIGHTS, CheckpointError, UserError, missing_file_message
 from zeronvs_diffusion.key_mapping import plan_conversion
 from zeronvs_diffusion.ldm_config import (
     ConditioningSpec,
@@ -358,8 +358,10 @@ def load_model(
         modules, scheduler, conditioning = _load_checked_folder(path, torch_dtype)
     else:
         if path != "random" and not os.path.isfile(path):
-            hint = " (a folder, but without model_index.json)" if os.path.isdir(path) else ""
-            raise CheckpointError(f"no checkpoint at {path!r}{hint}; {HOW_TO_GET_WEIGHTS}")
+            if not os.path.isdir(path):
+                raise CheckpointError(missing_file_message("checkpoint", path))
+            raise CheckpointError(f"no checkpoint at {path!r} (a folder, but without model_index.json); "
+                                  f"{HOW_TO_GET_WEIGHTS}")
         if config is None:
             raise CheckpointError(
                 f"loading {path!r} needs its latent-diffusion YAML (config=...); {HOW_TO_GET_WEIGHTS}"

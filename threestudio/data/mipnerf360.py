@@ -256,8 +256,8 @@ def read_release_scene(scene_dir: str, size: int = RESOLUTION, folder: Optional[
         raise UserError(f"{path} not found: expected the Mip-NeRF 360 release layout (poses_bounds.npy, images_N/)")
     try:
         c2w, hwf = llff_to_opengl(np.load(path, allow_pickle=False))
-    except ValueError as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+    except (ValueError, EOFError, OSError) as e:  # not an .npy, empty, truncated, unreadable
+        raise UserError(f"cannot read {path}: {e or type(e).__name__}") from None
     folder = folder or image_folder(scene_dir, size)
     files = _list_images(folder)
     if len(files) != len(c2w):

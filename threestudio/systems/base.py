@@ -26,6 +26,8 @@ from threestudio.utils.io import ensure_folder
 from threestudio.utils.schedule import C
 
 logger = logging.getLogger(__name__)
+# the panels of a test frame (visual_row without extras or normals), named in the test video's caption strip
+TEST_PANELS = ("rgb", "depth (near = bright)", "opacity")
 VIDEO_MIN_HEIGHT = 256  # test videos of smaller renders are enlarged (nearest neighbour) to at least this height
 
 
@@ -177,6 +179,13 @@ class BaseSystem(pl.LightningModule, Updateable):
     def C(self, value: Any) -> float:
         """Resolve a schedulable config value at the current step."""
         return C(value, self.current_epoch if self._trainer is not None else 0, self.true_global_step)
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``log`` while a Trainer drives the system; driven without one (tests, benchmarks, tools calling
+        the steps directly) there is nowhere to log to, and nothing is logged (Lightning would warn each time)."""
+        if self._trainer is None:
+            return
+        super().log(name, value, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         self._ckpt_global_step = int(checkpoint.get("global_step", 0))
@@ -546,6 +555,7 @@ class BaseLift3DSystem(BaseSystem):
                 (load_image(os.path.join(folder, f))[..., :3] for f in frames),
                 fps=self.cfg.test_video_fps,
                 min_height=VIDEO_MIN_HEIGHT,
+                labels=TEST_PANELS,
             )
             logger.info("test video: %s (%d frames, %.1f s)", video, len(frames), len(frames) / self.cfg.test_video_fps)
 

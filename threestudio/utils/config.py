@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from threestudio.utils.errors import ConfigError, UserError
+from threestudio.utils.paths import is_shipped_config, rebase_paths, repo_path, user_path
 
 
 def _numbers(name: str, fn: Any) -> Any:
@@ -214,7 +215,9 @@ def check_path_component(value: str, key: str) -> None:
 def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **overrides: Any) -> Any:
     """Load YAML files, merge the CLI dotlist ``key=value`` overrides, derive the trial folder.
 
-    Returns a structured :class:`ExperimentConfig`.
+    Relative paths (:data:`~threestudio.utils.paths.PATH_KEYS`) written in the repository's own configs are read
+    from the repository root, those of other files and of ``cli_args`` from the current folder
+    (:mod:`threestudio.utils.paths`). Returns a structured :class:`ExperimentConfig`.
     """
     confs = []
     for path in yamls:
@@ -228,7 +231,8 @@ def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **ov
             raise UserError(
                 f"config {path}: its top level must be a mapping (key: value lines), not a {type(conf).__name__}"
             )
-        confs.append(conf)
+        # a shipped config's paths are the repository's; the user's own files' are read from the current folder
+        confs.append(rebase_paths(conf, repo_path if is_shipped_config(path) else user_path))
     for arg in cli_args:
         if "=" not in arg:
             raise ConfigError(f"command-line override {arg!r} is not of the form key=value")
@@ -236,7 +240,7 @@ def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **ov
         if key in DERIVED_KEYS:
             raise ConfigError(f"{key} cannot be set: {DERIVED_KEYS[key]}")
     try:
-        confs.append(OmegaConf.from_dotlist(list(cli_args)))
+        confs.append(rebase_paths(OmegaConf.from_dotlist(list(cli_args)), user_path))
     except Exception as e:  # OmegaConf's errors, and YAML's for values it cannot read (a NUL byte, ...)
         raise ConfigError(f"cannot parse command-line overrides: {str(e).splitlines()[0]}") from None
     confs.append(OmegaConf.create(overrides))

@@ -205,18 +205,43 @@ def save_image(path: str, img: Tensor | np.ndarray) -> str:
     return path
 
 
-def save_video(path: str, frames: Iterable[Tensor | np.ndarray], fps: int = 30, min_height: int = 0) -> str:
+CAPTION_HEIGHT = 24  # px of the label strip above a labelled video's frames
+
+
+def caption_strip(width: int, labels: Sequence[str], height: int = CAPTION_HEIGHT) -> np.ndarray:
+    """uint8 (height, width, 3): ``labels`` in black on white, each centred over its share of ``width`` (the
+    side-by-side panels of a frame, left to right)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    strip = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default(size=max(8, height * 2 // 3))
+    panel = width / max(1, len(labels))
+    for i, label in enumerate(labels):
+        draw.text(((i + 0.5) * panel, height / 2), label, fill="black", anchor="mm", font=font)
+    return np.asarray(strip)
+
+
+def save_video(
+    path: str, frames: Iterable[Tensor | np.ndarray], fps: int = 30, min_height: int = 0, labels: Sequence[str] = ()
+) -> str:
     """Write [0, 1] frames (H, W, 3) to an H.264 mp4 atomically. Sizes are padded to even numbers.
 
     Frames lower than ``min_height`` are enlarged by an integer factor, nearest neighbour (small renders stay
-    sharp blocks instead of a player's blur)."""
+    sharp blocks instead of a player's blur). ``labels``: names of the frame's side-by-side panels, written in a
+    :data:`CAPTION_HEIGHT` px strip above each frame (e.g. rgb | depth | opacity)."""
     import imageio.v2 as imageio
 
+    strip = None
     with atomic_path(path) as tmp:
         writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", macro_block_size=1)
         with writer:
             for frame in frames:
                 arr = upscale_nearest(frame, min_height)
+                if labels:
+                    if strip is None or strip.shape[1] != arr.shape[1]:
+                        strip = caption_strip(arr.shape[1], labels)
+                    arr = np.concatenate([strip[..., : arr.shape[2]], arr], axis=0)
                 h, w = arr.shape[:2]
                 arr = np.pad(arr, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
                 writer.append_data(arr)
