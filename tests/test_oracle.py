@@ -270,6 +270,23 @@ def test_ci_oracle_run_beats_inverted_pose_control(tmp_path, monkeypatch):
     assert good["heldout_psnr"] > control["heldout_psnr"] + 2.0, (good, control)
 
 
+@pytest.mark.slow
+def test_ci_few_view_nearest_input_beats_the_first_input(tmp_path):
+    """The few-view ordering (b) > (c) of docs/PERFORMANCE.md on a tiny world: three input cameras, an oracle that
+    sees only what its conditioning view sees; conditioning each SDS sample on its nearest input gives a better
+    held-out orbit than conditioning every sample on input 0 (measured here: 16.38 vs 15.55 dB, seed 0; 0.7 dB with
+    seed 1)."""
+    from oracle_run import run_oracle_sds
+
+    kwargs = dict(steps=150, height=24, orbit_views=6, input_views=3, knowledge="visible")
+    scene = "configs/oracle_scenes/screen.yaml"
+    nearest = run_oracle_sds(scene, str(tmp_path / "nearest"), overrides=CI_NERF, **kwargs)
+    first = run_oracle_sds(scene, str(tmp_path / "first"),
+                           overrides=[*CI_NERF, "system.guidance.input_selection=first"], **kwargs)
+    assert nearest["input_views"] == 3 and nearest["knowledge"] == "visible"
+    assert nearest["heldout_psnr"] > first["heldout_psnr"] + 0.3, (nearest, first)
+
+
 def test_oracle_config_compresses_every_schedule_form_and_keeps_stages():
     """The oracle's config transform on the paper config with --full-nerf: staged resolutions kept with their
     milestones compressed, 4- and 3-element schedules and step counts compressed, user keys untouched."""
