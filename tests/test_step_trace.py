@@ -1,5 +1,5 @@
-"""The step tracer (threestudio/utils/step_trace.py, `python scripts/bench.py trace`) and fake CUDA on a CPU build
-(threestudio/utils/fake_cuda.py)."""
+"""The step tracer (threestudio/profiling/step_trace.py, `python scripts/bench.py trace`) and fake CUDA on a CPU build
+(threestudio/profiling/fake_cuda.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from threestudio.utils import fake_cuda, step_trace
+from threestudio.profiling import fake_cuda, step_trace
 
 MIB = 2**20
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,10 +68,10 @@ def test_fake_cuda_runs_a_backward_and_reports_device_errors():
     mixed in and a host read-back are reported with their lines."""
     code = textwrap.dedent("""
         import json
-        from threestudio.utils import fake_cuda
+        from threestudio.profiling import fake_cuda
         fake_cuda.install()
         import torch
-        from threestudio.utils import step_trace
+        from threestudio.profiling import step_trace
         tracer = step_trace.StepTracer("cuda")
         with step_trace.fake_cuda_session(tracer):
             layer = torch.nn.Linear(64, 64).to("cuda")

@@ -2,15 +2,16 @@
 
 Not a GPU measurement: nothing runs on a GPU and nothing is timed. The real system of ``--config`` (default
 configs/zeronvs.yaml) is built with full-size random diffusion weights (``--model-config``) on fake CUDA tensors
-(:mod:`threestudio.utils.step_trace`; on a CPU build of torch the stand-in of :mod:`threestudio.utils.fake_cuda`,
-compiled at the first run) and runs one whole step at the start of ``--stage`` (render the random views, VAE encode,
-UNet CFG, SDS + reference + regulariser losses, backward, optimizer) with the config's ``trainer.precision``
-(16-mixed: CUDA autocast in fp16). Triton kernels are not launched: their launches are recorded (``triton``), their
-outputs' memory is counted as allocated by the launchers, their traffic from their arguments' shapes.
+(:mod:`threestudio.profiling.step_trace`; on a CPU build of torch the stand-in of
+:mod:`threestudio.profiling.fake_cuda`, compiled at the first run) and runs one whole step at the start of ``--stage``
+(render the random views, VAE encode, UNet CFG, SDS + reference + regulariser losses, backward, optimizer) with the
+config's ``trainer.precision`` (16-mixed: CUDA autocast in fp16). Triton kernels are not launched: their launches are
+recorded (``triton``), their outputs' memory is counted as allocated by the launchers, their traffic from their
+arguments' shapes.
 
 Reported per part (render, vae_encode, unet_cfg, other forward, backward:<part>, optimizer) and for the step: the
 matmul/conv FLOPs, the traffic of an eager execution, the peak of live CUDA memory (GiB) and the roofline floor on
-an H100 and an A100 (threestudio.utils.step_trace.DEVICES). Host read-backs and device mismatches are errors: they
+an H100 and an A100 (threestudio.profiling.step_trace.DEVICES). Host read-backs and device mismatches are errors: they
 are listed with their source line and the command exits 1. The optimizer's state exists before the traced step
 (as from the second step on); Lightning's GradScaler (16-mixed) is not part of the step traced here.
 """
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def before_torch(args: argparse.Namespace) -> None:
     """Install the fake-CUDA stand-in (it must be loaded before ``import torch``)."""
-    from threestudio.utils import fake_cuda
+    from threestudio.profiling import fake_cuda
 
     fake_cuda.install()
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
     import threestudio
-    from threestudio.utils import step_trace
+    from threestudio.profiling import step_trace
     from threestudio.utils.config import config_to_primitive, load_config
 
     warnings.filterwarnings("ignore", message=".*self.log.*")
@@ -151,8 +152,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _compile_ahead_of_time(launches: list, targets: list) -> list:
-    """Every distinct launch compiled for every target (threestudio.kernels.aot), printed as a table."""
-    from threestudio.kernels import KERNELS, aot
+    """Every distinct launch compiled for every target (threestudio.profiling.aot), printed as a table."""
+    from threestudio.kernels import KERNELS
+    from threestudio.profiling import aot
 
     unknown = sorted(set(targets) - set(aot.TARGETS))
     if unknown:

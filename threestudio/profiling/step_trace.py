@@ -1,7 +1,7 @@
 """Trace a training step on fake CUDA tensors: device errors, FLOPs, live memory and a roofline floor per part.
 
 Nothing here measures a GPU. A step runs under :class:`~torch._subclasses.fake_tensor.FakeTensorMode` with every
-module and batch on ``cuda`` (on a CPU build of torch through :mod:`threestudio.utils.fake_cuda`): each operator
+module and batch on ``cuda`` (on a CPU build of torch through :mod:`threestudio.profiling.fake_cuda`): each operator
 computes only the shapes, dtypes and devices of its outputs, with CUDA's autocast rules, so a full-size model and a
 paper-sized step cost seconds of Python and no memory. :class:`StepTracer` (a ``TorchDispatchMode`` inside the fake
 mode) sees every operator of the forward, the backward and the optimizer and records:
@@ -405,14 +405,14 @@ def _apply_to_fake(self: nn.Module, fn: Callable, recurse: bool = True) -> nn.Mo
 def fake_cuda_session(tracer: Optional[StepTracer] = None) -> Iterator[Any]:
     """Fake tensors on ``cuda`` with CUDA's autocast, ``Module.to`` working on them and, when ``tracer`` is given,
     every operator traced. Real tensors passed in (data from the host) become fake. Needs
-    :func:`threestudio.utils.fake_cuda.install` before ``import torch`` on a CPU build (for the backward)."""
+    :func:`threestudio.profiling.fake_cuda.install` before ``import torch`` on a CPU build (for the backward)."""
     import torch.cuda.amp.common as amp_common
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from threestudio.utils import fake_cuda
+    from threestudio.profiling import fake_cuda
 
     if not fake_cuda.active():
-        raise RuntimeError("fake CUDA is not installed: call threestudio.utils.fake_cuda.install() before "
+        raise RuntimeError("fake CUDA is not installed: call threestudio.profiling.fake_cuda.install() before "
                            "`import torch` (python scripts/bench.py trace does)")
     patches = [
         (nn.Module, "_apply", _apply_to_fake),
