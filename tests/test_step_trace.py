@@ -1,5 +1,5 @@
-"""The step tracer (threestudio/profiling/step_trace.py, `python scripts/bench.py trace`) and fake CUDA on a CPU build
-(threestudio/profiling/fake_cuda.py)."""
+"""The step tracer (threestudio/profiling/step_trace.py, `python scripts/bench.py trace`) and fake CUDA on a CPU
+build (threestudio/profiling/fake_cuda.py)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,45 @@ def test_roofline_names_the_bound():
     floor = step_trace.roofline({"tensor": 989e12, "tf32": 0.0, "fp32": 0.0}, 3.35e12 / 10)["H100"]
     assert floor["compute_s"] == pytest.approx(1.0) and floor["memory_s"] == pytest.approx(0.1)
     assert floor["bound"] == "compute" and floor["floor_s"] == pytest.approx(1.0)
+    assert floor["launch_s"] == 0 and floor["roofline_s"] == floor["floor_s"]
+
+
+def test_the_launch_bound_takes_over_from_the_roofline():
+    """floor = max(roofline, launches × the per-launch cost of DEVICES)."""
+    launch = step_trace.DEVICES["H100"]["launch"]
+    floor = step_trace.roofline({"tensor": 0.0, "tf32": 0.0, "fp32": 0.0}, 3.35e12 * 1e-3, launches=1000)["H100"]
+    assert floor["roofline_s"] == pytest.approx(1e-3) and floor["launch_s"] == pytest.approx(1000 * launch)
+    assert floor["bound"] == "launch" and floor["floor_s"] == pytest.approx(max(1e-3, 1000 * launch))
+    floor = step_trace.roofline({"tensor": 0.0, "tf32": 0.0, "fp32": 0.0}, 3.35e12 * 1e-3, launches=1)["H100"]
+    assert floor["bound"] == "memory" and floor["floor_s"] == pytest.approx(1e-3)
+
+
+def _twice(t: torch.Tensor) -> torch.Tensor:
+    return t * 2
+
+
+def test_launches_and_python_frames_of_a_known_function():
+    """Each ATen operator that launches a kernel counts one (views, allocations and metadata none); each Python call
+    of the traced code (not the tracer's own, not the operators' dispatch) one frame of host work."""
+    tracer = step_trace.StepTracer("cpu")
+    with tracer:
+        with tracer.part("a"):
+            x = torch.empty(8)  # allocation: no kernel
+            y = x + 1  # add
+            z = y.view(2, 4)  # view: no kernel
+            w = _twice(_twice(z))  # mul, mul; two Python calls
+            s = w.sum()  # sum
+            e = torch.empty_like(s)  # allocation: no kernel
+        layer = torch.nn.Linear(4, 4)
+        with tracer.part("b"):
+            out = layer(torch.ones(3, 4))  # ones (fill), addmm
+    parts = tracer.report()["parts"]
+    assert parts["a"]["launches"] == 4 and parts["a"]["python_calls"] == 2
+    assert parts["b"]["launches"] == 2 and parts["b"]["python_calls"] > 0  # nn.Module's __call__ and forward
+    report = tracer.report()
+    assert report["kernel_launches"] == 6 and report["python_calls"] == 2 + parts["b"]["python_calls"]
+    assert report["launch_bound_s"]["H100"] == pytest.approx(6 * step_trace.DEVICES["H100"]["launch"])
+    del e, out
 
 
 @pytest.mark.skipif(not fake_cuda.is_cpu_only_build(), reason="the stand-in is for CPU builds of torch")
@@ -121,3 +160,8 @@ def test_trace_of_the_smoke_config(tmp_path):
     assert {"_weights_kernel", "_weights_backward_kernel", "_accumulate_kernel",
             "_accumulate_backward_kernel"} <= set(trace["triton"])
     assert parts["render"]["triton_launches"] > 0 and parts["backward:render"]["triton_launches"] > 0
+    # launches: ATen + Triton; the floor is the larger bound per part, summed
+    assert parts["render"]["launches"] > parts["render"]["triton_launches"] and parts["render"]["python_calls"] > 0
+    assert trace["kernel_launches"] == sum(p["launches"] for name, p in parts.items() if name != "setup")
+    for device in step_trace.DEVICES:
+        assert trace["floor_s"][device] >= max(trace["roofline_s"][device], trace["launch_bound_s"][device])

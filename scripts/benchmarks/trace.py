@@ -10,9 +10,11 @@ recorded (``triton``), their outputs' memory is counted as allocated by the laun
 arguments' shapes.
 
 Reported per part (render, vae_encode, unet_cfg, other forward, backward:<part>, optimizer) and for the step: the
-matmul/conv FLOPs, the traffic of an eager execution, the peak of live CUDA memory (GiB) and the roofline floor on
-an H100 and an A100 (threestudio.profiling.step_trace.DEVICES). Host read-backs and device mismatches are errors: they
-are listed with their source line and the command exits 1. The optimizer's state exists before the traced step
+matmul/conv FLOPs, the traffic of an eager execution, the peak of live CUDA memory (GiB), the kernel launches (ATen
+operators that launch a kernel + Triton launches), the Python frames of host work (counted with sys.setprofile, not
+timed), the roofline, the launch bound (launches × 5 us) and the floor max(roofline, launch bound) per part, summed,
+on an H100 and an A100 (threestudio.profiling.step_trace.DEVICES). Host read-backs and device mismatches are errors:
+they are listed with their source line and the command exits 1. The optimizer's state exists before the traced step
 (as from the second step on); Lightning's GradScaler (16-mixed) is not part of the step traced here.
 """
 
@@ -212,12 +214,19 @@ def _print_table(result: Dict[str, Any]) -> None:
     print(f"trace (fake CUDA, not a GPU measurement): stage {result['stage']} (step {result['first_step']}), "
           f"{result['random_views']} views at {result['resolution']}, {result['precision']}, fast_paths "
           f"{result['fast_paths']}, normals {result['analytic_normal_method']}")
-    print(f"{'part':<24}{'GFLOP':>10}{'traffic GB':>12}{'peak GiB':>10}{'H100 floor ms':>15}{'A100 floor ms':>15}")
+    print(f"{'part':<24}{'GFLOP':>9}{'traffic GB':>11}{'peak GiB':>9}{'launches':>9}{'py calls':>9}"
+          f"{'H100 roofline ms':>17}{'launch ms':>10}{'H100 floor ms':>15}{'A100 floor ms':>15}")
     for name, part in result["parts"].items():
         h100, a100 = part["floor_s"]["H100"], part["floor_s"]["A100"]
-        print(f"{name:<24}{part['gflops']:>10.1f}{part['traffic_gb']:>12.2f}{part['peak_gib']:>10.2f}"
-              f"{h100['floor_s'] * 1e3:>11.1f} ({h100['bound'][0]}){a100['floor_s'] * 1e3:>11.1f} ({a100['bound'][0]})")
-    print(f"{'step':<24}{result['gflops']:>10.1f}{result['traffic_gb']:>12.2f}{result['peak_gib']:>10.2f}"
-          f"{result['floor_s']['H100'] * 1e3:>15.1f}{result['floor_s']['A100'] * 1e3:>15.1f}")
+        print(f"{name:<24}{part['gflops']:>9.1f}{part['traffic_gb']:>11.2f}{part['peak_gib']:>9.2f}"
+              f"{part['launches']:>9}{part['python_calls']:>9}{h100['roofline_s'] * 1e3:>17.1f}"
+              f"{h100['launch_s'] * 1e3:>10.1f}{h100['floor_s'] * 1e3:>11.1f} ({h100['bound'][0]})"
+              f"{a100['floor_s'] * 1e3:>11.1f} ({a100['bound'][0]})")
+    print(f"{'step':<24}{result['gflops']:>9.1f}{result['traffic_gb']:>11.2f}{result['peak_gib']:>9.2f}"
+          f"{result['kernel_launches']:>9}{result['python_calls']:>9}{result['roofline_s']['H100'] * 1e3:>17.1f}"
+          f"{result['launch_bound_s']['H100'] * 1e3:>10.1f}{result['floor_s']['H100'] * 1e3:>15.1f}"
+          f"{result['floor_s']['A100'] * 1e3:>15.1f}")
+    print("floor per part = max(roofline, launches x step_trace.LAUNCH_S); bound: c compute, m memory, l launches; "
+          "py calls: Python frames of host work (counted, not timed)")
     for error in result["errors"]:
         print(f"ERROR {error['kind']} at {error['where']} [{error['part']}]: {error['detail']}")
