@@ -104,7 +104,8 @@ def test_fake_cuda_must_come_before_torch():
 @pytest.mark.slow
 def test_fake_cuda_runs_a_backward_and_reports_device_errors():
     """In a fresh process: fake CUDA tensors run forward (fp16 under CUDA autocast), backward and Adam; a CPU tensor
-    mixed in and a host read-back are reported with their lines."""
+    mixed in and a host read-back are reported with their lines; bf16 attention takes flash attention (one launch)
+    as on a GPU, not the CPU build's math path."""
     code = textwrap.dedent("""
         import json
         from threestudio.profiling import fake_cuda
@@ -119,12 +120,17 @@ def test_fake_cuda_runs_a_backward_and_reports_device_errors():
                 y = layer(torch.randn(8, 64, device="cuda"))
             y.float().sum().backward()
             opt.step()
+            q = torch.randn(2, 4, 16, 40, device="cuda", dtype=torch.bfloat16)
+            with tracer.part("attention"):
+                torch.nn.functional.scaled_dot_product_attention(q, q, q)
             try:
                 y + torch.ones(8, 64)
             except RuntimeError:
                 pass
             bool(y.sum() > 0)
-        print(json.dumps({"dtype": str(y.dtype), "grad": str(layer.weight.grad.device), "errors": tracer.errors}))
+        attention = tracer.report()["parts"]["attention"]["top_launches"]
+        print(json.dumps({"dtype": str(y.dtype), "grad": str(layer.weight.grad.device), "errors": tracer.errors,
+                          "attention": attention}))
     """)
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
                             timeout=300)
@@ -133,6 +139,7 @@ def test_fake_cuda_runs_a_backward_and_reports_device_errors():
     assert out["dtype"] == "torch.float16" and out["grad"] == "cuda:0"
     kinds = [e["kind"] for e in out["errors"]]
     assert kinds == ["device mismatch", "host read-back"], out["errors"]
+    assert out["attention"] == {"_scaled_dot_product_flash_attention.default": 1}  # one fused kernel, as on a GPU
 
 
 @pytest.mark.slow

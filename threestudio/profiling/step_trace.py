@@ -96,6 +96,7 @@ class PartStats:
     triton_bytes: float = 0.0
     peak_bytes: int = 0
     op_bytes: Dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    op_launches: Dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -110,6 +111,7 @@ class PartStats:
             "peak_gib": self.peak_bytes / GIB,
             "floor_s": roofline(self.flops, self.bytes, self.launches),
             "top_traffic_gb": {k: v / 1e9 for k, v in sorted(self.op_bytes.items(), key=lambda kv: -kv[1])[:6]},
+            "top_launches": dict(sorted(self.op_launches.items(), key=lambda kv: -kv[1])[:8]),
         }
 
 
@@ -368,6 +370,7 @@ class StepTracer(TorchDispatchMode):
             stats.op_bytes[func.__name__] += moved
         if func.namespace == "aten" and not (func.is_view or func in _NO_LAUNCH) and (inputs or outputs):
             stats.launches += 1
+            stats.op_launches[func.__name__] += 1
         packet = func._overloadpacket
         if packet in _flop_registry():
             flops = _flop_registry()[packet](*args, **kwargs, out_val=out)
@@ -456,6 +459,7 @@ def record_triton_launches(tracer: StepTracer) -> Iterator[None]:
         stats = tracer.parts[tracer.current]
         stats.triton_launches += 1
         stats.launches += 1
+        stats.op_launches[f"triton:{fn.__name__}"] += 1
         traffic = _launch_traffic(fn.__name__, named)
         stats.triton_bytes += traffic
         stats.bytes += traffic
@@ -505,11 +509,33 @@ def _apply_to_fake(self: nn.Module, fn: Callable, recurse: bool = True) -> nn.Mo
     return self
 
 
+def _sdpa_as_on_gpu(original: Callable) -> Callable:
+    """``F.scaled_dot_product_attention`` choosing the fused kernel a GPU would: a CPU build of torch has no CUDA
+    backend selection and runs the math path (fp32 upcast, bmm, softmax, bmm: several launches and the attention
+    matrix in memory). fp16/bf16 without a mask → flash attention (head dims ≤ 256, multiples of 8: the UNet's
+    40/80/160), fp32 without a mask → memory-efficient attention; anything else keeps the original."""
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        fused = (query.device.type == "cuda" and attn_mask is None and not enable_gqa and query.dim() == 4
+                 and query.shape[-1] <= 256 and query.shape[-1] % 8 == 0)
+        if fused and query.dtype in (torch.float16, torch.bfloat16):
+            return _aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal, scale=scale)[0]
+        if fused and query.dtype == torch.float32:
+            need_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+            return _aten._scaled_dot_product_efficient_attention(query, key, value, None, need_lse, dropout_p,
+                                                                 is_causal, scale=scale)[0]
+        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                        scale=scale, enable_gqa=enable_gqa)
+
+    return sdpa
+
+
 @contextlib.contextmanager
 def fake_cuda_session(tracer: Optional[StepTracer] = None) -> Iterator[Any]:
-    """Fake tensors on ``cuda`` with CUDA's autocast, ``Module.to`` working on them and, when ``tracer`` is given,
-    every operator traced. Real tensors passed in (data from the host) become fake. Needs
-    :func:`threestudio.profiling.fake_cuda.install` before ``import torch`` on a CPU build (for the backward)."""
+    """Fake tensors on ``cuda`` with CUDA's autocast, ``Module.to`` working on them, the fused attention kernels a
+    GPU chooses (:func:`_sdpa_as_on_gpu`) and, when ``tracer`` is given, every operator traced. Real tensors passed
+    in (data from the host) become fake. Needs :func:`threestudio.profiling.fake_cuda.install` before ``import
+    torch`` on a CPU build (for the backward)."""
     import torch.cuda.amp.common as amp_common
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -523,6 +549,7 @@ def fake_cuda_session(tracer: Optional[StepTracer] = None) -> Iterator[Any]:
         (amp_common, "amp_definitely_not_available", lambda: False),  # torch.autocast("cuda") stays enabled
         (torch.cuda, "is_bf16_supported", lambda *a, **k: True),  # the H100/A100 the trace stands for
         (torch.cuda, "current_device", lambda: 0),
+        (nn.functional, "scaled_dot_product_attention", _sdpa_as_on_gpu(nn.functional.scaled_dot_product_attention)),
     ]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     mode = FakeTensorMode(allow_non_fake_inputs=True)
