@@ -108,7 +108,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         system.train()
         opt = system.configure_optimizers()
         optimizer = opt["optimizer"] if isinstance(opt, dict) else opt
-        _warm_up(system, guidance, optimizer)
+        proposal_optimizer = getattr(system, "proposal_optimizer", None)
+        if proposal_optimizer is not None:  # built in __init__ on the parameters that Module.to replaced here (fake
+            proposal_optimizer = system.proposal_optimizer = system._build_proposal_optimizer()  # tensors: new ones)
+        _warm_up(system, guidance, [o for o in (optimizer, proposal_optimizer) if o is not None])
         system.set_global_step(step)
         system.do_update_step(0, step)
         for (owner, method), name in FORWARD_PARTS.items():
@@ -124,6 +127,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         with tracer.part("optimizer"):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if proposal_optimizer is not None:  # its loss's gradient came with the step's one backward above
+                proposal_optimizer.step()
+                proposal_optimizer.zero_grad(set_to_none=True)
         del loss, terms, batch
     report = tracer.report()
     rc = host_batch["random_camera"]
@@ -176,17 +182,18 @@ def _compile_ahead_of_time(launches: list, targets: list) -> list:
     return rows
 
 
-def _warm_up(system: Any, guidance: Any, optimizer: Any) -> None:
-    """What exists from the second step on: the guidance's conditioning embeddings and the optimizer's state."""
+def _warm_up(system: Any, guidance: Any, optimizers: list) -> None:
+    """What exists from the second step on: the guidance's conditioning embeddings and the optimizers' state."""
     import torch
 
     guidance.conditioning_bank()
-    with torch.no_grad():
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                p.grad = torch.zeros_like(p)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    for optimizer in optimizers:
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def _launch_summary(launches: list) -> Dict[str, Dict[str, Any]]:

@@ -533,11 +533,12 @@ def _sdpa_as_on_gpu(original: Callable) -> Callable:
 @contextlib.contextmanager
 def fake_cuda_session(tracer: Optional[StepTracer] = None) -> Iterator[Any]:
     """Fake tensors on ``cuda`` with CUDA's autocast, ``Module.to`` working on them, the fused attention kernels a
-    GPU chooses (:func:`_sdpa_as_on_gpu`) and, when ``tracer`` is given, every operator traced. Real tensors passed
-    in (data from the host) become fake. Needs :func:`threestudio.profiling.fake_cuda.install` before ``import
-    torch`` on a CPU build (for the backward)."""
+    GPU chooses (:func:`_sdpa_as_on_gpu`), the optimizers' foreach path and, when ``tracer`` is given, every
+    operator traced. Real tensors passed in (data from the host) become fake. Needs
+    :func:`threestudio.profiling.fake_cuda.install` before ``import torch`` on a CPU build (for the backward)."""
     import torch.cuda.amp.common as amp_common
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    import torch.optim.optimizer as optim_base
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     from threestudio.profiling import fake_cuda
 
@@ -550,6 +551,8 @@ def fake_cuda_session(tracer: Optional[StepTracer] = None) -> Iterator[Any]:
         (torch.cuda, "is_bf16_supported", lambda *a, **k: True),  # the H100/A100 the trace stands for
         (torch.cuda, "current_device", lambda: 0),
         (nn.functional, "scaled_dot_product_attention", _sdpa_as_on_gpu(nn.functional.scaled_dot_product_attention)),
+        # optimizers take their multi-tensor (foreach) path on fake CUDA parameters, as on real ones
+        (optim_base, "_foreach_supported_types", [*optim_base._foreach_supported_types, FakeTensor]),
     ]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     mode = FakeTensorMode(allow_non_fake_inputs=True)
