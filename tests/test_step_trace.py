@@ -105,7 +105,7 @@ def test_fake_cuda_must_come_before_torch():
 def test_fake_cuda_runs_a_backward_and_reports_device_errors():
     """In a fresh process: fake CUDA tensors run forward (fp16 under CUDA autocast), backward and Adam; a CPU tensor
     mixed in and a host read-back are reported with their lines; bf16 attention takes flash attention (one launch)
-    as on a GPU, not the CPU build's math path."""
+    as on a GPU, not the CPU build's math path; silu's backward is one kernel, not its decomposition."""
     code = textwrap.dedent("""
         import json
         from threestudio.profiling import fake_cuda
@@ -123,14 +123,20 @@ def test_fake_cuda_runs_a_backward_and_reports_device_errors():
             q = torch.randn(2, 4, 16, 40, device="cuda", dtype=torch.bfloat16)
             with tracer.part("attention"):
                 torch.nn.functional.scaled_dot_product_attention(q, q, q)
+            x = torch.randn(8, 8, device="cuda", requires_grad=True)
+            with tracer.part("silu"):
+                s = torch.nn.functional.silu(x)
+            tracer.label_backward(s, "silu")
+            s.backward(torch.ones_like(s))
             try:
                 y + torch.ones(8, 64)
             except RuntimeError:
                 pass
             bool(y.sum() > 0)
-        attention = tracer.report()["parts"]["attention"]["top_launches"]
+        parts = tracer.report()["parts"]
         print(json.dumps({"dtype": str(y.dtype), "grad": str(layer.weight.grad.device), "errors": tracer.errors,
-                          "attention": attention}))
+                          "attention": parts["attention"]["top_launches"],
+                          "silu_backward": parts["backward:silu"]["top_launches"]}))
     """)
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
                             timeout=300)
@@ -140,6 +146,8 @@ def test_fake_cuda_runs_a_backward_and_reports_device_errors():
     kinds = [e["kind"] for e in out["errors"]]
     assert kinds == ["device mismatch", "host read-back"], out["errors"]
     assert out["attention"] == {"_scaled_dot_product_flash_attention.default": 1}  # one fused kernel, as on a GPU
+    # one kernel, not the CPU build's decomposition (sigmoid, fill, sub, add, mul ×3)
+    assert out["silu_backward"]["silu_backward.default"] == 1 and "sigmoid.default" not in out["silu_backward"]
 
 
 @pytest.mark.slow

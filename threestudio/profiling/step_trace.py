@@ -530,11 +530,36 @@ def _sdpa_as_on_gpu(original: Callable) -> Callable:
     return sdpa
 
 
+def _register_cuda_kernels_of_cpu_ops() -> Optional[Any]:
+    """On a CPU build of torch: a CUDA kernel for each ATen operator that has a CPU kernel and a
+    CompositeImplicitAutograd one (``silu_backward``, ...). A CUDA build has its own CUDA kernel for them; without
+    one the dispatcher decomposes them above the tracer into several operators (silu's backward into 7). The
+    registered kernel never runs: fake tensors compute the operator on the meta device. Returns the registration
+    (``._destroy()`` removes it), None on a CUDA build."""
+    from threestudio.profiling import fake_cuda
+
+    if not fake_cuda.is_cpu_only_build():
+        return None
+    names = [name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("aten::")
+             and torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU")
+             and torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeImplicitAutograd")
+             and not torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA")]
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a fake-CUDA stand-in kernel ran on real tensors")
+
+    library = torch.library.Library("aten", "IMPL")
+    for name in names:
+        library.impl(name, unreachable, "CUDA")
+    return library
+
+
 @contextlib.contextmanager
 def fake_cuda_session(tracer: Optional[StepTracer] = None) -> Iterator[Any]:
     """Fake tensors on ``cuda`` with CUDA's autocast, ``Module.to`` working on them, the fused attention kernels a
-    GPU chooses (:func:`_sdpa_as_on_gpu`), the optimizers' foreach path and, when ``tracer`` is given, every
-    operator traced. Real tensors passed in (data from the host) become fake. Needs
+    GPU chooses (:func:`_sdpa_as_on_gpu`), the optimizers' foreach path, single CUDA kernels for operators a CPU
+    build decomposes (:func:`_register_cuda_kernels_of_cpu_ops`) and, when ``tracer`` is given, every operator
+    traced. Real tensors passed in (data from the host) become fake. Needs
     :func:`threestudio.profiling.fake_cuda.install` before ``import torch`` on a CPU build (for the backward)."""
     import torch.cuda.amp.common as amp_common
     import torch.optim.optimizer as optim_base
@@ -556,6 +581,7 @@ def fake_cuda_session(tracer: Optional[StepTracer] = None) -> Iterator[Any]:
     ]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     mode = FakeTensorMode(allow_non_fake_inputs=True)
+    kernels = _register_cuda_kernels_of_cpu_ops()
     try:
         for obj, name, value in patches:
             setattr(obj, name, value)
@@ -564,6 +590,8 @@ def fake_cuda_session(tracer: Optional[StepTracer] = None) -> Iterator[Any]:
     finally:
         for obj, name, value in saved:
             setattr(obj, name, value)
+        if kernels is not None:
+            kernels._destroy()
 
 
 def trust_triton_kernels(device: Any) -> Dict[str, bool]:
