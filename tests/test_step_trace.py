@@ -3,6 +3,7 @@ build (threestudio/profiling/fake_cuda.py)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -75,17 +76,21 @@ def test_launches_and_python_frames_of_a_known_function():
     """Each ATen operator that launches a kernel counts one (views, allocations and metadata none); each Python call
     of the traced code (not the tracer's own, not the operators' dispatch) one frame of host work."""
     tracer = step_trace.StepTracer("cpu")
-    with tracer:
-        with tracer.part("a"):
-            x = torch.empty(8)  # allocation: no kernel
-            y = x + 1  # add
-            z = y.view(2, 4)  # view: no kernel
-            w = _twice(_twice(z))  # mul, mul; two Python calls
-            s = w.sum()  # sum
-            e = torch.empty_like(s)  # allocation: no kernel
-        layer = torch.nn.Linear(4, 4)
-        with tracer.part("b"):
-            out = layer(torch.ones(3, 4))  # ones (fill), addmm
+    gc.disable()  # no collector-run __del__ inside the parts
+    try:
+        with tracer:
+            with tracer.part("a"):
+                x = torch.empty(8)  # allocation: no kernel
+                y = x + 1  # add
+                z = y.view(2, 4)  # view: no kernel
+                w = _twice(_twice(z))  # mul, mul; two Python calls
+                s = w.sum()  # sum
+                e = torch.empty_like(s)  # allocation: no kernel
+            layer = torch.nn.Linear(4, 4)
+            with tracer.part("b"):
+                out = layer(torch.ones(3, 4))  # ones (fill), addmm
+    finally:
+        gc.enable()
     parts = tracer.report()["parts"]
     assert parts["a"]["launches"] == 4 and parts["a"]["python_calls"] == 2
     assert parts["b"]["launches"] == 2 and parts["b"]["python_calls"] > 0  # nn.Module's __call__ and forward
