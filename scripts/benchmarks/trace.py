@@ -106,11 +106,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         system.to(device)
         guidance = system._guidance.to(device)
         system.train()
-        opt = system.configure_optimizers()
-        optimizer = opt["optimizer"] if isinstance(opt, dict) else opt
         proposal_optimizer = getattr(system, "proposal_optimizer", None)
         if proposal_optimizer is not None:  # built in __init__ on the parameters that Module.to replaced here (fake
             proposal_optimizer = system.proposal_optimizer = system._build_proposal_optimizer()  # tensors: new ones)
+        opt = system.configure_optimizers()  # after it: the main optimizer leaves the proposal's parameters out
+        optimizer = opt["optimizer"] if isinstance(opt, dict) else opt
         _warm_up(system, guidance, [o for o in (optimizer, proposal_optimizer) if o is not None])
         system.set_global_step(step)
         system.do_update_step(0, step)
