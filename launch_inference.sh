@@ -2,7 +2,7 @@
 # ZeroNVS one-image inference with the paper's settings: SDS distillation of a NeRF, then test renders.
 #
 #   bash launch_inference.sh [IMAGE] [--fov DEG] [--elevation DEG] [--scale S] [--ckpt PATH]
-#                            [--model-config YAML] [--config PIPELINE_YAML] [--gpu IDS] [key=value ...]
+#                            [--model-config YAML] [--config PIPELINE_YAML | --fast] [--gpu IDS] [key=value ...]
 #
 # IMAGE           input image (RGB or RGBA); default: the bundled example skimage:motorcycle_left
 # --fov DEG       vertical field of view of the (centre-cropped, square) image; default: from the image's EXIF
@@ -13,7 +13,9 @@
 #                 default: zeronvs.ckpt in the repository root
 # --model-config  the checkpoint's latent-diffusion YAML (optional for a converted folder);
 #                 default: zeronvs_config.yaml in the repository root
-# --config        pipeline config; default: the repository's configs/zeronvs.yaml
+# --config        pipeline config; default: the repository's configs/zeronvs.yaml (the paper's settings)
+# --fast          the fast preset configs/zeronvs_fast.yaml: 32+32 samples, no NeRF recomputation, bf16
+#                 diffusion model (its header lists every change; docs/PERFORMANCE.md, "Fast preset")
 # --gpu IDS       GPU(s) to use; default 0 (the CPU when there is no CUDA)
 # --quiet         no progress bar; warnings and errors only
 # key=value       any further config override, e.g. trainer.max_steps=1000
@@ -30,6 +32,8 @@ SCALE=0.7
 CKPT_PATH="$REPO/zeronvs.ckpt"
 CONFIG_PATH="$REPO/zeronvs_config.yaml"
 PIPELINE_CONFIG="$REPO/configs/zeronvs.yaml"
+CONFIG_GIVEN=""
+FAST=""
 GPU=0
 QUIET=()
 EXTRA=()
@@ -46,7 +50,8 @@ while [ $# -gt 0 ]; do
     --scale) need_value "$@"; SCALE="$2"; shift 2 ;;
     --ckpt) need_value "$@"; CKPT_PATH="$2"; shift 2 ;;
     --model-config) need_value "$@"; CONFIG_PATH="$2"; shift 2 ;;
-    --config) need_value "$@"; PIPELINE_CONFIG="$2"; shift 2 ;;
+    --config) need_value "$@"; PIPELINE_CONFIG="$2"; CONFIG_GIVEN=1; shift 2 ;;
+    --fast) FAST=1; shift ;;
     --gpu) need_value "$@"; GPU="$2"; shift 2 ;;
     --quiet) QUIET=(--quiet); shift ;;
     --*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -55,6 +60,11 @@ while [ $# -gt 0 ]; do
        IMAGE="$1"; shift ;;
   esac
 done
+
+if [ -n "$FAST" ]; then
+  if [ -n "$CONFIG_GIVEN" ]; then echo "error: --fast and --config both choose the pipeline config; give one" >&2; exit 2; fi
+  PIPELINE_CONFIG="$REPO/configs/zeronvs_fast.yaml"
+fi
 
 # without IMAGE the config's data.image_path applies (the bundled example)
 IMAGE_ARG=()

@@ -5,6 +5,10 @@
 #   .bench/    zeronvs_config.yaml (the full-size latent-diffusion YAML; ../shared does not travel) and input.png
 #              (the example image, so that scikit-image is not needed there)
 # then run it with carry [".whl", ".bench"]:  bash scripts/device_bench.sh [STEPS]
+#   or, for issue 30's comparison only:         bash scripts/device_bench.sh --speed [STEPS]
+# --speed: the paper config (configs/zeronvs.yaml) and the fast preset (configs/zeronvs_fast.yaml) timed per stage
+# (bench.py sds, STEPS steps after a warm-up, peak memory) and traced per stage (bench.py trace: roofline, launch
+# bound, floor, traced peak), side by side in $OUT/speed_vs_floor.json and a printed table; about 8 minutes.
 # Part 1 (at most FIRST_PART_S = 480 s): the CPU demo on CUDA end to end (16-mixed, Triton fast paths, then
 # --export), the torch-vs-triton comparison (hash-grid encode at 2^20 samples, NeRF step at the stage-1 ray count)
 # and one paper-config SDS step per stage. Part 2: the longer benchmarks, until the call's 10 minutes run out.
@@ -13,6 +17,8 @@
 # "Traced step") beside the measured ones.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+SPEED_ONLY=""
+if [ "${1:-}" = "--speed" ]; then SPEED_ONLY=1; shift; fi
 STEPS="${1:-20}"
 OUT="${OUT:-/tmp/device_bench}"
 FIRST_PART_S="${FIRST_PART_S:-480}"
@@ -36,6 +42,65 @@ for name in ("torch", "triton", "lightning", "diffusers", "transformers", "omega
     except Exception as e:
         print(name, "MISSING", type(e).__name__, e)
 EOF
+
+# ---- issue 30: measured s/step per stage of both configs beside the traced floors (H100 constants)
+speed_vs_floor() {
+  local name cfg stage
+  for name in zeronvs zeronvs_fast; do
+    cfg="configs/$name.yaml"
+    echo "== [${SECONDS}s] sds $cfg"
+    timeout 200 python3 scripts/bench.py sds --config "$cfg" --model-config "$MODEL_CFG" --steps "$STEPS" \
+      --test-views 1 --json "$OUT/speed_sds_$name.json" data.image_path="$IMAGE" 2>&1 | tail -8
+    for stage in 1 2; do
+      echo "== [${SECONDS}s] trace $cfg stage $stage"
+      timeout 120 python3 scripts/bench.py trace --config "$cfg" --model-config "$MODEL_CFG" --stage "$stage" \
+        --json "$OUT/speed_trace_${name}_$stage.json" data.image_path="$IMAGE" 2>&1 | sed -n '2,16p'
+    done
+  done
+  python3 - "$OUT" <<'EOF' 2>&1 | tee "$OUT/speed_vs_floor.txt"
+import json, os, sys
+out, rows = sys.argv[1], []
+
+
+def load(path):
+    try:
+        with open(os.path.join(out, path)) as f:
+            return json.load(f)["result"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+for name in ("zeronvs", "zeronvs_fast"):
+    sds = load(f"speed_sds_{name}.json")
+    measured = {s["first_step"]: s for s in (sds or {}).get("stages", [])}
+    for stage in (1, 2):
+        trace = load(f"speed_trace_{name}_{stage}.json")
+        if trace is None:
+            continue
+        m = measured.get(trace["first_step"], {})
+        rows.append({"config": name, "stage": stage, "first_step": trace["first_step"],
+                     "measured_s_per_step": m.get("s_per_step"), "measured_peak_gb": m.get("peak_memory_gb"),
+                     "traced_floor_s": trace["floor_s"]["H100"], "traced_roofline_s": trace["roofline_s"]["H100"],
+                     "traced_launch_bound_s": trace["launch_bound_s"]["H100"],
+                     "kernel_launches": trace["kernel_launches"], "traced_peak_gib": trace["peak_gib"]})
+with open(os.path.join(out, "speed_vs_floor.json"), "w") as f:
+    json.dump(rows, f, indent=1)
+
+
+def ms(v, k=1e3):
+    return "-" if v is None else f"{v * k:.1f}"
+
+
+print(f"{'config':<14}{'stage':>6}{'measured ms':>13}{'floor ms':>10}{'roofline':>10}{'launch':>8}{'launches':>10}"
+      f"{'peak GB':>9}{'traced GiB':>11}")
+for r in rows:
+    print(f"{r['config']:<14}{r['stage']:>6}{ms(r['measured_s_per_step']):>13}{ms(r['traced_floor_s']):>10}"
+          f"{ms(r['traced_roofline_s']):>10}{ms(r['traced_launch_bound_s']):>8}{r['kernel_launches']:>10}"
+          f"{ms(r['measured_peak_gb'], 1):>9}{r['traced_peak_gib']:>11.2f}")
+print("floors with H100 constants (step_trace.DEVICES); an H200 has 4.8 TB/s, so its memory-bound floors are lower")
+EOF
+}
+if [ -n "$SPEED_ONLY" ]; then speed_vs_floor; exit 0; fi
 
 # capped LIMIT_S CMD...: run CMD with at most LIMIT_S seconds, and never past the end of part 1
 capped() {

@@ -105,10 +105,11 @@ for heavy in ("lightning", "omegaconf", "diffusers", "transformers", "triton"):
     except ImportError:
         pass
 has_triton = "triton" in sys.modules
+TRITON_MODULES = {"threestudio.profiling.aot"} if not has_triton else set()
 failures = []
 for name in json.loads(sys.argv[1]):
-    if name.startswith("threestudio.kernels.") and not has_triton:
-        continue  # the kernels import triton at their top; without triton only fast_paths may import them
+    if name in TRITON_MODULES or name.startswith("threestudio.kernels.") and not has_triton:
+        continue  # they import triton at their top; without triton only fast_paths may import the kernels
     assert not any(m == p or m.startswith(p + ".") for m in sys.modules for p in ("threestudio", "zeronvs_diffusion"))
     read, write = os.pipe()
     pid = os.fork()
@@ -163,3 +164,17 @@ def test_the_fresh_import_check_catches_a_cycle(tmp_path):
                          capture_output=True, text=True, env=env)
     failures = json.loads(res.stdout.strip().splitlines()[-1])
     assert len(failures) == 1 and "ImportError" in failures[0], failures
+
+
+def test_the_library_does_not_import_the_profiling_instruments():
+    """threestudio/profiling/ (step tracer, fake CUDA, AOT compiler) is a developer's instrument: no module outside it
+    imports it, and it holds the tracer, the fake-CUDA stand-in with its C++ source and the AOT compiler."""
+    modules = library_modules()
+    assert {"threestudio.profiling.step_trace", "threestudio.profiling.fake_cuda", "threestudio.profiling.aot"} <= set(
+        modules)
+    assert (ROOT / "threestudio" / "profiling" / "csrc" / "fake_cuda.cpp").is_file()
+    for name, path in modules.items():
+        if name.startswith("threestudio.profiling"):
+            continue
+        imported = library_imports(name, path, set(modules))
+        assert not any(m.startswith("threestudio.profiling") for m in imported), name

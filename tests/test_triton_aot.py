@@ -3,7 +3,7 @@ cubin with the Triton wheel's bundled ptxas, no GPU — with the arguments that 
 bind, and none spills registers. The launches are captured by the step tracer (`bench.py trace --aot`) from one
 training step of configs/zeronvs.yaml (paper geometry, proposal network, samples per ray; tiny diffusion model and
 16² views for speed, fp32 so that the compositing kernels take every field output); Triton's own launcher code
-binds them for each target (threestudio/kernels/aot.py). The interpreter accepts code that the compiler may not."""
+binds them for each target (threestudio/profiling/aot.py). The interpreter accepts code that the compiler may not."""
 
 from __future__ import annotations
 

@@ -7,7 +7,10 @@ Builds the full-size model from zeronvs_config.yaml with random weights (no chec
     into the image; its time and peak memory;
   * with --dtype bf16 or fp16: the relative error ‖ε_half − ε_fp32‖ / ‖ε_fp32‖ of the CFG noise prediction
     (conditioning included) against the same random weights in fp32 (must be ≤ 2e-2), run after the timings so
-    that the reported peak memory is the half-precision model's.
+    that the reported peak memory is the half-precision model's;
+  * with --error-only: only that error (no timings; with --fixture DIR also the error of ε and of the VAE latents
+    of a fixture checkpoint — ``DIR/model.ckpt``, ``config.yaml``, ``reference.pt``, e.g.
+    ../shared/fixtures/zeronvs_tiny — in --dtype against the original implementation's fp32 reference outputs).
 CPU defaults are small (batch 1, 2 steps) so the run takes a few minutes on 2 cores.
 """
 
@@ -46,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch.compile mode for the UNet (default, reduce-overhead, ...); the warm-up compiles",
     )
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per measurement (after one warm-up)")
+    parser.add_argument("--error-only", action="store_true",
+                        help="only the half-precision ε error against fp32 (needs --dtype bf16 or fp16), no timings")
+    parser.add_argument("--fixture", default=None, metavar="DIR",
+                        help="with --error-only: also the error on a fixture checkpoint against its reference.pt")
 
 
 def _timer(device: str) -> Callable[[], float]:
@@ -106,6 +113,43 @@ def half_precision_error(args: argparse.Namespace, half_model: Any, batch: int, 
     return float((eps_half - eps_fp32).norm() / eps_fp32.norm()), tuple(eps_fp32.shape)
 
 
+def fixture_errors(fixture: str, dtype_name: str) -> Dict[str, float]:
+    """‖out − ref‖ / ‖ref‖ of the UNet's ε and the scaled VAE latents of ``fixture/model.ckpt`` loaded in
+    ``dtype_name``, at the inputs of ``fixture/reference.pt`` (the original implementation's fp32 outputs)."""
+    import torch
+
+    from zeronvs_diffusion import load_model
+
+    ref = torch.load(os.path.join(fixture, "reference.pt"), map_location="cpu", weights_only=True)
+    model = load_model(os.path.join(fixture, "model.ckpt"), os.path.join(fixture, "config.yaml"), dtype=dtype_name)
+    with torch.no_grad():
+        eps = model.predict_eps(ref["x_noisy"], ref["t"], ref["c_crossattn"], ref["c_concat"]).float()
+        latents = model.encode_concat(ref["img01"].permute(0, 2, 3, 1)).float() * model.conditioning.scale_factor
+    return {"eps_rel_error_vs_reference": float((eps - ref["eps"]).norm() / ref["eps"].norm()),
+            "latents_rel_error_vs_reference": float((latents - ref["latents_scaled"]).norm()
+                                                    / ref["latents_scaled"].norm())}
+
+
+def error_only(args: argparse.Namespace, device: str, dtype_name: str) -> Dict[str, Any]:
+    """The --error-only run: ε error of the full-size random model in ``dtype_name`` against fp32 (CFG batch of
+    the first batch size) and, with --fixture, the fixture's errors against its reference in both dtypes."""
+    from zeronvs_diffusion import load_model
+
+    if dtype_name == "fp32":
+        raise SystemExit("--error-only compares a half precision with fp32: pass --dtype bf16 or fp16")
+    batch = int((args.batches or "1").split(",")[0])
+    result: Dict[str, Any] = {"device": device, "dtype": dtype_name, "batch": batch}
+    if args.fixture:
+        result["fixture"] = args.fixture
+        result["fixture_errors"] = {name: fixture_errors(args.fixture, name) for name in ("fp32", dtype_name)}
+        print(f"[diffusion] fixture {args.fixture}: {result['fixture_errors']}")
+    error, eps_shape = half_precision_error(args, load_model("random", args.config, dtype=dtype_name, device=device),
+                                            batch, device)
+    result.update(eps_rel_error_vs_fp32=error, eps_shape=list(eps_shape), config=args.config)
+    print(f"[diffusion] full-size random weights, {dtype_name} ε vs fp32 (CFG batch, ε {eps_shape}): {error:.2e}")
+    return result
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     import torch
 
@@ -122,6 +166,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         raise CheckpointError(
             f"{args.config} not found; pass --config zeronvs_config.yaml (shipped with the checkpoint)"
         )
+    if args.error_only:
+        return error_only(args, device, dtype_name)
     now = _timer(device)
 
     t0 = now()

@@ -2,16 +2,19 @@
 
 Not a GPU measurement: nothing runs on a GPU and nothing is timed. The real system of ``--config`` (default
 configs/zeronvs.yaml) is built with full-size random diffusion weights (``--model-config``) on fake CUDA tensors
-(:mod:`threestudio.utils.step_trace`; on a CPU build of torch the stand-in of :mod:`threestudio.utils.fake_cuda`,
-compiled at the first run) and runs one whole step at the start of ``--stage`` (render the random views, VAE encode,
-UNet CFG, SDS + reference + regulariser losses, backward, optimizer) with the config's ``trainer.precision``
-(16-mixed: CUDA autocast in fp16). Triton kernels are not launched: their launches are recorded (``triton``), their
-outputs' memory is counted as allocated by the launchers, their traffic from their arguments' shapes.
+(:mod:`threestudio.profiling.step_trace`; on a CPU build of torch the stand-in of
+:mod:`threestudio.profiling.fake_cuda`, compiled at the first run) and runs one whole step at the start of ``--stage``
+(render the random views, VAE encode, UNet CFG, SDS + reference + regulariser losses, backward, optimizer) with the
+config's ``trainer.precision`` (16-mixed: CUDA autocast in fp16). Triton kernels are not launched: their launches are
+recorded (``triton``), their outputs' memory is counted as allocated by the launchers, their traffic from their
+arguments' shapes.
 
 Reported per part (render, vae_encode, unet_cfg, other forward, backward:<part>, optimizer) and for the step: the
-matmul/conv FLOPs, the traffic of an eager execution, the peak of live CUDA memory (GiB) and the roofline floor on
-an H100 and an A100 (threestudio.utils.step_trace.DEVICES). Host read-backs and device mismatches are errors: they
-are listed with their source line and the command exits 1. The optimizer's state exists before the traced step
+matmul/conv FLOPs, the traffic of an eager execution, the peak of live CUDA memory (GiB), the kernel launches (ATen
+operators that launch a kernel + Triton launches), the Python frames of host work (counted with sys.setprofile, not
+timed), the roofline, the launch bound (launches × 5 us) and the floor max(roofline, launch bound) per part, summed,
+on an H100 and an A100 (threestudio.profiling.step_trace.DEVICES). Host read-backs and device mismatches are errors:
+they are listed with their source line and the command exits 1. The optimizer's state exists before the traced step
 (as from the second step on); Lightning's GradScaler (16-mixed) is not part of the step traced here.
 """
 
@@ -48,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def before_torch(args: argparse.Namespace) -> None:
     """Install the fake-CUDA stand-in (it must be loaded before ``import torch``)."""
-    from threestudio.utils import fake_cuda
+    from threestudio.profiling import fake_cuda
 
     fake_cuda.install()
 
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
     import threestudio
-    from threestudio.utils import step_trace
+    from threestudio.profiling import step_trace
     from threestudio.utils.config import config_to_primitive, load_config
 
     warnings.filterwarnings("ignore", message=".*self.log.*")
@@ -103,9 +106,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         system.to(device)
         guidance = system._guidance.to(device)
         system.train()
-        opt = system.configure_optimizers()
+        proposal_optimizer = getattr(system, "proposal_optimizer", None)
+        if proposal_optimizer is not None:  # built in __init__ on the parameters that Module.to replaced here (fake
+            proposal_optimizer = system.proposal_optimizer = system._build_proposal_optimizer()  # tensors: new ones)
+        opt = system.configure_optimizers()  # after it: the main optimizer leaves the proposal's parameters out
         optimizer = opt["optimizer"] if isinstance(opt, dict) else opt
-        _warm_up(system, guidance, optimizer)
+        _warm_up(system, guidance, [o for o in (optimizer, proposal_optimizer) if o is not None])
         system.set_global_step(step)
         system.do_update_step(0, step)
         for (owner, method), name in FORWARD_PARTS.items():
@@ -121,6 +127,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         with tracer.part("optimizer"):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if proposal_optimizer is not None:  # its loss's gradient came with the step's one backward above
+                proposal_optimizer.step()
+                proposal_optimizer.zero_grad(set_to_none=True)
         del loss, terms, batch
     report = tracer.report()
     rc = host_batch["random_camera"]
@@ -151,8 +160,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _compile_ahead_of_time(launches: list, targets: list) -> list:
-    """Every distinct launch compiled for every target (threestudio.kernels.aot), printed as a table."""
-    from threestudio.kernels import KERNELS, aot
+    """Every distinct launch compiled for every target (threestudio.profiling.aot), printed as a table."""
+    from threestudio.kernels import KERNELS
+    from threestudio.profiling import aot
 
     unknown = sorted(set(targets) - set(aot.TARGETS))
     if unknown:
@@ -172,17 +182,18 @@ def _compile_ahead_of_time(launches: list, targets: list) -> list:
     return rows
 
 
-def _warm_up(system: Any, guidance: Any, optimizer: Any) -> None:
-    """What exists from the second step on: the guidance's conditioning embeddings and the optimizer's state."""
+def _warm_up(system: Any, guidance: Any, optimizers: list) -> None:
+    """What exists from the second step on: the guidance's conditioning embeddings and the optimizers' state."""
     import torch
 
     guidance.conditioning_bank()
-    with torch.no_grad():
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                p.grad = torch.zeros_like(p)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    for optimizer in optimizers:
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def _launch_summary(launches: list) -> Dict[str, Dict[str, Any]]:
@@ -210,12 +221,19 @@ def _print_table(result: Dict[str, Any]) -> None:
     print(f"trace (fake CUDA, not a GPU measurement): stage {result['stage']} (step {result['first_step']}), "
           f"{result['random_views']} views at {result['resolution']}, {result['precision']}, fast_paths "
           f"{result['fast_paths']}, normals {result['analytic_normal_method']}")
-    print(f"{'part':<24}{'GFLOP':>10}{'traffic GB':>12}{'peak GiB':>10}{'H100 floor ms':>15}{'A100 floor ms':>15}")
+    print(f"{'part':<24}{'GFLOP':>9}{'traffic GB':>11}{'peak GiB':>9}{'launches':>9}{'py calls':>9}"
+          f"{'H100 roofline ms':>17}{'launch ms':>10}{'H100 floor ms':>15}{'A100 floor ms':>15}")
     for name, part in result["parts"].items():
         h100, a100 = part["floor_s"]["H100"], part["floor_s"]["A100"]
-        print(f"{name:<24}{part['gflops']:>10.1f}{part['traffic_gb']:>12.2f}{part['peak_gib']:>10.2f}"
-              f"{h100['floor_s'] * 1e3:>11.1f} ({h100['bound'][0]}){a100['floor_s'] * 1e3:>11.1f} ({a100['bound'][0]})")
-    print(f"{'step':<24}{result['gflops']:>10.1f}{result['traffic_gb']:>12.2f}{result['peak_gib']:>10.2f}"
-          f"{result['floor_s']['H100'] * 1e3:>15.1f}{result['floor_s']['A100'] * 1e3:>15.1f}")
+        print(f"{name:<24}{part['gflops']:>9.1f}{part['traffic_gb']:>11.2f}{part['peak_gib']:>9.2f}"
+              f"{part['launches']:>9}{part['python_calls']:>9}{h100['roofline_s'] * 1e3:>17.1f}"
+              f"{h100['launch_s'] * 1e3:>10.1f}{h100['floor_s'] * 1e3:>11.1f} ({h100['bound'][0]})"
+              f"{a100['floor_s'] * 1e3:>11.1f} ({a100['bound'][0]})")
+    print(f"{'step':<24}{result['gflops']:>9.1f}{result['traffic_gb']:>11.2f}{result['peak_gib']:>9.2f}"
+          f"{result['kernel_launches']:>9}{result['python_calls']:>9}{result['roofline_s']['H100'] * 1e3:>17.1f}"
+          f"{result['launch_bound_s']['H100'] * 1e3:>10.1f}{result['floor_s']['H100'] * 1e3:>15.1f}"
+          f"{result['floor_s']['A100'] * 1e3:>15.1f}")
+    print("floor per part = max(roofline, launches x step_trace.LAUNCH_S); bound: c compute, m memory, l launches; "
+          "py calls: Python frames of host work (counted, not timed)")
     for error in result["errors"]:
         print(f"ERROR {error['kind']} at {error['where']} [{error['part']}]: {error['detail']}")

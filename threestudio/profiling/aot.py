@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of the Triton kernels for CUDA GPUs, on a machine without one.
 
-A launch recorded by :func:`threestudio.utils.step_trace.record_triton_launches` (kernel, every argument by name:
+A launch recorded by :func:`threestudio.profiling.step_trace.record_triton_launches` (kernel, every argument by name:
 tensors as dtype + 16-byte alignment, numbers as values, compile-time constants) is bound by Triton's own launcher
 code (the binder a ``kernel[grid](...)`` call uses, for the chosen target's backend), so the signature, the
 constants and the specialisations (integers equal to 1, divisible by 16, aligned pointers) are those a real launch

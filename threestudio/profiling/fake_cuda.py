@@ -1,6 +1,6 @@
 """Fake CUDA on a CPU-only build of PyTorch: tensors that say ``device="cuda"`` without memory or kernels.
 
-The step tracer (:mod:`threestudio.utils.step_trace`, ``python scripts/bench.py trace``) runs a whole training step
+The step tracer (:mod:`threestudio.profiling.step_trace`, ``python scripts/bench.py trace``) runs a whole training step
 on :class:`torch._subclasses.fake_tensor.FakeTensorMode` tensors placed on ``cuda``: shapes, dtypes, devices and
 autocast behave as on a GPU, nothing is allocated or computed. A CPU build of PyTorch can create such tensors, but
 ``Module.to("cuda")`` and every backward abort there (no CUDA device guard; the autograd engine asks the CUDA hooks
@@ -102,7 +102,7 @@ def install() -> Optional[str]:
     if "torch" in sys.modules:
         raise FakeCudaError(
             "fake CUDA must be installed before `import torch` (PyTorch creates its CUDA hooks once); call "
-            "threestudio.utils.fake_cuda.install() first, in a fresh process"
+            "threestudio.profiling.fake_cuda.install() first, in a fresh process"
         )
     library = build()
     lib_dir = os.path.join(_torch_dir(), "lib")
