@@ -40,7 +40,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -341,14 +341,30 @@ def load_scene(path: str, view_idx: int, size: int = RESOLUTION) -> MipNeRF360Sc
 
 
 # ---------------------------------------------------------------------------------------------- the pickle
-def _scene_arrays(scene: dict, name: str) -> Dict[str, np.ndarray]:
+def _scene_arrays(scene: Any, name: str) -> Dict[str, np.ndarray]:
     """Numbers of one scene of ZeroNVS's pickle: images (N, 256, 256, 3) in [0, 1], extrinsics (N, 3|4, 4)
-    camera-to-world, intrinsics (N, 3|4, 3|4) pixel-to-camera (inverse K) with cx = 128."""
-    images = np.asarray(scene["images"], dtype=np.float64)
-    extrinsics = np.asarray(scene["extrinsics"], dtype=np.float64)
-    pixtocam = np.asarray(scene["intrinsics"], dtype=np.float64)
-    pixtocam = pixtocam[0] if pixtocam.ndim == 3 else pixtocam
-    camtopix = np.linalg.inv(pixtocam[:3, :3])
+    camera-to-world, intrinsics (N, 3|4, 3|4) pixel-to-camera (inverse K) with cx = 128.
+
+    Raises:
+        UserError: a scene that is not such a mapping (a missing key, a string, a singular intrinsics matrix,
+            arrays of other shapes), naming the scene.
+    """
+    if not isinstance(scene, dict):
+        raise UserError(f"scene {name}: expected a dict with images, extrinsics and intrinsics, got "
+                        f"{type(scene).__name__}")
+    missing = [k for k in ("images", "extrinsics", "intrinsics") if k not in scene]
+    if missing:
+        raise UserError(f"scene {name}: missing {', '.join(missing)} (it has {', '.join(map(str, scene))})")
+    try:
+        images = np.asarray(scene["images"], dtype=np.float64)
+        extrinsics = np.asarray(scene["extrinsics"], dtype=np.float64)
+        pixtocam = np.asarray(scene["intrinsics"], dtype=np.float64)
+        pixtocam = pixtocam[0] if pixtocam.ndim == 3 else pixtocam
+        camtopix = np.linalg.inv(pixtocam[:3, :3])
+    except (TypeError, ValueError, IndexError, np.linalg.LinAlgError) as e:
+        raise UserError(f"scene {name}: unreadable images/extrinsics/intrinsics ({str(e).splitlines()[0]})") from None
+    if extrinsics.ndim != 3 or extrinsics.shape[1:] not in ((3, 4), (4, 4)) or not np.isfinite(camtopix).all():
+        raise UserError(f"scene {name}: unexpected extrinsics {extrinsics.shape} or intrinsics {pixtocam.shape}")
     fovy = math.degrees(2 * math.atan2(camtopix[0, 2], camtopix[0, 0]))  # as get_scene: 2·atan(cx / fx)
     c2w = np.tile(np.eye(4), (len(extrinsics), 1, 1))
     c2w[:, :3, :4] = extrinsics[:, :3, :4]
@@ -362,43 +378,73 @@ def _scene_arrays(scene: dict, name: str) -> Dict[str, np.ndarray]:
     }
 
 
+def check_scene_name(name: Any, source: str) -> str:
+    """``name`` when it can be one file name inside ``--out`` (a scene name from a file is data): a non-empty
+    string without ``/``, ``\\``, NUL or control characters, not ``.``/``..``, at most 200 bytes. Else UserError."""
+    if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\") or any(
+        ord(c) < 32 or ord(c) == 127 for c in name
+    ) or len(name.encode()) > 200:
+        raise UserError(f"{source}: scene name {name!r} is not a plain file name (no '/', '\\', '..', control "
+                        "characters; at most 200 bytes); nothing is written outside --out")
+    return name
+
+
+def _check_out_folder(out_dir: str) -> None:
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir} exists and is not a folder")
+
+
 def convert_pickle(
     pickle_path: str, out_dir: str, trust_pickle: bool, scenes: Optional[Sequence[str]] = None
 ) -> List[str]:
     """Unpickle ZeroNVS's Mip-NeRF 360 file (only with ``trust_pickle``) and write ``out_dir/SCENE.npz`` per scene.
 
     Unpickling runs any code the file holds: this is the one place it happens, and only when the user says they
-    trust the file. Returns the written paths.
+    trust the file. Every file is written inside ``out_dir`` (a scene name must be a plain file name; no write
+    follows a link out of ``out_dir``). Returns the written paths.
     """
     if not trust_pickle:
         raise UserError(f"reading {pickle_path} needs full unpickling, which can run any code the file holds; pass "
                         "--trust-pickle if you trust the file and its source (it is converted once to .npz files)")
     if not os.path.isfile(pickle_path):
         raise UserError(f"pickle not found: {pickle_path}")
+    _check_out_folder(out_dir)
+    for name in scenes or ():
+        check_scene_name(name, "--scenes")
     import pickle
 
     logger.warning("unpickling %s as asked (--trust-pickle): it can run code; converting it once to .npz files",
                    pickle_path)
-    with open(pickle_path, "rb") as f:
-        data = pickle.load(f)  # noqa: S301 (explicit opt-in above)
+    try:
+        with open(pickle_path, "rb") as f:
+            data = pickle.load(f)  # noqa: S301 (explicit opt-in above)
+    except Exception as e:  # truncated or not a pickle (EOFError, UnpicklingError, ...): whatever it raised
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"cannot unpickle {pickle_path} ({type(e).__name__}: {detail}); is it ZeroNVS's Mip-NeRF 360 "
+                        "file, complete?") from None
     if not isinstance(data, dict):
         raise UserError(f"{pickle_path}: expected a dict of scenes, got {type(data).__name__}")
-    import io
-
-    from threestudio.utils.io import write_bytes_atomic
-
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for name in scenes or sorted(data):
+    names = list(scenes or sorted(data, key=str))
+    for name in names:
         if name not in data:
             raise UserError(f"{pickle_path} has no scene {name!r}; it has {', '.join(sorted(map(str, data)))}")
-        arrays = _scene_arrays(data[name], name)
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        path = os.path.join(out_dir, f"{name}.npz")
-        write_bytes_atomic(path, buf.getvalue())
-        logger.info("wrote %s (%d views, fovy %.3f°)", path, len(arrays["images"]), float(arrays["fovy_deg"]))
-        written.append(path)
+        check_scene_name(name, pickle_path)
+    import io
+
+    from threestudio.utils.io import confined_writes, write_bytes_atomic
+
+    _check_out_folder(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    with confined_writes(out_dir):
+        for name in names:
+            arrays = _scene_arrays(data[name], name)
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            path = os.path.join(out_dir, f"{name}.npz")
+            write_bytes_atomic(path, buf.getvalue())
+            logger.info("wrote %s (%d views, fovy %.3f°)", path, len(arrays["images"]), float(arrays["fovy_deg"]))
+            written.append(path)
     return written
 
 
