@@ -381,7 +381,7 @@ def run(
 ) -> str:
     """Run ``mode`` (train | validate | test | export) for the config. Returns the trial folder.
 
-    SIGTERM and SIGINT stop the run with :class:`~threestudio.utils.stop_signals.RunInterrupted`
+    SIGTERM, SIGHUP and SIGINT stop the run with :class:`~threestudio.utils.stop_signals.RunInterrupted`
     (:mod:`threestudio.utils.stop_signals`), whose message says where it stopped and how to continue.
 
     For tools built on the runner (``scripts/oracle_run.py``): ``transform(cfg)`` edits the loaded config in place
@@ -392,8 +392,10 @@ def run(
     with stop_on_signals() as stop:
         try:
             return _run(config_path, mode, cli_args, n_gpus, stop, transform, callbacks)
-        except (KeyboardInterrupt, SystemExit) as e:
-            if stop.signum is None:
+        except (KeyboardInterrupt, SystemExit, Exception) as e:
+            # after a signal, whatever the interrupted code raised (e.g. a library's state left half-built while
+            # the config loaded) is the stop, not an error of the user's input
+            if stop.signum is None or isinstance(e, RunInterrupted):
                 raise
             raise RunInterrupted(stop.signum, _stopped_message(stop, config_path, mode)) from e
 
