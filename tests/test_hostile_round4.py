@@ -1,0 +1,355 @@
+"""Hostile inputs, round 4 (issue 28): nothing written outside the folder the user named, no run left orphaned
+by a signal, no input that grows without bound, every bad value refused before the trial exists.
+
+Unit tests first (fast); tests that launch scripts in subprocesses are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from threestudio.utils.errors import UserError
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import eval_dtu  # noqa: E402
+import launcher  # noqa: E402
+import report as report_script  # noqa: E402
+
+sys.path.pop(0)
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    return err[0]
+
+
+def scene_dict(n: int = 3) -> dict:
+    intr = np.linalg.inv(np.array([[100.0, 0, 128], [0, 100, 128], [0, 0, 1]]))
+    return {"images": np.zeros((n, 4, 4, 3)), "extrinsics": np.tile(np.eye(4)[:3], (n, 1, 1)), "intrinsics": intr}
+
+
+def write_pickle(path: Path, data) -> Path:
+    path.write_bytes(pickle.dumps(data))
+    return path
+
+
+# ------------------------------------------------------------------ 1: nothing written outside the named folder
+@pytest.mark.parametrize("key", ["../../escaped", "a/b", "..", "", "x\ny", 7])
+def test_pickle_converter_refuses_a_scene_key_that_is_not_a_plain_name(tmp_path, capsys, key):
+    from threestudio.data.mipnerf360 import main
+
+    pkl = write_pickle(tmp_path / "P.pkl", {key: scene_dict(), "ok": scene_dict()})
+    out = tmp_path / "o" / "a" / "b"
+    before = set(tmp_path.rglob("*"))
+    assert main([str(pkl), "--out", str(out), "--trust-pickle"]) == 2
+    assert "not a plain file name" in one_line(capsys)
+    assert set(tmp_path.rglob("*")) - before <= {tmp_path / "o", tmp_path / "o" / "a", out}
+    assert not list(tmp_path.rglob("*.npz")), "a scene was written"
+
+
+def test_pickle_converter_writes_plain_names_inside_out_never_through_a_link(tmp_path):
+    from threestudio.data.mipnerf360 import convert_pickle
+
+    victim = tmp_path / "outside" / "victim.npz"
+    victim.parent.mkdir()
+    victim.write_text("the user's data")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(victim, out / "bonsai.npz")  # an old output that is a link out: replaced, never written through
+    pkl = write_pickle(tmp_path / "P.pkl", {"bonsai": scene_dict()})
+    assert convert_pickle(str(pkl), str(out), True) == [str(out / "bonsai.npz")]
+    assert victim.read_text() == "the user's data" and not os.path.islink(out / "bonsai.npz")
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("missing_key", "missing intrinsics"),
+    ("singular", "unreadable"),
+    ("string_scene", "expected a dict"),
+    ("truncated", "cannot unpickle"),
+    ("out_is_file", "is not a folder"),
+])
+def test_pickle_converter_bad_files_are_one_line(tmp_path, capsys, case, expected):
+    from threestudio.data.mipnerf360 import main
+
+    scene = scene_dict()
+    out = tmp_path / "out"
+    data = {"s": scene}
+    if case == "missing_key":
+        del scene["intrinsics"]
+    elif case == "singular":
+        scene["intrinsics"] = np.zeros((3, 3))
+    elif case == "string_scene":
+        data = {"s": "not a scene"}
+    elif case == "out_is_file":
+        out.write_text("keep")
+    pkl = write_pickle(tmp_path / "P.pkl", data)
+    if case == "truncated":
+        pkl.write_bytes(pkl.read_bytes()[:40])
+    assert main([str(pkl), "--out", str(out), "--trust-pickle"]) == 2
+    assert expected in one_line(capsys)
+    if case == "out_is_file":
+        assert out.read_text() == "keep"
+
+
+def make_trial(folder: Path) -> Path:
+    (folder / "configs").mkdir(parents=True)
+    (folder / "configs" / "parsed.yaml").write_text("name: t\n")
+    return folder
+
+
+def test_report_script_refuses_a_trial_whose_save_links_out(tmp_path, capsys):
+    trial = make_trial(tmp_path / "trial")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, trial / "save")
+    assert report_script.main([str(trial)]) == 2
+    assert "a link to a file or folder outside the trial" in one_line(capsys)
+    assert not list(outside.iterdir()), "report.html was written outside the trial"
+
+
+# ---------------------------------------------------------------------------------------------- 2: signals
+def test_sighup_is_handled_like_sigterm_in_a_run():
+    from threestudio.utils.stop_signals import STOP_SIGNALS, stop_on_signals
+
+    assert signal.SIGHUP in STOP_SIGNALS
+    with stop_on_signals() as stop:
+        assert signal.getsignal(signal.SIGHUP) == stop.handle
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.signum == signal.SIGHUP
+    assert signal.getsignal(signal.SIGHUP) != stop.handle
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_config_loads_is_the_stop_not_an_odd_error(tmp_path, monkeypatch, signum):
+    """A library interrupted half-way may raise its own error (omegaconf: 'NoneType' object has no attribute
+    '_invalidate_flags_cache'); after a signal the run is stopped (128 + signal), not refused as bad input."""
+    from threestudio import runner
+    from threestudio.utils.stop_signals import RunInterrupted
+
+    def loading(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signum)
+        except KeyboardInterrupt:
+            pass  # swallowed inside the library, which is left half-built
+        raise UserError("cannot read config x.yaml: 'NoneType' object has no attribute '_invalidate_flags_cache'")
+
+    monkeypatch.setattr(runner, "load_config", loading)
+    with pytest.raises(RunInterrupted) as info:
+        runner.run(str(tmp_path / "x.yaml"), "train")
+    assert info.value.exit_code == 128 + signum and "nothing was written" in str(info.value)
+
+
+def test_run_child_registers_its_program_and_forwards_the_first_signal(tmp_path, monkeypatch):
+    monkeypatch.setenv(launcher.CHILDREN_ENV, str(tmp_path / "children"))
+    monkeypatch.setattr(launcher, "_child_signal", [])
+    seen = tmp_path / "seen"
+    code = ("import os, signal, sys, time\n"
+            f"signal.signal(signal.SIGTERM, lambda *a: (open({str(seen)!r}, 'w').write('TERM'), sys.exit(143)))\n"
+            f"os.kill(os.getppid(), signal.SIGTERM)\n"
+            "time.sleep(60)\n")
+    assert launcher.run_child([sys.executable, "-c", code]) == 143
+    assert seen.read_text() == "TERM" and launcher.stopped_by_signal() == signal.SIGTERM
+    assert not os.listdir(tmp_path / "children"), "the pid file of an ended program was left"
+    assert signal.getsignal(signal.SIGTERM) is not None and signal.getsignal(signal.SIGTERM) != signal.SIG_IGN
+
+
+def test_eval_run_scan_starts_no_later_stage_after_a_signal(tmp_path, monkeypatch):
+    monkeypatch.setattr(launcher, "_child_signal", [signal.SIGHUP])
+    later = eval_dtu.LaunchRun([sys.executable, "-c", "pass"], str(tmp_path / "runs" / "n"), str(tmp_path / "n.log"))
+    assert "stopped by SIGHUP" in eval_dtu.run_scan(24, [later]) and not (tmp_path / "n.log").exists()
+
+
+def _descendants(pid: int) -> dict:
+    """pid → start time of every process below ``pid`` (by /proc parent links) and of every program registered
+    with run_child (its own session)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry)] = (int(fields[1]), fields[19])
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, start) in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = start
+                frontier.append(child)
+    return found
+
+
+def fake_dtu_scan(root: Path, scan: int = 8) -> Path:
+    (root / f"dtu_scan{scan}").mkdir(parents=True)
+    (root / f"dtu_scan{scan}" / "cameras.npz").write_bytes(b"")  # passes the up-front check; the run fails late
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_to_eval_dtu_stops_its_runs_and_leaves_no_process(tmp_path, signum):
+    root, out = fake_dtu_scan(tmp_path / "dtu"), tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "eval_dtu.py"), "--root", str(root), "--scans",
+                             "8", "--mode", "nvs", "--out", str(out)], cwd=ROOT, start_new_session=True,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    children = out / "submitit" / "children"
+    while not (children.is_dir() and os.listdir(children)):  # launch.py has started
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    tree = _descendants(proc.pid)
+    launch = [int(p.split(".")[0]) for p in os.listdir(children)]
+    tree.update({p: launcher._start_time(p) for p in launch})
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 128 + signum and len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    assert f"interrupted ({signal.Signals(signum).name})" in errors[0]
+    left = [pid for pid, start in tree.items() if start is not None and launcher._start_time(pid) == start]
+    assert not left, f"processes left running: {left}"
+    run = eval_dtu.build_runs(8, {"pose_scale": 1.0}, eval_dtu.build_parser().parse_args(
+        ["--root", str(root), "--out", str(out), "--mode", "nvs"]))[-1]
+    assert not eval_dtu.stage_finished(run), "an interrupted scan counts as finished"
+    assert not (out / "dtu_nvs.csv").exists()
+
+
+# ---------------------------------------------------------------------------------- 4: one eval run per --out
+def test_a_second_eval_run_into_the_same_out_stops_in_one_line(tmp_path, capsys, monkeypatch):
+    root, out = fake_dtu_scan(tmp_path / "dtu"), tmp_path / "out"
+    ran = []
+    monkeypatch.setattr(eval_dtu, "run_scans", lambda *a, **k: ran.append(1) or [])
+    argv = ["--root", str(root), "--scans", "8", "--mode", "nvs", "--out", str(out)]
+    out.mkdir()
+    with eval_dtu.out_lock(str(out)):
+        assert eval_dtu.main(argv) == 2
+        assert "is in use by another run" in one_line(capsys) and not ran
+    assert eval_dtu.main(argv) == 0 and ran  # free again
+
+
+def test_a_second_mipnerf360_eval_into_the_same_out_stops_in_one_line(tmp_path, capsys, monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import eval_mipnerf360
+
+    sys.path.pop(0)
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(eval_dtu, "run_scans", lambda *a, **k: pytest.fail("ran into a locked --out"))
+    with eval_dtu.out_lock(str(out)):
+        assert eval_mipnerf360.main(["--root", str(tmp_path), "--scenes", "bonsai", "--out", str(out)]) == 2
+    assert "is in use by another run" in one_line(capsys)
+
+
+# ------------------------------------------------------------------------------------- 3: unbounded inputs
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    lines = [f"a0: &a0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path):
+    from threestudio.utils.config import ConfigError, load_config
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb())  # 9 levels × 9 aliases: 387 million values once expanded
+    with pytest.raises(ConfigError, match="expands to more than"):
+        load_config(str(bomb))
+    flow = "{" + alias_bomb(6, 10).strip().replace("\n", ", ") + "}"
+    with pytest.raises(ConfigError, match="command-line override x expands"):
+        load_config(str(ROOT / "configs" / "diffusion_tiny.yaml"), cli_args=[f"x={flow}"])
+
+
+def test_a_deeply_nested_config_is_refused(tmp_path):
+    from threestudio.utils.config import ConfigError, load_config
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 200 + "]" * 200 + "\n")
+    with pytest.raises(ConfigError, match="nests deeper"):
+        load_config(str(deep))
+
+
+def test_shipped_configs_are_within_the_bounds():
+    from threestudio.utils.config import _parse_yaml, check_expansion
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        check_expansion(_parse_yaml(path.read_text()), str(path))
+
+
+def test_cameras_npz_count_comes_from_the_keys_not_the_largest_index(tmp_path):
+    from threestudio.data.idr_cameras import camera_count
+
+    huge = {"world_mat_0": np.eye(4), "world_mat_999999999": np.eye(4)}
+    with pytest.raises(UserError, match="camera 1 has no world_mat_1.*largest index 999999999"):
+        camera_count(huge, "cameras.npz")
+    with pytest.raises(UserError, match="camera 0 has no world_mat_0"):
+        camera_count({"world_mat_999999999": np.eye(4)}, "cameras.npz")
+    with pytest.raises(UserError, match="camera 2 has no world_mat_2"):
+        camera_count({"world_mat_0": 1, "world_mat_1": 1, "scale_mat_999999999": 1}, "cameras.npz")
+    assert camera_count({"world_mat_1": 1, "world_mat_0": 1, "scale_mat_1": 1}, "cameras.npz") == 2
+
+
+def test_read_camera_on_a_huge_index_is_one_line(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    import read_camera
+
+    sys.path.pop(0)
+    np.savez(tmp_path / "cameras.npz", world_mat_999999999=np.eye(4))
+    assert read_camera.main([str(tmp_path / "cameras.npz")]) == 2
+    assert "world_mat_0" in one_line(capsys)
+
+
+def test_report_embeds_only_the_vertices_of_the_kept_faces(tmp_path, monkeypatch):
+    import base64
+
+    import trimesh
+
+    from threestudio.utils import report
+
+    grid = 60  # 2·59² = 6962 faces, capped at 700: every 10th face
+    xs, ys = np.meshgrid(np.arange(grid), np.arange(grid))
+    vertices = np.stack([xs.ravel(), ys.ravel(), np.zeros(grid * grid)], -1).astype(np.float32)
+    idx = np.arange(grid * grid).reshape(grid, grid)
+    a, b, c, d = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel()
+    faces = np.concatenate([np.stack([a, b, c], -1), np.stack([b, d, c], -1)])
+    colors = np.random.default_rng(0).integers(0, 255, (len(vertices), 4), dtype=np.uint8)
+    mesh = trimesh.Trimesh(vertices, faces, vertex_colors=colors, process=False)
+    mesh.export(tmp_path / "model.ply")
+    monkeypatch.setattr(report, "MESH_MAX_FACES", 700)
+    payload, shown, total = report._mesh_payload(str(tmp_path / "model.ply"))
+    data = json.loads(payload)
+    positions = np.frombuffer(base64.b64decode(data["positions"]), "<f4").reshape(-1, 3)
+    indices = np.frombuffer(base64.b64decode(data["indices"]), "<u4").reshape(-1, 3)
+    kept = faces[:: -(-len(faces) // 700)]
+    assert total == len(faces) and shown == len(kept) == len(indices)
+    assert len(positions) == len(np.unique(kept)) < len(vertices)
+    np.testing.assert_array_equal(positions[indices], vertices[kept])  # the same triangles, renumbered
+    rgb = np.frombuffer(base64.b64decode(data["colors"]), np.uint8).reshape(-1, 3)
+    np.testing.assert_array_equal(rgb[indices], colors[kept][..., :3])
+
+
+@pytest.mark.parametrize("name,content", [
+    ("metrics.json", {"psnr": "abc", "ssim": None, "lpips": 1e400, "per_view": 3}),
+    ("run_stats.json", [1, 2]),
+    ("run_stats.json", {"train": {"wall_s": "x"}, "test": 5}),
+])
+def test_report_on_edited_json_files_writes_the_page(tmp_path, capsys, name, content):
+    trial = make_trial(tmp_path / "trial")
+    (trial / "save").mkdir()
+    (trial / "save" / name).write_text(json.dumps(content))
+    assert report_script.main([str(trial)]) == 0, capsys.readouterr().err
+    page = (trial / "save" / "report.html").read_text()
+    assert "abc" in page if name == "metrics.json" else "<html>" in page
