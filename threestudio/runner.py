@@ -292,9 +292,19 @@ def _check_before_writing(cfg: Any, mode: str, system: Any, n_gpus: int) -> Dict
         check_trainer_values(kwargs)
         check_checkpoint_values(ckpt_kwargs)
         system.configure_optimizers()  # bad optimizer/scheduler arguments fail here, not inside fit
+    exports = mode == "export" or (mode == "train" and getattr(system.cfg, "export_after_train", False))
+    if exports and hasattr(system, "check_export_config"):
+        system.check_export_config()
     if cfg.resume is None:
         return {}
-    return {cfg.resume: system.check_resume_checkpoint(cfg.resume)}
+    state = system.check_resume_checkpoint(cfg.resume)
+    step, max_steps = state.get("global_step"), kwargs.get("max_steps")
+    if mode == "train" and isinstance(step, int) and isinstance(max_steps, int) and 0 < max_steps <= step:
+        raise ConfigError(
+            f"resume={cfg.resume} holds step {step}, and trainer.max_steps={max_steps}: there is nothing left to "
+            f"train; set trainer.max_steps above {step} to continue, or render it with --test"
+        )
+    return {cfg.resume: state}
 
 
 def resolve_data_config(cfg: Any) -> None:

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 import threestudio
 from threestudio.data.random_camera import (
+    MAX_CAMERA_DISTANCE,
     RandomCameraConfig,
     RandomCameraSampler,
     ReferenceCamera,
@@ -110,9 +111,9 @@ def _check_config(cfg: SingleImageDataModuleConfig) -> None:
         )
     if not math.isfinite(cfg.default_azimuth_deg):
         raise ConfigError(f"config key data.default_azimuth_deg must be a finite number, got {cfg.default_azimuth_deg}")
-    if not 0 < cfg.default_camera_distance < math.inf:  # also NaN
+    if not 0 < cfg.default_camera_distance <= MAX_CAMERA_DISTANCE:  # also NaN
         raise ConfigError(
-            f"config key data.default_camera_distance must be a positive finite number, got "
+            f"config key data.default_camera_distance must lie in (0, {MAX_CAMERA_DISTANCE:g}], got "
             f"{cfg.default_camera_distance}"
         )
     if cfg.conditioning_max_size < 1:

@@ -6,7 +6,7 @@ import bisect
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from omegaconf import ListConfig
 
@@ -15,8 +15,14 @@ from threestudio.utils.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def as_int_list(value: Any, key: str) -> List[int]:
-    """An int or a list of ints from a config value (``height: 64`` or ``height: [64, 128]``)."""
+# the largest image side a config may ask for (rays, renders and images grow with its square: 10⁶ px sides
+# would ask for terabytes before the first step)
+MAX_IMAGE_SIDE = 8192
+
+
+def as_int_list(value: Any, key: str, maximum: Optional[int] = None) -> List[int]:
+    """An int or a list of ints from a config value (``height: 64`` or ``height: [64, 128]``), each at most
+    ``maximum`` when given."""
     values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
     if not values:
         raise ConfigError(f"config key {key!r} is an empty list; give an int or a list of ints")
@@ -24,6 +30,8 @@ def as_int_list(value: Any, key: str) -> List[int]:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ConfigError(f"config key {key!r} must be a positive int or a list of positive ints, got {value!r}")
+        if maximum is not None and v > maximum:
+            raise ConfigError(f"config key {key!r} must be at most {maximum}, got {v}")
         out.append(v)
     return out
 
@@ -63,8 +71,8 @@ class StagedResolution:
         prefix: str = "data",
     ) -> None:
         lists = {
-            "height": as_int_list(height, f"{prefix}.height"),
-            "width": as_int_list(width, f"{prefix}.width"),
+            "height": as_int_list(height, f"{prefix}.height", MAX_IMAGE_SIDE),
+            "width": as_int_list(width, f"{prefix}.width", MAX_IMAGE_SIDE),
             "batch_size": as_int_list(batch_size, f"{prefix}.batch_size"),
         }
         n_stages = max(len(v) for v in lists.values())

@@ -8,6 +8,7 @@ an instance-checked OmegaConf object and turns unknown keys and wrong types into
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -91,7 +92,38 @@ def parse_structured(fields: type, cfg: Optional[Any] = None) -> Any:
         key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
         msg = str(e).splitlines()[0]
         raise ConfigError(f"bad value for config key {_full_key(cfg, str(key))!r}: {msg}") from None
+    _check_finite(fields, merged, _full_key(cfg, "").rstrip("."))
     return _at_path(merged, _full_key(cfg, ""))
+
+
+def _float_field(annotation: Any) -> bool:
+    """Whether a field annotated ``annotation`` holds floats: ``float``, ``Optional[float]``, ``List[float]``,
+    ``Tuple[float, ...]``."""
+    if annotation is float:
+        return True
+    args = [a for a in getattr(annotation, "__args__", ()) or () if a is not type(None) and a is not Ellipsis]
+    return bool(args) and all(a is float for a in args)
+
+
+def _check_finite(fields: type, merged: Any, path: str) -> None:
+    """ConfigError naming the key when a float field of ``fields`` (or an element of a float list) holds inf or
+    NaN (``1e309`` in YAML is inf): no float setting of a component is meaningful when not finite."""
+    try:
+        types = typing.get_type_hints(fields)
+    except Exception:  # pragma: no cover - unresolvable annotations: no check
+        return
+    for f in dataclasses.fields(fields):
+        if not _float_field(types.get(f.name)):
+            continue
+        try:
+            value = merged[f.name]
+        except OmegaConfBaseException:
+            continue
+        values = list(value) if isinstance(value, (ListConfig, list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                full = f"{path}.{f.name}" if path else f.name
+                raise ConfigError(f"config key {full} must be a finite number, got {v}")
 
 
 def in_section(cfg: Optional[Any], section: str) -> DictConfig:
