@@ -369,3 +369,150 @@ def test_report_on_edited_json_files_writes_the_page(tmp_path, capsys, name, con
     assert report_script.main([str(trial)]) == 0, capsys.readouterr().err
     page = (trial / "save" / "report.html").read_text()
     assert "abc" in page if name == "metrics.json" else "<html>" in page
+
+
+# ---------------------------------------------------------------------- 5, 6: nonsense refused before the trial
+def test_a_non_finite_float_key_is_refused_where_it_is_parsed():
+    import threestudio
+    from threestudio.utils.config import ConfigError, in_section
+
+    guidance = threestudio.find("zeronvs-guidance")
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="system.guidance.guidance_scale must be a finite number"):
+            guidance.parse_config(in_section({"guidance_scale": value}, "system.guidance"))
+
+
+def test_1e309_on_the_command_line_is_refused_before_the_trial(tmp_path):
+    from threestudio.runner import run
+    from threestudio.utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="guidance_scale must be a finite number, got inf"):
+        run(str(ROOT / "configs" / "smoke.yaml"), "train", [f"exp_root_dir={tmp_path}", "use_timestamp=false",
+            f"system.guidance.pretrained_config={ROOT / 'configs' / 'diffusion_tiny.yaml'}",
+            "system.guidance.guidance_scale=1e309"])
+    assert not list(tmp_path.iterdir()), "a trial was created"
+
+
+def test_schedules_must_be_finite():
+    from threestudio.utils.config import ConfigError
+    from threestudio.utils.schedule import C
+
+    for value in (float("inf"), [0, 1.0, float("nan"), 10]):
+        with pytest.raises(ConfigError, match="finite"):
+            C(value, 0, 0)
+
+
+@pytest.mark.parametrize("args,match", [
+    ({"lr": -1}, "finite and >= 0, got lr=-1"),
+    ({"lr": float("inf")}, "got lr=inf"),
+    ({"lr": 0.01, "betas": [2.0, 0.9]}, "bad system.optimizer.args for Adam"),
+])
+def test_optimizer_arguments_are_one_line(args, match):
+    import torch
+
+    from threestudio.systems.base import build_optimizer
+    from threestudio.utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        build_optimizer({"name": "Adam", "args": args}, [{"params": [torch.nn.Parameter(torch.zeros(1))]}])
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("n_test_views", 100_000_000, "n_test_views must lie in"),
+    ("n_val_views", 100_000_000, "n_val_views must lie in"),
+    ("height", [32, 1_000_000], "height' must be at most 8192"),
+    ("eval_height", 1_000_000, "eval_height must lie in"),
+    ("eval_camera_distance", 1e30, "eval_camera_distance must lie in"),
+    ("camera_distance_range", [1.0, 1e30], "camera_distance_range must lie in"),
+])
+def test_orbit_sizes_and_distances_are_bounded(key, value, match):
+    from threestudio.data.random_camera import RandomCameraConfig, RandomCameraSampler, ReferenceCamera
+    from threestudio.utils.config import ConfigError, parse_structured
+
+    extra = {"resolution_milestones": [1]} if key == "height" else {}
+    cfg = parse_structured(RandomCameraConfig, {key: value, **extra})
+    with pytest.raises(ConfigError, match=match):
+        RandomCameraSampler(cfg, ReferenceCamera(0.0, 0.0, 1.0, 50.0))
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("height", 1_000_000, "data.height' must be at most 8192"),
+    ("default_camera_distance", 1e30, "data.default_camera_distance must lie in"),
+])
+def test_single_image_sizes_and_distance_are_bounded(key, value, match):
+    from threestudio.data.single_image import SingleImageDataModule
+    from threestudio.utils.config import ConfigError
+
+    cfg = {"image_path": "skimage:motorcycle_left", "height": 16, "width": 16, "default_fovy_deg": 50.0,
+           "random_camera": {"height": 8, "width": 8}, key: value}
+    with pytest.raises(ConfigError, match=match):
+        SingleImageDataModule(cfg)
+
+
+def test_test_video_fps_0_is_refused_when_the_system_is_built():
+    import threestudio
+    from threestudio.utils.config import ConfigError, load_config
+
+    cfg = load_config(str(ROOT / "configs" / "smoke.yaml"), cli_args=[
+        f"system.guidance.pretrained_config={ROOT / 'configs' / 'diffusion_tiny.yaml'}", "system.test_video_fps=0"])
+    with pytest.raises(ConfigError, match="system.test_video_fps must lie in"):
+        threestudio.find(cfg.system_type)(cfg.system)
+
+
+def test_the_export_grid_is_bounded_by_memory_before_allocating(monkeypatch):
+    from threestudio.models.exporters import mesh_exporter
+    from threestudio.utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="exporter.resolution=100000 needs about"):
+        mesh_exporter.check_grid_memory(100_000)  # 4.8e16 bytes: more than any machine has
+    monkeypatch.setattr(mesh_exporter, "available_memory", lambda: 2**30)
+    mesh_exporter.check_grid_memory(256)  # 0.8 GB
+    with pytest.raises(ConfigError, match="use at most about 281"):
+        mesh_exporter.check_grid_memory(512)
+
+
+def test_export_values_are_checked_before_writing():
+    from omegaconf import OmegaConf
+
+    from threestudio.runner import _check_before_writing
+    from threestudio.utils.config import ConfigError
+
+    checked = []
+
+    class System:
+        cfg = OmegaConf.create({"export_after_train": False})
+
+        def check_export_config(self):
+            checked.append(1)
+            raise ConfigError("exporter.resolution=100000 needs about ...")
+
+    cfg = OmegaConf.create({"trainer": {"max_steps": 5}, "checkpoint": {}, "resume": None})
+    with pytest.raises(ConfigError, match="exporter.resolution"):
+        _check_before_writing(cfg, "export", System(), 1)
+    assert checked
+
+
+def test_resume_at_or_past_max_steps_is_refused(tmp_path):
+    from omegaconf import OmegaConf
+
+    from threestudio.runner import _check_before_writing
+    from threestudio.utils.config import ConfigError
+
+    class System:
+        cfg = OmegaConf.create({})
+
+        def configure_optimizers(self):
+            return None
+
+        def check_resume_checkpoint(self, path):
+            return {"global_step": 10}
+
+    for max_steps in (10, 5):
+        cfg = OmegaConf.create({"trainer": {"max_steps": max_steps, "accelerator": "cpu", "devices": 1},
+                                "checkpoint": {}, "resume": "last.ckpt"})
+        with pytest.raises(ConfigError, match="holds step 10.*nothing left to train"):
+            _check_before_writing(cfg, "train", System(), 1)
+    cfg.trainer.max_steps = 11
+    assert _check_before_writing(cfg, "train", System(), 1) == {"last.ckpt": {"global_step": 10}}
+    cfg.trainer.max_steps = 5
+    assert _check_before_writing(cfg, "test", System(), 1)  # rendering a finished trial is fine
