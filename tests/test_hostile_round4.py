@@ -7,6 +7,7 @@ Unit tests first (fast); tests that launch scripts in subprocesses are marked sl
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -516,3 +517,86 @@ def test_resume_at_or_past_max_steps_is_refused(tmp_path):
     assert _check_before_writing(cfg, "train", System(), 1) == {"last.ckpt": {"global_step": 10}}
     cfg.trainer.max_steps = 5
     assert _check_before_writing(cfg, "test", System(), 1)  # rendering a finished trial is fine
+
+
+# ------------------------------------------------------------------ 5, 6: Mip-NeRF 360 scenes that are wrong
+def ring_c2w(n: int = 4) -> np.ndarray:
+    import torch
+
+    from threestudio.utils.camera import look_at
+
+    eyes = torch.tensor([[2 * math.cos(a), 2 * math.sin(a), 0.5] for a in np.linspace(0, 2 * math.pi, n + 1)[:-1]])
+    up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    return look_at(eyes.double(), torch.zeros(n, 3, dtype=torch.float64), up).numpy()
+
+
+def release_scene(folder: Path, c2w=None, hwf=(16.0, 16.0, 20.0)) -> Path:
+    import torch
+
+    from threestudio.data.mipnerf360 import opengl_to_llff
+    from threestudio.utils.image import save_image
+
+    c2w = ring_c2w() if c2w is None else c2w
+    (folder / "images_2").mkdir(parents=True)
+    for k in range(len(c2w)):
+        save_image(str(folder / "images_2" / f"IMG_{k:03d}.png"), torch.full((8, 8, 3), 0.5))
+    llff = opengl_to_llff(c2w, np.tile(hwf, (len(c2w), 1)), np.tile([0.1, 10.0], (len(c2w), 1)))
+    np.save(folder / "poses_bounds.npy", llff)
+    return folder
+
+
+def test_a_well_formed_tiny_release_scene_loads(tmp_path):
+    from threestudio.data.mipnerf360 import load_scene
+
+    assert len(load_scene(str(release_scene(tmp_path / "s")), 0, size=8).images) == 4
+
+
+@pytest.mark.parametrize("case,match", [
+    ("nan_pose", "camera 1 of the scene has a non-finite pose"),
+    ("one_position", "all sit at one position"),
+    ("focal_0", "focal length 0 .*must be positive"),
+    ("height_0", "image height 0"),
+    ("empty_first_image", "cannot read image .*IMG_000.png"),
+    ("text_first_image", "cannot read image .*IMG_000.png"),
+])
+def test_mipnerf360_release_scene_errors_are_one_line(tmp_path, case, match):
+    from threestudio.data.mipnerf360 import load_scene
+
+    c2w, hwf, first = ring_c2w(), (16.0, 16.0, 20.0), None
+    if case == "nan_pose":
+        c2w[1, 0, 3] = np.nan
+    elif case == "one_position":
+        c2w[:, :3, 3] = [1.0, 2.0, 3.0]
+    elif case == "focal_0":
+        hwf = (16.0, 16.0, 0.0)
+    elif case == "height_0":
+        hwf = (0.0, 16.0, 20.0)
+    elif case.endswith("first_image"):
+        first = b"this is not an image\n" if case.startswith("text") else b""
+    scene = release_scene(tmp_path / "s", c2w, hwf)
+    if first is not None:
+        (scene / "images_2" / "IMG_000.png").write_bytes(first)
+    with pytest.raises(UserError, match=match):
+        load_scene(str(scene), 0, size=8)
+
+
+def npz_scene(path: Path, **change) -> Path:
+    arrays = {"images": np.full((4, 8, 8, 3), 128, np.uint8), "c2w": ring_c2w(), "fovy_deg": np.float64(50.0)}
+    arrays.update(change)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"c2w": np.where(np.eye(4)[None].repeat(4, 0) > 2, 0, np.full((4, 4, 4), np.nan))}, "non-finite pose"),
+    ({"fovy_deg": np.array([50.0, 60.0])}, "fovy_deg must be one number"),
+    ({"fovy_deg": np.float64(0.0)}, "fovy_deg must be one number"),
+    ({"images": np.zeros((4, 0, 8, 3), np.uint8)}, "expected images"),
+    ({"images": np.full((4, 8, 8, 3), 500.0)}, "floats in \\[0, 1\\]"),  # frames stored ×1000 or in 0–255
+])
+def test_mipnerf360_npz_scene_errors_are_one_line(tmp_path, change, match):
+    from threestudio.data.mipnerf360 import load_scene
+
+    with pytest.raises(UserError, match=match):
+        load_scene(str(npz_scene(tmp_path / "s.npz", **change)), 0, size=8)
+    assert len(load_scene(str(npz_scene(tmp_path / "ok.npz")), 0, size=8).images) == 4

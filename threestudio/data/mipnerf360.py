@@ -182,7 +182,16 @@ def normalize_poses(raw_c2w: np.ndarray, view_idx: int) -> NormalizedPoses:
     n = len(raw_c2w)
     if not 0 <= view_idx < n:
         raise UserError(f"input view rank {view_idx} is out of range: the scene has {n} views")
-    poses, transform = transform_poses_pca(np.asarray(raw_c2w, np.float64))
+    raw_c2w = np.asarray(raw_c2w, np.float64)
+    if not np.isfinite(raw_c2w).all():
+        bad = int(np.flatnonzero(~np.isfinite(raw_c2w).reshape(n, -1).all(axis=1))[0])
+        raise UserError(f"camera {bad} of the scene has a non-finite pose (NaN or inf)")
+    t = raw_c2w[:, :3, 3]
+    spread = float(np.abs(t - t.mean(axis=0)).max()) if n else 0.0
+    if n < 2 or spread <= 1e-9 * max(1.0, float(np.abs(t).max())):
+        raise UserError(f"the scene's {n} camera(s) all sit at one position: the protocol's normalisation (PCA of "
+                        "the camera positions, focus point, radius) needs cameras around the scene")
+    poses, transform = transform_poses_pca(raw_c2w)
     focus = focus_point(poses)
     poses[:, :3, 3] -= focus
     angles = np.array([rotation_angle(p[:3, :3], look_at_rotation(p[:3, 3])) for p in poses])
@@ -238,8 +247,11 @@ def image_folder(scene_dir: str, size: int = RESOLUTION) -> str:
         if (name == "images" or (name.startswith("images_") and name[7:].isdigit())) and os.path.isdir(folder):
             files = _list_images(folder)
             if files:
-                with Image.open(files[0]) as im:
-                    found.append((min(im.size), folder))
+                try:
+                    with Image.open(files[0]) as im:
+                        found.append((min(im.size), folder))
+                except (OSError, ValueError) as e:  # empty, text, unreadable (PIL's UnidentifiedImageError)
+                    raise UserError(f"cannot read image {files[0]}: {str(e).splitlines()[0]}") from None
     if not found:
         raise UserError(f"{scene_dir} has no images/ or images_N/ folder with images: expected the Mip-NeRF 360 "
                         "release layout (poses_bounds.npy, images_N/)")
@@ -258,6 +270,10 @@ def read_release_scene(scene_dir: str, size: int = RESOLUTION, folder: Optional[
         c2w, hwf = llff_to_opengl(np.load(path, allow_pickle=False))
     except ValueError as e:
         raise UserError(f"cannot read {path}: {e}") from None
+    full_h, focal = (float(hwf[0, 0]), float(hwf[0, 2])) if len(hwf) else (0.0, 0.0)
+    if not (0 < full_h < math.inf and 0 < focal < math.inf):
+        raise UserError(f"{path}: the first camera's image height {full_h:g} and focal length {focal:g} (its hwf "
+                        "column) must be positive and finite")
     folder = folder or image_folder(scene_dir, size)
     files = _list_images(folder)
     if len(files) != len(c2w):
@@ -267,10 +283,11 @@ def read_release_scene(scene_dir: str, size: int = RESOLUTION, folder: Optional[
     for file in files:
         rgba = load_image(file)
         h, w = rgba.shape[:2]
+        if min(h, w) < 2:
+            raise UserError(f"image {file} is {w}x{h} px: too small to be a frame of the scene")
         frames.append(center_crop_resize(rgba[..., :3], size))
         if fovy is None:  # LLFF shares one camera across the views
-            full_h = float(hwf[0, 0])
-            fovy = square_fovy_deg(float(hwf[0, 2]) * h / full_h, min(h, w))
+            fovy = square_fovy_deg(focal * h / full_h, min(h, w))
     logger.info("Mip-NeRF 360 scene %s: %d views from %s, %d² frames, fovy %.3f°", scene_dir, len(files), folder,
                 size, fovy)
     names = [os.path.splitext(os.path.basename(f))[0] for f in files]
@@ -281,13 +298,21 @@ def read_npz_scene(path: str, size: int = RESOLUTION) -> SceneFrames:
     """A scene converted by :func:`convert_pickle` (numbers only, read with ``allow_pickle=False``)."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            images, c2w, fovy = data["images"], data["c2w"].astype(np.float64), float(data["fovy_deg"])
+            images, c2w, fovy = data["images"], data["c2w"].astype(np.float64), np.asarray(data["fovy_deg"])
             names = [str(n) for n in data["names"]] if "names" in data else [f"{i:03d}" for i in range(len(images))]
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, TypeError, EOFError) as e:
         raise UserError(f"cannot read converted scene {path} ({e}); write it with python -m "
                         "threestudio.data.mipnerf360 --trust-pickle PICKLE --out DIR") from None
-    if images.ndim != 4 or images.shape[-1] != 3 or c2w.shape != (len(images), 4, 4):
+    if images.ndim != 4 or images.shape[-1] != 3 or c2w.shape != (len(images), 4, 4) or 0 in images.shape:
         raise UserError(f"{path}: expected images (N, H, W, 3) and c2w (N, 4, 4), got {images.shape}, {c2w.shape}")
+    if fovy.shape != () or not np.issubdtype(fovy.dtype, np.number) or not 0 < float(fovy) < 180:
+        raise UserError(f"{path}: fovy_deg must be one number in (0, 180) degrees, got {fovy.tolist()!r:.60}")
+    fovy = float(fovy)
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all() or images.min() < 0 or \
+                images.max() > 1:
+            raise UserError(f"{path}: images must be uint8 (0-255) or floats in [0, 1], got {images.dtype} in "
+                            f"[{images.min():g}, {images.max():g}]")
     frames = torch.from_numpy(images).float() / (255.0 if images.dtype == np.uint8 else 1.0)
     if frames.shape[1:3] != (size, size):
         # the frames are square already (256² in ZeroNVS's data): resizing keeps the fov
