@@ -513,8 +513,11 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
 def use_lpips_weights(args: argparse.Namespace) -> None:
     """Check ``--lpips-weights DIR`` and make it absolute (every launch.py run gets it, see :func:`_launch_run`)."""
     if args.lpips_weights:
-        if not os.path.isdir(args.lpips_weights):
-            raise SystemExit(f"error: --lpips-weights {args.lpips_weights} is not a folder")
+        from launch import check_lpips_folder  # the repository root is on sys.path
+
+        problem = check_lpips_folder(args.lpips_weights)
+        if problem:
+            raise SystemExit(f"error: {problem}")
         args.lpips_weights = os.path.abspath(args.lpips_weights)
 
 

@@ -600,3 +600,47 @@ def test_mipnerf360_npz_scene_errors_are_one_line(tmp_path, change, match):
     with pytest.raises(UserError, match=match):
         load_scene(str(npz_scene(tmp_path / "s.npz", **change)), 0, size=8)
     assert len(load_scene(str(npz_scene(tmp_path / "ok.npz")), 0, size=8).images) == 4
+
+
+# --------------------------------------------------------------------------------- 5: LPIPS weights and notes
+@pytest.mark.parametrize("damage,match", [
+    ("negated", "negative values"),
+    ("int8", "holds torch.int8 values"),
+    ("nan", "holds NaN or inf"),
+    ("missing", "alex.pth not found"),
+    ("nonexistent", "is not a folder"),
+])
+def test_a_named_lpips_folder_with_unusable_weights_is_refused_up_front(tmp_path, capsys, damage, match):
+    import torch
+
+    import launch
+    from threestudio.utils import lpips_alex
+
+    folder = tmp_path / "w"
+    folder.mkdir()
+    alexnet, linear = lpips_alex.write_random_weights(str(folder), seed=0)
+    sd_path = linear if damage in ("negated", "nan") else alexnet
+    sd = torch.load(sd_path, weights_only=True)
+    key = next(iter(sd))
+    if damage == "negated":
+        sd = {k: -v for k, v in sd.items()}
+    elif damage == "nan":
+        sd[key] = torch.full_like(sd[key], float("nan"))
+    elif damage == "int8":
+        sd[key] = sd[key].to(torch.int8)
+    torch.save(sd, sd_path)
+    if damage == "missing":
+        os.remove(linear)
+    named = tmp_path / "nope" if damage == "nonexistent" else folder
+    config = ROOT / "configs" / "smoke.yaml"
+    assert launch.main(["--config", str(config), "--test", "--lpips-weights", str(named)]) == 2
+    assert match in one_line(capsys)
+
+
+def test_the_lpips_note_says_how_many_views_lack_it():
+    from threestudio.utils.metrics import summarize_metrics
+
+    views = [{"target": i, "psnr": 20.0, "ssim": 0.5, "lpips": float("nan")} for i in range(3)]
+    assert summarize_metrics(views)["lpips_note"] == "LPIPS is missing (or not finite) for all views"
+    views[0]["lpips"] = 0.3
+    assert "for 2 of 3 views" in summarize_metrics(views)["lpips_note"]
