@@ -644,3 +644,96 @@ def test_the_lpips_note_says_how_many_views_lack_it():
     assert summarize_metrics(views)["lpips_note"] == "LPIPS is missing (or not finite) for all views"
     views[0]["lpips"] = 0.3
     assert "for 2 of 3 views" in summarize_metrics(views)["lpips_note"]
+
+
+# ------------------------------------------------------------------------------- 5, 7: images and messages
+def test_a_fifo_or_a_device_as_the_image_says_what_it_is(tmp_path):
+    from threestudio.utils.image import load_image
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="is a FIFO .*not a regular file"):
+        load_image(str(fifo))  # never opened: reading a FIFO would block
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(UserError, match="/dev/zero is a device, not a regular file"):
+            load_image("/dev/zero")
+    with pytest.raises(UserError, match="image not found"):
+        load_image(str(tmp_path / "missing.png"))
+
+
+def test_a_newline_in_a_file_name_stays_on_one_line(tmp_path):
+    from threestudio.utils.image import load_image
+
+    bad = tmp_path / "new\nline.png"
+    for make in (None, b"not an image"):
+        if make is not None:
+            bad.write_bytes(make)
+        with pytest.raises(UserError) as info:
+            load_image(str(bad))
+        assert "\n" not in str(info.value) and "new\\nline.png" in str(info.value)
+
+
+def test_a_float_tiff_outside_0_1_is_refused(tmp_path):
+    from PIL import Image
+
+    from threestudio.utils.image import load_image
+
+    Image.fromarray(np.full((8, 8), 200.0, np.float32), mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(UserError, match="floats in \\[200, 200\\].*must lie in \\[0, 1\\]"):
+        load_image(str(tmp_path / "f.tif"))
+    Image.fromarray(np.full((8, 8), 0.25, np.float32), mode="F").save(tmp_path / "ok.tif")
+    assert float(load_image(str(tmp_path / "ok.tif"))[0, 0, 0]) == 0.25
+
+
+def test_a_1x1_input_image_is_refused(tmp_path):
+    from PIL import Image
+
+    from threestudio.data.single_image import SingleImageDataModule
+
+    Image.new("RGB", (1, 1), (10, 20, 30)).save(tmp_path / "dot.png")
+    dm = SingleImageDataModule({"image_path": str(tmp_path / "dot.png"), "height": 16, "width": 16,
+                                "default_fovy_deg": 50.0, "random_camera": {"height": 8, "width": 8}})
+    with pytest.raises(UserError, match="1x1 px: too small"):
+        dm.setup("fit")
+
+
+def test_mipnerf360_images_of_mixed_sizes_are_refused(tmp_path):
+    import torch
+
+    from threestudio.data.mipnerf360 import load_scene
+    from threestudio.utils.image import save_image
+
+    scene = release_scene(tmp_path / "s")
+    save_image(str(scene / "images_2" / "IMG_002.png"), torch.full((8, 12, 3), 0.5))
+    with pytest.raises(UserError, match="IMG_002.png is 12x8 px but .*IMG_000.png is 8x8"):
+        load_scene(str(scene), 0, size=8)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"hello, not numpy\n", "it is a text file"),
+    (b"", "the file is empty"),
+    (pickle.dumps([1, 2]), "pickled Python objects"),
+])
+def test_a_file_that_is_not_numpy_is_named_for_what_it_is(tmp_path, content, match):
+    from threestudio.data.mipnerf360 import load_scene
+    from threestudio.data.posed_views import load_c2w_file
+
+    (tmp_path / "poses.npz").write_bytes(content)
+    with pytest.raises(UserError, match=match):
+        load_c2w_file(str(tmp_path / "poses.npz"))
+    (tmp_path / "scene.npz").write_bytes(content)
+    with pytest.raises(UserError, match=match):
+        load_scene(str(tmp_path / "scene.npz"), 0)
+
+
+def test_launch_inference_takes_a_file_name_with_equals_as_a_path(tmp_path):
+    (tmp_path / "shot=1.png").write_bytes(b"")
+
+    def run(*args):
+        return subprocess.run(["bash", str(ROOT / "launch_inference.sh"), *args, "--ckpt", str(tmp_path / "no.ckpt")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    res = run("shot=1.png")
+    assert res.returncode == 2 and "it is a file; to use it as the image, pass ./shot=1.png" in res.stderr
+    res = run("./shot=1.png")  # taken as the image: the run gets as far as the missing weights
+    assert res.returncode == 2 and "no.ckpt" in res.stderr and "override" not in res.stderr

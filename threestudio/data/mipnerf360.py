@@ -268,8 +268,10 @@ def read_release_scene(scene_dir: str, size: int = RESOLUTION, folder: Optional[
         raise UserError(f"{path} not found: expected the Mip-NeRF 360 release layout (poses_bounds.npy, images_N/)")
     try:
         c2w, hwf = llff_to_opengl(np.load(path, allow_pickle=False))
-    except ValueError as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+    except (ValueError, OSError, EOFError) as e:
+        from threestudio.data.utils import numpy_load_error
+
+        raise UserError(f"cannot read {path}: {numpy_load_error(path, e)}") from None
     full_h, focal = (float(hwf[0, 0]), float(hwf[0, 2])) if len(hwf) else (0.0, 0.0)
     if not (0 < full_h < math.inf and 0 < focal < math.inf):
         raise UserError(f"{path}: the first camera's image height {full_h:g} and focal length {focal:g} (its hwf "
@@ -279,12 +281,16 @@ def read_release_scene(scene_dir: str, size: int = RESOLUTION, folder: Optional[
     if len(files) != len(c2w):
         raise UserError(f"{folder} has {len(files)} images but {path} has {len(c2w)} poses; they must match one to "
                         "one (sorted file names = pose order)")
-    frames, fovy = [], None
+    frames, fovy, first_hw = [], None, None
     for file in files:
         rgba = load_image(file)
         h, w = rgba.shape[:2]
         if min(h, w) < 2:
             raise UserError(f"image {file} is {w}x{h} px: too small to be a frame of the scene")
+        first_hw = first_hw or (h, w)
+        if (h, w) != first_hw:
+            raise UserError(f"image {file} is {w}x{h} px but {files[0]} is {first_hw[1]}x{first_hw[0]}: the views "
+                            "of a scene share one camera, so all its images must have the same size")
         frames.append(center_crop_resize(rgba[..., :3], size))
         if fovy is None:  # LLFF shares one camera across the views
             fovy = square_fovy_deg(focal * h / full_h, min(h, w))
@@ -301,7 +307,9 @@ def read_npz_scene(path: str, size: int = RESOLUTION) -> SceneFrames:
             images, c2w, fovy = data["images"], data["c2w"].astype(np.float64), np.asarray(data["fovy_deg"])
             names = [str(n) for n in data["names"]] if "names" in data else [f"{i:03d}" for i in range(len(images))]
     except (OSError, KeyError, ValueError, TypeError, EOFError) as e:
-        raise UserError(f"cannot read converted scene {path} ({e}); write it with python -m "
+        from threestudio.data.utils import numpy_load_error
+
+        raise UserError(f"cannot read converted scene {path} ({numpy_load_error(path, e)}); write it with python -m "
                         "threestudio.data.mipnerf360 --trust-pickle PICKLE --out DIR") from None
     if images.ndim != 4 or images.shape[-1] != 3 or c2w.shape != (len(images), 4, 4) or 0 in images.shape:
         raise UserError(f"{path}: expected images (N, H, W, 3) and c2w (N, 4, 4), got {images.shape}, {c2w.shape}")

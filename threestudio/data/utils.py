@@ -15,6 +15,27 @@ from threestudio.utils.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
+def numpy_load_error(path: str, error: BaseException) -> str:
+    """What went wrong reading ``path`` with ``np.load(allow_pickle=False)``, in one line. NumPy calls any file
+    that is neither .npy nor .npz "pickled data"; that is said only of a file that starts as a pickle does."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        return e.strerror or message
+    if not head:
+        return "the file is empty, not a NumPy .npy/.npz file"
+    if "pickled" not in message:
+        return message
+    if head[:1] == b"\x80":
+        return "it holds pickled Python objects, which are never loaded (they could run code): save plain arrays"
+    text = head.decode("utf-8", errors="strict") if all(b >= 9 for b in head) else None
+    if text is not None:
+        return f"it is a text file (it starts with {text[:24]!r}), not a NumPy .npy/.npz file"
+    return f"not a NumPy .npy/.npz file (it starts with bytes {head[:8]!r})"
+
+
 # the largest image side a config may ask for (rays, renders and images grow with its square: 10⁶ px sides
 # would ask for terabytes before the first step)
 MAX_IMAGE_SIDE = 8192
