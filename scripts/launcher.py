@@ -136,32 +136,33 @@ def run_child(cmd: Sequence[str], **popen: Any) -> int:
     process receives is forwarded to it (a job keeps waiting for its program rather than leaving it running).
     """
     folder = os.environ.get(CHILDREN_ENV)
-    process = subprocess.Popen(list(cmd), start_new_session=True, **popen)
-    record = None
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-        record = os.path.join(folder, f"{process.pid}.pid")
-        with open(record, "w") as f:
-            f.write(f"{process.pid} {_start_time(process.pid) or ''}\n")
+    started: List[subprocess.Popen] = []
 
     def forward(signum: int, frame: Any) -> None:
-        if not _child_signal:
+        if not _child_signal and started:
             with contextlib.suppress(OSError):
-                process.send_signal(signum)
+                started[0].send_signal(signum)
         _child_signal.append(signum)
 
     previous = {}
-    try:
+    try:  # before the program starts: a signal in between is forwarded once it runs
         for signum in STOP_SIGNALS:
             previous[signum] = signal.signal(signum, forward)
     except ValueError:  # not the main thread
         pass
+    record = None
     try:
-        while True:
-            try:
-                return process.wait()
-            except InterruptedError:  # pragma: no cover - PEP 475 retries waits
-                continue
+        process = subprocess.Popen(list(cmd), start_new_session=True, **popen)
+        started.append(process)
+        if _child_signal:
+            with contextlib.suppress(OSError):
+                process.send_signal(_child_signal[0])
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+            record = os.path.join(folder, f"{process.pid}.pid")
+            with open(record, "w") as f:
+                f.write(f"{process.pid} {_start_time(process.pid) or ''}\n")
+        return process.wait()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

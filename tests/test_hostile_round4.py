@@ -202,20 +202,26 @@ def fake_dtu_scan(root: Path, scan: int = 8) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_a_signal_to_eval_dtu_stops_its_runs_and_leaves_no_process(tmp_path, signum):
-    root, out = fake_dtu_scan(tmp_path / "dtu"), tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "eval_dtu.py"), "--root", str(root), "--scans",
-                             "8", "--mode", "nvs", "--out", str(out)], cwd=ROOT, start_new_session=True,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("script,signum", [("eval_dtu", signal.SIGTERM), ("eval_dtu", signal.SIGHUP),
+                                           ("eval_dtu", signal.SIGINT), ("eval_mipnerf360", signal.SIGTERM)])
+def test_a_signal_to_an_eval_script_stops_its_runs_and_leaves_no_process(tmp_path, script, signum):
+    out = tmp_path / "out"
+    if script == "eval_dtu":
+        root = fake_dtu_scan(tmp_path / "dtu")
+        args = ["--root", str(root), "--scans", "8", "--mode", "nvs", "--out", str(out)]
+    else:
+        root = tmp_path / "m360"
+        (root / "bonsai").mkdir(parents=True)  # passes the up-front checks; its run fails late
+        args = ["--root", str(root), "--scenes", "bonsai", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *args], cwd=ROOT,
+                            start_new_session=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     children = out / "submitit" / "children"
-    while not (children.is_dir() and os.listdir(children)):  # launch.py has started
+    while not (children.is_dir() and os.listdir(children)):  # its launch.py has started
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.05)
     tree = _descendants(proc.pid)
-    launch = [int(p.split(".")[0]) for p in os.listdir(children)]
-    tree.update({p: launcher._start_time(p) for p in launch})
+    tree.update({p: launcher._start_time(p) for p in (int(n.split(".")[0]) for n in os.listdir(children))})
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -223,10 +229,9 @@ def test_a_signal_to_eval_dtu_stops_its_runs_and_leaves_no_process(tmp_path, sig
     assert f"interrupted ({signal.Signals(signum).name})" in errors[0]
     left = [pid for pid, start in tree.items() if start is not None and launcher._start_time(pid) == start]
     assert not left, f"processes left running: {left}"
-    run = eval_dtu.build_runs(8, {"pose_scale": 1.0}, eval_dtu.build_parser().parse_args(
-        ["--root", str(root), "--out", str(out), "--mode", "nvs"]))[-1]
-    assert not eval_dtu.stage_finished(run), "an interrupted scan counts as finished"
-    assert not (out / "dtu_nvs.csv").exists()
+    markers = list(out.rglob(eval_dtu.STAGE_DONE))
+    assert not markers, "an interrupted run counts as finished"  # so the next run redoes it
+    assert not list(out.glob("*.csv")), "a table was written after the signal"
 
 
 # ---------------------------------------------------------------------------------- 4: one eval run per --out
@@ -737,3 +742,20 @@ def test_launch_inference_takes_a_file_name_with_equals_as_a_path(tmp_path):
     assert res.returncode == 2 and "it is a file; to use it as the image, pass ./shot=1.png" in res.stderr
     res = run("./shot=1.png")  # taken as the image: the run gets as far as the missing weights
     assert res.returncode == 2 and "no.ckpt" in res.stderr and "override" not in res.stderr
+
+
+@pytest.mark.slow
+def test_sighup_while_training_writes_a_checkpoint_and_releases_the_lock(tmp_path):
+    import torch
+    from test_hostile_trials import _signal_when, _start
+
+    root = tmp_path / "out"
+    proc = _start(root, "trainer.max_steps=200", "checkpoint.every_n_train_steps=0", "trainer.val_check_interval=1",
+                  "data.random_camera.n_val_views=1")
+    trial = root / "smoke" / "skimage_motorcycle_left"
+    code, errors, err = _signal_when(proc, trial / "save" / "it1-val" / "0000.png", signal.SIGHUP)
+    assert code == 129 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    assert "stopped by SIGHUP during training" in errors[0] and "--train resume=" in errors[0]
+    step = torch.load(trial / "ckpts" / "last.ckpt", weights_only=True)["global_step"]
+    assert 1 <= step < 200 and f"holds step {step}" in errors[0]
+    assert (trial / ".lock").read_text() == "", "the lock still names the stopped run"
