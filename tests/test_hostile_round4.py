@@ -759,3 +759,51 @@ def test_sighup_while_training_writes_a_checkpoint_and_releases_the_lock(tmp_pat
     step = torch.load(trial / "ckpts" / "last.ckpt", weights_only=True)["global_step"]
     assert 1 <= step < 200 and f"holds step {step}" in errors[0]
     assert (trial / ".lock").read_text() == "", "the lock still names the stopped run"
+
+
+# ------------------------------------------------------------------------- 6: bench.py trace's fake-CUDA build
+def test_fake_cuda_compiler_command_without_gpp_or_with_a_cxx_command(monkeypatch, tmp_path):
+    from threestudio.utils import fake_cuda
+
+    monkeypatch.setattr(fake_cuda.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(fake_cuda.FakeCudaError, match="no C\\+\\+ compiler found"):
+        fake_cuda.compiler_command()
+    assert issubclass(fake_cuda.FakeCudaError, UserError)  # entry points print it in one line, exit 2
+    monkeypatch.setattr(fake_cuda.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "ccache" else None)
+    monkeypatch.setenv("CXX", "ccache g++")
+    assert fake_cuda.compiler_command() == ["ccache", "g++"]
+    monkeypatch.setenv("CXX", "nonexistent-cxx -O2")
+    with pytest.raises(fake_cuda.FakeCudaError, match="'nonexistent-cxx' is not an installed program"):
+        fake_cuda.compiler_command()
+
+
+def test_fake_cuda_cache_falls_back_to_a_temporary_folder(tmp_path, monkeypatch, caplog):
+    from threestudio.utils import fake_cuda
+
+    monkeypatch.setattr(fake_cuda.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "cachefile").write_text("a file where the cache folder should be")
+    folder = fake_cuda.writable_cache(str(tmp_path / "cachefile" / "fake_cuda"))
+    assert folder.startswith(str(tmp_path / "tmp")) and os.path.isdir(folder)
+    assert "building in" in caplog.text and (tmp_path / "cachefile").read_text().startswith("a file")
+    assert fake_cuda.writable_cache(str(tmp_path / "fine")) == str(tmp_path / "fine")
+    if os.geteuid() != 0:  # root writes anywhere: a read-only folder is then no test
+        (tmp_path / "ro").mkdir(mode=0o500)
+        assert fake_cuda.writable_cache(str(tmp_path / "ro" / "c")) == folder
+
+
+def test_bench_trace_without_a_compiler_is_one_line(monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
+    from benchmarks import trace
+
+    sys.path.pop(0)
+    from threestudio.utils import fake_cuda
+
+    def no_compiler(args):
+        raise fake_cuda.FakeCudaError("no C++ compiler found (install g++ or set CXX)")
+
+    monkeypatch.setattr(trace, "before_torch", no_compiler)
+    assert bench.main(["trace"]) == 2
+    assert "no C++ compiler found" in one_line(capsys)
