@@ -409,8 +409,9 @@ def test_schedules_must_be_finite():
 
 
 @pytest.mark.parametrize("args,match", [
-    ({"lr": -1}, "finite and >= 0, got lr=-1"),
+    ({"lr": -1}, "must be finite, >= 0 .*got lr=-1"),
     ({"lr": float("inf")}, "got lr=inf"),
+    ({"lr": 1e300}, "at most 1e\\+30 .*got lr=1e\\+300"),  # torch's float32 update would overflow
     ({"lr": 0.01, "betas": [2.0, 0.9]}, "bad system.optimizer.args for Adam"),
 ])
 def test_optimizer_arguments_are_one_line(args, match):
@@ -807,3 +808,11 @@ def test_bench_trace_without_a_compiler_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(trace, "before_torch", no_compiler)
     assert bench.main(["trace"]) == 2
     assert "no C++ compiler found" in one_line(capsys)
+
+
+@pytest.mark.parametrize("seed", ["1e23", "100000000000000000000000", "-5"])
+def test_a_seed_numpy_cannot_take_is_one_line(seed):
+    from threestudio.utils.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="seed"):
+        load_config(str(ROOT / "configs" / "smoke.yaml"), cli_args=[f"seed={seed}"])

@@ -8,7 +8,6 @@ background, renderer), validation/test renders and mesh export.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,9 @@ logger = logging.getLogger(__name__)
 VIDEO_MIN_HEIGHT = 256  # test videos of smaller renders are enlarged (nearest neighbour) to at least this height
 
 
+MAX_LR = 1e30  # larger learning rates make torch's float32 updates overflow (a traceback inside the step)
+
+
 def build_optimizer(cfg: Dict[str, Any], param_groups: List[Dict[str, Any]]) -> torch.optim.Optimizer:
     """``torch.optim.<cfg.name>(param_groups, **cfg.args)``; unknown optimizer names are a ConfigError."""
     cfg = dict(config_to_primitive(cfg))
@@ -41,8 +43,9 @@ def build_optimizer(cfg: Dict[str, Any], param_groups: List[Dict[str, Any]]) -> 
         )
     for group in [cfg.get("args", {}), *param_groups]:
         lr = group.get("lr") if isinstance(group, dict) else None
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < math.inf):
-            raise ConfigError(f"system.optimizer learning rates must be finite and >= 0, got lr={lr!r}")
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr <= MAX_LR):
+            raise ConfigError(f"system.optimizer learning rates must be finite, >= 0 and at most {MAX_LR:g} (larger "
+                              f"steps overflow float32 parameters), got lr={lr!r}")
     try:
         return optim_cls(param_groups, **cfg.get("args", {}))
     except (TypeError, ValueError) as e:  # unknown arguments; torch's own range checks (betas, eps, ...)

@@ -245,6 +245,7 @@ def check_path_component(value: str, key: str) -> None:
 
 # bounds of what one config (file or command-line value) may expand to: YAML aliases share one node many times
 # ("billion laughs": 9 levels of 9 aliases expand to 387 million nodes); the largest shipped config has ~220 nodes
+MAX_SEED = 2**32 - 1
 MAX_CONFIG_NODES = 100_000
 MAX_CONFIG_DEPTH = 64
 MAX_CONFIG_BYTES = 4 * 2**20  # a file, or the sum of its strings after expansion
@@ -353,6 +354,8 @@ def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **ov
         raise ConfigError(f"cannot resolve config: {str(e).splitlines()[0]}") from None
     scfg = parse_structured(ExperimentConfig, cfg)
     scfg.n_gpus = n_gpus
+    if not 0 <= scfg.seed <= MAX_SEED:  # what numpy (and so seed_everything) accepts
+        raise ConfigError(f"config key seed must be an integer in [0, {MAX_SEED}], got {scfg.seed}")
     for key in ("name", "tag"):
         check_path_component(str(scfg[key]), key)
     if "\0" in scfg.exp_root_dir:
