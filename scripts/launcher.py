@@ -309,23 +309,27 @@ def _run_local(jobs: Sequence[Job], cfg: LauncherConfig, bar: Any) -> List[JobRe
     if stop is not None:
         stop.children = os.environ[CHILDREN_ENV]
     try:
-        _local_loop(jobs, cfg, bar, queue, free, running, results, stop)
+        queue_left = _local_loop(jobs, cfg, bar, queue, free, running, results, stop)
     finally:
         if stop is not None:
             stop.children = None
     if stop is not None and stop.signum is not None:
-        raise Interrupted(stop.signum, stopped=len(results) - sum(r is not None for r in results))
+        started = len(jobs) - len(queue_left)
+        raise Interrupted(stop.signum, stopped=started - sum(r is not None for r in results))
     return [r for r in results if r is not None]
 
 
 def _local_loop(jobs: Sequence[Job], cfg: LauncherConfig, bar: Any, queue: list, free: list, running: dict,
-                results: list, stop: Optional[_Stop]) -> None:
+                results: list, stop: Optional[_Stop]) -> list:
     """Start queued jobs on free slots and collect finished ones until none is left; after a signal, start none,
-    keep forwarding it to new programs, and wait for the running jobs and the registered programs to end."""
+    keep forwarding it to new programs, and wait for the running jobs and the registered programs to end.
+    Returns the jobs never started."""
+    never_started: list = []
     import submitit
 
     while queue or running:
         if stop is not None and stop.signum is not None:
+            never_started += queue
             queue.clear()
             stop.forward(stop.signum)
         while queue and free:
@@ -354,6 +358,7 @@ def _local_loop(jobs: Sequence[Job], cfg: LauncherConfig, bar: Any, queue: list,
     ):  # programs whose job died before them (e.g. killed by its controller)
         stop.forward(stop.signum)
         time.sleep(cfg.poll_s)
+    return never_started
 
 
 def _run_array(jobs: Sequence[Job], cfg: LauncherConfig, bar: Any) -> List[JobResult]:

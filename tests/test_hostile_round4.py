@@ -816,3 +816,32 @@ def test_a_seed_numpy_cannot_take_is_one_line(seed):
 
     with pytest.raises(ConfigError, match="seed"):
         load_config(str(ROOT / "configs" / "smoke.yaml"), cli_args=[f"seed={seed}"])
+
+
+def _sleeping_job(seconds: float) -> str:
+    """A launcher job: one program (a sleeping Python) through run_child."""
+    return str(launcher.run_child([sys.executable, "-c", f"import time; time.sleep({seconds})"]))
+
+
+@pytest.mark.slow
+def test_run_jobs_forwards_a_signal_starts_nothing_more_and_waits(tmp_path):
+    import threading
+
+    cfg = launcher.LauncherConfig(kind="local", folder=str(tmp_path / "submitit"), poll_s=0.05,
+                                  python_path=[str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")])
+    children = tmp_path / "submitit" / "children"
+
+    def signal_when_running():
+        while not (children.is_dir() and os.listdir(children)):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=signal_when_running, daemon=True)
+    jobs = [(f"job{i}", _sleeping_job, (120,)) for i in range(3)]  # one slot (the CPU): one runs, two wait
+    with pytest.raises(launcher.Interrupted) as info:
+        with launcher.stop_signals():
+            thread.start()
+            launcher.run_jobs(jobs, cfg)
+    assert info.value.exit_code == 143 and info.value.stopped == 1
+    assert not os.listdir(children), "a program is still registered (running)"
+    assert len(list((tmp_path / "submitit").glob("*_submitted.pkl"))) == 1, "a queued job started after the signal"
