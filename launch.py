@@ -67,6 +67,20 @@ def _background_failure(hook_args: threading.ExceptHookArgs) -> None:
     threading.__excepthook__(hook_args)
 
 
+def check_lpips_folder(folder: str) -> str | None:
+    """Why the ``--lpips-weights`` folder the user named cannot be used (not a folder, a file missing, weights
+    that are not LPIPS's: integers, NaN, negative linear weights), or None. The weights read stay cached."""
+    if not os.path.isdir(folder):
+        return f"--lpips-weights {folder} is not a folder"
+    from threestudio.utils import lpips_alex
+
+    try:
+        lpips_alex.load_weights(*lpips_alex.find_weight_files(os.path.abspath(folder), download=False))
+    except lpips_alex.LpipsUnavailable as e:
+        return f"--lpips-weights {folder}: {e}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -88,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
 
     set_cpu_thread_defaults()  # before torch is imported: no busy-waiting OpenMP threads on shared cores
     if args.lpips_weights:
+        problem = check_lpips_folder(args.lpips_weights)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         os.environ["THREESTUDIO_LPIPS_DIR"] = os.path.abspath(args.lpips_weights)
     n_gpus = 1
     if args.gpu is not None:

@@ -4,7 +4,8 @@
 #   bash launch_inference.sh [IMAGE] [--fov DEG] [--elevation DEG] [--scale S] [--ckpt PATH]
 #                            [--model-config YAML] [--config PIPELINE_YAML | --fast] [--gpu IDS] [key=value ...]
 #
-# IMAGE           input image (RGB or RGBA); default: the bundled example skimage:motorcycle_left
+# IMAGE           input image (RGB or RGBA); default: the bundled example skimage:motorcycle_left. A name with '='
+#                 is read as key=value: pass it as a path (./shot=1.png)
 # --fov DEG       vertical field of view of the (centre-cropped, square) image; default: from the image's EXIF
 #                 focal length, else 52.55 (the bundled example: its calibrated 28.2)
 # --elevation DEG elevation of the input camera above the ground plane; default 31.0
@@ -55,7 +56,13 @@ while [ $# -gt 0 ]; do
     --gpu) need_value "$@"; GPU="$2"; shift 2 ;;
     --quiet) QUIET=(--quiet); shift ;;
     --*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
-    *=*) EXTRA+=("$1"); shift ;;
+    ./*|../*|/*) if [ -n "$IMAGE" ]; then echo "error: more than one image given ($IMAGE, $1)" >&2; exit 2; fi
+       IMAGE="$1"; shift ;;  # a path, even with '=' in its name
+    *=*) if [ -e "$1" ]; then
+           echo "error: $1 is read as a key=value override, but it is a file; to use it as the image, pass ./$1" >&2
+           exit 2
+         fi
+         EXTRA+=("$1"); shift ;;
     *) if [ -n "$IMAGE" ]; then echo "error: more than one image given ($IMAGE, $1)" >&2; exit 2; fi
        IMAGE="$1"; shift ;;
   esac

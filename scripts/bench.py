@@ -68,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--json", default=None, help="also write the result as JSON to this file")
     args = parser.parse_args(argv)
     if hasattr(modules[args.benchmark], "before_torch"):
-        modules[args.benchmark].before_torch(args)
+        from threestudio.utils.errors import UserError
+
+        try:
+            modules[args.benchmark].before_torch(args)
+        except UserError as e:  # e.g. no C++ compiler for the fake-CUDA stand-in: one line
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     result = {"benchmark": args.benchmark, **environment(), "result": modules[args.benchmark].run(args)}
     print(json.dumps(result, indent=2))
     if args.json:

@@ -20,9 +20,11 @@ pixelNeRF's ``ROOT/scan{N}``) in the IDR/NeuS layout (``image/``, ``cameras.npz`
 Writes ``OUT/dtu_{mode}.md`` and ``OUT/dtu_{mode}.csv`` (one row per scan: PSNR, SSIM, LPIPS, number of target
 views, scales, run folder, and the per-scene numbers the ZeroNVS README expects from its SDS protocol; then the mean
 over the scans that finished), run folders under ``OUT/runs/`` and logs under ``OUT/logs/``. Exit code 0 when
-every scan finished, 1 otherwise (130 when interrupted with Ctrl-C); 2 for bad input, checked before anything runs
-(``--dry-run`` included): ``--root`` and the scans' folders, the diffusion model's checkpoint and YAML, the options.
-A failed run is listed with its log's last error line. A run that a signal stopped, or that left no
+every scan finished, 1 otherwise; 2 for bad input, checked before anything runs (``--dry-run`` included, where
+missing weights are a warning): ``--root`` and the scans' folders, the diffusion model's checkpoint and YAML, the
+options. A failed run is listed with its log's last error line. SIGTERM, SIGHUP or SIGINT (Ctrl-C) is forwarded to
+the running launch.py runs, which the script waits for, then it exits 143 / 129 / 130 with one line. A run that a
+signal stopped, or that left no
 ``metrics.json``, is a failure naming the signal; a stage is finished only when its completion marker
 (``eval_dtu_stage_done.json`` in its run folder) is written, last. ``--dry-run`` prints the launch.py command
 lines and runs nothing.
@@ -55,6 +57,7 @@ excluded views, with a warning).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -63,11 +66,12 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, NoReturn, Optional, Sequence
+from typing import Dict, Iterator, List, NoReturn, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch.py")
@@ -373,13 +377,16 @@ def build_runs(scan: int, scales: Dict[str, float], args: argparse.Namespace) ->
 
 def _run(run: LaunchRun) -> int:
     """Run ``run.cmd`` from the repository root, its output into ``run.log``. Returns the exit code."""
+    from launcher import run_child
+
     os.makedirs(os.path.dirname(run.log), exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("THREESTUDIO_TRIAL_TIMESTAMP", None)
     with open(run.log, "w") as log:
         log.write("$ " + shlex.join(run.cmd) + "\n")
         log.flush()
-        return subprocess.run(run.cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        # its own session, registered for the script's signal forwarding (scripts/launcher.py, "Signals")
+        return run_child(run.cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 # written into a run's trial folder, last, once the run exited 0 and left its metrics.json: a stage (and a scan,
@@ -443,7 +450,11 @@ def run_scan(scan, runs: List[LaunchRun]) -> Optional[str]:
     A run counts as done only when it exited 0 and wrote its ``metrics.json`` (then :data:`STAGE_DONE` is
     written into its trial); a later stage never starts on the output of an unfinished one.
     """
+    from launcher import signal_name, stopped_by_signal
+
     for run in runs:
+        if stopped_by_signal() is not None:  # the job itself was signalled: no later stage starts
+            return f"stopped by {signal_name(stopped_by_signal())} before {run.trial} started"
         if os.path.exists(run.trial):
             return f"{run.trial} already exists; use another --out or remove it"
         started = time.perf_counter()
@@ -702,8 +713,11 @@ def check_common_arguments(args: argparse.Namespace) -> None:
 def use_lpips_weights(args: argparse.Namespace) -> None:
     """Check ``--lpips-weights DIR`` and make it absolute (every launch.py run gets it, see :func:`_launch_run`)."""
     if args.lpips_weights:
-        if not os.path.isdir(args.lpips_weights):
-            bad_input(f"--lpips-weights {args.lpips_weights} is not a folder")
+        from launch import check_lpips_folder  # the repository root is on sys.path
+
+        problem = check_lpips_folder(args.lpips_weights)
+        if problem:
+            bad_input(problem)
         args.lpips_weights = os.path.abspath(args.lpips_weights)
 
 
@@ -717,6 +731,34 @@ def start_logging(args: argparse.Namespace) -> None:
                         format="[%(levelname)s] %(name)s: %(message)s")
     if args.quiet:
         set_quiet()
+
+
+def out_lock(out: str):
+    """The lock of the output folder ``out`` (``OUT/.lock``) for a whole run: a second run into it stops at once
+    (UserError naming the holder) instead of overwriting the first one's tables and logs."""
+    from threestudio.utils.trial_lock import trial_lock
+
+    return trial_lock(out, what="output folder", instead="or choose another --out")
+
+
+@contextlib.contextmanager
+def stopped_in_one_line(out: str, unit: str) -> Iterator[List[int]]:
+    """For the body: SIGTERM, SIGHUP or SIGINT is forwarded to the running launch.py runs, which the script waits
+    for; then one line on stderr and the exit code (128 + signal) appended to the yielded list. A scan that a
+    signal stopped has no completion marker, so the next run redoes it."""
+    from launcher import Interrupted, signal_name, stop_signals
+
+    codes: List[int] = []
+    try:
+        with stop_signals():
+            yield codes
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        running = f"the {e.stopped} running {unit}(s) were stopped and will be redone; " if getattr(
+            e, "stopped", 0) else ""
+        print(f"error: interrupted ({signal_name(signum)}); {running}the {unit}s finished so far are kept in "
+              f"{out}/runs — run the same command again to do the others", file=sys.stderr)
+        codes.append(128 + int(signum))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -736,13 +778,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(shlex.join(run.cmd))
         return 0
     os.makedirs(args.out, exist_ok=True)
+    from threestudio.utils.errors import UserError
+
     try:
-        rows = run_scans(args, scales)
-    except KeyboardInterrupt:
-        print(f"error: interrupted (SIGINT); the scans finished so far are kept in {args.out}/runs — run the same "
-              "command again to do the others", file=sys.stderr)
-        return 130
-    paths = write_tables(args.out, args.mode, rows, args)
+        with out_lock(args.out), stopped_in_one_line(args.out, "scan") as stopped:
+            rows = run_scans(args, scales)
+            if not stopped:
+                paths = write_tables(args.out, args.mode, rows, args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if stopped:
+        return stopped[0]
     mean = mean_row(rows, args.mode)
     logger.info("mean over %d scan(s): PSNR %s, SSIM %s, LPIPS %s; tables %s and %s",
                 sum("error" not in r for r in rows), _fmt(mean["psnr"], 2), _fmt(mean["ssim"]),

@@ -18,8 +18,10 @@ Writes ``OUT/mipnerf360.md`` and ``OUT/mipnerf360.csv`` (one row per scene: PSNR
 values, run folder, and the per-scene numbers of the ZeroNVS README; then the mean over the finished scenes), run
 folders under ``OUT/runs/sds/SCENE`` and logs under ``OUT/logs/``. Exit code 0 when every scene finished, 1
 otherwise; 2 for bad input (``--root``, the scenes, the model's files, the options), checked before anything runs,
-``--dry-run`` included. The launcher, skipping of finished scenes, ``--force``, ``--dry-run``, ``--steps`` and
-``--extra`` behave as in ``scripts/eval_dtu.py`` (whose functions this script uses)::
+``--dry-run`` included (missing weights are a warning there), and 2 when another run holds ``OUT`` (``OUT/.lock``);
+SIGTERM / SIGHUP / SIGINT: 143 / 129 / 130 after the running launch.py runs stopped. The launcher, skipping of
+finished scenes, ``--force``, ``--dry-run``, ``--steps`` and ``--extra`` behave as in ``scripts/eval_dtu.py`` (whose
+functions this script uses)::
 
     python scripts/eval_mipnerf360.py --root MIPNERF360 --out eval_m360 --ckpt zeronvs.ckpt \\
         --model-config zeronvs_config.yaml [--scenes bicycle room] [--launcher slurm ...] [--dry-run]
@@ -203,9 +205,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(shlex.join(run.cmd))
         return 0
     os.makedirs(args.out, exist_ok=True)
-    rows = eval_dtu.run_scans(args, values, build=build_runs, evaluate=evaluate_scene, collect=collect_row,
-                              unit="scene")
-    paths = write_tables(args.out, rows, args)
+    try:  # --out locked for the run; signals: forwarded to the runs, waited for, one line
+        with eval_dtu.out_lock(args.out), eval_dtu.stopped_in_one_line(args.out, "scene") as stopped:
+            rows = eval_dtu.run_scans(args, values, build=build_runs, evaluate=evaluate_scene, collect=collect_row,
+                                      unit="scene")
+            if not stopped:
+                paths = write_tables(args.out, rows, args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if stopped:
+        return stopped[0]
     mean = mean_row(rows, MODE)
     logger.info("mean over %d scene(s): PSNR %s, SSIM %s, LPIPS %s; tables %s and %s",
                 sum("error" not in r for r in rows), _fmt(mean["psnr"], 2), _fmt(mean["ssim"]),

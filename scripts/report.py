@@ -5,6 +5,7 @@
 
 launch.py writes it at the end of --train and --test; this rebuilds it, e.g. for an older trial or after an
 --export. The page is self-contained: plots are embedded, renders and the test video are linked relatively.
+As launch.py, it refuses a trial holding a symbolic link that leads out of it (exit 2): it writes only inside it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("trials", nargs="+", help="trial folders (holding configs/parsed.yaml)")
     args = parser.parse_args(argv)
+    from threestudio.runner import check_trial_links
     from threestudio.utils.errors import UserError
+    from threestudio.utils.io import confined_writes
     from threestudio.utils.report import write_report
 
     for trial in args.trials:
@@ -30,7 +33,9 @@ def main(argv=None) -> int:
             print(f"error: {trial} is not a trial folder (no configs/parsed.yaml)", file=sys.stderr)
             return 2
         try:
-            print(write_report(trial))
+            check_trial_links(trial)  # a save/ linked out of the trial would take the page outside it
+            with confined_writes(trial):
+                print(write_report(trial))
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

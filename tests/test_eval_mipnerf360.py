@@ -89,6 +89,9 @@ def test_dry_run_prints_the_seven_protocol_command_lines(capsys, tmp_path):
 
 
 def test_lpips_weights_go_to_every_run(capsys, tmp_path):
+    from threestudio.utils.lpips_alex import write_random_weights
+
+    write_random_weights(str(tmp_path), seed=0)  # a named folder must hold usable weights
     root = ["--root", str(fake_m360(tmp_path / "M360")), "--out", "out", "--dry-run", *TINY_MODEL]
     assert eval_mipnerf360.main([*root, "--scenes", "room", "stump", "--lpips-weights", str(tmp_path)]) == 0
     cmds = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]

@@ -152,5 +152,6 @@ def test_launch_flag_names_the_folder_for_the_run(tmp_path, monkeypatch):
     import launch
 
     monkeypatch.setenv(lpips_alex.ENV_DIR, "elsewhere")
+    lpips_alex.write_random_weights(str(tmp_path), seed=0)
     assert launch.main(["--config", str(tmp_path / "missing.yaml"), "--test", "--lpips-weights", str(tmp_path)]) == 2
     assert os.environ[lpips_alex.ENV_DIR] == str(tmp_path)

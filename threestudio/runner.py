@@ -292,9 +292,19 @@ def _check_before_writing(cfg: Any, mode: str, system: Any, n_gpus: int) -> Dict
         check_trainer_values(kwargs)
         check_checkpoint_values(ckpt_kwargs)
         system.configure_optimizers()  # bad optimizer/scheduler arguments fail here, not inside fit
+    exports = mode == "export" or (mode == "train" and getattr(system.cfg, "export_after_train", False))
+    if exports and hasattr(system, "check_export_config"):
+        system.check_export_config()
     if cfg.resume is None:
         return {}
-    return {cfg.resume: system.check_resume_checkpoint(cfg.resume)}
+    state = system.check_resume_checkpoint(cfg.resume)
+    step, max_steps = state.get("global_step"), kwargs.get("max_steps")
+    if mode == "train" and isinstance(step, int) and isinstance(max_steps, int) and 0 < max_steps <= step:
+        raise ConfigError(
+            f"resume={cfg.resume} holds step {step}, and trainer.max_steps={max_steps}: there is nothing left to "
+            f"train; set trainer.max_steps above {step} to continue, or render it with --test"
+        )
+    return {cfg.resume: state}
 
 
 def resolve_data_config(cfg: Any) -> None:
@@ -381,7 +391,7 @@ def run(
 ) -> str:
     """Run ``mode`` (train | validate | test | export) for the config. Returns the trial folder.
 
-    SIGTERM and SIGINT stop the run with :class:`~threestudio.utils.stop_signals.RunInterrupted`
+    SIGTERM, SIGHUP and SIGINT stop the run with :class:`~threestudio.utils.stop_signals.RunInterrupted`
     (:mod:`threestudio.utils.stop_signals`), whose message says where it stopped and how to continue.
 
     For tools built on the runner (``scripts/oracle_run.py``): ``transform(cfg)`` edits the loaded config in place
@@ -392,8 +402,10 @@ def run(
     with stop_on_signals() as stop:
         try:
             return _run(config_path, mode, cli_args, n_gpus, stop, transform, callbacks)
-        except (KeyboardInterrupt, SystemExit) as e:
-            if stop.signum is None:
+        except (KeyboardInterrupt, SystemExit, Exception) as e:
+            # after a signal, whatever the interrupted code raised (e.g. a library's state left half-built while
+            # the config loaded) is the stop, not an error of the user's input
+            if stop.signum is None or isinstance(e, RunInterrupted):
                 raise
             raise RunInterrupted(stop.signum, _stopped_message(stop, config_path, mode)) from e
 

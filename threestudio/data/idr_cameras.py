@@ -201,15 +201,23 @@ def _float_matrix(arrays: Dict[str, np.ndarray], key: str) -> np.ndarray:
 
 
 def camera_count(arrays: Dict[str, np.ndarray], npz_path: str) -> int:
-    """Number of cameras in a loaded cameras.npz; UserError naming the first missing ``world_mat_i``."""
-    world = {int(m.group(1)) for k in arrays if (m := _WORLD_MAT.match(k))}
-    scale = {int(m.group(1)) for k in arrays if (m := _SCALE_MAT.match(k))}
+    """Number of cameras in a loaded cameras.npz; UserError naming the first missing ``world_mat_i``.
+
+    The count comes from the keys present (cameras must be 0..N-1), never from the largest index: a file
+    holding only ``world_mat_999999999`` is refused without allocating anything by its index.
+    """
+    world = sorted({int(m.group(1)) for k in arrays if (m := _WORLD_MAT.match(k))})
+    scale = [int(m.group(1)) for k in arrays if (m := _SCALE_MAT.match(k))]
     if not world:
         raise UserError(f"{npz_path} has no world_mat_<i> entries: not an IDR/NeuS cameras file")
-    n = max(world | scale) + 1
-    missing = sorted(set(range(n)) - world)
-    if missing:
-        raise UserError(f"{npz_path}: camera {missing[0]} has no world_mat_{missing[0]} (cameras must be 0..{n - 1})")
+    n = len(world)
+    missing = next((i for i, index in enumerate(world) if index != i), None)
+    if missing is None and scale and max(scale) >= n:
+        missing = n  # a scale_mat_<n> without its world_mat_<n>
+    if missing is not None:
+        last = max(world[-1], max(scale, default=0))
+        raise UserError(f"{npz_path}: camera {missing} has no world_mat_{missing} (cameras must be 0..N-1 without "
+                        f"gaps; the file has {n} world_mat entries, the largest index {last})")
     return n
 
 

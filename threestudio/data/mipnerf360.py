@@ -40,7 +40,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -182,7 +182,16 @@ def normalize_poses(raw_c2w: np.ndarray, view_idx: int) -> NormalizedPoses:
     n = len(raw_c2w)
     if not 0 <= view_idx < n:
         raise UserError(f"input view rank {view_idx} is out of range: the scene has {n} views")
-    poses, transform = transform_poses_pca(np.asarray(raw_c2w, np.float64))
+    raw_c2w = np.asarray(raw_c2w, np.float64)
+    if not np.isfinite(raw_c2w).all():
+        bad = int(np.flatnonzero(~np.isfinite(raw_c2w).reshape(n, -1).all(axis=1))[0])
+        raise UserError(f"camera {bad} of the scene has a non-finite pose (NaN or inf)")
+    t = raw_c2w[:, :3, 3]
+    spread = float(np.abs(t - t.mean(axis=0)).max()) if n else 0.0
+    if n < 2 or spread <= 1e-9 * max(1.0, float(np.abs(t).max())):
+        raise UserError(f"the scene's {n} camera(s) all sit at one position: the protocol's normalisation (PCA of "
+                        "the camera positions, focus point, radius) needs cameras around the scene")
+    poses, transform = transform_poses_pca(raw_c2w)
     focus = focus_point(poses)
     poses[:, :3, 3] -= focus
     angles = np.array([rotation_angle(p[:3, :3], look_at_rotation(p[:3, 3])) for p in poses])
@@ -238,8 +247,11 @@ def image_folder(scene_dir: str, size: int = RESOLUTION) -> str:
         if (name == "images" or (name.startswith("images_") and name[7:].isdigit())) and os.path.isdir(folder):
             files = _list_images(folder)
             if files:
-                with Image.open(files[0]) as im:
-                    found.append((min(im.size), folder))
+                try:
+                    with Image.open(files[0]) as im:
+                        found.append((min(im.size), folder))
+                except (OSError, ValueError) as e:  # empty, text, unreadable (PIL's UnidentifiedImageError)
+                    raise UserError(f"cannot read image {files[0]}: {str(e).splitlines()[0]}") from None
     if not found:
         raise UserError(f"{scene_dir} has no images/ or images_N/ folder with images: expected the Mip-NeRF 360 "
                         "release layout (poses_bounds.npy, images_N/)")
@@ -256,21 +268,32 @@ def read_release_scene(scene_dir: str, size: int = RESOLUTION, folder: Optional[
         raise UserError(f"{path} not found: expected the Mip-NeRF 360 release layout (poses_bounds.npy, images_N/)")
     try:
         c2w, hwf = llff_to_opengl(np.load(path, allow_pickle=False))
-    except (ValueError, EOFError, OSError) as e:  # not an .npy, empty, truncated, unreadable
-        raise UserError(f"cannot read {path}: {e or type(e).__name__}") from None
+    except (ValueError, OSError, EOFError) as e:
+        from threestudio.data.utils import numpy_load_error
+
+        raise UserError(f"cannot read {path}: {numpy_load_error(path, e)}") from None
+    full_h, focal = (float(hwf[0, 0]), float(hwf[0, 2])) if len(hwf) else (0.0, 0.0)
+    if not (0 < full_h < math.inf and 0 < focal < math.inf):
+        raise UserError(f"{path}: the first camera's image height {full_h:g} and focal length {focal:g} (its hwf "
+                        "column) must be positive and finite")
     folder = folder or image_folder(scene_dir, size)
     files = _list_images(folder)
     if len(files) != len(c2w):
         raise UserError(f"{folder} has {len(files)} images but {path} has {len(c2w)} poses; they must match one to "
                         "one (sorted file names = pose order)")
-    frames, fovy = [], None
+    frames, fovy, first_hw = [], None, None
     for file in files:
         rgba = load_image(file)
         h, w = rgba.shape[:2]
+        if min(h, w) < 2:
+            raise UserError(f"image {file} is {w}x{h} px: too small to be a frame of the scene")
+        first_hw = first_hw or (h, w)
+        if (h, w) != first_hw:
+            raise UserError(f"image {file} is {w}x{h} px but {files[0]} is {first_hw[1]}x{first_hw[0]}: the views "
+                            "of a scene share one camera, so all its images must have the same size")
         frames.append(center_crop_resize(rgba[..., :3], size))
         if fovy is None:  # LLFF shares one camera across the views
-            full_h = float(hwf[0, 0])
-            fovy = square_fovy_deg(float(hwf[0, 2]) * h / full_h, min(h, w))
+            fovy = square_fovy_deg(focal * h / full_h, min(h, w))
     logger.info("Mip-NeRF 360 scene %s: %d views from %s, %d² frames, fovy %.3f°", scene_dir, len(files), folder,
                 size, fovy)
     names = [os.path.splitext(os.path.basename(f))[0] for f in files]
@@ -281,13 +304,23 @@ def read_npz_scene(path: str, size: int = RESOLUTION) -> SceneFrames:
     """A scene converted by :func:`convert_pickle` (numbers only, read with ``allow_pickle=False``)."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            images, c2w, fovy = data["images"], data["c2w"].astype(np.float64), float(data["fovy_deg"])
+            images, c2w, fovy = data["images"], data["c2w"].astype(np.float64), np.asarray(data["fovy_deg"])
             names = [str(n) for n in data["names"]] if "names" in data else [f"{i:03d}" for i in range(len(images))]
-    except (OSError, KeyError, ValueError) as e:
-        raise UserError(f"cannot read converted scene {path} ({e}); write it with python -m "
+    except (OSError, KeyError, ValueError, TypeError, EOFError) as e:
+        from threestudio.data.utils import numpy_load_error
+
+        raise UserError(f"cannot read converted scene {path} ({numpy_load_error(path, e)}); write it with python -m "
                         "threestudio.data.mipnerf360 --trust-pickle PICKLE --out DIR") from None
-    if images.ndim != 4 or images.shape[-1] != 3 or c2w.shape != (len(images), 4, 4):
+    if images.ndim != 4 or images.shape[-1] != 3 or c2w.shape != (len(images), 4, 4) or 0 in images.shape:
         raise UserError(f"{path}: expected images (N, H, W, 3) and c2w (N, 4, 4), got {images.shape}, {c2w.shape}")
+    if fovy.shape != () or not np.issubdtype(fovy.dtype, np.number) or not 0 < float(fovy) < 180:
+        raise UserError(f"{path}: fovy_deg must be one number in (0, 180) degrees, got {fovy.tolist()!r:.60}")
+    fovy = float(fovy)
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all() or images.min() < 0 or \
+                images.max() > 1:
+            raise UserError(f"{path}: images must be uint8 (0-255) or floats in [0, 1], got {images.dtype} in "
+                            f"[{images.min():g}, {images.max():g}]")
     frames = torch.from_numpy(images).float() / (255.0 if images.dtype == np.uint8 else 1.0)
     if frames.shape[1:3] != (size, size):
         # the frames are square already (256² in ZeroNVS's data): resizing keeps the fov
@@ -341,14 +374,30 @@ def load_scene(path: str, view_idx: int, size: int = RESOLUTION) -> MipNeRF360Sc
 
 
 # ---------------------------------------------------------------------------------------------- the pickle
-def _scene_arrays(scene: dict, name: str) -> Dict[str, np.ndarray]:
+def _scene_arrays(scene: Any, name: str) -> Dict[str, np.ndarray]:
     """Numbers of one scene of ZeroNVS's pickle: images (N, 256, 256, 3) in [0, 1], extrinsics (N, 3|4, 4)
-    camera-to-world, intrinsics (N, 3|4, 3|4) pixel-to-camera (inverse K) with cx = 128."""
-    images = np.asarray(scene["images"], dtype=np.float64)
-    extrinsics = np.asarray(scene["extrinsics"], dtype=np.float64)
-    pixtocam = np.asarray(scene["intrinsics"], dtype=np.float64)
-    pixtocam = pixtocam[0] if pixtocam.ndim == 3 else pixtocam
-    camtopix = np.linalg.inv(pixtocam[:3, :3])
+    camera-to-world, intrinsics (N, 3|4, 3|4) pixel-to-camera (inverse K) with cx = 128.
+
+    Raises:
+        UserError: a scene that is not such a mapping (a missing key, a string, a singular intrinsics matrix,
+            arrays of other shapes), naming the scene.
+    """
+    if not isinstance(scene, dict):
+        raise UserError(f"scene {name}: expected a dict with images, extrinsics and intrinsics, got "
+                        f"{type(scene).__name__}")
+    missing = [k for k in ("images", "extrinsics", "intrinsics") if k not in scene]
+    if missing:
+        raise UserError(f"scene {name}: missing {', '.join(missing)} (it has {', '.join(map(str, scene))})")
+    try:
+        images = np.asarray(scene["images"], dtype=np.float64)
+        extrinsics = np.asarray(scene["extrinsics"], dtype=np.float64)
+        pixtocam = np.asarray(scene["intrinsics"], dtype=np.float64)
+        pixtocam = pixtocam[0] if pixtocam.ndim == 3 else pixtocam
+        camtopix = np.linalg.inv(pixtocam[:3, :3])
+    except (TypeError, ValueError, IndexError, np.linalg.LinAlgError) as e:
+        raise UserError(f"scene {name}: unreadable images/extrinsics/intrinsics ({str(e).splitlines()[0]})") from None
+    if extrinsics.ndim != 3 or extrinsics.shape[1:] not in ((3, 4), (4, 4)) or not np.isfinite(camtopix).all():
+        raise UserError(f"scene {name}: unexpected extrinsics {extrinsics.shape} or intrinsics {pixtocam.shape}")
     fovy = math.degrees(2 * math.atan2(camtopix[0, 2], camtopix[0, 0]))  # as get_scene: 2·atan(cx / fx)
     c2w = np.tile(np.eye(4), (len(extrinsics), 1, 1))
     c2w[:, :3, :4] = extrinsics[:, :3, :4]
@@ -362,43 +411,73 @@ def _scene_arrays(scene: dict, name: str) -> Dict[str, np.ndarray]:
     }
 
 
+def check_scene_name(name: Any, source: str) -> str:
+    """``name`` when it can be one file name inside ``--out`` (a scene name from a file is data): a non-empty
+    string without ``/``, ``\\``, NUL or control characters, not ``.``/``..``, at most 200 bytes. Else UserError."""
+    if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\") or any(
+        ord(c) < 32 or ord(c) == 127 for c in name
+    ) or len(name.encode()) > 200:
+        raise UserError(f"{source}: scene name {name!r} is not a plain file name (no '/', '\\', '..', control "
+                        "characters; at most 200 bytes); nothing is written outside --out")
+    return name
+
+
+def _check_out_folder(out_dir: str) -> None:
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir} exists and is not a folder")
+
+
 def convert_pickle(
     pickle_path: str, out_dir: str, trust_pickle: bool, scenes: Optional[Sequence[str]] = None
 ) -> List[str]:
     """Unpickle ZeroNVS's Mip-NeRF 360 file (only with ``trust_pickle``) and write ``out_dir/SCENE.npz`` per scene.
 
     Unpickling runs any code the file holds: this is the one place it happens, and only when the user says they
-    trust the file. Returns the written paths.
+    trust the file. Every file is written inside ``out_dir`` (a scene name must be a plain file name; no write
+    follows a link out of ``out_dir``). Returns the written paths.
     """
     if not trust_pickle:
         raise UserError(f"reading {pickle_path} needs full unpickling, which can run any code the file holds; pass "
                         "--trust-pickle if you trust the file and its source (it is converted once to .npz files)")
     if not os.path.isfile(pickle_path):
         raise UserError(f"pickle not found: {pickle_path}")
+    _check_out_folder(out_dir)
+    for name in scenes or ():
+        check_scene_name(name, "--scenes")
     import pickle
 
     logger.warning("unpickling %s as asked (--trust-pickle): it can run code; converting it once to .npz files",
                    pickle_path)
-    with open(pickle_path, "rb") as f:
-        data = pickle.load(f)  # noqa: S301 (explicit opt-in above)
+    try:
+        with open(pickle_path, "rb") as f:
+            data = pickle.load(f)  # noqa: S301 (explicit opt-in above)
+    except Exception as e:  # truncated or not a pickle (EOFError, UnpicklingError, ...): whatever it raised
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"cannot unpickle {pickle_path} ({type(e).__name__}: {detail}); is it ZeroNVS's Mip-NeRF 360 "
+                        "file, complete?") from None
     if not isinstance(data, dict):
         raise UserError(f"{pickle_path}: expected a dict of scenes, got {type(data).__name__}")
-    import io
-
-    from threestudio.utils.io import write_bytes_atomic
-
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for name in scenes or sorted(data):
+    names = list(scenes or sorted(data, key=str))
+    for name in names:
         if name not in data:
             raise UserError(f"{pickle_path} has no scene {name!r}; it has {', '.join(sorted(map(str, data)))}")
-        arrays = _scene_arrays(data[name], name)
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        path = os.path.join(out_dir, f"{name}.npz")
-        write_bytes_atomic(path, buf.getvalue())
-        logger.info("wrote %s (%d views, fovy %.3f°)", path, len(arrays["images"]), float(arrays["fovy_deg"]))
-        written.append(path)
+        check_scene_name(name, pickle_path)
+    import io
+
+    from threestudio.utils.io import confined_writes, write_bytes_atomic
+
+    _check_out_folder(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    with confined_writes(out_dir):
+        for name in names:
+            arrays = _scene_arrays(data[name], name)
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            path = os.path.join(out_dir, f"{name}.npz")
+            write_bytes_atomic(path, buf.getvalue())
+            logger.info("wrote %s (%d views, fovy %.3f°)", path, len(arrays["images"]), float(arrays["fovy_deg"]))
+            written.append(path)
     return written
 
 

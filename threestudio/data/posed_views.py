@@ -68,6 +68,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from threestudio.data.idr_cameras import CAMERAS_FILENAME, crop_resize_intrinsics, list_images, load_idr_cameras
+from threestudio.data.utils import numpy_load_error
 from threestudio.data.view_selection import SELECTION_RULES, select_nearest
 from threestudio.utils.base import Configurable
 from threestudio.utils.camera import c2w_to_spherical, focal_to_fov, get_ray_directions, get_rays, orbit_c2w
@@ -163,7 +164,7 @@ def load_c2w_file(path: str) -> Tensor:
         else:
             arr = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
     except Exception as e:
-        raise UserError(f"cannot read camera poses {path}: {str(e).splitlines()[0] or type(e).__name__}") from None
+        raise UserError(f"cannot read camera poses {path}: {numpy_load_error(path, e)}") from None
     if arr.shape == (4, 4):
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[1:] != (4, 4) or arr.shape[0] == 0:

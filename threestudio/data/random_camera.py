@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from threestudio.data.utils import StagedResolution, as_range
+from threestudio.data.utils import MAX_IMAGE_SIDE, StagedResolution, as_range
 from threestudio.utils.base import Updateable
 from threestudio.utils.camera import look_at, orbit_c2w, rays_for_cameras, spherical_to_cartesian
 from threestudio.utils.errors import ConfigError
@@ -273,11 +273,17 @@ class ReferenceCamera:
         return self.cameras()["c2w"]
 
 
+# bounds of what an orbit may ask for: scene units (the scenes are normalised to about unit size; pose files are
+# bounded to ±1e4 too) and views per validation / test pass
+MAX_CAMERA_DISTANCE = 1e4
+MAX_EVAL_VIEWS = 10_000
+
+
 def check_eval_camera(cfg: Any, prefix: str) -> None:
     """ConfigError for an orbit camera value (``eval_*``) that is NaN, infinite or out of range."""
     checks = (
         ("eval_elevation_deg", lambda v: -90 <= v <= 90, "lie in [-90, 90] degrees"),
-        ("eval_camera_distance", lambda v: 0 < v < math.inf, "be a positive finite number"),
+        ("eval_camera_distance", lambda v: 0 < v <= MAX_CAMERA_DISTANCE, f"lie in (0, {MAX_CAMERA_DISTANCE:g}]"),
         ("eval_fovy_deg", lambda v: 0 < v < 180, "lie in (0, 180) degrees"),
     )
     for key, valid, what in checks:
@@ -297,8 +303,10 @@ def check_random_camera_config(cfg: Any, prefix: str = "data.random_camera") -> 
     low, high = as_range(cfg.elevation_range, f"{prefix}.elevation_range")
     if low < -90 or high > 90:
         raise ConfigError(f"config key {prefix}.elevation_range must lie within [-90, 90], got {[low, high]}")
-    if as_range(cfg.camera_distance_range, f"{prefix}.camera_distance_range")[0] <= 0:
-        raise ConfigError(f"config key {prefix}.camera_distance_range must be positive")
+    low, high = as_range(cfg.camera_distance_range, f"{prefix}.camera_distance_range")
+    if low <= 0 or high > MAX_CAMERA_DISTANCE:
+        raise ConfigError(f"config key {prefix}.camera_distance_range must lie in (0, {MAX_CAMERA_DISTANCE:g}], got "
+                          f"{[low, high]}")
     check_eval_camera(cfg, prefix)
     if cfg.elevation_sampling not in ELEVATION_SAMPLINGS:
         raise ConfigError(
@@ -310,9 +318,11 @@ def check_random_camera_config(cfg: Any, prefix: str = "data.random_camera") -> 
             f"config key {prefix}.light_sample_strategy is {cfg.light_sample_strategy!r}; "
             f"valid: {', '.join(LIGHT_SAMPLE_STRATEGIES)}"
         )
-    for key in ("n_val_views", "n_test_views", "eval_height", "eval_width", "eval_batch_size"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"config key {prefix}.{key} must be at least 1, got {getattr(cfg, key)}")
+    limits = {"n_val_views": MAX_EVAL_VIEWS, "n_test_views": MAX_EVAL_VIEWS, "eval_height": MAX_IMAGE_SIDE,
+              "eval_width": MAX_IMAGE_SIDE, "eval_batch_size": MAX_EVAL_VIEWS}
+    for key, most in limits.items():
+        if not 1 <= getattr(cfg, key) <= most:
+            raise ConfigError(f"config key {prefix}.{key} must lie in [1, {most}], got {getattr(cfg, key)}")
     if cfg.progressive_until < 0:
         raise ConfigError(f"config key {prefix}.progressive_until must be >= 0, got {cfg.progressive_until}")
 

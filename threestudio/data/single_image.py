@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 import threestudio
 from threestudio.data.random_camera import (
+    MAX_CAMERA_DISTANCE,
     RandomCameraConfig,
     RandomCameraSampler,
     ReferenceCamera,
@@ -48,6 +48,7 @@ from threestudio.utils.image import composite, crop_to_square, load_image, resiz
 logger = logging.getLogger(__name__)
 
 CROP_MODES = ("center_crop", "pad", "stretch")
+MIN_INPUT_SIDE = 4  # a 1×1 "image" holds no view to lift
 
 
 @dataclass
@@ -110,9 +111,9 @@ def _check_config(cfg: SingleImageDataModuleConfig) -> None:
         )
     if not math.isfinite(cfg.default_azimuth_deg):
         raise ConfigError(f"config key data.default_azimuth_deg must be a finite number, got {cfg.default_azimuth_deg}")
-    if not 0 < cfg.default_camera_distance < math.inf:  # also NaN
+    if not 0 < cfg.default_camera_distance <= MAX_CAMERA_DISTANCE:  # also NaN
         raise ConfigError(
-            f"config key data.default_camera_distance must be a positive finite number, got "
+            f"config key data.default_camera_distance must lie in (0, {MAX_CAMERA_DISTANCE:g}], got "
             f"{cfg.default_camera_distance}"
         )
     if cfg.conditioning_max_size < 1:
@@ -145,7 +146,7 @@ def auto_fovy(cfg: DictConfig) -> tuple[float, str]:
     (:mod:`threestudio.data.examples`), the image's EXIF focal length, else ``fovy_fallback_deg``."""
     from threestudio.data.examples import example_camera
     from threestudio.utils.exif import exif_fovy
-    from threestudio.utils.image import resolve_image_path
+    from threestudio.utils.image import check_image_file, resolve_image_path
 
     image_path = str(cfg.get("image_path") or "")
     example = example_camera(image_path)
@@ -153,8 +154,8 @@ def auto_fovy(cfg: DictConfig) -> tuple[float, str]:
         logger.info("data.default_fovy_deg = %g from %s", example.fovy_deg, example.source)
         return example.fovy_deg, example.source
     path = resolve_image_path(image_path) if image_path else ""
-    if image_path and not os.path.isfile(path):
-        raise UserError(f"image not found: {path}")
+    if image_path:
+        check_image_file(path)
     found = exif_fovy(path, str(cfg.get("crop_mode", "center_crop"))) if path else None
     if found is not None and not PLAUSIBLE_FOVY_DEG[0] <= found.fovy_deg <= PLAUSIBLE_FOVY_DEG[1]:
         logger.warning(
@@ -357,6 +358,9 @@ class SingleImageDataModule(LightningDataModule, Configurable):
         """The input as straight-alpha RGBA (S, S, 4) after ``crop_mode`` (for ``stretch``: as read)."""
         train_side = max(max(s.height, s.width) for s in self.stages.stages)
         image = load_image(self.cfg.image_path, min_side=max(train_side, self.cfg.conditioning_max_size))
+        if min(image.shape[:2]) < MIN_INPUT_SIDE:
+            raise UserError(f"image {self.cfg.image_path} is {image.shape[1]}x{image.shape[0]} px: too small to be "
+                            f"the input view (at least {MIN_INPUT_SIDE} px on each side)")
         rgba = crop_to_square(image, self.cfg.crop_mode, pad_value=0.0).contiguous()
         logger.info(
             "single image %s: %dx%d, %dx%d after crop_mode=%s",

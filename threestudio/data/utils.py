@@ -6,7 +6,7 @@ import bisect
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from omegaconf import ListConfig
 
@@ -15,8 +15,35 @@ from threestudio.utils.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def as_int_list(value: Any, key: str) -> List[int]:
-    """An int or a list of ints from a config value (``height: 64`` or ``height: [64, 128]``)."""
+def numpy_load_error(path: str, error: BaseException) -> str:
+    """What went wrong reading ``path`` with ``np.load(allow_pickle=False)``, in one line. NumPy calls any file
+    that is neither .npy nor .npz "pickled data"; that is said only of a file that starts as a pickle does."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        return e.strerror or message
+    if not head:
+        return "the file is empty, not a NumPy .npy/.npz file"
+    if "pickled" not in message:
+        return message
+    if head[:1] == b"\x80":
+        return "it holds pickled Python objects, which are never loaded (they could run code): save plain arrays"
+    text = head.decode("utf-8", errors="strict") if all(b >= 9 for b in head) else None
+    if text is not None:
+        return f"it is a text file (it starts with {text[:24]!r}), not a NumPy .npy/.npz file"
+    return f"not a NumPy .npy/.npz file (it starts with bytes {head[:8]!r})"
+
+
+# the largest image side a config may ask for (rays, renders and images grow with its square: 10⁶ px sides
+# would ask for terabytes before the first step)
+MAX_IMAGE_SIDE = 8192
+
+
+def as_int_list(value: Any, key: str, maximum: Optional[int] = None) -> List[int]:
+    """An int or a list of ints from a config value (``height: 64`` or ``height: [64, 128]``), each at most
+    ``maximum`` when given."""
     values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
     if not values:
         raise ConfigError(f"config key {key!r} is an empty list; give an int or a list of ints")
@@ -24,6 +51,8 @@ def as_int_list(value: Any, key: str) -> List[int]:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ConfigError(f"config key {key!r} must be a positive int or a list of positive ints, got {value!r}")
+        if maximum is not None and v > maximum:
+            raise ConfigError(f"config key {key!r} must be at most {maximum}, got {v}")
         out.append(v)
     return out
 
@@ -63,8 +92,8 @@ class StagedResolution:
         prefix: str = "data",
     ) -> None:
         lists = {
-            "height": as_int_list(height, f"{prefix}.height"),
-            "width": as_int_list(width, f"{prefix}.width"),
+            "height": as_int_list(height, f"{prefix}.height", MAX_IMAGE_SIDE),
+            "width": as_int_list(width, f"{prefix}.width", MAX_IMAGE_SIDE),
             "batch_size": as_int_list(batch_size, f"{prefix}.batch_size"),
         }
         n_stages = max(len(v) for v in lists.values())

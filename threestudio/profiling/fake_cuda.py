@@ -17,18 +17,25 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import importlib.util
+import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
-from typing import Optional
+import tempfile
+from typing import List, Optional
+
+from threestudio.utils.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "fake_cuda.cpp")
 _loaded: Optional[ctypes.CDLL] = None
 
 
-class FakeCudaError(RuntimeError):
-    """The stand-in could not be built or loaded (no C++ compiler, torch already imported, ...)."""
+class FakeCudaError(UserError, RuntimeError):
+    """The stand-in could not be built or loaded (no C++ compiler, torch already imported, ...): one line."""
 
 
 def _torch_dir() -> str:
@@ -64,6 +71,48 @@ def cache_dir() -> str:
     return os.path.join(root, "fake_cuda")
 
 
+def compiler_command() -> List[str]:
+    """The C++ compiler as a command: ``$CXX`` split as a shell would (``ccache g++``), else ``g++`` or ``c++``.
+
+    Raises:
+        FakeCudaError: none found, or ``$CXX`` names a program that is not on ``PATH``.
+    """
+    cxx = os.environ.get("CXX", "").strip()
+    if cxx:
+        try:
+            command = shlex.split(cxx)
+        except ValueError as e:
+            raise FakeCudaError(f"CXX={cxx!r} cannot be split into a command ({e})") from None
+        if not command or shutil.which(command[0]) is None:
+            raise FakeCudaError(f"CXX={cxx!r}: {command[0] if command else cxx!r} is not an installed program")
+        return command
+    found = shutil.which("g++") or shutil.which("c++")
+    if found is None:
+        raise FakeCudaError("no C++ compiler found (install g++ or set CXX); `bench.py trace` on a CPU build of "
+                            "torch compiles a small fake-CUDA library")
+    return [found]
+
+
+def writable_cache(directory: str) -> str:
+    """``directory`` when it is (or can be made) a writable folder; else a private temporary folder, with a
+    one-line warning (a read-only ``$HOME``, a cache path that is a file)."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        if os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK):
+            return directory
+        problem = "not writable"
+    except OSError as e:
+        problem = e.strerror or str(e)
+    fallback = os.path.join(tempfile.gettempdir(), f"zeronvs-fake_cuda-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    logger.warning("fake CUDA cache %s: %s; building in %s instead (set ZERONVS_CACHE_DIR to keep it)", directory,
+                   problem, fallback)
+    os.makedirs(fallback, mode=0o700, exist_ok=True)
+    if not os.access(fallback, os.W_OK | os.X_OK):
+        raise FakeCudaError(f"neither {directory} nor {fallback} can be written; set ZERONVS_CACHE_DIR to a folder "
+                            "you can write")
+    return fallback
+
+
 def build(directory: Optional[str] = None) -> str:
     """Compile ``csrc/fake_cuda.cpp`` against the installed torch (cached by torch version and source hash); the
     path of the shared library."""
@@ -74,19 +123,24 @@ def build(directory: Optional[str] = None) -> str:
     library = os.path.join(directory, f"fake_cuda_{digest}.so")
     if os.path.isfile(library):
         return library
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise FakeCudaError("no C++ compiler found (set CXX or install g++); the fake-CUDA stand-in is compiled")
-    os.makedirs(directory, exist_ok=True)
+    compiler = compiler_command()
+    directory = writable_cache(directory)
+    library = os.path.join(directory, f"fake_cuda_{digest}.so")
+    if os.path.isfile(library):
+        return library
     partial = f"{library}.{os.getpid()}.tmp"
     command = [
-        compiler, "-O1", "-std=c++17", "-shared", "-fPIC",
+        *compiler, "-O1", "-std=c++17", "-shared", "-fPIC",
         "-I", os.path.join(torch_dir, "include"), SOURCE,
         "-L", os.path.join(torch_dir, "lib"), "-lc10", "-ltorch_cpu", "-o", partial,
     ]
-    result = subprocess.run(command, capture_output=True, text=True)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+    except OSError as e:
+        raise FakeCudaError(f"cannot run the compiler {command[0]}: {e.strerror or e}") from None
     if result.returncode != 0:
-        raise FakeCudaError(f"compiling {SOURCE} failed ({' '.join(command)}):\n{result.stderr[-2000:]}")
+        detail = " ".join(result.stderr.strip().splitlines()[-3:])[-400:]
+        raise FakeCudaError(f"compiling {SOURCE} failed with {shlex.join(command[:1])}: {detail}")
     os.replace(partial, library)
     return library
 

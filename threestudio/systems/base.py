@@ -31,6 +31,9 @@ TEST_PANELS = ("rgb", "depth (near = bright)", "opacity")
 VIDEO_MIN_HEIGHT = 256  # test videos of smaller renders are enlarged (nearest neighbour) to at least this height
 
 
+MAX_LR = 1e30  # larger learning rates make torch's float32 updates overflow (a traceback inside the step)
+
+
 def build_optimizer(cfg: Dict[str, Any], param_groups: List[Dict[str, Any]]) -> torch.optim.Optimizer:
     """``torch.optim.<cfg.name>(param_groups, **cfg.args)``; unknown optimizer names are a ConfigError."""
     cfg = dict(config_to_primitive(cfg))
@@ -40,10 +43,15 @@ def build_optimizer(cfg: Dict[str, Any], param_groups: List[Dict[str, Any]]) -> 
         raise ConfigError(
             f"unknown optimizer {name!r} in system.optimizer.name; use a torch.optim class name, e.g. Adam"
         )
+    for group in [cfg.get("args", {}), *param_groups]:
+        lr = group.get("lr") if isinstance(group, dict) else None
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr <= MAX_LR):
+            raise ConfigError(f"system.optimizer learning rates must be finite, >= 0 and at most {MAX_LR:g} (larger "
+                              f"steps overflow float32 parameters), got lr={lr!r}")
     try:
         return optim_cls(param_groups, **cfg.get("args", {}))
-    except TypeError as e:
-        raise ConfigError(f"bad system.optimizer.args for {name}: {e}") from None
+    except (TypeError, ValueError) as e:  # unknown arguments; torch's own range checks (betas, eps, ...)
+        raise ConfigError(f"bad system.optimizer.args for {name}: {str(e).splitlines()[0]}") from None
 
 
 class BaseSystem(pl.LightningModule, Updateable):
@@ -303,7 +311,10 @@ class BaseSystem(pl.LightningModule, Updateable):
             raise ConfigError(
                 f"unknown scheduler {name!r} in system.scheduler.name; use a torch.optim.lr_scheduler class"
             )
-        scheduler = sched_cls(optimizer, **sched_cfg.get("args", {}))
+        try:
+            scheduler = sched_cls(optimizer, **sched_cfg.get("args", {}))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"bad system.scheduler.args for {name}: {str(e).splitlines()[0]}") from None
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----- outputs -------------------------------------------------------------------------------------------
@@ -389,6 +400,9 @@ class BaseLift3DSystem(BaseSystem):
     cfg: Config
 
     def configure(self) -> None:
+        fps = self.cfg.test_video_fps
+        if not 1 <= fps <= 1000:
+            raise ConfigError(f"config key system.test_video_fps must lie in [1, 1000], got {fps}")
         # The SDS guidance, when a system uses one (see load_guidance). Not an nn.Module child: the diffusion
         # weights never go into checkpoints and Lightning never moves them; on_fit_start does. Its section is
         # parsed and checked now, in every mode; the weights load only when a mode needs them.
@@ -567,6 +581,11 @@ class BaseLift3DSystem(BaseSystem):
         if self.trainer.global_rank != 0:
             return
         self.export_mesh()
+
+    def check_export_config(self) -> None:
+        """The exporter's values (``system.exporter.*``, e.g. a resolution whose grid does not fit in memory),
+        checked before anything is written; builds no grid."""
+        threestudio.find(self.cfg.exporter_type)(self.cfg.exporter, self.geometry, self.material)
 
     def export_mesh(self) -> List[str]:
         """Run the exporter into ``save/it{step}-export/`` (it logs what it wrote); returns the written paths."""

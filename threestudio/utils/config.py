@@ -8,6 +8,7 @@ an instance-checked OmegaConf object and turns unknown keys and wrong types into
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -92,7 +93,38 @@ def parse_structured(fields: type, cfg: Optional[Any] = None) -> Any:
         key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
         msg = str(e).splitlines()[0]
         raise ConfigError(f"bad value for config key {_full_key(cfg, str(key))!r}: {msg}") from None
+    _check_finite(fields, merged, _full_key(cfg, "").rstrip("."))
     return _at_path(merged, _full_key(cfg, ""))
+
+
+def _float_field(annotation: Any) -> bool:
+    """Whether a field annotated ``annotation`` holds floats: ``float``, ``Optional[float]``, ``List[float]``,
+    ``Tuple[float, ...]``."""
+    if annotation is float:
+        return True
+    args = [a for a in getattr(annotation, "__args__", ()) or () if a is not type(None) and a is not Ellipsis]
+    return bool(args) and all(a is float for a in args)
+
+
+def _check_finite(fields: type, merged: Any, path: str) -> None:
+    """ConfigError naming the key when a float field of ``fields`` (or an element of a float list) holds inf or
+    NaN (``1e309`` in YAML is inf): no float setting of a component is meaningful when not finite."""
+    try:
+        types = typing.get_type_hints(fields)
+    except Exception:  # pragma: no cover - unresolvable annotations: no check
+        return
+    for f in dataclasses.fields(fields):
+        if not _float_field(types.get(f.name)):
+            continue
+        try:
+            value = merged[f.name]
+        except OmegaConfBaseException:
+            continue
+        values = list(value) if isinstance(value, (ListConfig, list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                full = f"{path}.{f.name}" if path else f.name
+                raise ConfigError(f"config key {full} must be a finite number, got {v}")
 
 
 def in_section(cfg: Optional[Any], section: str) -> DictConfig:
@@ -212,6 +244,78 @@ def check_path_component(value: str, key: str) -> None:
         raise ConfigError(f"config key {key} is too long for a folder name ({len(value.encode())} bytes, max 255)")
 
 
+# bounds of what one config (file or command-line value) may expand to: YAML aliases share one node many times
+# ("billion laughs": 9 levels of 9 aliases expand to 387 million nodes); the largest shipped config has ~220 nodes
+MAX_SEED = 2**32 - 1
+MAX_CONFIG_NODES = 100_000
+MAX_CONFIG_DEPTH = 64
+MAX_CONFIG_BYTES = 4 * 2**20  # a file, or the sum of its strings after expansion
+
+
+def check_expansion(obj: Any, source: str) -> None:
+    """ConfigError when the parsed YAML ``obj`` (dicts, lists, scalars; aliases are shared objects) expands to
+    more than :data:`MAX_CONFIG_NODES` nodes, nests deeper than :data:`MAX_CONFIG_DEPTH` or holds more than
+    :data:`MAX_CONFIG_BYTES` of strings. Counts each shared object once per use without expanding it."""
+    memo: dict = {}  # id → (nodes, string bytes) of a container already counted
+
+    def size(node: Any, depth: int) -> tuple:
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{source} nests deeper than {MAX_CONFIG_DEPTH} levels; a config is a few levels deep")
+        if isinstance(node, (dict, list)):
+            if id(node) in memo:
+                return memo[id(node)]
+            items = list(node.items()) if isinstance(node, dict) else [(None, v) for v in node]
+            nodes, chars = 1, 0
+            for key, value in items:
+                n, c = size(value, depth + 1)
+                nodes, chars = nodes + n, chars + c + (len(str(key)) if key is not None else 0)
+                if nodes > MAX_CONFIG_NODES or chars > MAX_CONFIG_BYTES:
+                    raise ConfigError(
+                        f"{source} expands to more than {MAX_CONFIG_NODES} values or {MAX_CONFIG_BYTES} bytes of "
+                        "text (YAML aliases repeat a node each time they are used); refused"
+                    )
+            memo[id(node)] = (nodes, chars)
+            return nodes, chars
+        return 1, len(node) if isinstance(node, str) else 0
+
+    size(obj, 0)
+
+
+def _parse_yaml(text: str) -> Any:
+    import yaml
+    from omegaconf._utils import get_yaml_loader
+
+    return yaml.load(text, Loader=get_yaml_loader())  # noqa: S506 (OmegaConf's safe loader)
+
+
+def _load_yaml_bounded(path: str) -> Any:
+    """``OmegaConf.load(path)`` after checking the file's size and what its YAML expands to (ConfigError)."""
+    size = os.path.getsize(path)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {path} is {size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes")
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", errors="replace")
+    try:
+        parsed = _parse_yaml(text)
+    except Exception as e:  # the YAML error (reported as before by OmegaConf.load below)
+        raise UserError(f"cannot read config {path}: {str(e).splitlines()[0]}") from None
+    check_expansion(parsed, f"config {path}")
+    return OmegaConf.load(path)
+
+
+def _check_override_values(cli_args: Sequence[str]) -> None:
+    """Each ``key=value`` override's value bounded as a config file is (:func:`check_expansion`)."""
+    for arg in cli_args:
+        key, value = arg.split("=", 1)
+        if len(value) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"command-line override {key} is longer than {MAX_CONFIG_BYTES} bytes")
+        try:
+            parsed = _parse_yaml(value)
+        except Exception:  # OmegaConf reports it (or takes it as a string)
+            continue
+        check_expansion(parsed, f"command-line override {key}")
+
+
 def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **overrides: Any) -> Any:
     """Load YAML files, merge the CLI dotlist ``key=value`` overrides, derive the trial folder.
 
@@ -224,7 +328,9 @@ def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **ov
         if not os.path.isfile(path):
             raise UserError(f"config file not found: {path}")
         try:
-            conf = OmegaConf.load(path)
+            conf = _load_yaml_bounded(path)
+        except UserError:
+            raise
         except Exception as e:
             raise UserError(f"cannot read config {path}: {str(e).splitlines()[0]}") from None
         if not isinstance(conf, DictConfig):
@@ -239,6 +345,7 @@ def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **ov
         key = arg.split("=", 1)[0].strip()
         if key in DERIVED_KEYS:
             raise ConfigError(f"{key} cannot be set: {DERIVED_KEYS[key]}")
+    _check_override_values(cli_args)
     try:
         confs.append(rebase_paths(OmegaConf.from_dotlist(list(cli_args)), user_path))
     except Exception as e:  # OmegaConf's errors, and YAML's for values it cannot read (a NUL byte, ...)
@@ -251,6 +358,8 @@ def load_config(*yamls: str, cli_args: Sequence[str] = (), n_gpus: int = 1, **ov
         raise ConfigError(f"cannot resolve config: {str(e).splitlines()[0]}") from None
     scfg = parse_structured(ExperimentConfig, cfg)
     scfg.n_gpus = n_gpus
+    if not 0 <= scfg.seed <= MAX_SEED:  # what numpy (and so seed_everything) accepts
+        raise ConfigError(f"config key seed must be an integer in [0, {MAX_SEED}], got {scfg.seed}")
     for key in ("name", "tag"):
         check_path_component(str(scfg[key]), key)
     if "\0" in scfg.exp_root_dir:

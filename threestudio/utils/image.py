@@ -92,6 +92,37 @@ def _plain_mode(im: Any) -> Any:
     return im.convert("RGBA" if "A" in im.getbands() else "RGB")
 
 
+def shown_path(path: str) -> str:
+    """``path`` for a one-line message: quoted with escapes (``'a\\nb.png'``) when it holds a newline or another
+    control character, as it is otherwise."""
+    return repr(path) if any(ord(c) < 32 or ord(c) == 127 for c in path) else path
+
+
+def _file_kind(path: str) -> str:
+    import stat
+
+    mode = os.stat(path).st_mode
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a plain file"
+
+
+def check_image_file(path: str) -> None:
+    """UserError unless ``path`` is a regular file: "image not found", or what it is instead (a FIFO, a device
+    such as /dev/zero, a folder; never opened: reading a FIFO would block)."""
+    if not os.path.isfile(path):
+        if os.path.exists(path):
+            raise UserError(f"image {shown_path(path)} is {_file_kind(path)}, not a regular file; pass a PNG or JPEG "
+                            "file")
+        raise UserError(f"image not found: {shown_path(path)}")
+
+
 def load_image(path: str, min_side: Optional[int] = None) -> Tensor:
     """Read an RGB(A)/grey image file as float RGBA (H, W, 4) in [0, 1] (alpha 1 where the file has none).
 
@@ -105,8 +136,7 @@ def load_image(path: str, min_side: Optional[int] = None) -> Tensor:
     from PIL import Image, UnidentifiedImageError
 
     path = resolve_image_path(path)
-    if not os.path.isfile(path):
-        raise UserError(f"image not found: {path}")
+    check_image_file(path)
     try:
         with Image.open(path) as im:
             full_size = im.size
@@ -120,13 +150,18 @@ def load_image(path: str, min_side: Optional[int] = None) -> Tensor:
             arr = np.asarray(im)
             mode = im.mode
     except UnidentifiedImageError:
-        raise UserError(f"cannot read image {path}: {_describe_unreadable(path)}") from None
+        raise UserError(f"cannot read image {shown_path(path)}: {_describe_unreadable(path)}") from None
     except Exception as e:
-        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot read image {shown_path(path)}: {detail}") from None
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise UserError(f"cannot read image {path}: unexpected array shape {arr.shape}")
+        raise UserError(f"cannot read image {shown_path(path)}: unexpected array shape {arr.shape}")
+    if mode == "F" and arr.size and not (np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0):
+        # a float image is taken as [0, 1]; one in 0-255 (or with NaN) would be clamped to white silently
+        raise UserError(f"image {shown_path(path)} holds floats in [{np.nanmin(arr):g}, {np.nanmax(arr):g}] (or NaN); "
+                        "float images must lie in [0, 1]: save it as an 8-bit PNG, or divide by 255")
     if (arr.shape[1], arr.shape[0]) != full_size and min_side:
         logger.info("image %s: %dx%d read as %dx%d (the run needs %d px)", path, *full_size, arr.shape[1],
                     arr.shape[0], min_side)

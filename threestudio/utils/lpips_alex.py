@@ -122,6 +122,10 @@ def weights_from_state_dicts(alexnet: dict, linear: dict, source: str = "LPIPS w
             raise LpipsUnavailable(f"{source} has no tensor {key!r}: not {kind} weights")
         if tuple(value.shape) != shape:
             raise LpipsUnavailable(f"{source}: {key} has shape {tuple(value.shape)}, expected {shape}")
+        if not value.is_floating_point():
+            raise LpipsUnavailable(f"{source}: {key} holds {value.dtype} values, expected floats: not {kind} weights")
+        if not bool(torch.isfinite(value).all()):
+            raise LpipsUnavailable(f"{source}: {key} holds NaN or inf")
         return value.float()
 
     alex, lin = "torchvision AlexNet", "lpips v0.1 alex.pth"
@@ -132,6 +136,10 @@ def weights_from_state_dicts(alexnet: dict, linear: dict, source: str = "LPIPS w
     lins = tuple(
         tensor(linear, f"lin{k}.model.1.weight", (1, shape[0], 1, 1), lin) for k, shape in enumerate(ALEXNET_SHAPES)
     )
+    for k, weight in enumerate(lins):  # lpips trains them clamped at 0: a negative one makes distances negative
+        if bool((weight < 0).any()):
+            raise LpipsUnavailable(f"{source}: lin{k}.model.1.weight has negative values (lpips' linear weights are "
+                                   "non-negative): not lpips v0.1 alex.pth weights")
     return LpipsWeights(convs, lins)
 
 

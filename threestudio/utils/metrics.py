@@ -194,7 +194,9 @@ def summarize_metrics(per_view: List[Dict[str, Any]]) -> Dict[str, Any]:
     summary: Dict[str, Any] = {k: _json_number(_mean([v.get(k) for v in per_view])) for k in keys}
     if summary["lpips"] is None:
         notes = sorted({v["lpips_note"] for v in per_view if v.get("lpips_note")})
-        summary["lpips_note"] = "; ".join(notes) or "LPIPS is missing for some views"
+        missing = sum(_json_number(v.get("lpips")) is None for v in per_view)
+        which = "all" if missing == len(per_view) else f"{missing} of {len(per_view)}"
+        summary["lpips_note"] = "; ".join(notes) or f"LPIPS is missing (or not finite) for {which} views"
     summary["per_view"] = [
         {"target": v.get("target"), **{k: _json_number(v.get(k)) for k in keys}} for v in per_view
     ]

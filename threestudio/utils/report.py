@@ -21,6 +21,7 @@ import html
 import io
 import json
 import logging
+import math
 import os
 import re
 import resource
@@ -30,6 +31,8 @@ from typing import Any, Dict, List, Optional
 
 from threestudio.utils.errors import UserError
 from threestudio.utils.io import write_bytes_atomic, write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 RUN_STATS = "run_stats.json"
 REPORT = "report.html"
@@ -61,11 +64,24 @@ def finish_run(trial_dir: str, mode: str, wall_s: float, device: str) -> str:
 
 
 def _read_json(path: str) -> Any:
+    """The JSON object (a dict) in ``path``; None when it is missing, unreadable or not an object (an edited file
+    holding a list, ...: a warning names it)."""
     try:
         with open(path) as f:
-            return json.load(f)
+            value = json.load(f)
     except (OSError, ValueError):
         return None
+    if not isinstance(value, dict):
+        logger.warning("%s holds a %s, not a JSON object: ignored", path, type(value).__name__)
+        return None
+    return value
+
+
+def _number(value: Any, spec: str) -> str:
+    """``value`` formatted with ``spec`` when it is a finite number, else "n/a" (None) or its text (40 characters)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return format(value, spec)
+    return "n/a" if value is None else str(value)[:40]
 
 
 def _data_uri_png(png: bytes) -> str:
@@ -214,9 +230,11 @@ def _sections(trial_dir: str, cfg: dict) -> List[str]:
     settings = [(label, _get(cfg, k)) for label, k in SETTINGS if _get(cfg, k) is not None and k not in skip]
     stats = _read_json(os.path.join(save, RUN_STATS)) or {}
     for mode, s in stats.items():
-        cuda = f", peak GPU memory {s['peak_cuda_mb']:.0f} MiB" if s.get("peak_cuda_mb") else ""
-        settings.append((f"--{mode}", f"{s['wall_s']:.1f} s on {s['device']}, peak RSS {s['peak_rss_mb']:.0f} MiB"
-                         f"{cuda} (finished {s['finished']})"))
+        if not isinstance(s, dict):
+            continue
+        cuda = f", peak GPU memory {_number(s['peak_cuda_mb'], '.0f')} MiB" if s.get("peak_cuda_mb") else ""
+        settings.append((f"--{mode}", f"{_number(s.get('wall_s'), '.1f')} s on {s.get('device')}, peak RSS "
+                         f"{_number(s.get('peak_rss_mb'), '.0f')} MiB{cuda} (finished {s.get('finished')})"))
     crop_mode = _get(cfg, "data.crop_mode") or "center_crop"
     thumb = _image_thumbnail(str(image_path), crop_mode=crop_mode) if image_path else None
     head = _img(thumb, f"input image ({crop_mode} square, as the run used it)") if thumb else ""
@@ -254,15 +272,17 @@ def _sections(trial_dir: str, cfg: dict) -> List[str]:
         part = "<h2>Novel views (source | generated | ground truth)</h2>"
         if metrics:
             keys = [k for k in ("psnr", "ssim", "lpips") if k in metrics]
-            part += _table([(k.upper(), "n/a" if metrics[k] is None else f"{metrics[k]:.4f}") for k in keys]
-                           + [("views", len(metrics.get("per_view", [])))])
+            views = metrics.get("per_view")
+            part += _table([(k.upper(), _number(metrics[k], ".4f")) for k in keys]
+                           + [("views", len(views) if isinstance(views, list) else "n/a")])
         if os.path.isfile(sheet):
             part += _img("contact_sheet.png", "NVS contact sheet", width=480)
         out.append(part)
     return out
 
 
-MESH_MAX_FACES = 300_000  # the page embeds at most this many triangles of the mesh (every k-th face beyond)
+MESH_MAX_FACES = 300_000  # the page embeds at most this many triangles of the mesh (every k-th face beyond), and
+# only the vertices they use
 VIEWER_JS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report_assets", "mesh_viewer.js")
 
 
@@ -278,14 +298,19 @@ def _mesh_payload(path: str) -> Optional[tuple]:
     faces = np.asarray(mesh.faces, dtype=np.uint32)
     if len(faces) == 0:
         return None
+    vertices = np.asarray(mesh.vertices, dtype="<f4")
+    if faces.max() >= len(vertices):
+        return None  # faces naming vertices the file does not hold
     shown = faces[:: -(-len(faces) // MESH_MAX_FACES)]
+    used, shown = np.unique(shown, return_inverse=True)  # only the vertices the kept faces use, renumbered
+    shown = shown.reshape(-1, 3)
     data = {
-        "positions": base64.b64encode(np.asarray(mesh.vertices, dtype="<f4").tobytes()).decode(),
+        "positions": base64.b64encode(vertices[used].tobytes()).decode(),
         "indices": base64.b64encode(shown.astype("<u4").tobytes()).decode(),
     }
     colors = getattr(mesh.visual, "vertex_colors", None)
-    if colors is not None and len(colors) == len(mesh.vertices):
-        data["colors"] = base64.b64encode(np.asarray(colors)[:, :3].astype(np.uint8).tobytes()).decode()
+    if colors is not None and len(colors) == len(vertices):
+        data["colors"] = base64.b64encode(np.asarray(colors)[used, :3].astype(np.uint8).tobytes()).decode()
     return json.dumps(data), len(shown), len(faces)
 
 

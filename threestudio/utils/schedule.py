@@ -7,6 +7,7 @@ step 0). Integer steps count global steps.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence, Tuple, Union
 
 import torch
@@ -20,6 +21,8 @@ Schedulable = Union[float, int, Sequence[float]]
 def _parse(value: Any) -> Union[float, int, Tuple[float, float, float, float]]:
     """A number, or ``(start_step, start_value, end_value, end_step)``; ConfigError for anything else."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"schedule value {value} is not a finite number")
         return value
     if isinstance(value, (str, bytes)):
         raise ConfigError(f"schedule {value!r} is neither a number nor a list")
@@ -29,6 +32,8 @@ def _parse(value: Any) -> Union[float, int, Tuple[float, float, float, float]]:
         raise ConfigError(f"schedule {value!r} is neither a number nor a list") from None
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise ConfigError(f"schedule {value!r} must hold numbers only")
+    if not all(math.isfinite(v) for v in value):
+        raise ConfigError(f"schedule {value!r} must hold finite numbers only")
     if len(value) == 3:
         value = [0] + value
     if len(value) != 4:

@@ -1,4 +1,5 @@
-"""Stopping a run with SIGTERM or SIGINT (Ctrl-C): exit code 128 + signal (143, 130) and one line saying where.
+"""Stopping a run with SIGTERM, SIGHUP or SIGINT (Ctrl-C): exit code 128 + signal (143, 129, 130) and one line
+saying where.
 
 Inside :func:`stop_on_signals` the first signal during a Lightning loop sets the flag Lightning's own SIGTERM
 handling sets: training stops at the end of the current step — and
@@ -17,7 +18,9 @@ from typing import Any, Iterator, Optional
 
 logger = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP (the terminal closed, ``kill -HUP``) is handled as SIGTERM: its default would end the run without a
+# checkpoint, a message or the lock's release
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, n))
 
 
 class RunInterrupted(Exception):
@@ -72,7 +75,7 @@ class StopRequest:
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
-    """Handle SIGTERM and SIGINT for the body (main thread only); the previous handlers come back after it."""
+    """Handle SIGTERM, SIGHUP and SIGINT for the body (main thread only); the previous handlers come back after it."""
     request = StopRequest()
     previous = {}
     try:

@@ -50,8 +50,10 @@ def _open_lock_file(path: str) -> int:
 
 
 @contextlib.contextmanager
-def trial_lock(trial_dir: str) -> Iterator[None]:
+def trial_lock(trial_dir: str, what: str = "trial", instead: str = "or choose another tag/name") -> Iterator[None]:
     """Hold the exclusive lock of ``trial_dir`` (which must exist) for the body.
+
+    ``what`` / ``instead`` word the message for other folders (the eval scripts lock their ``--out`` with it).
 
     Raises:
         UserError: another live process holds it (the message names its pid, host and start time).
@@ -69,14 +71,13 @@ def trial_lock(trial_dir: str) -> Iterator[None]:
         holder = _read(fd) or "a process that has not written its pid yet"
         os.close(fd)
         raise UserError(
-            f"trial {trial_dir} is in use by another run ({holder}); wait for it to end or stop it, "
-            "or choose another tag/name"
+            f"{what} {trial_dir} is in use by another run ({holder}); wait for it to end or stop it, {instead}"
         ) from None
     try:
         previous = _read(fd)
         if previous:
             logger.warning(
-                "trial %s: taking over the stale lock of a run that did not end cleanly (%s)", trial_dir, previous
+                "%s %s: taking over the stale lock of a run that did not end cleanly (%s)", what, trial_dir, previous
             )
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)

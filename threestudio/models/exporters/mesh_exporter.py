@@ -76,6 +76,39 @@ def remove_small_components(
     return vertices[used], remap[keep_faces]
 
 
+# bytes per grid vertex while a grid is exported: the points (12), the meshgrid (12), the densities on the device,
+# as float32 and on the host (12), marching cubes' work arrays (~8); rounded up
+GRID_BYTES_PER_VERTEX = 48
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of host memory available now (Linux ``MemAvailable``; else all physical memory; None: unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_grid_memory(resolution: int) -> None:
+    """ConfigError when a ``resolution``³ export grid needs more host memory than is available (before anything
+    is allocated: ``resolution=100000`` would ask for petabytes)."""
+    need = GRID_BYTES_PER_VERTEX * resolution**3
+    have = available_memory()
+    if have is not None and need > have:
+        largest = int((have / GRID_BYTES_PER_VERTEX) ** (1 / 3))
+        raise ConfigError(
+            f"exporter.resolution={resolution} needs about {need / 2**30:.3g} GiB for its {resolution}³ grid, more "
+            f"than the {have / 2**30:.3g} GiB of memory available; use at most about {largest}"
+        )
+
+
 @threestudio.register("mesh-exporter")
 class MeshExporter(BaseObject):
     @dataclass
@@ -103,6 +136,7 @@ class MeshExporter(BaseObject):
         cfg = self.cfg
         if cfg.resolution < 2:
             raise ConfigError(f"exporter.resolution must be >= 2, got {cfg.resolution}")
+        check_grid_memory(cfg.resolution)
         if cfg.chunk_size < 1:
             raise ConfigError(f"exporter.chunk_size must be >= 1, got {cfg.chunk_size}")
         bad = [f for f in cfg.formats if f not in FORMATS]
