@@ -205,6 +205,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(shlex.join(run.cmd))
         return 0
     os.makedirs(args.out, exist_ok=True)
+    from threestudio.utils.errors import UserError
+
     try:  # --out locked for the run; signals: forwarded to the runs, waited for, one line
         with eval_dtu.out_lock(args.out), eval_dtu.stopped_in_one_line(args.out, "scene") as stopped:
             rows = eval_dtu.run_scans(args, values, build=build_runs, evaluate=evaluate_scene, collect=collect_row,
