@@ -194,6 +194,16 @@ def _descendants(pid: int) -> dict:
     return found
 
 
+# the tiny random model: the eval scripts check the model files before any run (tests/test_eval_dtu.py)
+TINY_MODEL = ["--ckpt", "random", "--model-config", str(ROOT / "configs" / "diffusion_tiny.yaml")]
+
+
+def fake_m360_scene(root: Path, scene: str = "bonsai") -> Path:
+    (root / scene).mkdir(parents=True)
+    (root / scene / "poses_bounds.npy").write_bytes(b"")  # passes the up-front check; the run fails late
+    return root
+
+
 def fake_dtu_scan(root: Path, scan: int = 8) -> Path:
     (root / f"dtu_scan{scan}").mkdir(parents=True)
     (root / f"dtu_scan{scan}" / "cameras.npz").write_bytes(b"")  # passes the up-front check; the run fails late
@@ -208,11 +218,10 @@ def test_a_signal_to_an_eval_script_stops_its_runs_and_leaves_no_process(tmp_pat
     out = tmp_path / "out"
     if script == "eval_dtu":
         root = fake_dtu_scan(tmp_path / "dtu")
-        args = ["--root", str(root), "--scans", "8", "--mode", "nvs", "--out", str(out)]
+        args = ["--root", str(root), "--scans", "8", "--mode", "nvs", "--out", str(out), *TINY_MODEL]
     else:
-        root = tmp_path / "m360"
-        (root / "bonsai").mkdir(parents=True)  # passes the up-front checks; its run fails late
-        args = ["--root", str(root), "--scenes", "bonsai", "--out", str(out)]
+        root = fake_m360_scene(tmp_path / "m360")
+        args = ["--root", str(root), "--scenes", "bonsai", "--out", str(out), *TINY_MODEL]
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *args], cwd=ROOT,
                             start_new_session=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -239,7 +248,7 @@ def test_a_second_eval_run_into_the_same_out_stops_in_one_line(tmp_path, capsys,
     root, out = fake_dtu_scan(tmp_path / "dtu"), tmp_path / "out"
     ran = []
     monkeypatch.setattr(eval_dtu, "run_scans", lambda *a, **k: ran.append(1) or [])
-    argv = ["--root", str(root), "--scans", "8", "--mode", "nvs", "--out", str(out)]
+    argv = ["--root", str(root), "--scans", "8", "--mode", "nvs", "--out", str(out), *TINY_MODEL]
     out.mkdir()
     with eval_dtu.out_lock(str(out)):
         assert eval_dtu.main(argv) == 2
@@ -256,7 +265,8 @@ def test_a_second_mipnerf360_eval_into_the_same_out_stops_in_one_line(tmp_path, 
     out.mkdir()
     monkeypatch.setattr(eval_dtu, "run_scans", lambda *a, **k: pytest.fail("ran into a locked --out"))
     with eval_dtu.out_lock(str(out)):
-        assert eval_mipnerf360.main(["--root", str(tmp_path), "--scenes", "bonsai", "--out", str(out)]) == 2
+        root = fake_m360_scene(tmp_path / "m360")
+        assert eval_mipnerf360.main(["--root", str(root), "--scenes", "bonsai", "--out", str(out), *TINY_MODEL]) == 2
     assert "is in use by another run" in one_line(capsys)
 
 
@@ -764,7 +774,7 @@ def test_sighup_while_training_writes_a_checkpoint_and_releases_the_lock(tmp_pat
 
 # ------------------------------------------------------------------------- 6: bench.py trace's fake-CUDA build
 def test_fake_cuda_compiler_command_without_gpp_or_with_a_cxx_command(monkeypatch, tmp_path):
-    from threestudio.utils import fake_cuda
+    from threestudio.profiling import fake_cuda
 
     monkeypatch.setattr(fake_cuda.shutil, "which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
@@ -780,7 +790,7 @@ def test_fake_cuda_compiler_command_without_gpp_or_with_a_cxx_command(monkeypatc
 
 
 def test_fake_cuda_cache_falls_back_to_a_temporary_folder(tmp_path, monkeypatch, caplog):
-    from threestudio.utils import fake_cuda
+    from threestudio.profiling import fake_cuda
 
     monkeypatch.setattr(fake_cuda.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
@@ -800,7 +810,7 @@ def test_bench_trace_without_a_compiler_is_one_line(monkeypatch, capsys):
     from benchmarks import trace
 
     sys.path.pop(0)
-    from threestudio.utils import fake_cuda
+    from threestudio.profiling import fake_cuda
 
     def no_compiler(args):
         raise fake_cuda.FakeCudaError("no C++ compiler found (install g++ or set CXX)")

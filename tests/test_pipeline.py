@@ -103,7 +103,7 @@ def test_nonfinite_loss_stops_after_limit_and_keeps_last_checkpoint(tmp_path: Pa
             "trainer.max_steps=30",
             "trainer.val_check_interval=100",
             "checkpoint.every_n_train_steps=1",
-            "system.loss.lambda_rgb=[3,1500.0,.nan,4]",  # NaN weight from step 4 on
+            "system.loss.lambda_rgb=[3,1500.0,1e300,4]",  # inf loss from step 4 on (1e300 overflows float32)
             "system.max_nonfinite_steps=3",
         ),
     )

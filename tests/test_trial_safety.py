@@ -410,7 +410,9 @@ def test_cli_bad_inputs_resume_lock_and_divergence(smoke_trial: Path, tmp_path):
         (["--train", "--config", parsed, *resume, "system.optimizer.args.lr=abc"], 2, "optimizer"),
         (["--train", "--config", parsed, f"resume={copy}/ckpts/corrupt.ckpt"], 2, "corrupt.ckpt"),
         # a second run of a trial in use
-        (["--train", "--config", locked / "configs" / "parsed.yaml", f"resume={locked}/ckpts/last.ckpt"], 2, "in use"),
+        # (with steps left to train: a resume at max_steps is refused before the lock is tried)
+        (["--train", "--config", locked / "configs" / "parsed.yaml", f"resume={locked}/ckpts/last.ckpt",
+          f"trainer.max_steps={step + 2}"], 2, "in use"),
         # a successful resume of the copied trial
         (["--train", "--config", parsed, *resume, f"trainer.max_steps={step + 2}", "data.random_camera.n_test_views=1"],
          0, ""),
