@@ -144,3 +144,11 @@ def test_readme_few_view_command_runs_a_capture_from_the_users_folder(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     (metrics,) = list((tmp_path / "outputs").glob("*/*/save/metrics.json"))
     assert [v["target"] for v in json.loads(metrics.read_text())["per_view"]] == [0, 4]
+
+
+def test_an_input_outside_the_scene_is_one_line(tmp_path):
+    root = transforms_scene(tmp_path)
+    cfg = {"height": H, "width": W, "scene": {"scene_dir": str(root), "input_views": [0, 7], "height": H, "width": W,
+                                              "crop_square": False}}
+    with pytest.raises(UserError, match="camera index 7 is out of range"):
+        PosedInputsDataModule(cfg)

@@ -272,6 +272,25 @@ def input_fovy_deg(K: Tensor, image_height: int, mode: str) -> float:
     return float(focal_to_fov(float(K[1, 1]), image_height))
 
 
+def _resolve_scene_views(cfg: DictConfig, cameras: Any) -> int:
+    """In place: ``data.scene``'s views named by file become camera indices (every input checked against the
+    scene), ``pose_scale: auto`` a number. Returns the first input's camera index."""
+    from threestudio.data.posed_views import resolve_view_names
+
+    scene = cfg.scene
+    for key in ("input_views", "target_views", "excluded_views"):
+        if scene.get(key) is not None:
+            scene[key] = resolve_view_names(list(scene[key]), cameras, f"data.scene.{key}")
+    inputs = [int(i) for i in (scene.get("input_views") or [0])]
+    bad = [i for i in inputs if not 0 <= i < len(cameras)]
+    if bad:
+        raise UserError(f"data.scene.input_views: camera index {bad[0]} is out of range; {cameras.source} has "
+                        f"cameras 0..{len(cameras) - 1}")
+    if str(scene.get("pose_scale")) == "auto":
+        scene.pose_scale = auto_pose_scale(cameras, inputs[0], float(cfg.get("default_camera_distance", 1.0)))
+    return inputs[0]
+
+
 def _scene_cameras(scene: Any):
     """The scene's cameras (its format's reader) and the format's name, from a ``data.scene`` mapping."""
     from threestudio.data.posed_views import detect_scene_format
@@ -294,8 +313,6 @@ class PosedInputsDataModule(SingleImageDataModule):
         camera's, see ``scene_intrinsics``) filled in from the scene, whose cameras it reads; input views named by
         file become camera indices. The runner calls this before it saves the trial's parsed config, so all three
         are recorded there."""
-        from threestudio.data.posed_views import resolve_view_names
-
         cfg = OmegaConf.create(config_to_primitive(cfg) if cfg is not None else {})
         if cfg.get("scene_format", "posed") == "mipnerf360":
             return _resolve_mipnerf360(cfg)
@@ -304,15 +321,7 @@ class PosedInputsDataModule(SingleImageDataModule):
         if not scene_dir or OmegaConf.is_missing(scene, "scene_dir"):
             raise ConfigError("config key data.scene.scene_dir is empty; set it to the posed scene folder")
         cameras, _ = _scene_cameras(scene)
-        for key in ("input_views", "target_views", "excluded_views"):
-            if scene.get(key) is not None:
-                scene[key] = resolve_view_names(list(scene[key]), cameras, f"data.scene.{key}")
-        if str(scene.get("pose_scale")) == "auto":
-            scene.pose_scale = auto_pose_scale(cameras, int((scene.get("input_views") or [0])[0]),
-                                               float(cfg.get("default_camera_distance", 1.0)))
-        index = int((scene.get("input_views") or [0])[0])
-        if not 0 <= index < len(cameras):
-            raise UserError(f"data.scene.input_views: view {index} has no image in {scene_dir}")
+        index = _resolve_scene_views(cfg, cameras)
         image = cameras.image_paths[index]
         if cfg.get("image_path") and os.path.abspath(cfg.image_path) != os.path.abspath(image):
             raise ConfigError("data.image_path comes from data.scene (its first input view); remove the key")
