@@ -76,12 +76,13 @@ from threestudio.data.single_image import (
     SingleImageDataModuleConfig,
     SingleImageIterableDataset,
     resolve_auto_fovy,
+    square_input,
 )
 from threestudio.data.view_selection import select_nearest
 from threestudio.utils.camera import c2w_to_spherical, focal_to_fov, orbit_c2w
 from threestudio.utils.config import config_to_primitive, in_section, parse_structured
 from threestudio.utils.errors import ConfigError, UserError
-from threestudio.utils.image import composite, crop_to_square, load_image, resize_image
+from threestudio.utils.image import composite, load_image, resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -481,16 +482,6 @@ def camera_dict(c2w: Tensor, fovy_deg: float) -> Dict[str, Tensor]:
         "c2w": c2w, "fov_deg": torch.tensor([float(fovy_deg)]), "elevation_deg": elevation, "azimuth_deg": azimuth,
         "camera_distance": distance, "light_positions": c2w[:, :3, 3].clone(),
     }
-
-
-def square_input(rgba: Tensor, fovy_deg: float, crop_mode: str) -> tuple:
-    """The ``crop_mode`` square of a frame (H, W, 4) and its vertical fov (a square cut from a taller frame sees a
-    smaller vertical fov)."""
-    square = crop_to_square(rgba, crop_mode, pad_value=0.0)
-    rows = square.shape[0] if crop_mode != "stretch" else rgba.shape[0]
-    if rows != rgba.shape[0]:
-        fovy_deg = math.degrees(2 * math.atan(math.tan(math.radians(fovy_deg) / 2) * rows / rgba.shape[0]))
-    return square, fovy_deg
 
 
 def auto_pose_scale(cameras: Any, first: int, distance: float) -> float:

@@ -199,6 +199,16 @@ class InputView:
     cameras: Dict[str, Tensor]
 
 
+def square_input(rgba: Tensor, fovy_deg: float, crop_mode: str) -> tuple:
+    """The ``crop_mode`` square of a frame (H, W, 4) and its vertical fov (a square cut from a taller frame sees a
+    smaller vertical fov)."""
+    square = crop_to_square(rgba, crop_mode, pad_value=0.0)
+    rows = square.shape[0] if crop_mode != "stretch" else rgba.shape[0]
+    if rows != rgba.shape[0]:
+        fovy_deg = math.degrees(2 * math.atan(math.tan(math.radians(fovy_deg) / 2) * rows / rgba.shape[0]))
+    return square, fovy_deg
+
+
 class SingleImageIterableDataset(IterableDataset, Updateable):
     """Endless training batches: the reference view(s) at the current stage plus lazily drawn random views.
 
@@ -441,13 +451,9 @@ class SingleImageDataModule(LightningDataModule, Configurable):
         Needs :meth:`setup`."""
         if self.rgba is None:
             raise RuntimeError("call setup() before conditioning(): the image is read there")
-        square = crop_to_square(self.rgba, self.cfg.crop_mode, pad_value=0.0)  # as read, when already square
+        square, fovy = square_input(self.rgba, self.reference.fovy_deg, self.cfg.crop_mode)  # as read when square
         side = min(max(square.shape[0], square.shape[1]), self.cfg.conditioning_max_size)
         image = resize_image(composite(square, 1.0), side, side).clamp(0.0, 1.0)
-        fovy = self.reference.fovy_deg
-        rows = square.shape[0] if self.cfg.crop_mode != "stretch" else self.rgba.shape[0]
-        if rows != self.rgba.shape[0]:  # a square cut from a taller frame sees a smaller vertical fov
-            fovy = math.degrees(2 * math.atan(math.tan(math.radians(fovy) / 2) * rows / self.rgba.shape[0]))
         return {
             "images": image[None].contiguous(),
             "c2w": self.reference.c2w(),
