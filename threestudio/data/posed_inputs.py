@@ -293,12 +293,12 @@ def _resolve_scene_views(cfg: DictConfig, cameras: Any) -> int:
 
 
 def _scene_cameras(scene: Any):
-    """The scene's cameras (its format's reader) and the format's name, from a ``data.scene`` mapping."""
+    """The scene's cameras (its format's reader, ``format: auto`` detected) from a ``data.scene`` mapping."""
     from threestudio.data.posed_views import detect_scene_format
 
     scene_dir = str(scene.get("scene_dir"))
     fmt = detect_scene_format(scene_dir, str(scene.get("format", PosedSceneConfig.format)), "data.scene.format")
-    return SCENE_FORMATS[fmt](scene_dir, False), fmt
+    return SCENE_FORMATS[fmt](scene_dir, False)
 
 
 @threestudio.register("posed-inputs-datamodule")
@@ -321,7 +321,7 @@ class PosedInputsDataModule(SingleImageDataModule):
         scene_dir = scene.get("scene_dir")
         if not scene_dir or OmegaConf.is_missing(scene, "scene_dir"):
             raise ConfigError("config key data.scene.scene_dir is empty; set it to the posed scene folder")
-        cameras, _ = _scene_cameras(scene)
+        cameras = _scene_cameras(scene)
         index = _resolve_scene_views(cfg, cameras)
         image = cameras.image_paths[index]
         if cfg.get("image_path") and os.path.abspath(cfg.image_path) != os.path.abspath(image):
@@ -387,11 +387,10 @@ class PosedInputsDataModule(SingleImageDataModule):
         """Inputs 2..N: their frames and canonical-frame cameras (centred pinhole, fov by ``scene_intrinsics``)."""
         if self.scene is None or len(self.scene.inputs) < 2:
             return []
-        cameras, _ = _scene_cameras(config_to_primitive(self.cfg.scene))
         inputs, views = self.scene.inputs, []
         for k in range(1, len(inputs)):
             index = int(inputs.indices[k])
-            rgba = load_image(cameras.image_paths[index])
+            rgba = load_image(self.scene.input_paths[k])
             self._check_aspect(rgba, f"input view {index}")
             fovy = input_fovy_deg(inputs.raw_K[k], rgba.shape[0], self.cfg.scene_intrinsics)
             views.append(InputView(rgba, camera_dict(inputs.c2w[k:k + 1].float(), fovy)))

@@ -469,6 +469,7 @@ class PosedScene:
     targets: ViewSet
     scene_center: Optional[Tensor] = None  # (3,) pipeline frame
     scene_radius: Optional[float] = None
+    input_paths: List[str] = field(default_factory=list)  # the input views' image files, in input order
 
 
 def check_posed_scene_config(cfg: PosedSceneConfig, prefix: str = "data") -> None:
@@ -583,6 +584,7 @@ def load_posed_scene(cfg: PosedSceneConfig, canonical_c2w: Tensor, prefix: str =
         )
 
     scene.inputs, scene.targets = view_set(inputs), view_set(targets)
+    scene.input_paths = [cameras.image_paths[i] for i in inputs]
     return scene
 
 

@@ -343,14 +343,14 @@ class ZeroNVSGuidance(BaseObject):
         rotation angle, or input 0); with anchors, it uses instead, with
         probability ``p_use_aux_cameras``, the bank view (input or anchor) nearest by rotation angle.
         """
-        return self._select(target_c2w, cond_index)[0]
+        self.conditioning_bank()  # the inputs must be set (its message says how)
+        return self._select(target_c2w, self._base_index(target_c2w, cond_index, self._input_c2w.shape[0]))[0]
 
-    def _select(self, target_c2w: Tensor, cond_index: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        """(chosen bank index, nearest bank index), each (B,) long; without anchors both are the input views."""
+    def _select(self, target_c2w: Tensor, base: Tensor) -> Tuple[Tensor, Tensor]:
+        """(chosen bank index, nearest bank index), each (B,) long, given each sample's input view ``base`` (B,);
+        without anchors both are ``base``."""
         bank = self.conditioning_bank()
-        n_inputs = self._input_c2w.shape[0]  # the bank holds the input views first, then the anchors
-        base = self._base_index(target_c2w, cond_index, n_inputs)
-        if len(bank) == n_inputs:
+        if len(bank) == self._input_c2w.shape[0]:  # the bank holds the input views first, then the anchors
             return base, base
         angles = rotation_angle_deg(bank.c2w[None, :, :3, :3], target_c2w[:, None, :3, :3].to(bank.c2w))  # (B, K)
         nearest = angles.argmin(dim=1)
@@ -429,7 +429,10 @@ class ZeroNVSGuidance(BaseObject):
         and their input view, about the world z axis."""
         if self._input_c2w is None:
             raise RuntimeError("call set_conditions(images, c2w, fov_deg) before using the guidance")
-        base = self._base_index(target_c2w, cond_index, self._input_c2w.shape[0])
+        return self._azimuth_distance(target_c2w, self._base_index(target_c2w, cond_index, self._input_c2w.shape[0]))
+
+    def _azimuth_distance(self, target_c2w: Tensor, base: Tensor) -> Tensor:
+        """|Δazimuth| (B,) between ``target_c2w`` (B, 4, 4) and the input views ``base`` (B,)."""
         _, target_azimuth, _ = c2w_to_spherical(target_c2w.detach().to(self.device, torch.float32))
         _, input_azimuth, _ = c2w_to_spherical(self._input_c2w[base])
         return azimuth_distance_deg(target_azimuth, input_azimuth)
@@ -494,17 +497,18 @@ class ZeroNVSGuidance(BaseObject):
     def _sds(self, rgb: Tensor, batch: Dict[str, Any]) -> Dict[str, Any]:
         batch_size = rgb.shape[0]
         target_c2w = batch["c2w"]
-        cond_index = batch.get("cond_index")
         bank = self.conditioning_bank()
+        # each sample's input view, once: cond_index, else the input_selection rule
+        base = self._base_index(target_c2w, batch.get("cond_index"), self._input_c2w.shape[0])
 
         latents = self.encode_rgb(rgb)
-        delta_azimuth = self.input_azimuth_distance(target_c2w, cond_index)
+        delta_azimuth = self._azimuth_distance(target_c2w, base)
         min_step, max_step = self.timestep_bounds(delta_azimuth)
         t = self.sample_timesteps(min_step, max_step).to(self.device)
         noise = torch.randn_like(latents)
 
         with torch.no_grad():
-            index, nearest = self._select(target_c2w.to(self.device), cond_index)
+            index, nearest = self._select(target_c2w.to(self.device), base)
             c_crossattn = self.cross_attention_conditioning(index, target_c2w, batch["fov_deg"].reshape(-1))
             on_anchor = bank.is_anchor[index]
             # as ZeroNVS: the auxiliary scale goes with the nearest view, whichever view conditions the sample
