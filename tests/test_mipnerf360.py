@@ -166,7 +166,7 @@ def _datamodule(scene_dir, **scene):
     return PosedInputsDataModule(cfg)
 
 
-def test_single_view_scene_datamodule_takes_the_scene_from_the_loader(scene_dir):
+def test_posed_inputs_datamodule_takes_the_scene_from_the_loader(scene_dir):
     dm = _datamodule(scene_dir, manual_gt_to_pred_scale=0.9)
     assert dm.cfg.default_elevation_deg == pytest.approx(math.degrees(math.atan2(HEIGHT, RING_RADIUS)), abs=1e-3)
     assert list(dm.cfg.random_camera.elevation_range) == [5.0, 71.04]
@@ -185,7 +185,7 @@ def test_single_view_scene_datamodule_takes_the_scene_from_the_loader(scene_dir)
     assert torch.equal(dm.mipnerf360.input_rgba()[..., :3], dm.mipnerf360.loaded.images[0])
 
 
-def test_single_view_scene_datamodule_refuses_unknown_keys(scene_dir):
+def test_posed_inputs_datamodule_refuses_unknown_keys(scene_dir):
     from threestudio.utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data.scene.input_views is not a key of scene_format mipnerf360"):
