@@ -757,18 +757,9 @@ def test_launch_inference_takes_a_file_name_with_equals_as_a_path(tmp_path):
 
 @pytest.mark.slow
 def test_sighup_while_training_writes_a_checkpoint_and_releases_the_lock(tmp_path):
-    import torch
-    from test_hostile_trials import _signal_when, _start
+    from test_hostile_trials import stop_training_with
 
-    root = tmp_path / "out"
-    proc = _start(root, "trainer.max_steps=200", "checkpoint.every_n_train_steps=0", "trainer.val_check_interval=1",
-                  "data.random_camera.n_val_views=1")
-    trial = root / "smoke" / "skimage_motorcycle_left"
-    code, errors, err = _signal_when(proc, trial / "save" / "it1-val" / "0000.png", signal.SIGHUP)
-    assert code == 129 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
-    assert "stopped by SIGHUP during training" in errors[0] and "--train resume=" in errors[0]
-    step = torch.load(trial / "ckpts" / "last.ckpt", weights_only=True)["global_step"]
-    assert 1 <= step < 200 and f"holds step {step}" in errors[0]
+    trial, _ = stop_training_with(tmp_path, signal.SIGHUP)  # exit 129, one line, the checkpoint at the signal
     assert (trial / ".lock").read_text() == "", "the lock still names the stopped run"
 
 

@@ -473,18 +473,27 @@ def _signal_when(proc: subprocess.Popen, path: Path, signum: int, timeout: float
     return proc.returncode, [ln for ln in err.splitlines() if ln.startswith("error:")], err
 
 
-@pytest.mark.slow
-def test_sigterm_while_training_writes_a_checkpoint_and_resume_continues(tmp_path):
-    """No scheduled checkpoints (every_n_train_steps=0): the one kept is written at the signal."""
+def stop_training_with(tmp_path: Path, signum: int):
+    """Train the smoke config with no scheduled checkpoints (every_n_train_steps=0), send ``signum`` once the first
+    validation frame exists, and check the one-line stop: exit 128 + signum, the checkpoint written at the signal.
+    Returns (trial, step of that checkpoint)."""
     root = tmp_path / "out"
     proc = _start(root, "trainer.max_steps=200", "checkpoint.every_n_train_steps=0", "trainer.val_check_interval=1",
                   "data.random_camera.n_val_views=1")
     trial = root / "smoke" / "skimage_motorcycle_left"
-    code, errors, err = _signal_when(proc, trial / "save" / "it1-val" / "0000.png", signal.SIGTERM)
-    assert code == 143 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
-    assert "stopped by SIGTERM during training" in errors[0] and "--train resume=" in errors[0]
+    code, errors, err = _signal_when(proc, trial / "save" / "it1-val" / "0000.png", signum)
+    assert code == 128 + signum and len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    name = signal.Signals(signum).name
+    assert f"stopped by {name} during training" in errors[0] and "--train resume=" in errors[0]
     step = torch.load(trial / "ckpts" / "last.ckpt", weights_only=True)["global_step"]
     assert 1 <= step < 200 and f"holds step {step}" in errors[0]
+    return trial, step
+
+
+@pytest.mark.slow
+def test_sigterm_while_training_writes_a_checkpoint_and_resume_continues(tmp_path):
+    """No scheduled checkpoints: the one kept is written at the signal."""
+    trial, step = stop_training_with(tmp_path, signal.SIGTERM)
     assert not list((trial / "ckpts").glob(".*tmp*")), "a temporary checkpoint file was left"
     [result] = run_cases([["--train", "--config", trial / "configs" / "parsed.yaml", f"resume={trial}/ckpts/last.ckpt",
                            f"trainer.max_steps={step + 1}", "data.random_camera.n_test_views=1",
