@@ -5,7 +5,7 @@ with a clear reason when the folder is absent, except under CI=true, where its a
 
 Tests marked ``slow`` launch ``launch.py`` (or another script) in a subprocess, run a whole training in
 process, or compile with ``torch.compile``; ``python -m pytest -q -m "not slow"`` skips them for a quick
-loop (``.ci/run`` runs everything).
+loop (``.ci/run`` runs everything, with ``-n auto``: one pytest-xdist worker per CPU, each with its share of threads).
 """
 
 from __future__ import annotations
@@ -18,10 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from threestudio.utils.threads import set_cpu_thread_defaults
+from threestudio.utils.threads import available_cpus, set_cpu_thread_defaults
 
 # before torch is imported, as launch.py does: waiting OpenMP threads sleep instead of spinning, so the tests' CPU
 # time on cores shared with other jobs is their work (README, "CPU threads")
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # a pytest-xdist worker (README's `-n auto`): the workers share the CPUs, so each takes its share of threads
+    # (and so do the scripts it launches); an OMP_NUM_THREADS already in the environment wins
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", str(max(1, available_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    )
 set_cpu_thread_defaults()
 import torch  # noqa: E402
 
@@ -48,6 +54,13 @@ def require_shared(*relative: str) -> Path:
             pytest.fail(msg + " — under CI=true it must be present")
         pytest.skip(msg)
     return path
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per CPU this process may use (affinity and the cgroup's quota, as the thread
+    defaults), not per CPU the machine has."""
+    return available_cpus()
 
 
 def pytest_configure(config: pytest.Config) -> None:
