@@ -1,0 +1,220 @@
+"""The fused NeRF-field kernel (threestudio/kernels/fused_field.py: hash grid + density and feature MLPs in one Triton
+kernel) against the pure-PyTorch ``implicit-volume`` field, run on CPU tensors by Triton's interpreter
+(TRITON_INTERPRET=1, set by tests/conftest.py).
+
+Relative errors are max |fused − reference| / max |reference| over a tensor, both in float32. The grids have dense
+coarse levels and hashed fine ones (a small table), the point counts are not multiples of the kernel's block, and the
+bounded case puts points outside [0, 1] after contraction and on cell borders.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+
+import pytest
+import torch
+
+import threestudio
+from threestudio.kernels import KERNELS
+from threestudio.utils import fast_paths
+
+if importlib.util.find_spec("triton") is None:  # a requirement on Linux; CI must have it
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("triton is not installed (requirements.txt): the kernel tests cannot run", pytrace=False)
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+TOLERANCE = 1e-5
+SMALL_GRID = {"otype": "HashGrid", "n_levels": 8, "n_features_per_level": 2, "log2_hashmap_size": 10,
+              "base_resolution": 4, "per_level_scale": 1.5}  # 16 encoding columns; levels 0-2 dense, 3-7 hashed
+# 3 levels × 3 features: padded to 4 × 4 encoding columns in the kernel (levels and features)
+PADDED_GRID = {"otype": "HashGrid", "n_levels": 3, "n_features_per_level": 3, "log2_hashmap_size": 7,
+               "base_resolution": 3, "per_level_scale": 2.0}
+PAPER_GRID = {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 12,
+              "base_resolution": 16, "per_level_scale": 1.447269237440378}  # the paper's levels, a small table
+
+
+def mlp(n_neurons: int) -> dict:
+    return {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": n_neurons,
+            "n_hidden_layers": 1}
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    """The fused-field module, run by Triton's interpreter; the selection admits CPU tensors meanwhile."""
+    import triton.language as tl
+
+    if type(tl.zeros).__name__ != "InterpretedFunction":
+        pytest.fail("triton was imported before TRITON_INTERPRET=1 was set; run the tests with TRITON_INTERPRET=1",
+                    pytrace=False)
+    module = importlib.import_module(KERNELS["fused_field"])
+    fast_paths.admit_interpreted_kernels(True)
+    yield module
+    fast_paths.admit_interpreted_kernels(False)
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((value - reference).abs().max() / reference.abs().max()).item()
+
+
+def geometries(grid: dict, n_neurons: int, **cfg):
+    """A random ``implicit-volume`` field in mode auto and a copy of it on the reference path."""
+    torch.manual_seed(0)
+    config = {"radius": 1.0, "density_blob_scale": 5.0, "pos_encoding_config": grid, "mlp_network_config":
+              mlp(n_neurons), "normal_type": "analytic", "analytic_normal_method": "explicit", **cfg}
+    fast = threestudio.find("implicit-volume")(config, fast_paths="auto")
+    with torch.no_grad():
+        fast.encoding.params.uniform_(-1.0, 1.0)  # mixed signs before the ReLUs
+    reference = copy.deepcopy(fast)
+    reference.fast_paths = reference.encoding.fast_paths = "off"
+    return fast, reference
+
+
+def world_points(geometry, n: int, unbounded: bool) -> torch.Tensor:
+    """Random points in and beyond the box; bounded fields also get points on the cell borders of the dense
+    levels (contracted · scale + 0.5 integral) and points whose contracted coordinates leave [0, 1]."""
+    gen = torch.Generator().manual_seed(3)
+    points = torch.rand(n, 3, generator=gen) * 3.0 - 1.5
+    if unbounded:
+        return points
+    scales = geometry.encoding.scales[geometry.encoding.is_dense].tolist()
+    borders = torch.cat([((torch.arange(int(s) + 2) - 0.5) / s).clamp(0.0, 1.0) for s in scales])
+    on_borders = borders[torch.randint(len(borders), (n // 3, 3), generator=gen)] * 2.0 - 1.0  # bbox [-1, 1]
+    corners = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0], [1.3, -1.2, 0.1]])
+    return torch.cat([points, on_borders, corners])
+
+
+def outputs_and_grads(geometry, points: torch.Tensor, normals: bool, loss_on: str = "all"):
+    """The field's outputs at points and the gradients of a fixed random-weighted loss on them w.r.t. every
+    parameter (and the points, without normals: the explicit-normals path takes no point gradient)."""
+    points = points.clone().requires_grad_(not normals)
+    out = geometry(points, output_normal=normals)
+    gen = torch.Generator().manual_seed(4)
+    names = ["density", "features"] + (["normal"] if normals else [])
+    loss = sum((out[k] * torch.randn(out[k].shape, generator=gen)).sum() for k in names
+               if loss_on == "all" or k == loss_on)
+    inputs = list(geometry.parameters()) + ([] if normals else [points])
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True, materialize_grads=True)
+    return [out[k].detach() for k in names], list(grads)
+
+
+def counting(monkeypatch, kernel) -> list:
+    """Record the calls of the fused kernel's public functions (after its self-check, which calls them too)."""
+    assert fast_paths.triton_kernels("fused_field", "auto", torch.device("cpu")) is kernel
+    calls = []
+    for name in ("field", "field_with_normals"):
+        original = getattr(kernel, name)
+        monkeypatch.setattr(kernel, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    return calls
+
+
+def assert_matches(fast_results, reference_results):
+    for kind, got, want in zip(("outputs", "grads"), fast_results, reference_results):
+        assert len(got) == len(want)
+        for i, (value, expected) in enumerate(zip(got, want)):
+            assert value.shape == expected.shape
+            assert expected.abs().max() > 0, (kind, i)  # a comparison that can fail
+            assert relative_error(value, expected) <= TOLERANCE, (kind, i, relative_error(value, expected))
+
+
+@pytest.mark.parametrize("unbounded", [True, False])
+@pytest.mark.parametrize("normals", [False, True])
+def test_fused_field_matches_the_reference(kernel, monkeypatch, unbounded, normals):
+    fast, reference = geometries(SMALL_GRID, 16, unbounded=unbounded)
+    assert fast.encoding.is_dense.tolist() == [True] * 3 + [False] * 5
+    points = world_points(fast, 45, unbounded)
+    assert points.shape[0] % kernel.BLOCK != 0 and points.shape[0] > kernel.BLOCK
+    if not unbounded:
+        contracted = fast._contract(points)
+        assert ((contracted < 0) | (contracted > 1)).any()  # clamped coordinates: zero Jacobian there
+    calls = counting(monkeypatch, kernel)
+    fast_results = outputs_and_grads(fast, points, normals)
+    assert calls == ["field_with_normals" if normals else "field"]
+    reference_results = outputs_and_grads(reference, points, normals)
+    assert len(calls) == 1  # the reference did not take the kernel
+    assert_matches(fast_results, reference_results)
+
+
+@pytest.mark.parametrize("normals", [False, True])
+def test_padded_levels_and_features_match_the_reference(kernel, monkeypatch, normals):
+    fast, reference = geometries(PADDED_GRID, 16, unbounded=False)
+    assert fast.encoding.is_dense.tolist() == [True, False, False]
+    points = world_points(fast, 20, unbounded=False)
+    calls = counting(monkeypatch, kernel)
+    assert_matches(outputs_and_grads(fast, points, normals), outputs_and_grads(reference, points, normals))
+    assert len(calls) == 1
+
+
+def test_gradients_through_the_normals_alone(kernel, monkeypatch):
+    """A loss on the normals only: its gradient reaches the table (through the Jacobian's corner-weight
+    derivatives) and both layers of the density head, and not the feature head."""
+    fast, reference = geometries(SMALL_GRID, 16, unbounded=False)
+    points = world_points(fast, 40, unbounded=False)
+    calls = counting(monkeypatch, kernel)
+    fast_results = outputs_and_grads(fast, points, True, loss_on="normal")
+    reference_results = outputs_and_grads(reference, points, True, loss_on="normal")
+    assert calls == ["field_with_normals"]
+    grads = fast_results[1]
+    assert [float(g.abs().max()) > 0 for g in grads] == [True, True, True, False, False]
+    assert_matches((fast_results[0], grads[:3]), (reference_results[0], reference_results[1][:3]))
+    assert all(g.abs().max() == 0 for g in reference_results[1][3:])
+
+
+def test_no_point_gradient_through_the_normals_output(kernel):
+    fast, _ = geometries(SMALL_GRID, 16)
+    x = torch.rand(8, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="no gradient w.r.t. the points"):
+        kernel.field_with_normals(fast.encoding, fast.density_network, fast.feature_network, x)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"mlp_network_config": {**mlp(16), "n_hidden_layers": 2}},  # two hidden layers
+     {"mlp_network_config": {**mlp(16), "activation": "Sigmoid"}},
+     {"mlp_network_config": {**mlp(24)}},  # not a power of two
+     {"mlp_network_config": {**mlp(16), "output_activation": "Sigmoid"}},
+     {"pos_encoding_config": {**SMALL_GRID, "n_levels": 40}},  # 80 columns: above 64
+     {"n_feature_dims": 0}],
+)
+def test_unsupported_fields_take_the_reference(kernel, monkeypatch, change):
+    config = {"radius": 1.0, "pos_encoding_config": SMALL_GRID, "mlp_network_config": mlp(16), "normal_type": None,
+              **change}
+    geometry = threestudio.find("implicit-volume")(config, fast_paths="auto")
+    calls = counting(monkeypatch, kernel)
+    out = geometry(torch.rand(10, 3))
+    assert calls == [] and out["density"].shape == (10, 1)
+
+
+def test_the_cpu_default_is_the_reference(kernel, monkeypatch):
+    fast, _ = geometries(SMALL_GRID, 16)
+    calls = counting(monkeypatch, kernel)
+    fast_paths.admit_interpreted_kernels(False)  # the real rule: CUDA tensors only
+    try:
+        fast(torch.rand(10, 3), output_normal=True)
+        fast.fast_paths = "off"
+        fast_paths.admit_interpreted_kernels(True)
+        fast(torch.rand(10, 3), output_normal=True)
+    finally:
+        fast_paths.admit_interpreted_kernels(True)
+    assert calls == []
+
+
+def test_self_check_passes_and_catches_a_wrong_kernel(kernel, monkeypatch):
+    kernel.self_check("cpu")
+    hash_grid = importlib.import_module(KERNELS["hash_grid"])
+    monkeypatch.setattr(hash_grid, "_PRIMES", (1, 2654435761, 805459863))  # a wrong hash for the fine levels
+    monkeypatch.setattr(hash_grid, "_primes_on", {})
+    with pytest.raises(RuntimeError, match="differs from the reference"):
+        kernel.self_check("cpu")
+
+
+@pytest.mark.parametrize("normals", [False, True])
+def test_paper_shapes_match_the_reference(kernel, monkeypatch, normals):
+    """The paper's 16 levels × 2 features and 64 neurons (a small table, so that the fine levels hash)."""
+    fast, reference = geometries(PAPER_GRID, 64)
+    assert fast.encoding.is_dense.any() and not fast.encoding.is_dense.all()
+    points = world_points(fast, 70, unbounded=True)
+    calls = counting(monkeypatch, kernel)
+    assert_matches(outputs_and_grads(fast, points, normals), outputs_and_grads(reference, points, normals))
+    assert len(calls) == 1
