@@ -35,9 +35,9 @@ PAPER_GRID = {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "l
               "base_resolution": 16, "per_level_scale": 1.447269237440378}  # the paper's levels, a small table
 
 
-def mlp(n_neurons: int) -> dict:
+def mlp(n_neurons: int, n_hidden_layers: int = 1) -> dict:
     return {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": n_neurons,
-            "n_hidden_layers": 1}
+            "n_hidden_layers": n_hidden_layers}
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +58,12 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return ((value - reference).abs().max() / reference.abs().max()).item()
 
 
-def geometries(grid: dict, n_neurons: int, **cfg):
+def geometries(grid: dict, n_neurons: int, n_hidden_layers: int = 1, **cfg):
     """A random ``implicit-volume`` field in mode auto and a copy of it on the reference path."""
     torch.manual_seed(0)
     config = {"radius": 1.0, "density_blob_scale": 5.0, "pos_encoding_config": grid, "mlp_network_config":
-              mlp(n_neurons), "normal_type": "analytic", "analytic_normal_method": "explicit", **cfg}
+              mlp(n_neurons, n_hidden_layers), "normal_type": "analytic", "analytic_normal_method": "explicit",
+              **cfg}
     fast = threestudio.find("implicit-volume")(config, fast_paths="auto")
     with torch.no_grad():
         fast.encoding.params.uniform_(-1.0, 1.0)  # mixed signs before the ReLUs
@@ -118,10 +119,11 @@ def assert_matches(fast_results, reference_results):
             assert relative_error(value, expected) <= TOLERANCE, (kind, i, relative_error(value, expected))
 
 
+@pytest.mark.parametrize("n_hidden_layers", [1, 2])
 @pytest.mark.parametrize("unbounded", [True, False])
 @pytest.mark.parametrize("normals", [False, True])
-def test_fused_field_matches_the_reference(kernel, monkeypatch, unbounded, normals):
-    fast, reference = geometries(SMALL_GRID, 16, unbounded=unbounded)
+def test_fused_field_matches_the_reference(kernel, monkeypatch, unbounded, normals, n_hidden_layers):
+    fast, reference = geometries(SMALL_GRID, 16, n_hidden_layers, unbounded=unbounded)
     assert fast.encoding.is_dense.tolist() == [True] * 3 + [False] * 5
     points = world_points(fast, 45, unbounded)
     assert points.shape[0] % kernel.BLOCK != 0 and points.shape[0] > kernel.BLOCK
@@ -146,19 +148,20 @@ def test_padded_levels_and_features_match_the_reference(kernel, monkeypatch, nor
     assert len(calls) == 1
 
 
-def test_gradients_through_the_normals_alone(kernel, monkeypatch):
+@pytest.mark.parametrize("n_hidden_layers", [1, 2])
+def test_gradients_through_the_normals_alone(kernel, monkeypatch, n_hidden_layers):
     """A loss on the normals only: its gradient reaches the table (through the Jacobian's corner-weight
-    derivatives) and both layers of the density head, and not the feature head."""
-    fast, reference = geometries(SMALL_GRID, 16, unbounded=False)
+    derivatives) and every layer of the density head, and not the feature head."""
+    fast, reference = geometries(SMALL_GRID, 16, n_hidden_layers, unbounded=False)
     points = world_points(fast, 40, unbounded=False)
     calls = counting(monkeypatch, kernel)
     fast_results = outputs_and_grads(fast, points, True, loss_on="normal")
     reference_results = outputs_and_grads(reference, points, True, loss_on="normal")
     assert calls == ["field_with_normals"]
-    grads = fast_results[1]
-    assert [float(g.abs().max()) > 0 for g in grads] == [True, True, True, False, False]
-    assert_matches((fast_results[0], grads[:3]), (reference_results[0], reference_results[1][:3]))
-    assert all(g.abs().max() == 0 for g in reference_results[1][3:])
+    grads, n_density = fast_results[1], 2 + n_hidden_layers  # the table and the density head's layers
+    assert [float(g.abs().max()) > 0 for g in grads] == [True] * n_density + [False] * (1 + n_hidden_layers)
+    assert_matches((fast_results[0], grads[:n_density]), (reference_results[0], reference_results[1][:n_density]))
+    assert all(g.abs().max() == 0 for g in reference_results[1][n_density:])
 
 
 def test_no_point_gradient_through_the_normals_output(kernel):
@@ -170,7 +173,7 @@ def test_no_point_gradient_through_the_normals_output(kernel):
 
 @pytest.mark.parametrize(
     "change",
-    [{"mlp_network_config": {**mlp(16), "n_hidden_layers": 2}},  # two hidden layers
+    [{"mlp_network_config": mlp(16, 3)},  # three hidden layers
      {"mlp_network_config": {**mlp(16), "activation": "Sigmoid"}},
      {"mlp_network_config": {**mlp(24)}},  # not a power of two
      {"mlp_network_config": {**mlp(16), "output_activation": "Sigmoid"}},
@@ -209,10 +212,11 @@ def test_self_check_passes_and_catches_a_wrong_kernel(kernel, monkeypatch):
         kernel.self_check("cpu")
 
 
+@pytest.mark.parametrize("n_neurons, n_hidden_layers", [(32, 2), (64, 1)])  # configs/zeronvs.yaml; issue 30's
 @pytest.mark.parametrize("normals", [False, True])
-def test_paper_shapes_match_the_reference(kernel, monkeypatch, normals):
-    """The paper's 16 levels × 2 features and 64 neurons (a small table, so that the fine levels hash)."""
-    fast, reference = geometries(PAPER_GRID, 64)
+def test_paper_shapes_match_the_reference(kernel, monkeypatch, normals, n_neurons, n_hidden_layers):
+    """The paper's 16 levels × 2 features (a small table, so that the fine levels hash) and MLP widths."""
+    fast, reference = geometries(PAPER_GRID, n_neurons, n_hidden_layers)
     assert fast.encoding.is_dense.any() and not fast.encoding.is_dense.all()
     points = world_points(fast, 70, unbounded=True)
     calls = counting(monkeypatch, kernel)

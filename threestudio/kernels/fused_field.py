@@ -35,6 +35,7 @@ This module imports Triton; import it only through :func:`threestudio.utils.fast
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -132,13 +133,29 @@ def _first_layer_t(w_ptr, n_levels, F: tl.constexpr, LP: tl.constexpr, FP: tl.co
 
 
 @triton.jit
-def _fused_field_kernel(x_ptr, table_ptr, w1d_ptr, w2d_ptr, w1f_ptr, w2f_ptr, raw_ptr, feat_ptr, grad_ptr,
-                        scales_ptr, res_ptr, offsets_ptr, sizes_ptr, dense_ptr, strides_ptr, primes_ptr,
+def _hidden_layers(enc, w1_t, wm_ptr, H: tl.constexpr, TWO_HIDDEN: tl.constexpr):
+    """Pre-activations of the first and last hidden layers (BLOCK_N, H) (the same one with one hidden layer) and the
+    middle weight (H, H) (out, in) when there are two."""
+    hidden = tl.arange(0, H)
+    z1 = tl.dot(enc, w1_t, input_precision="ieee")
+    z2 = z1
+    wm = w1_t
+    if TWO_HIDDEN:
+        wm = tl.load(wm_ptr + hidden[:, None] * H + hidden[None, :])
+        z2 = tl.dot(tl.maximum(z1, 0.0), tl.trans(wm), input_precision="ieee")
+    return z1, z2, wm
+
+
+@triton.jit
+def _fused_field_kernel(x_ptr, table_ptr, w1d_ptr, wmd_ptr, wod_ptr, w1f_ptr, wmf_ptr, wof_ptr, raw_ptr, feat_ptr,
+                        grad_ptr, scales_ptr, res_ptr, offsets_ptr, sizes_ptr, dense_ptr, strides_ptr, primes_ptr,
                         n_points, n_levels, n_features,
                         D: tl.constexpr, N_CORNERS: tl.constexpr, F: tl.constexpr, LP: tl.constexpr,
-                        FP: tl.constexpr, H: tl.constexpr, CP: tl.constexpr, NORMALS: tl.constexpr,
-                        BLOCK_N: tl.constexpr):
-    """Forward for a block of points: raw density (N,), features (N, n_features) and, NORMALS, ∂raw/∂x (N, D)."""
+                        FP: tl.constexpr, H: tl.constexpr, CP: tl.constexpr, TWO_HIDDEN: tl.constexpr,
+                        NORMALS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Forward for a block of points: raw density (N,), features (N, n_features) and, NORMALS, ∂raw/∂x (N, D).
+    Weights as ``nn.Linear`` stores them (out, in): first layers w1 (H, L·F), middle wm (H, H) (TWO_HIDDEN),
+    outputs wo (1, H) (density) and (n_features, H)."""
     points = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     pmask = points < n_points
     enc, jac0, jac1, jac2 = _encode_block(x_ptr, table_ptr, points, pmask, scales_ptr, res_ptr, offsets_ptr,
@@ -147,18 +164,20 @@ def _fused_field_kernel(x_ptr, table_ptr, w1d_ptr, w2d_ptr, w1f_ptr, w2f_ptr, ra
     hidden = tl.arange(0, H)
     outs = tl.arange(0, CP)
     w1d_t = _first_layer_t(w1d_ptr, n_levels, F, LP, FP, H)  # (E, H)
-    w2d = tl.load(w2d_ptr + hidden)  # (H,)
-    z = tl.dot(enc, w1d_t, input_precision="ieee")  # (BLOCK_N, H)
-    raw = tl.sum(tl.maximum(z, 0.0) * w2d[None, :], axis=1)
+    wod = tl.load(wod_ptr + hidden)  # (H,)
+    z1, z2, wmd = _hidden_layers(enc, w1d_t, wmd_ptr, H, TWO_HIDDEN)
+    raw = tl.sum(tl.maximum(z2, 0.0) * wod[None, :], axis=1)
     tl.store(raw_ptr + points, raw, mask=pmask)
     w1f_t = _first_layer_t(w1f_ptr, n_levels, F, LP, FP, H)
-    w2f_t = tl.load(w2f_ptr + outs[None, :] * H + hidden[:, None], mask=(outs < n_features)[None, :], other=0.0)
-    hidden_f = tl.maximum(tl.dot(enc, w1f_t, input_precision="ieee"), 0.0)
-    feat = tl.dot(hidden_f, w2f_t, input_precision="ieee")  # (BLOCK_N, CP)
+    wof_t = tl.load(wof_ptr + outs[None, :] * H + hidden[:, None], mask=(outs < n_features)[None, :], other=0.0)
+    zf1, zf2, wmf = _hidden_layers(enc, w1f_t, wmf_ptr, H, TWO_HIDDEN)
+    feat = tl.dot(tl.maximum(zf2, 0.0), wof_t, input_precision="ieee")  # (BLOCK_N, CP)
     tl.store(feat_ptr + points[:, None] * n_features + outs[None, :], feat,
              mask=pmask[:, None] & (outs < n_features)[None, :])
-    if NORMALS:  # ∂raw/∂enc = (w2 ⊙ relu'(z)) · W1, then through the Jacobian
-        u = tl.where(z > 0.0, w2d[None, :], 0.0)
+    if NORMALS:  # ∂raw/∂enc = ((wo ⊙ relu'(z2)) · wm ⊙ relu'(z1)) · w1, then through the Jacobian
+        u = tl.where(z2 > 0.0, wod[None, :], 0.0)
+        if TWO_HIDDEN:
+            u = tl.where(z1 > 0.0, tl.dot(u, wmd, input_precision="ieee"), 0.0)
         raw_grad = tl.dot(u, tl.trans(w1d_t), input_precision="ieee")  # (BLOCK_N, E)
         tl.store(grad_ptr + points * D, tl.sum(raw_grad * jac0, axis=1), mask=pmask)
         if D > 1:
@@ -168,20 +187,22 @@ def _fused_field_kernel(x_ptr, table_ptr, w1d_ptr, w2d_ptr, w1f_ptr, w2f_ptr, ra
 
 
 @triton.jit
-def _fused_field_backward_kernel(x_ptr, table_ptr, w1d_ptr, w2d_ptr, w1f_ptr, w2f_ptr, g_raw_ptr, g_feat_ptr,
-                                 g_normal_ptr, grad_table_ptr, grad_x_ptr, part_w1d_ptr, part_w2d_ptr,
-                                 part_w1f_ptr, part_w2f_ptr, scales_ptr, res_ptr, offsets_ptr, sizes_ptr, dense_ptr,
-                                 strides_ptr, primes_ptr, n_points, n_levels, n_features, n_blocks,
+def _fused_field_backward_kernel(x_ptr, table_ptr, w1d_ptr, wmd_ptr, wod_ptr, w1f_ptr, wmf_ptr, wof_ptr, g_raw_ptr,
+                                 g_feat_ptr, g_normal_ptr, grad_table_ptr, grad_x_ptr, part_w1d_ptr, part_wmd_ptr,
+                                 part_wod_ptr, part_w1f_ptr, part_wmf_ptr, part_wof_ptr, scales_ptr, res_ptr,
+                                 offsets_ptr, sizes_ptr, dense_ptr, strides_ptr, primes_ptr, n_points, n_levels,
+                                 n_features, n_blocks,
                                  D: tl.constexpr, N_CORNERS: tl.constexpr, F: tl.constexpr, LP: tl.constexpr,
-                                 FP: tl.constexpr, H: tl.constexpr, CP: tl.constexpr, NORMALS: tl.constexpr,
-                                 POINTS_GRAD: tl.constexpr, BLOCK_N: tl.constexpr):
+                                 FP: tl.constexpr, H: tl.constexpr, CP: tl.constexpr, TWO_HIDDEN: tl.constexpr,
+                                 NORMALS: tl.constexpr, POINTS_GRAD: tl.constexpr, BLOCK_N: tl.constexpr):
     """Backward, persistent: program p takes blocks p, p + P, ...; recomputes encoding and hidden layers, adds the
     table gradient atomically, writes the points' gradient (POINTS_GRAD) and its partial sums of the weight
-    gradients (part_w1d/part_w1f (P, H, E), part_w2d (P, H), part_w2f (P, CP, H)).
+    gradients (part_w1* (P, H, E), part_wm* (P, H, H) (TWO_HIDDEN), part_wod (P, H), part_wof (P, CP, H)).
 
-    Gradients: raw (N,), features (N, n_features) and, NORMALS, ∂raw/∂x (N, D). With u = w2 ⊙ relu'(z) and
-    v = jac · g_normal (N, E), the normals' term is uᵀ W1 v: it adds u ⊗ v to W1's gradient, relu'(z) ⊙ (W1 v) to
-    w2's, and g_normal ⊗ (u W1) to the Jacobian's (hence the table's)."""
+    Gradients in: raw (N,), features (N, n_features) and, NORMALS, ∂raw/∂x (N, D). With v = jac · g_normal (N, E),
+    the normals' term is wodᵀ S2 wm S1 w1 v (S = diag relu'(z), piecewise constant: first order): it adds u1 ⊗ v
+    to w1's gradient (u1 = S1 wmᵀ S2 wod), u2 ⊗ q1 to wm's (u2 = S2 wod, q1 = S1 w1 v), S2 wm q1 to wod's, and
+    g_normal ⊗ (u1 w1) to the Jacobian's, hence the table's (one hidden layer: S2 = S1, no wm)."""
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
     hidden = tl.arange(0, H)
@@ -189,27 +210,34 @@ def _fused_field_backward_kernel(x_ptr, table_ptr, w1d_ptr, w2d_ptr, w1f_ptr, w2
     k = tl.arange(0, LP * FP)
     w1d_t = _first_layer_t(w1d_ptr, n_levels, F, LP, FP, H)  # (E, H)
     w1f_t = _first_layer_t(w1f_ptr, n_levels, F, LP, FP, H)
-    w2d = tl.load(w2d_ptr + hidden)
-    w2f = tl.load(w2f_ptr + outs[:, None] * H + hidden[None, :], mask=(outs < n_features)[:, None], other=0.0)
+    wod = tl.load(wod_ptr + hidden)
+    wof = tl.load(wof_ptr + outs[:, None] * H + hidden[None, :], mask=(outs < n_features)[:, None], other=0.0)
     acc_w1d = tl.zeros([H, LP * FP], dtype=tl.float32)
     acc_w1f = tl.zeros([H, LP * FP], dtype=tl.float32)
-    acc_w2d = tl.zeros([H], dtype=tl.float32)
-    acc_w2f = tl.zeros([CP, H], dtype=tl.float32)
+    acc_wmd = tl.zeros([H, H], dtype=tl.float32)
+    acc_wmf = tl.zeros([H, H], dtype=tl.float32)
+    acc_wod = tl.zeros([H], dtype=tl.float32)
+    acc_wof = tl.zeros([CP, H], dtype=tl.float32)
     for block in range(pid, n_blocks, n_programs):
         points = tl.arange(0, BLOCK_N).to(tl.int64) + block * BLOCK_N  # N < 2^31 points
         pmask = points < n_points
         enc, jac0, jac1, jac2 = _encode_block(x_ptr, table_ptr, points, pmask, scales_ptr, res_ptr, offsets_ptr,
                                               sizes_ptr, dense_ptr, strides_ptr, primes_ptr, n_levels, D,
                                               N_CORNERS, F, LP, FP, NORMALS or POINTS_GRAD, BLOCK_N)
-        z = tl.dot(enc, w1d_t, input_precision="ieee")  # (BLOCK_N, H)
-        zf = tl.dot(enc, w1f_t, input_precision="ieee")
+        z1, z2, wmd = _hidden_layers(enc, w1d_t, wmd_ptr, H, TWO_HIDDEN)
+        zf1, zf2, wmf = _hidden_layers(enc, w1f_t, wmf_ptr, H, TWO_HIDDEN)
         g_raw = tl.load(g_raw_ptr + points, mask=pmask, other=0.0)
         g_feat = tl.load(g_feat_ptr + points[:, None] * n_features + outs[None, :],
                          mask=pmask[:, None] & (outs < n_features)[None, :], other=0.0)  # (BLOCK_N, CP)
-        acc_w2d += tl.sum(g_raw[:, None] * tl.maximum(z, 0.0), axis=0)
-        acc_w2f += tl.dot(tl.trans(g_feat), tl.maximum(zf, 0.0), input_precision="ieee")
-        dz = tl.where(z > 0.0, g_raw[:, None] * w2d[None, :], 0.0)
-        dzf = tl.where(zf > 0.0, tl.dot(g_feat, w2f, input_precision="ieee"), 0.0)
+        acc_wod += tl.sum(g_raw[:, None] * tl.maximum(z2, 0.0), axis=0)
+        acc_wof += tl.dot(tl.trans(g_feat), tl.maximum(zf2, 0.0), input_precision="ieee")
+        dz = tl.where(z2 > 0.0, g_raw[:, None] * wod[None, :], 0.0)
+        dzf = tl.where(zf2 > 0.0, tl.dot(g_feat, wof, input_precision="ieee"), 0.0)
+        if TWO_HIDDEN:
+            acc_wmd += tl.dot(tl.trans(dz), tl.maximum(z1, 0.0), input_precision="ieee")
+            acc_wmf += tl.dot(tl.trans(dzf), tl.maximum(zf1, 0.0), input_precision="ieee")
+            dz = tl.where(z1 > 0.0, tl.dot(dz, wmd, input_precision="ieee"), 0.0)
+            dzf = tl.where(zf1 > 0.0, tl.dot(dzf, wmf, input_precision="ieee"), 0.0)
         acc_w1d += tl.dot(tl.trans(dz), enc, input_precision="ieee")
         acc_w1f += tl.dot(tl.trans(dzf), enc, input_precision="ieee")
         grad_enc = tl.dot(dz, tl.trans(w1d_t), input_precision="ieee") + tl.dot(dzf, tl.trans(w1f_t),
@@ -228,8 +256,14 @@ def _fused_field_backward_kernel(x_ptr, table_ptr, w1d_ptr, w2d_ptr, w1f_ptr, w2
             if D > 2:
                 gn2 = tl.load(g_normal_ptr + points * D + 2, mask=pmask, other=0.0)
                 v += gn2[:, None] * jac2
-            u = tl.where(z > 0.0, w2d[None, :], 0.0)
-            acc_w2d += tl.sum(tl.where(z > 0.0, tl.dot(v, w1d_t, input_precision="ieee"), 0.0), axis=0)
+            q = tl.where(z1 > 0.0, tl.dot(v, w1d_t, input_precision="ieee"), 0.0)  # S1 w1 v
+            u = tl.where(z2 > 0.0, wod[None, :], 0.0)  # S2 wod
+            if TWO_HIDDEN:
+                acc_wod += tl.sum(tl.where(z2 > 0.0, tl.dot(q, tl.trans(wmd), input_precision="ieee"), 0.0), axis=0)
+                acc_wmd += tl.dot(tl.trans(u), q, input_precision="ieee")
+                u = tl.where(z1 > 0.0, tl.dot(u, wmd, input_precision="ieee"), 0.0)
+            else:
+                acc_wod += tl.sum(q, axis=0)
             acc_w1d += tl.dot(tl.trans(u), v, input_precision="ieee")
             raw_grad = tl.dot(u, tl.trans(w1d_t), input_precision="ieee")  # (BLOCK_N, E)
             gj0 = raw_grad * gn0[:, None]
@@ -247,19 +281,22 @@ def _fused_field_backward_kernel(x_ptr, table_ptr, w1d_ptr, w2d_ptr, w1f_ptr, w2
     e_cols = LP * FP
     tl.store(part_w1d_ptr + pid * (H * e_cols) + hidden[:, None] * e_cols + k[None, :], acc_w1d)
     tl.store(part_w1f_ptr + pid * (H * e_cols) + hidden[:, None] * e_cols + k[None, :], acc_w1f)
-    tl.store(part_w2d_ptr + pid * H + hidden, acc_w2d)
-    tl.store(part_w2f_ptr + pid * (CP * H) + outs[:, None] * H + hidden[None, :], acc_w2f)
+    if TWO_HIDDEN:
+        tl.store(part_wmd_ptr + pid * (H * H) + hidden[:, None] * H + hidden[None, :], acc_wmd)
+        tl.store(part_wmf_ptr + pid * (H * H) + hidden[:, None] * H + hidden[None, :], acc_wmf)
+    tl.store(part_wod_ptr + pid * H + hidden, acc_wod)
+    tl.store(part_wof_ptr + pid * (CP * H) + outs[:, None] * H + hidden[None, :], acc_wof)
 
 
 # ---------------------------------------------------------------------- host side
-def _constants(grid: Any, n_neurons: int, n_features: int) -> Dict[str, int]:
+def _constants(grid: Any, n_neurons: int, n_features: int, two_hidden: bool) -> Dict[str, int]:
     """Compile-time constants: dims, corners, features per level F, padded levels LP and features FP (LP·FP ≥ 16),
-    hidden width H, padded feature outputs CP (≥ 16: a ``tl.dot`` side)."""
+    hidden width H, padded feature outputs CP (≥ 16: a ``tl.dot`` side), one or two hidden layers."""
     f = grid.n_features_per_level
     fp = triton.next_power_of_2(f)
     lp = max(triton.next_power_of_2(grid.n_levels), triton.cdiv(MIN_DOT, fp))
     return dict(D=grid.n_input_dims, N_CORNERS=2**grid.n_input_dims, F=f, LP=lp, FP=fp, H=n_neurons,
-                CP=max(MIN_DOT, triton.next_power_of_2(n_features)), BLOCK_N=BLOCK)
+                CP=max(MIN_DOT, triton.next_power_of_2(n_features)), TWO_HIDDEN=two_hidden, BLOCK_N=BLOCK)
 
 
 def _padded_columns(grid: Any, lp: int, fp: int, device: torch.device) -> Optional[Tensor]:
@@ -270,80 +307,89 @@ def _padded_columns(grid: Any, lp: int, fp: int, device: torch.device) -> Option
     return torch.tensor([level * fp + j for level in range(grid.n_levels) for j in range(f)], device=device)
 
 
-def _weights(density_mlp: Any, feature_mlp: Any) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return (density_mlp.layers[0].weight, density_mlp.layers[1].weight, feature_mlp.layers[0].weight,
-            feature_mlp.layers[1].weight)
+def _weights(density_mlp: Any, feature_mlp: Any) -> Tuple[Optional[Tensor], ...]:
+    """(w1, wm, wo) of the density head then of the feature head; wm None with one hidden layer."""
+    out = []
+    for mlp in (density_mlp, feature_mlp):
+        layers = [layer.weight for layer in mlp.layers]
+        out += [layers[0], layers[1] if len(layers) == 3 else None, layers[-1]]
+    return tuple(out)
 
 
 class _FusedField(torch.autograd.Function):
-    """(x (N, D), table, W1 density (H, E), w2 density (1, H), W1 features (H, E), W2 features (C, H)) → raw density
-    (N, 1), features (N, C) [, ∂raw/∂x (N, D) when ``normals``]; backward into every input (x only without
-    normals)."""
+    """(x (N, D), table, density head w1 (H, E), wm (H, H) or None, wo (1, H), feature head w1, wm, wo (C, H)) →
+    raw density (N, 1), features (N, C) [, ∂raw/∂x (N, D) when ``normals``]; backward into every input (x only
+    without normals)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, table: Tensor, w1d: Tensor, w2d: Tensor, w1f: Tensor, w2f: Tensor,  # type: ignore[override]
-                grid: Any, normals: bool):
+    def forward(ctx, x: Tensor, table: Tensor, w1d: Tensor, wmd: Optional[Tensor], wod: Tensor,  # type: ignore[override]
+                w1f: Tensor, wmf: Optional[Tensor], wof: Tensor, grid: Any, normals: bool):
         if normals and ctx.needs_input_grad[0]:
             raise RuntimeError("the fused field's normals output has no gradient w.r.t. the points; pass detached "
                                "contracted points (explicit analytic normals do)")
-        n, n_features = x.shape[0], w2f.shape[0]
-        const = _constants(grid, w1d.shape[0], n_features)
+        n, n_features = x.shape[0], wof.shape[0]
+        const = _constants(grid, w1d.shape[0], n_features, wmd is not None)
         raw = torch.empty(n, 1, dtype=torch.float32, device=x.device)
         feat = torch.empty(n, n_features, dtype=torch.float32, device=x.device)
         grad = torch.empty(n, grid.n_input_dims, dtype=torch.float32, device=x.device) if normals else None
         if n:
             _fused_field_kernel[(triton.cdiv(n, BLOCK),)](
-                x, table, w1d, w2d, w1f, w2f, raw, feat, raw if grad is None else grad, *_metadata(grid, x.device),
-                n, grid.n_levels, n_features, NORMALS=normals, num_warps=NUM_WARPS, **const,
+                x, table, w1d, w1d if wmd is None else wmd, wod, w1f, w1f if wmf is None else wmf, wof, raw, feat,
+                raw if grad is None else grad, *_metadata(grid, x.device), n, grid.n_levels, n_features,
+                NORMALS=normals, num_warps=NUM_WARPS, **const,
             )
-        ctx.save_for_backward(x, table, w1d, w2d, w1f, w2f)
+        ctx.save_for_backward(x, table, w1d, wmd, wod, w1f, wmf, wof)
         ctx.grid, ctx.normals, ctx.const = grid, normals, const
         return (raw, feat, grad) if normals else (raw, feat)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_raw: Tensor, g_feat: Tensor, g_normal: Optional[Tensor] = None):  # type: ignore[override]
-        x, table, w1d, w2d, w1f, w2f = ctx.saved_tensors
+        x, table, w1d, wmd, wod, w1f, wmf, wof = ctx.saved_tensors
         grid, const = ctx.grid, ctx.const
         n, d = x.shape
-        h, cp, e_cols = const["H"], const["CP"], const["LP"] * const["FP"]
+        h, cp, e_cols, two = const["H"], const["CP"], const["LP"] * const["FP"], const["TWO_HIDDEN"]
         normals = ctx.normals and g_normal is not None
         points_grad = bool(ctx.needs_input_grad[0])
         g_raw = torch.zeros(n, 1, device=x.device) if g_raw is None else g_raw.contiguous()
-        g_feat = torch.zeros(n, w2f.shape[0], device=x.device) if g_feat is None else g_feat.contiguous()
+        g_feat = torch.zeros(n, wof.shape[0], device=x.device) if g_feat is None else g_feat.contiguous()
         g_normal = g_raw if not normals else g_normal.contiguous()
         n_blocks = triton.cdiv(max(n, 1), BLOCK)
         programs = min(n_blocks, MAX_PROGRAMS)
         grad_table = torch.zeros(table.numel(), dtype=torch.float32, device=x.device)
         grad_x = torch.empty(n, d, dtype=torch.float32, device=x.device) if points_grad else None
-        part_w1d = torch.empty(programs, h, e_cols, dtype=torch.float32, device=x.device)
-        part_w1f = torch.empty_like(part_w1d)
-        part_w2d = torch.empty(programs, h, dtype=torch.float32, device=x.device)
-        part_w2f = torch.empty(programs, cp, h, dtype=torch.float32, device=x.device)
+        empty = functools.partial(torch.empty, dtype=torch.float32, device=x.device)
+        part_w1d, part_w1f = empty(programs, h, e_cols), empty(programs, h, e_cols)
+        part_wmd, part_wmf = (empty(programs, h, h), empty(programs, h, h)) if two else (part_w1d, part_w1f)
+        part_wod, part_wof = empty(programs, h), empty(programs, cp, h)
         _fused_field_backward_kernel[(programs,)](
-            x, table, w1d, w2d, w1f, w2f, g_raw, g_feat, g_normal, grad_table, g_raw if grad_x is None else grad_x,
-            part_w1d, part_w2d, part_w1f, part_w2f, *_metadata(grid, x.device), n, grid.n_levels, w2f.shape[0],
-            n_blocks, NORMALS=normals, POINTS_GRAD=points_grad, num_warps=NUM_WARPS, **const,
+            x, table, w1d, w1d if wmd is None else wmd, wod, w1f, w1f if wmf is None else wmf, wof, g_raw, g_feat,
+            g_normal, grad_table, g_raw if grad_x is None else grad_x, part_w1d, part_wmd, part_wod, part_w1f,
+            part_wmf, part_wof, *_metadata(grid, x.device), n, grid.n_levels, wof.shape[0], n_blocks,
+            NORMALS=normals, POINTS_GRAD=points_grad, num_warps=NUM_WARPS, **const,
         )
         columns = _padded_columns(grid, const["LP"], const["FP"], x.device)
         grad_w1d, grad_w1f = part_w1d.sum(0), part_w1f.sum(0)
         if columns is not None:
             grad_w1d, grad_w1f = grad_w1d.index_select(1, columns), grad_w1f.index_select(1, columns)
-        grad_w2d = part_w2d.sum(0)[None, :]
-        grad_w2f = part_w2f.sum(0)[: w2f.shape[0]]
-        return grad_x, grad_table, grad_w1d, grad_w2d, grad_w1f, grad_w2f, None, None
+        grad_wmd, grad_wmf = (part_wmd.sum(0), part_wmf.sum(0)) if two else (None, None)
+        grad_wod, grad_wof = part_wod.sum(0)[None, :], part_wof.sum(0)[: wof.shape[0]]
+        return grad_x, grad_table, grad_w1d, grad_wmd, grad_wod, grad_w1f, grad_wmf, grad_wof, None, None
 
 
 def _plain_relu_head(mlp: Any, n_input_dims: int) -> bool:
+    """A :class:`VanillaMLP` with one or two hidden ReLU layers of one power-of-two width 16–128, no output
+    activation, no biases, float32 weights."""
     from threestudio.models.networks import VanillaMLP
 
-    if not isinstance(mlp, VanillaMLP) or len(mlp.layers) != 2 or mlp.n_input_dims != n_input_dims:
+    if not isinstance(mlp, VanillaMLP) or len(mlp.layers) not in (2, 3) or mlp.n_input_dims != n_input_dims:
         return False
     hidden = mlp.layers[0].weight.shape[0]
     return (
         str(mlp.activation_name).lower() == "relu"
         and str(mlp.output_activation_name or "none").lower() == "none"
         and all(layer.bias is None and layer.weight.dtype == torch.float32 for layer in mlp.layers)
+        and all(layer.weight.shape[0] == hidden for layer in mlp.layers[:-1])
         and MIN_DOT <= hidden <= 128
         and hidden & (hidden - 1) == 0
     )
@@ -351,8 +397,9 @@ def _plain_relu_head(mlp: Any, n_input_dims: int) -> bool:
 
 def supports(grid: Any, density_mlp: Any, feature_mlp: Any, x: Tensor) -> bool:
     """Whether the fused kernels can evaluate this field at points x (N, D) (module docstring): a float32
-    :class:`HashGrid` with 16 ≤ LP·FP ≤ 64, two one-hidden-layer ReLU heads of the same power-of-two width 16–128
-    without biases or output activation, a one-output density head, 1–16 features, float32 points."""
+    :class:`HashGrid` with 16 ≤ LP·FP ≤ 64, two ReLU heads of the same depth (one or two hidden layers) and
+    power-of-two width 16–128 without biases or output activation, a one-output density head, 1–16 features,
+    float32 points."""
     from threestudio.models.networks import HashGrid
 
     if not isinstance(grid, HashGrid) or not 1 <= grid.n_input_dims <= MAX_INPUT_DIMS:
@@ -360,12 +407,14 @@ def supports(grid: Any, density_mlp: Any, feature_mlp: Any, x: Tensor) -> bool:
     if feature_mlp is None or not (_plain_relu_head(density_mlp, grid.n_output_dims)
                                    and _plain_relu_head(feature_mlp, grid.n_output_dims)):
         return False
-    const = _constants(grid, density_mlp.layers[0].weight.shape[0], feature_mlp.n_output_dims)
+    const = _constants(grid, density_mlp.layers[0].weight.shape[0], feature_mlp.n_output_dims,
+                       len(density_mlp.layers) == 3)
     return (
         MIN_DOT <= const["LP"] * const["FP"] <= 64
         and density_mlp.n_output_dims == 1
         and 1 <= feature_mlp.n_output_dims <= MIN_DOT
         and feature_mlp.layers[0].weight.shape[0] == const["H"]
+        and len(feature_mlp.layers) == len(density_mlp.layers)
         and grid.params.dtype == torch.float32
         and x.dtype == torch.float32
         and x.dim() == 2
@@ -418,8 +467,11 @@ def compare_with_reference(grid: Any, density_mlp: Any, feature_mlp: Any, x: Ten
         outputs = (field_with_normals if normals else field)(*modules, x_kernel)
         expected = reference_field(*references, x_reference, normals)
         grads = [torch.randn(o.shape, generator=gen).to(x.device) for o in outputs]
-        params = [grid.params, *_weights(density_mlp, feature_mlp)]
-        params_reference = [references[0].params, *_weights(references[1], references[2])]
+        layer_names = [f"{head}_{layer}" for head in ("density", "features") for layer in ("w1", "wm", "wo")]
+        weights = _weights(density_mlp, feature_mlp)
+        names = ["table"] + [name for name, w in zip(layer_names, weights) if w is not None]
+        params = [grid.params, *(w for w in weights if w is not None)]
+        params_reference = [references[0].params, *(w for w in _weights(*references[1:]) if w is not None)]
         inputs = params if normals else params + [x_kernel]
         inputs_reference = params_reference if normals else params_reference + [x_reference]
         got = torch.autograd.grad(outputs, inputs, grads)
@@ -427,8 +479,7 @@ def compare_with_reference(grid: Any, density_mlp: Any, feature_mlp: Any, x: Ten
         prefix = "normals_" if normals else ""
         for name, value, reference in zip(("raw", "features", "grad_contracted"), outputs, expected):
             errors[prefix + name] = _max_relative_error(value, reference)
-        for name, value, reference in zip(("table", "w1_density", "w2_density", "w1_features", "w2_features",
-                                           "points"), got, want):
+        for name, value, reference in zip(names + ["points"], got, want):
             errors[f"{prefix}grad_{name}"] = _max_relative_error(value, reference)
     return errors
 
@@ -440,17 +491,21 @@ def self_check(device: Any, tolerance: float = 1e-4) -> None:
     from threestudio.models.networks import HashGrid, VanillaMLP
 
     gen = torch.Generator().manual_seed(0)
+    errors: Dict[str, float] = {}
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(torch.device(device).type, enabled=False):
         grid = HashGrid(3, n_levels=8, n_features_per_level=2, log2_hashmap_size=9, base_resolution=4,
                         per_level_scale=1.5, fast_paths="off")
-        density_mlp, feature_mlp = VanillaMLP(16, 1, n_neurons=16), VanillaMLP(16, 3, n_neurons=16)
         with torch.no_grad():
             grid.params.copy_(torch.rand(grid.params.shape, generator=gen) * 2.0 - 1.0)
-            for layer in (*density_mlp.layers, *feature_mlp.layers):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * 0.5)
-        grid, density_mlp, feature_mlp = grid.to(device), density_mlp.to(device), feature_mlp.to(device)
+        grid = grid.to(device)
         x = (torch.rand(50, 3, generator=gen) * 1.2 - 0.1).to(device)
-        errors = compare_with_reference(grid, density_mlp, feature_mlp, x)
+        for depth in (1, 2):  # hidden layers
+            heads = [VanillaMLP(16, n_out, n_neurons=16, n_hidden_layers=depth) for n_out in (1, 3)]
+            with torch.no_grad():
+                for layer in (*heads[0].layers, *heads[1].layers):
+                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * 0.5)
+            result = compare_with_reference(grid, *(head.to(device) for head in heads), x)
+            errors.update({f"{key} ({depth} hidden)": value for key, value in result.items()})
     worst = max(errors, key=errors.get)
     if not errors[worst] <= tolerance:
         raise RuntimeError(f"{worst} differs from the reference by {errors[worst]:.2e} (relative)")
