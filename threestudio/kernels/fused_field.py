@@ -280,12 +280,16 @@ def _fused_field_heads_backward_kernel(x_ptr, table_ptr, w1d_ptr, wmd_ptr, wod_p
             dz = tl.where(z1d > 0.0, tl.dot(dz, wmd, input_precision=DOT_PRECISION), 0.0)
             if NORMALS:
                 q = tl.where(z1d > 0.0, t, 0.0)
+                # second read-modify-writes of the same slices in this block: the first ones' stores must be seen
+                # (the two products' layouts may give an element to another thread)
+                tl.debug_barrier()
                 _add_to(part_wod, hidden, tl.sum(
                     tl.where(z2d > 0.0, tl.dot(q, tl.trans(wmd), input_precision=DOT_PRECISION), 0.0), axis=0))
                 _add_to(part_wmd, hidden[:, None] * H + hidden[None, :],
                         tl.dot(tl.trans(u), q, input_precision=DOT_PRECISION))
                 u = tl.where(z1d > 0.0, tl.dot(u, wmd, input_precision=DOT_PRECISION), 0.0)
         elif NORMALS:
+            tl.debug_barrier()  # as above
             _add_to(part_wod, hidden, tl.sum(tl.where(z1d > 0.0, t, 0.0), axis=0))
         # the feature head
         part_wmf = part_wmf_ptr + pid * (H * H)
