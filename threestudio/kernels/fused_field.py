@@ -63,6 +63,9 @@ HEADS_BLOCK, HEADS_WARPS = 16, 8  # the backward's heads (two hidden layers with
 # the heads' register cap without normals, explicit: without one, ptxas (Triton 3.9's, sm_90) capped that variant at
 # 128 registers and spilled 24 bytes (with normals it takes 220 by itself, and spills under a cap of 232 or 255)
 HEADS_MAXNREG = 168
+# the levels pass's register cap, explicit for the same reason (Triton 3.6's ptxas put its points'-gradient variant
+# at 168 registers with 8 bytes of stack): 192 for hidden widths up to 32, else 255 (64 with normals takes 245)
+LEVELS_MAXNREG = 192
 MAX_PROGRAMS = 512  # backward: persistent programs, each adds its blocks' weight gradients to its own partial sums
 MIN_DOT = 16  # tl.dot's smallest tile side
 DOT_PRECISION: tl.constexpr = tl.constexpr("ieee")  # fp32 products as the reference's (not TF32)
@@ -513,7 +516,7 @@ class _FusedField(torch.autograd.Function):
             x, table, w1d, w1f, g_normal, dz, dzf, u, grad_table, g_raw if grad_x is None else grad_x, part_w1d,
             part_w1f, *metadata, n, grid.n_levels, n_blocks, D=const["D"], N_CORNERS=const["N_CORNERS"],
             F=const["F"], FP=const["FP"], H=h, NORMALS=normals, POINTS_GRAD=points_grad, BLOCK_N=BLOCK,
-            num_warps=NUM_WARPS,
+            num_warps=NUM_WARPS, maxnreg=LEVELS_MAXNREG if h <= 32 else 255,
         )
         grad_w1d, grad_w1f = part_w1d.sum(0), part_w1f.sum(0)
         grad_wmd, grad_wmf = (part_wmd.sum(0), part_wmf.sum(0)) if two else (None, None)
