@@ -173,12 +173,18 @@ def test_trace_of_the_smoke_config(tmp_path):
     assert parts["unet_cfg"]["flops"]["tensor"] == 0 and parts["unet_cfg"]["gflops"] > 0  # smoke: fp32, 32-true
     assert trace["peak_gib"] >= max(p["peak_gib"] for p in parts.values()) > parts["setup"]["peak_gib"] > 0
     assert all(trace["floor_s"][device] > 0 for device in step_trace.DEVICES)
-    # explicit normals: the geometry's grid runs the Jacobian kernel and its table backward; compositing both ways
+    # explicit normals: the geometry runs the fused field (grid + heads) with its normals output, forward and
+    # backward; the proposal network's grid the hash-grid kernel; compositing both ways
+    field_launches = {(launch["kernel"], launch["args"].get("NORMALS")) for launch in trace["launches"]}
+    assert {("_fused_field_kernel", True), ("_fused_field_heads_backward_kernel", True),
+            ("_fused_field_levels_backward_kernel", True)} <= field_launches
     grid_launches = [launch for launch in trace["launches"] if launch["kernel"] == "_hash_grid_kernel"]
     assert {(launch["args"]["WITH_JACOBIAN"], launch["args"]["BACKWARD"]) for launch in grid_launches} == {
-        (True, False), (True, True), (False, False), (False, True)}
+        (False, False), (False, True)}
     assert {"_weights_kernel", "_weights_backward_kernel", "_accumulate_kernel",
             "_accumulate_backward_kernel"} <= set(trace["triton"])
+    # the fused field's MLP FLOPs are counted (fp32), its table traffic as the rows its points gather
+    assert parts["render"]["flops"]["fp32"] > 0 and parts["backward:render"]["flops"]["fp32"] > 0
     assert parts["render"]["triton_launches"] > 0 and parts["backward:render"]["triton_launches"] > 0
     # launches: ATen + Triton; the floor is the larger bound per part, summed
     assert parts["render"]["launches"] > parts["render"]["triton_launches"] and parts["render"]["python_calls"] > 0

@@ -32,7 +32,7 @@ def test_every_kernel_compiles_for_sm80_and_sm90_without_spills(tmp_path):
     env.pop("TRITON_INTERPRET", None)  # compile the real @triton.jit functions
     result = subprocess.run(
         [sys.executable, "scripts/bench.py", "trace", "--model-config", "configs/diffusion_tiny.yaml",
-         "--aot", "sm_80,sm_90", "--json", str(out), *SMALL_STEP],
+         "--aot", "sm_80,sm_90", "--launches", "--json", str(out), *SMALL_STEP],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert out.exists(), result.stdout[-3000:] + result.stderr[-3000:]
@@ -43,11 +43,26 @@ def test_every_kernel_compiles_for_sm80_and_sm90_without_spills(tmp_path):
     assert result.returncode == 0 and trace["errors"] == [], trace["errors"]
     kernels = {row["kernel"] for row in rows}
     assert kernels == {"_hash_grid_kernel", "_weights_kernel", "_weights_backward_kernel", "_accumulate_kernel",
-                       "_accumulate_backward_kernel"}
+                       "_accumulate_backward_kernel", "_fused_field_kernel", "_fused_field_heads_backward_kernel",
+                       "_fused_field_levels_backward_kernel"}
     for kernel in kernels:  # each kernel, for both GPUs
         assert {row["target"] for row in rows if row["kernel"] == kernel} == {"sm_80", "sm_90"}
     assert all(0 < row["registers"] <= 255 for row in rows)
-    # the paper geometry's Jacobian kernel and its table backward are among them (explicit normals, the default)
-    variants = {(row["constexprs"]["WITH_JACOBIAN"], row["constexprs"]["BACKWARD"]) for row in rows
-                if row["kernel"] == "_hash_grid_kernel"}
-    assert {(True, False), (True, True)} <= variants
+
+    def variants(kernel, *names):
+        return {tuple(row["constexprs"][name] for name in names) for row in rows if row["kernel"] == kernel}
+
+    # every variant, launched by the step or derived from its launches (the kernel modules' aot_variants): the hash
+    # grid with and without its Jacobian; the fused field (the paper's geometry: 16 levels × 2 features, two hidden
+    # layers of 32) with and without normals, its backward's levels pass with normals or the points' gradient
+    assert variants("_hash_grid_kernel", "WITH_JACOBIAN", "BACKWARD") == {(False, False), (False, True), (True, False),
+                                                                          (True, True)}
+    assert variants("_fused_field_kernel", "NORMALS", "H", "TWO_HIDDEN", "F") == {(False, 32, True, 2),
+                                                                                (True, 32, True, 2)}
+    assert variants("_fused_field_heads_backward_kernel", "NORMALS") == {(False,), (True,)}
+    assert variants("_fused_field_levels_backward_kernel", "NORMALS", "POINTS_GRAD") == {(True, False), (False, True),
+                                                                                         (False, False)}
+    # the step itself takes the normals variants (explicit analytic normals, the paper config's)
+    launched = {(launch["kernel"], launch["args"].get("NORMALS")) for launch in trace["launches"]}
+    assert {("_fused_field_kernel", True), ("_fused_field_heads_backward_kernel", True),
+            ("_fused_field_levels_backward_kernel", True)} <= launched

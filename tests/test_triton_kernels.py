@@ -195,8 +195,8 @@ def test_renderer_with_kernels_matches_the_reference(kernels, monkeypatch):
     rays_d = torch.nn.functional.normalize(torch.tensor([-1.0, 0.0, 0.0]) + 0.2 * torch.randn(1, 3, 4, 3), dim=-1)
     rays_o = torch.tensor([3.0, 0.0, 0.0]).expand_as(rays_d)
     calls = []
-    for module, name in ((kernels["hash_grid"], "encode"), (kernels["compositing"], "render_weights"),
-                         (kernels["compositing"], "accumulate")):
+    for module, name in ((kernels["hash_grid"], "encode"), (kernels["fused_field"], "field"),
+                         (kernels["compositing"], "render_weights"), (kernels["compositing"], "accumulate")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     results = []
@@ -209,7 +209,8 @@ def test_renderer_with_kernels_matches_the_reference(kernels, monkeypatch):
         renderer = threestudio.find("nerf-volume-renderer")(renderer_cfg, geometry, material, background,
                                                             fast_paths=mode)
         out = renderer(rays_o, rays_d)
-        used = {"encode", "render_weights", "accumulate"} if mode == "auto" else set()
+        # the field: grid and heads fused (threestudio/kernels/fused_field.py; tests/test_fused_field.py)
+        used = {"field", "render_weights", "accumulate"} if mode == "auto" else set()
         assert set(calls) == used and renderer.fast_paths == mode
         loss = out["comp_rgb"].square().sum() + out["depth"].sum() + out["opacity"].sum()
         results.append([out["comp_rgb"], out["depth"], out["opacity"],
@@ -256,7 +257,7 @@ def test_triton_that_does_not_import_falls_back_with_one_line(fresh_selection, m
         assert fast_paths.triton_kernels(name, "auto", "cuda:0") is None
     lines = [r.getMessage() for r in fresh_selection.records]
     assert len(lines) == 1 and "Triton does not import" in lines[0]
-    assert fast_paths.triton_kernel_status() == {"compositing@cuda:0": False, "hash_grid@cuda:0": False}
+    assert fast_paths.triton_kernel_status() == {f"{name}@cuda:0": False for name in KERNELS}
 
 
 def test_a_failing_self_check_falls_back_to_the_reference(kernels, fresh_selection, monkeypatch):

@@ -21,6 +21,7 @@ they are listed with their source line and the command exits 1. The optimizer's 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 from typing import Any, Dict
@@ -167,8 +168,11 @@ def _compile_ahead_of_time(launches: list, targets: list) -> list:
     unknown = sorted(set(targets) - set(aot.TARGETS))
     if unknown:
         raise SystemExit(f"--aot targets must be among {', '.join(aot.TARGETS)}, got {', '.join(unknown)}")
-    rows = aot.compile_all(launches, targets)
     launched = {f"{launch['module']}.{launch['kernel']}" for launch in launches}
+    # and the variants of each launch that other configs take (a kernel module's aot_variants, where it has one)
+    variants = [v for launch in launches
+                for v in getattr(importlib.import_module(launch["module"]), "aot_variants", lambda _: [])(launch)]
+    rows = aot.compile_all(launches + variants, targets)
     for kernel in sorted(set(aot.launched_kernels(KERNELS.values())) - launched):
         rows += [{"kernel": kernel, "target": target, "error": "no launch of this step binds this kernel: compile "
                   "it from a step that launches it"} for target in targets]

@@ -16,4 +16,6 @@ KERNELS = {
     "hash_grid": "threestudio.kernels.hash_grid",
     # volume-rendering compositing along dense (rays, samples) tensors: weights and weighted sums
     "compositing": "threestudio.kernels.compositing",
+    # the NeRF field fused: hash-grid encoding + density and feature MLPs (+ explicit normals), forward and backward
+    "fused_field": "threestudio.kernels.fused_field",
 }

@@ -273,6 +273,13 @@ class _EncodeWithJacobian(torch.autograd.Function):
         return None, grad, None
 
 
+def aot_variants(launch: dict) -> list:
+    """Variants of a recorded launch (kernel, arguments by name) that other calls take, for ahead-of-time
+    compilation: with and without the Jacobian, forward and backward."""
+    return [dict(launch, args=dict(launch["args"], WITH_JACOBIAN=jacobian, BACKWARD=backward))
+            for jacobian in (False, True) for backward in (False, True)]
+
+
 def supports(grid: Any, x: Tensor) -> bool:
     """Whether these kernels can encode x (N, D) with ``grid``: 1 ≤ D ≤ 3, float32 points and table, no gradient
     wanted w.r.t. x."""

@@ -421,19 +421,32 @@ def _precision(func, inputs: List[Tensor]) -> str:
 
 # ---------------------------------------------------------------------- Triton launches (recorded, not run)
 def _launch_traffic(kernel_name: str, named: Dict[str, Any]) -> float:
-    """Bytes a launch moves: each tensor argument read or written once, except the hash-grid table, of which only
-    the rows gathered (or atomically added: read + write) by its points' cell corners count."""
+    """Bytes a launch moves: each distinct tensor argument read or written once (a tensor passed again as an
+    unused placeholder counts once), except the hash-grid tables of the kernels that gather them (``N_CORNERS``
+    among their constants: the hash grid's and the fused field's), of which only the rows gathered by their points'
+    cell corners count: ``table_ptr`` read (``BACKWARD``: atomically added, read + write), ``grad_table_ptr``
+    atomically added."""
     total = 0.0
+    seen = set()
     for name, value in named.items():
-        if not isinstance(value, Tensor):
+        if not isinstance(value, Tensor) or id(value) in seen:
             continue
-        if name == "table_ptr" and "N_CORNERS" in named:
+        seen.add(id(value))
+        if name in ("table_ptr", "grad_table_ptr") and "N_CORNERS" in named:
             rows = named["n_points"] * len(named["scales_ptr"]) * named["N_CORNERS"]
-            per_row = named["F"] * value.element_size() * (2 if named.get("BACKWARD") else 1)
-            total += min(rows * per_row, _bytes_of(value) * (2 if named.get("BACKWARD") else 1))
+            passes = 2 if named.get("BACKWARD") or name == "grad_table_ptr" else 1  # atomics: read + write
+            total += min(rows * named["F"] * value.element_size() * passes, _bytes_of(value) * passes)
         else:
             total += _bytes_of(value)
     return total
+
+
+def _launch_flops(fn: Any, named: Dict[str, Any]) -> float:
+    """FLOPs of a launch, from its module's ``launch_flops(kernel, args)`` when it has one (the fused field's MLPs;
+    the other kernels' arithmetic is negligible next to their traffic)."""
+    module = sys.modules.get(getattr(fn, "__module__", ""))
+    counter = getattr(module, "launch_flops", None)
+    return float(counter(fn.__name__, named)) if counter is not None else 0.0
 
 
 @contextlib.contextmanager
@@ -461,6 +474,7 @@ def record_triton_launches(tracer: StepTracer) -> Iterator[None]:
         stats.launches += 1
         stats.op_launches[f"triton:{fn.__name__}"] += 1
         traffic = _launch_traffic(fn.__name__, named)
+        stats.flops["fp32"] += _launch_flops(fn, named)  # Triton's fp32 arithmetic (the fused field: ieee dots)
         stats.triton_bytes += traffic
         stats.bytes += traffic
         stats.op_bytes[f"triton:{fn.__name__}"] += traffic

@@ -16,6 +16,9 @@ Jacobian from the same gather (:meth:`HashGrid.forward_with_jacobian`), the MLP'
 give the same values and gradients (tested to 1e-5 at the paper's geometry); on the CPU they take the same time. The
 shipped configs that render normals use ``explicit``: on CUDA the grid then stays on the Triton kernels (their
 Jacobian), whereas ``autograd``'s double backward keeps it on the reference (docs/PERFORMANCE.md, "Traced step").
+In mode auto on CUDA, the grid and both heads run as one Triton kernel (:mod:`threestudio.kernels.fused_field`,
+when it supports the shapes: the paper's) for the plain forward and for explicit normals; contraction, density bias
+and activation stay in PyTorch.
 ``finite_difference`` uses central differences with step ``finite_difference_normal_eps`` (threestudio's
 ``finite_difference_laplacian``; its forward-difference ``finite_difference`` is not offered, and
 ``finite_difference_laplacian`` is refused with that hint); ``null`` computes none.
@@ -47,6 +50,7 @@ from threestudio.models.networks import (
     get_mlp,
 )
 from threestudio.utils.errors import ConfigError
+from threestudio.utils.fast_paths import parse_fast_paths, triton_kernels
 
 NORMAL_TYPES = (None, "analytic", "finite_difference")
 ANALYTIC_NORMAL_METHODS = ("autograd", "explicit")
@@ -94,6 +98,7 @@ class ImplicitVolume(BaseImplicitGeometry):
     def configure(self, fast_paths: str = "auto") -> None:
         """Build the encoding and heads; ``fast_paths`` (the system's mode) goes to the encoding and the MLPs."""
         super().configure()
+        self.fast_paths = parse_fast_paths(fast_paths, "geometry fast_paths")
         if self.cfg.normal_type == "finite_difference_laplacian":
             raise ConfigError(
                 "geometry.normal_type finite_difference_laplacian (threestudio's central differences) is "
@@ -136,9 +141,24 @@ class ImplicitVolume(BaseImplicitGeometry):
             return self.cfg.density_blob_scale * torch.exp(-0.5 * sq / self.cfg.density_blob_std**2)
         return torch.as_tensor(float(bias), dtype=points.dtype, device=points.device)
 
-    def _encode(self, points: Tensor) -> Tensor:
+    def _contract(self, points: Tensor) -> Tensor:
+        """Contracted points (N', 3) in [0, 1]^3 (beyond it outside the bounded box) of world points (..., 3)."""
         contracted = contract_to_unisphere(points, self.bbox.to(points.dtype), self.unbounded)
-        return self.encoding(contracted.reshape(-1, self.cfg.n_input_dims))
+        return contracted.reshape(-1, self.cfg.n_input_dims)
+
+    def _fused_kernels(self, contracted: Tensor):
+        """The fused field's Triton kernels (:mod:`threestudio.kernels.fused_field`: grid + both heads in one kernel)
+        when they may evaluate this field at contracted points (N, 3) here, else None (the reference)."""
+        if self.fast_paths == "off" or self.cfg.n_feature_dims <= 0:
+            return None
+        kernels = triton_kernels("fused_field", self.fast_paths, contracted.device)
+        if kernels is None or not kernels.supports(self.encoding, self.density_network, self.feature_network,
+                                                   contracted):
+            return None
+        return kernels
+
+    def _encode(self, points: Tensor) -> Tensor:
+        return self.encoding(self._contract(points))
 
     def _density_from_encoding(self, points: Tensor, enc: Tensor) -> Tensor:
         raw = self.density_network(enc).reshape(*points.shape[:-1], 1)
@@ -169,11 +189,21 @@ class ImplicitVolume(BaseImplicitGeometry):
         with torch.set_grad_enabled(grad_enabled or analytic):
             if analytic and not points.requires_grad:
                 points = points.detach().requires_grad_(True)
-            enc = self._encode(points)
-            density = self._density_from_encoding(points, enc)
-            out: Dict[str, Tensor] = {"density": density}
-            if self.cfg.n_feature_dims > 0:
-                out["features"] = self.feature_network(enc).reshape(*points.shape[:-1], self.cfg.n_feature_dims)
+            contracted = self._contract(points)
+            # autograd normals differentiate the field twice: the reference
+            kernels = None if analytic else self._fused_kernels(contracted)
+            out: Dict[str, Tensor] = {}
+            if kernels is not None:  # grid + both heads in one kernel; bias and activation here
+                raw, features = kernels.field(self.encoding, self.density_network, self.feature_network, contracted)
+                density = self.density_activation(raw.reshape(*points.shape[:-1], 1) + self.density_bias(points))
+                out["density"] = density
+                out["features"] = features.reshape(*points.shape[:-1], self.cfg.n_feature_dims)
+            else:
+                enc = self.encoding(contracted)
+                density = self._density_from_encoding(points, enc)
+                out["density"] = density
+                if self.cfg.n_feature_dims > 0:
+                    out["features"] = self.feature_network(enc).reshape(*points.shape[:-1], self.cfg.n_feature_dims)
             if output_normal:
                 normal = self._normal(points, density, create_graph=grad_enabled)
                 out["normal"] = normal
@@ -189,11 +219,19 @@ class ImplicitVolume(BaseImplicitGeometry):
         with torch.enable_grad():  # only the contraction and the density bias are differentiated by autograd
             contracted = contract_to_unisphere(leaf, self.bbox.to(points.dtype), self.unbounded)
             bias = self.density_bias(leaf)
-        enc, enc_jacobian = self.encoding.forward_with_jacobian(contracted.detach().reshape(-1, 3))
-        raw, raw_grad = self.density_network.forward_with_input_gradient(enc)  # (N, 1), (N, n_enc)
+        flat = contracted.detach().reshape(-1, 3)  # detached: no second derivative w.r.t. the points
+        kernels = self._fused_kernels(flat)
+        features = None
+        if kernels is not None:  # grid + both heads in one kernel, ∂raw/∂contracted from it
+            raw, features, grad_contracted = kernels.field_with_normals(
+                self.encoding, self.density_network, self.feature_network, flat)
+        else:
+            enc, enc_jacobian = self.encoding.forward_with_jacobian(flat)
+            raw, raw_grad = self.density_network.forward_with_input_gradient(enc)  # (N, 1), (N, n_enc)
+            grad_contracted = torch.einsum("nk,nkd->nd", raw_grad, enc_jacobian)
+        grad_contracted = grad_contracted.reshape(points.shape)
         pre = raw.reshape(*points.shape[:-1], 1) + bias
         density = self.density_activation(pre)
-        grad_contracted = torch.einsum("nk,nkd->nd", raw_grad, enc_jacobian).reshape(points.shape)
         outputs, grad_outputs = [contracted], [grad_contracted]
         if bias.requires_grad:
             outputs.append(bias)
@@ -203,7 +241,9 @@ class ImplicitVolume(BaseImplicitGeometry):
         normal = F.normalize(-grad_density, dim=-1)
         out: Dict[str, Tensor] = {"density": density, "normal": normal, "shading_normal": normal}
         if self.cfg.n_feature_dims > 0:
-            out["features"] = self.feature_network(enc).reshape(*points.shape[:-1], self.cfg.n_feature_dims)
+            if features is None:
+                features = self.feature_network(enc)
+            out["features"] = features.reshape(*points.shape[:-1], self.cfg.n_feature_dims)
         if not grad_enabled:
             out = {k: v.detach() for k, v in out.items()}
         return out
