@@ -136,7 +136,7 @@ def test_hash_grid_uses_the_reference_when_off_or_when_the_input_needs_a_gradien
         kernels["hash_grid"].encode(random_grid(3, 9), torch.rand(4, 3, requires_grad=True))
 
 
-def test_explicit_normals_through_the_kernels_match_the_reference(kernels):
+def test_explicit_normals_through_the_kernels_match_the_reference(kernels, monkeypatch):
     cfg = {"radius": 1.0, "normal_type": "analytic", "analytic_normal_method": "explicit", "density_blob_scale": 5.0,
            "pos_encoding_config": {"otype": "HashGrid", "n_levels": 3, "n_features_per_level": 2,
                                    "log2_hashmap_size": 9, "base_resolution": 4, "per_level_scale": 2.0},
@@ -144,12 +144,20 @@ def test_explicit_normals_through_the_kernels_match_the_reference(kernels):
     fast = threestudio.find("implicit-volume")(cfg, fast_paths="auto")
     with torch.no_grad():
         fast.encoding.params.uniform_(-1.0, 1.0)
+    # the grid's kernels (encoding + Jacobian) with the heads in PyTorch: the field's fused kernel, which the
+    # geometry would take in mode auto, is tested in tests/test_fused_field.py
+    fast.fast_paths = "off"
     reference = copy.deepcopy(fast)
     reference.encoding.fast_paths = "off"
     points = torch.rand(100, 3) * 2.4 - 1.2  # inside and beyond the unit box (contracted)
     results = []
-    for geometry in (fast, reference):
+    assert fast_paths.triton_kernels("hash_grid", "auto", points.device) is kernels["hash_grid"]  # its self-check
+    calls = []
+    original = kernels["hash_grid"].encode_with_jacobian
+    monkeypatch.setattr(kernels["hash_grid"], "encode_with_jacobian", lambda *a: calls.append(1) or original(*a))
+    for geometry, grid_kernel_calls in ((fast, 1), (reference, 1)):
         out = geometry(points, output_normal=True)
+        assert len(calls) == grid_kernel_calls  # the fast geometry took the grid's kernel, the reference did not
         loss = (out["density"] * out["features"]).sum() + (out["normal"] * torch.linspace(-1, 1, 3)).sum()
         params = [p for p in geometry.parameters() if p.requires_grad]
         results.append([out["density"], out["normal"], out["features"], *torch.autograd.grad(loss, params)])
@@ -194,6 +202,9 @@ def test_renderer_with_kernels_matches_the_reference(kernels, monkeypatch):
                     "sampling_type": "uniform", "num_samples_per_ray": 12, "randomized": False}
     rays_d = torch.nn.functional.normalize(torch.tensor([-1.0, 0.0, 0.0]) + 0.2 * torch.randn(1, 3, 4, 3), dim=-1)
     rays_o = torch.tensor([3.0, 0.0, 0.0]).expand_as(rays_d)
+    # the fused field taken as checked: its self-check (8 s through the interpreter) runs in the slow
+    # test_self_checks_pass_and_catch_a_wrong_kernel, and this test compares with the reference itself
+    fast_paths._kernel_cache[("fused_field", "cpu")] = kernels["fused_field"]
     calls = []
     for module, name in ((kernels["hash_grid"], "encode"), (kernels["fused_field"], "field"),
                          (kernels["compositing"], "render_weights"), (kernels["compositing"], "accumulate")):
