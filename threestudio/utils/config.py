@@ -289,18 +289,23 @@ def _parse_yaml(text: str) -> Any:
 
 
 def _load_yaml_bounded(path: str) -> Any:
-    """``OmegaConf.load(path)`` after checking the file's size and what its YAML expands to (ConfigError)."""
+    """``OmegaConf.load(path)`` after checking the file's size and what its YAML expands to (ConfigError); the
+    file is parsed once, with OmegaConf's loader, and the checked result becomes the config."""
     size = os.path.getsize(path)
     if size > MAX_CONFIG_BYTES:
         raise ConfigError(f"config {path} is {size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes")
     with open(path, "rb") as f:
-        text = f.read().decode("utf-8", errors="replace")
+        text = f.read().decode("utf-8")  # not UTF-8: load_config names the file and the decoding error
     try:
         parsed = _parse_yaml(text)
-    except Exception as e:  # the YAML error (reported as before by OmegaConf.load below)
+    except Exception as e:  # the YAML error
         raise UserError(f"cannot read config {path}: {str(e).splitlines()[0]}") from None
     check_expansion(parsed, f"config {path}")
-    return OmegaConf.load(path)
+    if parsed is None:
+        return OmegaConf.create()
+    if not isinstance(parsed, (list, dict, str)):  # as OmegaConf.load
+        raise IOError(f"Invalid loaded object type: {type(parsed).__name__}")
+    return OmegaConf.create(parsed)
 
 
 def _check_override_values(cli_args: Sequence[str]) -> None:

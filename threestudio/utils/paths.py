@@ -77,7 +77,10 @@ def rebase_paths(conf: Any, resolve: Callable[[str], str], key: Optional[str] = 
                 OmegaConf.is_interpolation(conf, k) or OmegaConf.is_missing(conf, k)
             ):
                 continue
-            conf[k] = rebase_paths(conf[k], resolve, str(k) if isinstance(conf, (dict, DictConfig)) else key)
+            child = conf[k]
+            rebased = rebase_paths(child, resolve, str(k) if isinstance(conf, (dict, DictConfig)) else key)
+            if rebased is not child:  # a changed path (nodes are rebased in place; OmegaConf's assignment is slow)
+                conf[k] = rebased
         return conf
     if key in PATH_KEYS:
         return _rebased(conf, resolve)
