@@ -54,7 +54,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from threestudio.kernels.hash_grid import MAX_INPUT_DIMS, _corner, _level, _metadata, _points_axes
+from threestudio.kernels.hash_grid import MAX_INPUT_DIMS, _corner, _gather_corner, _level, _metadata, _points_axes
 
 # points per block and warps per program, per kernel: the largest that compile without register spills at the
 # paper's shapes for sm_80 and sm_90 (tests/test_triton_aot.py)
@@ -69,6 +69,21 @@ LEVELS_MAXNREG = 192
 MAX_PROGRAMS = 512  # backward: persistent programs, each adds its blocks' weight gradients to its own partial sums
 MIN_DOT = 16  # tl.dot's smallest tile side
 DOT_PRECISION: tl.constexpr = tl.constexpr("ieee")  # fp32 products as the reference's (not TF32)
+
+
+@triton.jit
+def _point_vector(ptr, points, pmask, D: tl.constexpr, LOAD: tl.constexpr):
+    """Axes 0..2 (each (BLOCK_N,); zeros beyond D, and everywhere unless LOAD) of a (N, D) per-point vector."""
+    v0 = tl.zeros(points.shape, dtype=tl.float32)
+    v1 = v0
+    v2 = v0
+    if LOAD:
+        v0 = tl.load(ptr + points * D, mask=pmask, other=0.0)
+        if D > 1:
+            v1 = tl.load(ptr + points * D + 1, mask=pmask, other=0.0)
+        if D > 2:
+            v2 = tl.load(ptr + points * D + 2, mask=pmask, other=0.0)
+    return v0, v1, v2
 
 
 @triton.jit
@@ -89,14 +104,8 @@ def _level_encode(x_ptr, table_ptr, points, pmask, level, scales_ptr, res_ptr, o
     for c in tl.static_range(N_CORNERS):
         row, weight, dw0, dw1, dw2 = _corner(c, D, cell0, frac0, cell1, frac1, cell2, frac2, scale, max_vertex,
                                              st0, st1, st2, pr1, pr2, dense, hash_mask, offset)
-        corner = tl.load(table_ptr + row[:, None] * F + feats[None, :], mask=fmask, other=0.0)
-        value += weight[:, None] * corner
-        if WITH_JACOBIAN:
-            jac0 += dw0[:, None] * corner
-            if D > 1:
-                jac1 += dw1[:, None] * corner
-            if D > 2:
-                jac2 += dw2[:, None] * corner
+        value, jac0, jac1, jac2 = _gather_corner(table_ptr, row[:, None] * F + feats[None, :], fmask, weight, dw0, dw1,
+                                                 dw2, value, jac0, jac1, jac2, D, WITH_JACOBIAN)
     return value, jac0 * in0[:, None], jac1 * in1[:, None], jac2 * in2[:, None]
 
 
@@ -243,15 +252,7 @@ def _fused_field_heads_backward_kernel(x_ptr, table_ptr, w1d_ptr, wmd_ptr, wod_p
     for block in range(pid, n_blocks, n_programs):
         points = tl.arange(0, BLOCK_N).to(tl.int64) + block * BLOCK_N  # N < 2^31 points
         pmask = points < n_points
-        gn0 = tl.zeros([BLOCK_N], dtype=tl.float32)
-        gn1 = gn0
-        gn2 = gn0
-        if NORMALS:
-            gn0 = tl.load(g_normal_ptr + points * D, mask=pmask, other=0.0)
-            if D > 1:
-                gn1 = tl.load(g_normal_ptr + points * D + 1, mask=pmask, other=0.0)
-            if D > 2:
-                gn2 = tl.load(g_normal_ptr + points * D + 2, mask=pmask, other=0.0)
+        gn0, gn1, gn2 = _point_vector(g_normal_ptr, points, pmask, D, NORMALS)
         # first pass: the first layers (and t = w1d · v)
         z1d = tl.zeros([BLOCK_N, H], dtype=tl.float32)
         z1f = tl.zeros([BLOCK_N, H], dtype=tl.float32)
@@ -338,15 +339,7 @@ def _fused_field_levels_backward_kernel(x_ptr, table_ptr, w1d_ptr, w1f_ptr, g_no
     for block in range(pid, n_blocks, n_programs):
         points = tl.arange(0, BLOCK_N).to(tl.int64) + block * BLOCK_N  # N < 2^31 points
         pmask = points < n_points
-        gn0 = tl.zeros([BLOCK_N], dtype=tl.float32)
-        gn1 = gn0
-        gn2 = gn0
-        if NORMALS:
-            gn0 = tl.load(g_normal_ptr + points * D, mask=pmask, other=0.0)
-            if D > 1:
-                gn1 = tl.load(g_normal_ptr + points * D + 1, mask=pmask, other=0.0)
-            if D > 2:
-                gn2 = tl.load(g_normal_ptr + points * D + 2, mask=pmask, other=0.0)
+        gn0, gn1, gn2 = _point_vector(g_normal_ptr, points, pmask, D, NORMALS)
         rows = points[:, None] * H + hidden[None, :]
         dz = tl.load(dz_ptr + rows, mask=pmask[:, None], other=0.0)
         dzf = tl.load(dzf_ptr + rows, mask=pmask[:, None], other=0.0)

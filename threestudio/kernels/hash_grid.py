@@ -116,6 +116,22 @@ def _points_axes(x_ptr, points, mask, scale, D: tl.constexpr):
 
 
 @triton.jit
+def _gather_corner(table_ptr, table_index, fmask, weight, dw0, dw1, dw2, value, jac0, jac1, jac2, D: tl.constexpr,
+                   WITH_JACOBIAN: tl.constexpr):
+    """Adds one cell corner's table rows (``table_index`` (BLOCK, FP)) times its d-linear weight to ``value`` and,
+    WITH_JACOBIAN, times the weight's derivative along each axis to ``jac0..2`` (all (BLOCK, FP))."""
+    corner = tl.load(table_ptr + table_index, mask=fmask, other=0.0)
+    value += weight[:, None] * corner
+    if WITH_JACOBIAN:
+        jac0 += dw0[:, None] * corner
+        if D > 1:
+            jac1 += dw1[:, None] * corner
+        if D > 2:
+            jac2 += dw2[:, None] * corner
+    return value, jac0, jac1, jac2
+
+
+@triton.jit
 def _hash_grid_kernel(x_ptr, table_ptr, value_ptr, jac_ptr, scales_ptr, res_ptr, offsets_ptr, sizes_ptr, dense_ptr,
                       strides_ptr, primes_ptr, n_points, n_out,
                       D: tl.constexpr, N_CORNERS: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
@@ -160,14 +176,8 @@ def _hash_grid_kernel(x_ptr, table_ptr, value_ptr, jac_ptr, scales_ptr, res_ptr,
                     contribution += dw2[:, None] * jac2
             tl.atomic_add(table_ptr + table_index, contribution, mask=fmask, sem="relaxed")
         else:
-            corner = tl.load(table_ptr + table_index, mask=fmask, other=0.0)
-            value += weight[:, None] * corner
-            if WITH_JACOBIAN:
-                jac0 += dw0[:, None] * corner
-                if D > 1:
-                    jac1 += dw1[:, None] * corner
-                if D > 2:
-                    jac2 += dw2[:, None] * corner
+            value, jac0, jac1, jac2 = _gather_corner(table_ptr, table_index, fmask, weight, dw0, dw1, dw2, value, jac0,
+                                                     jac1, jac2, D, WITH_JACOBIAN)
     if not BACKWARD:
         tl.store(value_ptr + out_index, value, mask=fmask)
         if WITH_JACOBIAN:
